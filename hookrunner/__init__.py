@@ -1,0 +1,46 @@
+"""hookrunner: run pluggy hooks on the live event streams of Smallest AI Atoms voice-agent calls.
+
+Everything a plugin may import is exported here; the rest of the package is internal.
+"""
+
+__version__ = "0.1.0"
+
+from .context import App, CallContext, Turn
+from .events import (
+    CallEnd,
+    CallStart,
+    Event,
+    Metrics,
+    SseClose,
+    SseInit,
+    TtsCompleted,
+    TurnLatency,
+    UnknownEvent,
+    UserInterimTranscription,
+    UserTranscription,
+)
+from .hookspecs import hookimpl
+from .settings import Setting, check_table
+from .triggers import Trigger
+
+__all__ = [
+    "__version__",
+    "hookimpl",
+    "App",
+    "CallContext",
+    "Turn",
+    "Event",
+    "SseInit",
+    "SseClose",
+    "UserInterimTranscription",
+    "UserTranscription",
+    "TtsCompleted",
+    "CallStart",
+    "CallEnd",
+    "TurnLatency",
+    "Metrics",
+    "UnknownEvent",
+    "Trigger",
+    "Setting",
+    "check_table",
+]

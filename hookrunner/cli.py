@@ -1,0 +1,232 @@
+"""The ``hookrunner`` command: run, check, plugins, init, simulate, demo.
+
+Exit codes: 0 when every call ended or completed (or a signal stopped the runner), 1 when a call was not found
+or given up on, 2 for a config, plugin-loading or API-key problem. A user's mistake is printed as one line per
+problem, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+
+import tomli_w
+import trio
+
+from . import __version__
+from .config import DEFAULT_API_KEY_ENV, DEFAULT_BASE_URL, Config, config_from_dict, load_config
+from .errors import HookrunnerError
+from .logs import LEVELS, setup_logging
+from .plugins import LoadedPlugins, load_plugins, validate_plugin_settings
+from .runner import EXIT_USAGE, Runner
+
+log = logging.getLogger("hookrunner")
+
+EXAMPLE_CONFIG = Path(__file__).with_name("config.example.toml")
+
+
+def _common_options(defaults: bool) -> argparse.ArgumentParser:
+    """Options accepted before or after the sub-command (``hookrunner --log-level debug run x`` or ``run x --log-level debug``)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--log-level", choices=LEVELS, default="info" if defaults else argparse.SUPPRESS, help="default: info"
+    )
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text" if defaults else argparse.SUPPRESS, help="default: text"
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options(defaults=False)
+    parser = argparse.ArgumentParser(
+        prog="hookrunner",
+        description="Run plugin hooks on the live event streams of Atoms voice-agent calls.",
+        parents=[_common_options(defaults=True)],
+    )
+    parser.add_argument("--version", action="version", version=f"hookrunner {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="subscribe to the configured calls and run the plugins")
+    run.add_argument("config", metavar="CONFIG", help="path to config.toml")
+    run.add_argument(
+        "--call", dest="calls", action="append", default=[], metavar="ID", help="a call id (repeatable); replaces runner.calls"
+    )
+
+    check = sub.add_parser("check", parents=[common], help="validate a config and its plugins, and show what would run")
+    check.add_argument("config", metavar="CONFIG")
+
+    plugins = sub.add_parser("plugins", parents=[common], help="list every plugin found, and whether it is active")
+    plugins.add_argument("--config", metavar="CONFIG", help="apply this config's plugins.load and plugins.disable")
+
+    init = sub.add_parser("init", parents=[common], help="write a starter config")
+    init.add_argument("path", nargs="?", default="config.toml", metavar="PATH", help="default: config.toml")
+
+    simulate = sub.add_parser("simulate", parents=[common], help="serve a local simulator of the Atoms events API")
+    simulate.add_argument("script", nargs="?", metavar="SCRIPT", help="a TOML or JSONL script (default: built-in calls)")
+    simulate.add_argument("--port", type=int, default=8765, help="default: 8765")
+    simulate.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    simulate.add_argument("--api-key", default="sim-key", help="the bearer key clients must send (default: sim-key)")
+    simulate.add_argument("--speed", type=float, default=1.0, help="play scripts this many times faster (default: 1)")
+
+    demo = sub.add_parser("demo", parents=[common], help="run the example config against a built-in simulator")
+    demo.add_argument("script", nargs="?", metavar="SCRIPT", help="a simulator script (default: built-in calls)")
+    demo.add_argument("--speed", type=float, default=1.0, help="play the calls this many times faster (default: 1)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    commands = {
+        "run": cmd_run,
+        "check": cmd_check,
+        "plugins": cmd_plugins,
+        "init": cmd_init,
+        "simulate": cmd_simulate,
+        "demo": cmd_demo,
+    }
+    try:
+        return commands[args.command](args)
+    except HookrunnerError as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _prepare(config: Config) -> LoadedPlugins:
+    loaded = load_plugins(config)
+    validate_plugin_settings(config, loaded)
+    return loaded
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    loaded = _prepare(config)
+    calls = args.calls or list(config.calls)
+    if not calls:
+        print(
+            f"error: {config.source}: runner.calls: no calls to subscribe (list call ids there or pass --call ID)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    api_key = config.api_key()
+    runner = Runner(config, loaded, api_key=api_key, calls=calls)
+    return trio.run(runner.run)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    loaded = _prepare(config)
+    out = sys.stdout
+    print(f"{config.source}: OK", file=out)
+    print(f"  atoms: {config.base_url}", file=out)
+    if config.api_key_env:
+        state = "set" if os.environ.get(config.api_key_env) else "NOT SET: `run` will refuse to start"
+        print(f"  api key: from ${config.api_key_env} ({state})", file=out)
+    else:
+        print("  api key: in the config file (prefer atoms.api_key_env)", file=out)
+    calls = ", ".join(config.calls) if config.calls else "none listed (pass --call ID to run)"
+    print(f"  calls: {calls}", file=out)
+    print(
+        f"  runner: hook_timeout {config.hook_timeout:g} s, idle_timeout {config.idle_timeout:g} s, "
+        f"shutdown_grace {config.shutdown_grace:g} s, buffer {config.buffer} events/call, reconnect "
+        f"{config.reconnect.initial_delay:g}-{config.reconnect.max_delay:g} s x {config.reconnect.max_attempts or 'unlimited'}",
+        file=out,
+    )
+    for info in loaded.infos:
+        state = "active" if info.active else "disabled"
+        hooks = ", ".join(info.hooks) or "-"
+        print(f"  plugin {info.name} ({state}, {info.source}): {hooks}", file=out)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    config = load_config(args.config) if args.config else Config()
+    loaded = load_plugins(config)
+    rows = [("NAME", "VERSION", "ACTIVE", "FROM", "HOOKS")]
+    for info in loaded.infos:
+        rows.append((info.name, info.version or "-", "yes" if info.active else "no", info.source, ", ".join(info.hooks) or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4])
+    return 0
+
+
+def starter_config() -> dict:
+    return {
+        "atoms": {"base_url": DEFAULT_BASE_URL, "api_key_env": DEFAULT_API_KEY_ENV},
+        "runner": {
+            "calls": [],
+            "hook_timeout": 10.0,
+            "idle_timeout": 120.0,
+            "shutdown_grace": 10.0,
+            "reconnect": {"initial_delay": 1.0, "max_delay": 30.0, "max_attempts": 10},
+        },
+        "plugins": {"disable": [], "load": [], "console": {"interims": "auto"}},
+    }
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.exists():
+        print(f"error: {path}: already exists; not overwriting it (choose another PATH)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with path.open("xb") as handle:
+            handle.write(
+                b"# hookrunner config: every key is explained in config.example.toml.\n"
+                b"# Put the call ids to follow in runner.calls (or pass --call ID), export ATOMS_API_KEY, then:\n"
+                b"#   hookrunner check " + str(path).encode() + b"\n\n"
+            )
+            tomli_w.dump(starter_config(), handle)
+    except OSError as exc:
+        print(f"error: {path}: cannot write ({exc.strerror})", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulator import run_simulator_cli
+
+    return run_simulator_cli(args.port, args.script, args.api_key, args.speed, host=args.host)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .simulator import Simulator, load_script, default_script_path
+
+    script = load_script(args.script or default_script_path())
+    api_key = "demo-key"
+    simulator = Simulator(script, api_key=api_key, speed=args.speed)
+    data = load_example_config()
+    config = config_from_dict(data, source=f"{EXAMPLE_CONFIG.name} (demo)", base_dir=EXAMPLE_CONFIG.parent)
+    loaded = _prepare(config)
+    calls = [call.id for call in script.calls]
+
+    async def demo() -> int:
+        async with trio.open_nursery() as nursery:
+            base_url = await nursery.start(simulator.serve)
+            demo_config = dataclasses.replace(config, base_url=base_url, api_key_env=None, api_key_inline=api_key)
+            print(f"demo: simulator on {base_url}, following {len(calls)} calls; Ctrl-C to stop", flush=True)
+            code = await Runner(demo_config, loaded, api_key=api_key, calls=calls).run()
+            nursery.cancel_scope.cancel()
+        return code
+
+    return trio.run(demo)
+
+
+def load_example_config() -> dict:
+    return tomllib.loads(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

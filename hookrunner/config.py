@@ -1,0 +1,195 @@
+"""Reading and validating ``config.toml`` before anything connects.
+
+Every problem is reported at once, one line each, as ``FILE: key.path: what was expected, got what``, so an ops
+engineer fixes a config in one pass rather than one error per run.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .settings import NON_NEGATIVE, POSITIVE, Setting, check_table, describe
+
+DEFAULT_BASE_URL = "https://api.smallest.ai/atoms/v1"
+DEFAULT_API_KEY_ENV = "ATOMS_API_KEY"
+
+
+def _http_url(value: str) -> str | None:
+    if value.startswith(("http://", "https://")) and len(value.split("://", 1)[1]) > 0:
+        return None
+    return f"expected an http:// or https:// URL, got {describe(value)}"
+
+
+def _env_name(value: str) -> str | None:
+    if value and all(ch.isalnum() or ch == "_" for ch in value) and not value[0].isdigit():
+        return None
+    return f"expected the name of an environment variable (like ATOMS_API_KEY), got {describe(value)}"
+
+
+def _at_least_one(value: int) -> str | None:
+    return None if value >= 1 else f"expected an integer of 1 or more, got {describe(value)}"
+
+
+def _max_attempts(value: int) -> str | None:
+    return None if value >= 0 else f"expected 0 (never give up) or more, got {describe(value)}"
+
+
+ATOMS_SCHEMA = {
+    "base_url": Setting("str", DEFAULT_BASE_URL, check=_http_url, doc="Atoms API base URL"),
+    "api_key_env": Setting("str", None, check=_env_name, doc="environment variable holding the API key"),
+    "api_key": Setting("str", None, doc="the API key itself (prefer api_key_env)"),
+    "connect_timeout": Setting("number", 10.0, check=POSITIVE),
+}
+RECONNECT_SCHEMA = {
+    "initial_delay": Setting("number", 1.0, check=POSITIVE),
+    "max_delay": Setting("number", 30.0, check=POSITIVE),
+    "max_attempts": Setting("int", 10, check=_max_attempts),
+}
+RUNNER_SCHEMA = {
+    "calls": Setting("list[str]", []),
+    "hook_timeout": Setting("number", 10.0, check=POSITIVE, expected="a number of seconds"),
+    "idle_timeout": Setting("number", 120.0, check=POSITIVE, expected="a number of seconds"),
+    "shutdown_grace": Setting("number", 10.0, check=NON_NEGATIVE, expected="a number of seconds"),
+    "buffer": Setting("int", 256, check=_at_least_one, expected="a number of events"),
+    "reconnect": Setting("table", {}),
+}
+PLUGINS_SCHEMA = {
+    "disable": Setting("list[str]", []),
+    "load": Setting("list[str]", []),
+}
+TOP_SCHEMA = {
+    "atoms": Setting("table", {}),
+    "runner": Setting("table", {}),
+    "plugins": Setting("table", {}),
+}
+
+
+@dataclass(frozen=True)
+class ReconnectConfig:
+    initial_delay: float = 1.0
+    max_delay: float = 30.0
+    max_attempts: int = 10
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration; ``source`` names the file in every later error."""
+
+    source: str = "<defaults>"
+    base_url: str = DEFAULT_BASE_URL
+    api_key_env: str | None = DEFAULT_API_KEY_ENV
+    api_key_inline: str | None = field(default=None, repr=False)
+    connect_timeout: float = 10.0
+    calls: tuple[str, ...] = ()
+    hook_timeout: float = 10.0
+    idle_timeout: float = 120.0
+    shutdown_grace: float = 10.0
+    buffer: int = 256
+    reconnect: ReconnectConfig = ReconnectConfig()
+    disable: tuple[str, ...] = ()
+    load: tuple[str, ...] = ()
+    plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Directory of the config file: relative ``plugins.load`` paths resolve against it.
+    base_dir: Path = Path(".")
+
+    def api_key(self) -> str:
+        """The API key, from the environment variable or the file; a ConfigError names what is missing."""
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env, "")
+            if key:
+                return key
+            if not self.api_key_inline:
+                raise ConfigError(
+                    f"{self.source}: atoms.api_key_env: environment variable {self.api_key_env} is not set "
+                    "(export it with your Atoms API key)"
+                )
+        if self.api_key_inline:
+            return self.api_key_inline
+        raise ConfigError(f"{self.source}: atoms: no API key (set atoms.api_key_env)")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; raise ``ConfigError`` carrying every problem, one line each."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (create one with `hookrunner init {path}`)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return config_from_dict(data, source=str(path), base_dir=path.resolve().parent)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<config>", base_dir: Path = Path(".")) -> Config:
+    """Validate an already-parsed config table (used by ``load_config`` and by the demo's built-in config)."""
+    problems: list[str] = []
+    top, found = check_table(data, TOP_SCHEMA)
+    problems += found
+    atoms, found = check_table(top["atoms"], ATOMS_SCHEMA, "atoms")
+    problems += found
+    if "atoms" in data and isinstance(data["atoms"], dict):
+        given = data["atoms"]
+        if "api_key_env" not in given and "api_key" not in given:
+            problems.append(
+                "atoms.api_key_env: missing required key (the name of the environment variable holding "
+                "the Atoms API key, e.g. ATOMS_API_KEY)"
+            )
+    elif "atoms" not in data:
+        problems.append("atoms: missing required table (with api_key_env, the variable holding the API key)")
+    runner, found = check_table(top["runner"], RUNNER_SCHEMA, "runner")
+    problems += found
+    reconnect, found = check_table(runner["reconnect"], RECONNECT_SCHEMA, "runner.reconnect")
+    problems += found
+    if not found and reconnect["max_delay"] < reconnect["initial_delay"]:
+        problems.append(
+            f"runner.reconnect.max_delay: expected a number of at least initial_delay "
+            f"({describe(reconnect['initial_delay'])}), got {describe(reconnect['max_delay'])}"
+        )
+    calls = runner["calls"]
+    for index, call_id in enumerate(calls):
+        if not call_id.strip():
+            problems.append(f"runner.calls[{index}]: expected a call id, got an empty string")
+    if len(set(calls)) != len(calls):
+        duplicated = sorted({call_id for call_id in calls if calls.count(call_id) > 1})
+        problems.append(f"runner.calls: each call id once, got {', '.join(duplicated)} more than once")
+    plugins_table = top["plugins"]
+    plugin_settings = {k: v for k, v in plugins_table.items() if k not in PLUGINS_SCHEMA}
+    plugins, found = check_table(
+        {k: v for k, v in plugins_table.items() if k in PLUGINS_SCHEMA}, PLUGINS_SCHEMA, "plugins"
+    )
+    problems += found
+    for name, table in plugin_settings.items():
+        if not isinstance(table, dict):
+            problems.append(f"plugins.{name}: expected a table of the plugin's settings, got {describe(table)}")
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {problem}" for problem in problems))
+    return Config(
+        source=source,
+        base_url=atoms["base_url"].rstrip("/"),
+        api_key_env=atoms["api_key_env"],
+        api_key_inline=atoms["api_key"],
+        connect_timeout=float(atoms["connect_timeout"]),
+        calls=tuple(calls),
+        hook_timeout=float(runner["hook_timeout"]),
+        idle_timeout=float(runner["idle_timeout"]),
+        shutdown_grace=float(runner["shutdown_grace"]),
+        buffer=runner["buffer"],
+        reconnect=ReconnectConfig(
+            initial_delay=float(reconnect["initial_delay"]),
+            max_delay=float(reconnect["max_delay"]),
+            max_attempts=reconnect["max_attempts"],
+        ),
+        disable=tuple(plugins["disable"]),
+        load=tuple(plugins["load"]),
+        plugin_settings=plugin_settings,
+        base_dir=base_dir,
+    )

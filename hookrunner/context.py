@@ -1,0 +1,87 @@
+"""What plugins are handed besides events: the per-call context and the per-plugin view of the runner."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .config import Config
+    from .triggers import Trigger
+
+__all__ = ["Turn", "CallContext", "App"]
+
+
+class Turn(msgspec.Struct, frozen=True, kw_only=True):
+    """One finished turn of the transcript: ``speaker`` is ``"user"`` or ``"agent"``."""
+
+    speaker: str
+    text: str
+    event_id: str | None
+    timestamp: datetime
+
+
+@dataclass(eq=False)
+class CallContext:
+    """One call as the runner follows it; the same object is passed to every hook of that call.
+
+    ``turns`` holds the finished turns so far (final user transcriptions and completed agent speech, in stream
+    order). ``state`` is free for plugins to keep per-call data in; key it by your plugin's name
+    (``call.state.setdefault("myplugin", {})``) so plugins do not step on each other.
+    """
+
+    id: str
+    turns: list[Turn] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+    #: How many events of this call were dispatched so far.
+    events_dispatched: int = 0
+    #: Set once the call is over: ended, completed, not_found, gave_up or shutdown.
+    finished_reason: str | None = None
+
+    @property
+    def transcript(self) -> str:
+        """The turns so far as ``speaker: text`` lines."""
+        return "\n".join(f"{turn.speaker}: {turn.text}" for turn in self.turns)
+
+
+class App:
+    """A plugin's view of the runner, handed to ``on_startup`` and ``on_shutdown``.
+
+    Each plugin gets its own ``App``: ``settings`` is that plugin's ``[plugins.NAME]`` table, and triggers it
+    emits are marked with its name.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        settings: dict[str, Any],
+        http: httpx.AsyncClient,
+        config: Config,
+        start_soon: Callable[[str, Callable[..., Awaitable[Any]], tuple[Any, ...]], None],
+        emit_trigger: Callable[[str, Trigger], None],
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.http = http
+        self.config = config
+        self._start_soon = start_soon
+        self._emit_trigger = emit_trigger
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the background, inside the runner's nursery.
+
+        An exception in it is logged with this plugin's name and does not stop the runner. Background tasks are
+        cancelled after ``on_shutdown`` returns: flush what must not be lost in ``on_shutdown``.
+        """
+        self._start_soon(self.name, fn, args)
+
+    def emit_trigger(self, trigger: Trigger) -> None:
+        """Hand a trigger to every plugin's ``on_trigger``. Never blocks; callable from sync or async code."""
+        self._emit_trigger(self.name, trigger)

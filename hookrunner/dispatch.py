@@ -1,0 +1,106 @@
+"""Calling hook implementations one at a time, each behind its own timeout and exception boundary.
+
+``pm.hook.x(...)`` would stop at the first exception and cannot await; so the implementations are iterated
+here in the order pluggy would call them (last registered first, ``tryfirst``/``trylast`` respected), each
+called with the subset of arguments it asks for, and awaited when it returns an awaitable (datasette's
+``await_me_maybe`` pattern).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pluggy
+import trio
+
+from .stats import Stats
+
+log = logging.getLogger("hookrunner.dispatch")
+
+KwargsFor = Mapping[str, Any] | Callable[[str], Mapping[str, Any]]
+
+
+class HookDispatcher:
+    """Calls one hook on every plugin, isolated; counts and logs failures with plugin, call and event."""
+
+    def __init__(self, pm: pluggy.PluginManager, hook_timeout: float, stats: Stats) -> None:
+        self._pm = pm
+        self.hook_timeout = hook_timeout
+        self._stats = stats
+        self._impls: dict[str, list[pluggy.HookImpl]] = {}
+
+    def implementations(self, hook_name: str) -> list[pluggy.HookImpl]:
+        """The implementations of ``hook_name`` in calling order (cached: plugins are fixed once running)."""
+        impls = self._impls.get(hook_name)
+        if impls is None:
+            caller = getattr(self._pm.hook, hook_name)
+            impls = list(reversed(caller.get_hookimpls()))
+            self._impls[hook_name] = impls
+        return impls
+
+    async def call(
+        self,
+        hook_name: str,
+        kwargs: KwargsFor,
+        *,
+        call_id: str | None = None,
+        event_id: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Call every implementation of ``hook_name`` in turn; never raises for a plugin's failure.
+
+        ``kwargs`` may be a function of the plugin name, for hooks whose argument differs per plugin (``app``).
+        """
+        limit = self.hook_timeout if timeout is None else timeout
+        for impl in self.implementations(hook_name):
+            args = kwargs(impl.plugin_name) if callable(kwargs) else kwargs
+            await self._call_one(hook_name, impl, args, limit, call_id, event_id)
+
+    async def _call_one(
+        self,
+        hook_name: str,
+        impl: pluggy.HookImpl,
+        kwargs: Mapping[str, Any],
+        limit: float,
+        call_id: str | None,
+        event_id: str | None,
+    ) -> None:
+        where = _where(impl.plugin_name, hook_name, call_id, event_id)
+        started = time.monotonic()
+        try:
+            with trio.move_on_after(limit) as scope:
+                result = impl.function(*[kwargs[name] for name in impl.argnames])
+                if inspect.isawaitable(result):
+                    await result
+        except Exception:
+            self._stats.hook_errors[impl.plugin_name] += 1
+            log.exception("%s raised", where)
+            return
+        if scope.cancelled_caught:
+            self._stats.hook_timeouts[impl.plugin_name] += 1
+            log.error("%s timed out after %.3g s (runner.hook_timeout); the runner moved on", where, limit)
+            return
+        elapsed = time.monotonic() - started
+        if elapsed > limit:
+            # A plain function cannot be interrupted: it held the event loop (every call) this long.
+            self._stats.hook_timeouts[impl.plugin_name] += 1
+            log.error(
+                "%s blocked the event loop for %.3g s (runner.hook_timeout is %.3g s); make it async "
+                "or move the blocking work to trio.to_thread.run_sync",
+                where,
+                elapsed,
+                limit,
+            )
+
+
+def _where(plugin: str, hook: str, call_id: str | None, event_id: str | None) -> str:
+    parts = [f"plugin {plugin}", hook]
+    if call_id:
+        parts.append(f"call {call_id}")
+    if event_id:
+        parts.append(f"event {event_id}")
+    return ": ".join(parts[:1]) + ": " + ", ".join(parts[1:])

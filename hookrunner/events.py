@@ -1,0 +1,263 @@
+"""Typed, immutable events decoded from the Atoms live call events stream.
+
+The wire format in the vendor's reference and the one real streams carry differ (epoch-number timestamps, float
+latencies, extra fields, ``event_time`` instead of ``timestamp``, lifecycle events without ids). The decoder
+accepts every shape seen and never drops an event for carrying a field it does not know: ``raw`` keeps the JSON
+object exactly as received, so a plugin can always reach what the typed attributes do not expose.
+
+Decoding is the hot path (one call per stream line): the JSON is parsed once by msgspec into a plain dict, and
+the typed object is a frozen ``msgspec.Struct`` filled from that dict, with no second pass over the bytes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+import msgspec
+
+__all__ = [
+    "Event",
+    "SseInit",
+    "SseClose",
+    "UserInterimTranscription",
+    "UserTranscription",
+    "TtsCompleted",
+    "CallStart",
+    "CallEnd",
+    "TurnLatency",
+    "Metrics",
+    "UnknownEvent",
+    "EVENT_CLASSES",
+    "MalformedEvent",
+    "decode_event",
+]
+
+_json_decoder = msgspec.json.Decoder()
+
+
+class MalformedEvent(ValueError):
+    """A stream line that is not a JSON object with a string ``event_type``; ``line`` holds its text."""
+
+    def __init__(self, reason: str, line: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.line = line
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """Fields every event has, whatever its type.
+
+    ``timestamp`` is always a timezone-aware UTC datetime: taken from ``timestamp`` (ISO 8601 string or Unix epoch
+    seconds), else from ``event_time``, else the moment the line was received (lifecycle events may carry neither).
+    ``event_id`` is ``None`` when the server sent none (``sse_init``/``sse_close`` may lack one); treat it as opaque.
+    ``call_id`` falls back to the subscribed call's id when the event omits it.
+    ``raw`` is the JSON object as received; do not mutate it, other plugins see the same dict.
+    """
+
+    event_type: str
+    event_id: str | None
+    call_id: str
+    timestamp: datetime
+    raw: dict[str, Any]
+
+    #: The ``event_type`` this class stands for (``None`` on the generic class).
+    TYPE: ClassVar[str | None] = None
+    #: Name of the hook called with events of this class, besides ``on_event``.
+    HOOK: ClassVar[str | None] = None
+
+
+class SseInit(Event, frozen=True, kw_only=True):
+    """Sent once the connection is established; after a reconnect a new one arrives (see ``Subscription``)."""
+
+    TYPE = "sse_init"
+    HOOK = "on_sse_init"
+
+
+class SseClose(Event, frozen=True, kw_only=True):
+    """The call ended; the server closes the stream right after it."""
+
+    TYPE = "sse_close"
+    HOOK = "on_sse_close"
+
+
+class UserInterimTranscription(Event, frozen=True, kw_only=True):
+    """Partial text while the caller speaks; superseded by later interims and by the final transcription."""
+
+    text: str
+    TYPE = "user_interim_transcription"
+    HOOK = "on_user_interim_transcription"
+
+
+class UserTranscription(Event, frozen=True, kw_only=True):
+    """The final text of a completed caller turn."""
+
+    text: str
+    TYPE = "user_transcription"
+    HOOK = "on_user_transcription"
+
+
+class TtsCompleted(Event, frozen=True, kw_only=True):
+    """The agent finished speaking a segment.
+
+    ``latency_ms`` is ``tts_latency`` as sent: documented as integer milliseconds, seen as a float on real streams,
+    possibly absent. An integral float becomes an int; any other float is kept as it is rather than guessed at.
+    """
+
+    text: str
+    latency_ms: int | float | None
+    TYPE = "tts_completed"
+    HOOK = "on_tts_completed"
+
+
+class CallStart(Event, frozen=True, kw_only=True):
+    """The call started (``telephony_id`` when the server sends one)."""
+
+    telephony_id: str | None = None
+    TYPE = "call_start"
+    HOOK = "on_call_start"
+
+
+class CallEnd(Event, frozen=True, kw_only=True):
+    """The call ended; ``metadata`` is the object the server attached, or an empty dict."""
+
+    metadata: dict[str, Any] = {}
+    TYPE = "call_end"
+    HOOK = "on_call_end"
+
+
+class TurnLatency(Event, frozen=True, kw_only=True):
+    """Per-stage latency breakdown of one turn; the stages stay in ``raw`` (their set varies)."""
+
+    turn_index: int | None = None
+    total_turn_ms: int | float | None = None
+    TYPE = "turn_latency"
+    HOOK = "on_turn_latency"
+
+
+class Metrics(Event, frozen=True, kw_only=True):
+    """A list of ``{processor, model, value}`` entries; ``value`` may be a number or an object."""
+
+    metrics: list[Any] = []
+    TYPE = "metrics"
+    HOOK = "on_metrics"
+
+
+class UnknownEvent(Event, frozen=True, kw_only=True):
+    """Any ``event_type`` without a class of its own; everything it carried is in ``raw``."""
+
+
+EVENT_CLASSES: dict[str, type[Event]] = {
+    cls.TYPE: cls
+    for cls in (
+        SseInit,
+        SseClose,
+        UserInterimTranscription,
+        UserTranscription,
+        TtsCompleted,
+        CallStart,
+        CallEnd,
+        TurnLatency,
+        Metrics,
+    )
+    if cls.TYPE
+}
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            try:  # epoch seconds sent as a string
+                return datetime.fromtimestamp(float(value), timezone.utc)
+            except (ValueError, OverflowError):
+                return None
+        return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value > 1e11:  # milliseconds rather than seconds
+            value = value / 1000
+        try:
+            return datetime.fromtimestamp(value, timezone.utc)
+        except (ValueError, OverflowError, OSError):
+            return None
+    return None
+
+
+def _as_number(value: Any) -> int | float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _as_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _text(raw: dict[str, Any], key: str) -> str:
+    value = raw.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def event_from_dict(raw: dict[str, Any], call_id: str, received_at: datetime | None = None) -> Event:
+    """Build the typed event for an already-parsed JSON object (``raw`` is kept as the event's ``raw``)."""
+    event_type = raw.get("event_type")
+    if not isinstance(event_type, str) or not event_type:
+        raise MalformedEvent("no event_type", msgspec.json.encode(raw).decode(errors="replace"))
+    cls = EVENT_CLASSES.get(event_type, UnknownEvent)
+    timestamp = _as_datetime(raw.get("timestamp")) or _as_datetime(raw.get("event_time"))
+    if timestamp is None:
+        timestamp = received_at or datetime.now(timezone.utc)
+    common = {
+        "event_type": event_type,
+        "event_id": _as_str(raw.get("event_id")),
+        "call_id": _as_str(raw.get("call_id")) or call_id,
+        "timestamp": timestamp,
+        "raw": raw,
+    }
+    if cls is UserTranscription:
+        return cls(text=_text(raw, "user_transcription_text"), **common)
+    if cls is UserInterimTranscription:
+        return cls(text=_text(raw, "interim_transcription_text"), **common)
+    if cls is TtsCompleted:
+        return cls(text=_text(raw, "tts_text"), latency_ms=_as_number(raw.get("tts_latency")), **common)
+    if cls is CallStart:
+        telephony_id = raw.get("telephony_id")
+        return cls(telephony_id=None if telephony_id is None else str(telephony_id), **common)
+    if cls is CallEnd:
+        metadata = raw.get("metadata")
+        return cls(metadata=metadata if isinstance(metadata, dict) else {}, **common)
+    if cls is TurnLatency:
+        turn_index = raw.get("turn_index")
+        return cls(
+            turn_index=turn_index if isinstance(turn_index, int) and not isinstance(turn_index, bool) else None,
+            total_turn_ms=_as_number(raw.get("total_turn_ms")),
+            **common,
+        )
+    if cls is Metrics:
+        metrics = raw.get("metrics")
+        return cls(metrics=metrics if isinstance(metrics, list) else [], **common)
+    return cls(**common)
+
+
+def decode_event(data: str | bytes, call_id: str, received_at: datetime | None = None) -> Event:
+    """Decode one SSE ``data`` payload into its typed event.
+
+    Raises ``MalformedEvent`` for text that is not a JSON object with a non-empty string ``event_type``; the
+    caller counts it and goes on with the stream.
+    """
+    try:
+        raw = _json_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise MalformedEvent(f"not JSON ({exc})", _line_text(data)) from None
+    if not isinstance(raw, dict):
+        raise MalformedEvent("not a JSON object", _line_text(data))
+    if not isinstance(raw.get("event_type"), str) or not raw["event_type"]:
+        raise MalformedEvent("no event_type", _line_text(data))
+    return event_from_dict(raw, call_id, received_at)
+
+
+def _line_text(data: str | bytes) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else data

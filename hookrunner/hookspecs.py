@@ -1,0 +1,175 @@
+"""The plugin contract: every hook hookrunner calls, in the order a call's life calls them.
+
+A plugin is a module or object with functions named after these hooks and marked with ``@hookimpl``::
+
+    from hookrunner import hookimpl
+
+    @hookimpl
+    async def on_user_transcription(event, call):
+        print(call.id, event.text)
+
+Rules that hold for every hook:
+
+- An implementation may be a plain function or an ``async def``; the runner awaits whatever needs awaiting.
+  Plain functions run on the event loop: keep them quick, and put slow or blocking work in an ``async def``
+  (``trio.to_thread.run_sync`` for blocking libraries) or in a background task (``app.start_soon``).
+- An implementation may accept any subset of a hook's arguments, so new arguments can be added later without
+  breaking plugins.
+- Each implementation runs isolated: an exception or a run longer than ``runner.hook_timeout`` is logged with the
+  plugin's name, the call id and the event id, counted, and never stops other plugins, the call or the runner.
+- For one call, a plugin sees events in stream order and never two of that call's events at once; different
+  calls run concurrently. Implementations run in pluggy's order (``tryfirst``/``trylast`` are respected).
+- Return values are ignored, except where a hook says otherwise.
+
+For each event the runner calls the hook named for its type (``on_user_transcription`` ...) and then
+``on_event``, so a plugin implements whichever fits. A plugin sees one ``sse_init`` per call: the one of the first
+connection. Reconnects are the runner's business; their ``sse_init`` lines and any event already dispatched
+(same ``event_id``) are not dispatched again.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .context import App, CallContext
+    from .events import (
+        CallEnd,
+        CallStart,
+        Event,
+        Metrics,
+        SseClose,
+        SseInit,
+        TtsCompleted,
+        TurnLatency,
+        UserInterimTranscription,
+        UserTranscription,
+    )
+    from .triggers import Trigger
+
+PROJECT_NAME = "hookrunner"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# --- configuration -------------------------------------------------------------------------------------------
+
+
+@hookspec
+def validate_settings(settings: dict[str, Any]) -> list[str] | None:
+    """Check this plugin's ``[plugins.NAME]`` table before anything connects.
+
+    Called by ``hookrunner check`` and ``hookrunner run`` with the plugin's own table (an empty dict when the
+    config has none). Return a list of problems, each ``"key.path: what was expected, got what"`` relative to
+    the table; the runner prefixes the file and ``plugins.NAME.`` and refuses to start. Return ``None`` or ``[]``
+    when all is well. Must be a plain function (it runs before the event loop starts).
+    """
+
+
+# --- the runner's life ---------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_startup(app: App) -> None:
+    """The runner is starting, before any call is subscribed.
+
+    ``app`` is this plugin's view of the runner: ``app.settings`` (its ``[plugins.NAME]`` table), ``app.http``
+    (a shared ``httpx.AsyncClient``), ``app.start_soon(fn, *args)`` (a background task the runner drains at
+    shutdown) and ``app.emit_trigger(trigger)``. Keep it; later hooks do not receive it.
+    """
+
+
+@hookspec
+def on_shutdown(app: App) -> None:
+    """The runner is stopping: every call is finished or being drained. Flush and close what the plugin holds.
+
+    Runs after the last event hook, before background tasks are cancelled, within ``runner.shutdown_grace``.
+    """
+
+
+@hookspec
+def on_call_subscribed(call: CallContext) -> None:
+    """A call's stream answered 200 for the first time; its events follow."""
+
+
+@hookspec
+def on_call_finished(call: CallContext, reason: str) -> None:
+    """A call is over for the runner, after its last event was dispatched.
+
+    ``reason`` is one of ``"ended"`` (the stream sent ``sse_close``), ``"completed"`` (the call was over before it
+    could be subscribed: 400), ``"not_found"`` (404), ``"gave_up"`` (reconnects exhausted) or ``"shutdown"``
+    (the runner was stopped while the call was live).
+    """
+
+
+# --- events, in stream order per call ------------------------------------------------------------------------
+
+
+@hookspec
+def on_sse_init(event: SseInit, call: CallContext) -> None:
+    """The stream of a call was established (first connection only)."""
+
+
+@hookspec
+def on_call_start(event: CallStart, call: CallContext) -> None:
+    """The call started (``event.telephony_id`` when sent)."""
+
+
+@hookspec
+def on_user_interim_transcription(event: UserInterimTranscription, call: CallContext) -> None:
+    """Partial text while the caller is speaking (``event.text``); superseded by later interims and the final."""
+
+
+@hookspec
+def on_user_transcription(event: UserTranscription, call: CallContext) -> None:
+    """A caller finished a turn; ``event.text`` is final. ``call.turns`` already ends with this turn."""
+
+
+@hookspec
+def on_tts_completed(event: TtsCompleted, call: CallContext) -> None:
+    """The agent finished speaking ``event.text`` (``event.latency_ms`` as sent, or None).
+
+    ``call.turns`` already ends with this turn.
+    """
+
+
+@hookspec
+def on_turn_latency(event: TurnLatency, call: CallContext) -> None:
+    """Latency breakdown of one turn; the per-stage numbers are in ``event.raw``."""
+
+
+@hookspec
+def on_metrics(event: Metrics, call: CallContext) -> None:
+    """Model and processor metrics (``event.metrics``)."""
+
+
+@hookspec
+def on_call_end(event: CallEnd, call: CallContext) -> None:
+    """The call ended (``event.metadata``); ``sse_close`` usually follows."""
+
+
+@hookspec
+def on_sse_close(event: SseClose, call: CallContext) -> None:
+    """The server is closing the stream because the call ended; ``on_call_finished`` follows."""
+
+
+@hookspec
+def on_event(event: Event, call: CallContext) -> None:
+    """Every event, of every type, known or not, after the type's own hook.
+
+    Unknown types arrive as ``UnknownEvent`` with all their fields in ``event.raw``.
+    """
+
+
+# --- derived events --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_trigger(trigger: Trigger) -> None:
+    """A detector plugin concluded something about a call (``app.emit_trigger``); notifiers act on it here.
+
+    Triggers are dispatched in the order they were emitted, isolated like every hook, and drained at shutdown.
+    """

@@ -1,0 +1,250 @@
+"""The runner: one nursery that owns every call's subscription and dispatch tasks, the trigger queue, plugins'
+background tasks, and the way all of them stop.
+
+Data flows one way: a call's ``Subscription`` decodes lines into events and sends them down a bounded channel
+(full channel = the socket waits); the call's dispatch task takes them one at a time and calls every plugin's
+hooks, so a plugin sees a call's events in order and never two at once, while calls run side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import httpx
+import msgspec
+import trio
+
+from . import __version__
+from .config import Config
+from .context import App, CallContext, Turn
+from .dispatch import HookDispatcher
+from .errors import AuthError
+from .events import Event, TtsCompleted, UserTranscription
+from .plugins import LoadedPlugins
+from .stats import Stats
+from .subscription import COMPLETED, ENDED, SHUTDOWN, Subscribed, Subscription
+from .triggers import Trigger
+
+log = logging.getLogger("hookrunner.runner")
+
+OK_REASONS = frozenset({ENDED, COMPLETED, SHUTDOWN})
+EXIT_OK, EXIT_SOME_CALLS_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class Runner:
+    """Runs every configured call to its end; ``await runner.run()`` returns the process exit code."""
+
+    def __init__(self, config: Config, plugins: LoadedPlugins, *, api_key: str, calls: Sequence[str]) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.stats = Stats()
+        self.dispatcher = HookDispatcher(plugins.pm, config.hook_timeout, self.stats)
+        self.calls: dict[str, CallContext] = {}
+        self._api_key = api_key
+        self._call_ids = list(dict.fromkeys(calls))
+        self._auth_error: AuthError | None = None
+        # Per-call scopes, so that stop() can end every subscription and put a deadline on every dispatch.
+        self._subscription_scopes: set[trio.CancelScope] = set()
+        self._dispatch_scopes: set[trio.CancelScope] = set()
+        self._stopping = False
+        self._deadline = math.inf
+        self._triggers_drained = trio.Event()
+        self._trigger_send, self._trigger_receive = trio.open_memory_channel[tuple[str, Trigger]](math.inf)
+        self._background: trio.Nursery | None = None
+        self._apps: dict[str, App] = {}
+
+    # --- the whole run ----------------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Start plugins, follow every call until it is over (or a signal stops the runner), stop plugins."""
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=20)  # one stream per call, no queue
+        headers = {"User-Agent": f"hookrunner/{__version__}"}
+        async with (
+            httpx.AsyncClient(limits=limits, headers=headers, follow_redirects=False) as stream_client,
+            httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(30.0)) as plugin_http,
+            trio.open_nursery() as background,
+        ):
+            self._background = background
+            self._apps = {name: self._make_app(name, plugin_http) for name in self.plugins.active_names}
+            await self.dispatcher.call("on_startup", lambda name: {"app": self._apps[name]})
+            async with trio.open_nursery() as core:
+                core.start_soon(self._watch_signals, core.cancel_scope)
+                core.start_soon(self._dispatch_triggers)
+                async with trio.open_nursery() as calls:
+                    for call_id in self._call_ids:
+                        calls.start_soon(self._follow_call, call_id, stream_client)
+                self._trigger_send.close()  # no call can emit any more: let the trigger queue drain and end
+                await self._wait_triggers_drained()
+                core.cancel_scope.cancel()  # stops the signal watcher
+            with trio.move_on_after(self._grace_left()):
+                await self.dispatcher.call(
+                    "on_shutdown", lambda name: {"app": self._apps[name]}, timeout=max(self._grace_left(), 0.001)
+                )
+            background.cancel_scope.cancel()
+        log.info("finished: %s", self.stats.summary())
+        if self._auth_error is not None:
+            log.error("%s", self._auth_error)
+            return EXIT_USAGE
+        if any(reason not in OK_REASONS for reason in self.stats.calls_finished.elements()):
+            return EXIT_SOME_CALLS_FAILED
+        return EXIT_OK
+
+    def stop(self) -> None:
+        """Begin a graceful stop: no new events are read; what was received is dispatched within the grace."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._deadline = trio.current_time() + self.config.shutdown_grace
+        for scope in self._subscription_scopes:
+            scope.cancel()
+        for scope in self._dispatch_scopes:
+            scope.deadline = self._deadline
+
+    def _scope(self, scopes: set[trio.CancelScope]) -> trio.CancelScope:
+        """A new per-call scope that already obeys a stop begun before the call started."""
+        scope = trio.CancelScope()
+        if self._stopping:
+            if scopes is self._subscription_scopes:
+                scope.cancel()
+            else:
+                scope.deadline = self._deadline
+        scopes.add(scope)
+        return scope
+
+    def _grace_left(self) -> float:
+        if not self._stopping:
+            return self.config.shutdown_grace
+        return max(0.0, self._deadline - trio.current_time())
+
+    async def _watch_signals(self, core_scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if not self._stopping:
+                    log.warning(
+                        "%s: stopping; draining in-flight hooks for up to %g s (again to stop at once)",
+                        signal.Signals(signum).name,
+                        self.config.shutdown_grace,
+                    )
+                    self.stop()
+                else:
+                    self._deadline = trio.current_time()
+                    for scope in self._dispatch_scopes:
+                        scope.cancel()
+
+    # --- one call ---------------------------------------------------------------------------------------------
+
+    async def _follow_call(self, call_id: str, client: httpx.AsyncClient) -> None:
+        call = CallContext(call_id)
+        self.calls[call_id] = call
+        subscription = Subscription(
+            call_id,
+            client=client,
+            base_url=self.config.base_url,
+            api_key=self._api_key,
+            connect_timeout=self.config.connect_timeout,
+            idle_timeout=self.config.idle_timeout,
+            reconnect=self.config.reconnect,
+            stats=self.stats,
+        )
+        send, receive = trio.open_memory_channel[Event | Subscribed](self.config.buffer)
+        reason = SHUTDOWN
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._dispatch_call, call, receive)
+            async with send:
+                scope = self._scope(self._subscription_scopes)
+                with scope:
+                    try:
+                        reason = await subscription.run(send)
+                    except AuthError as exc:
+                        self._on_auth_error(exc)
+                self._subscription_scopes.discard(scope)
+        call.finished_reason = reason
+        self.stats.calls_finished[reason] += 1
+        if reason == SHUTDOWN and self._auth_error is None:
+            log.info("%s: stopped by shutdown after %d events", call_id, call.events_dispatched)
+        await self.dispatcher.call("on_call_finished", {"call": call, "reason": reason}, call_id=call_id)
+        del self.calls[call_id]
+
+    def _on_auth_error(self, exc: AuthError) -> None:
+        if self._auth_error is None:
+            self._auth_error = exc
+            self.stop()
+
+    async def _dispatch_call(self, call: CallContext, receive: trio.MemoryReceiveChannel[Event | Subscribed]) -> None:
+        undispatched = 0
+        scope = self._scope(self._dispatch_scopes)
+        async with receive:
+            with scope:
+                async for item in receive:
+                    if isinstance(item, Subscribed):
+                        await self.dispatcher.call("on_call_subscribed", {"call": call}, call_id=call.id)
+                        continue
+                    await self._dispatch_event(call, item)
+            # Only reached with items left when the grace ran out: say how many were not dispatched.
+            while True:
+                try:
+                    item = receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                undispatched += isinstance(item, Event)
+        self._dispatch_scopes.discard(scope)
+        if undispatched:
+            log.error(
+                "%s: %d received events were not dispatched before runner.shutdown_grace ran out", call.id, undispatched
+            )
+
+    async def _dispatch_event(self, call: CallContext, event: Event) -> None:
+        self.stats.events_by_type[event.event_type] += 1
+        if isinstance(event, (UserTranscription, TtsCompleted)):
+            speaker = "user" if isinstance(event, UserTranscription) else "agent"
+            call.turns.append(Turn(speaker=speaker, text=event.text, event_id=event.event_id, timestamp=event.timestamp))
+        arguments = {"event": event, "call": call}
+        if event.HOOK is not None:
+            await self.dispatcher.call(event.HOOK, arguments, call_id=call.id, event_id=event.event_id)
+        await self.dispatcher.call("on_event", arguments, call_id=call.id, event_id=event.event_id)
+        call.events_dispatched += 1
+
+    # --- triggers and plugins' background work ------------------------------------------------------------
+
+    def _make_app(self, name: str, http: httpx.AsyncClient) -> App:
+        return App(
+            name=name,
+            settings=self.config.plugin_settings.get(name, {}),
+            http=http,
+            config=self.config,
+            start_soon=self._start_background,
+            emit_trigger=self._emit_trigger,
+        )
+
+    def _emit_trigger(self, plugin: str, trigger: Trigger) -> None:
+        if trigger.source is None:
+            trigger = msgspec.structs.replace(trigger, source=plugin)
+        try:
+            self._trigger_send.send_nowait((plugin, trigger))
+        except trio.ClosedResourceError:
+            log.error("plugin %s: emitted a trigger after the runner stopped dispatching: %s", plugin, trigger)
+
+    async def _dispatch_triggers(self) -> None:
+        async for _plugin, trigger in self._trigger_receive:
+            self.stats.triggers += 1
+            await self.dispatcher.call("on_trigger", {"trigger": trigger}, call_id=trigger.call_id, event_id=trigger.event_id)
+        self._triggers_drained.set()
+
+    async def _wait_triggers_drained(self) -> None:
+        with trio.move_on_after(self._grace_left() if self._stopping else math.inf):
+            await self._triggers_drained.wait()
+
+    def _start_background(self, plugin: str, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        assert self._background is not None, "start_soon is available from on_startup on"
+
+        async def guarded() -> None:
+            try:
+                await fn(*args)
+            except Exception:
+                log.exception("plugin %s: background task %s raised", plugin, getattr(fn, "__name__", fn))
+
+        self._background.start_soon(guarded, name=f"{plugin}:{getattr(fn, '__name__', 'task')}")

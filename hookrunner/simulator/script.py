@@ -1,0 +1,320 @@
+"""Simulator scripts: what calls exist, which events they emit when, and which faults they inject.
+
+A script is data, not code, so that a test, a demo and a load run can each describe the stream they need without
+touching the simulator. Two formats are read:
+
+* TOML, written by hand: top-level settings, ``[[calls]]`` with fault keys, ``[[calls.events]]`` each with ``at``
+  (seconds from the call's start) and ``event_type`` plus any fields, sent unchanged.
+* JSONL, one event object a line as captured from a real stream (``/work/shared/fixtures``): events are grouped by
+  ``call_id`` and timed by their own ``timestamp`` relative to the call's first line.
+
+Everything is checked at load time and a mistake becomes one ``ScriptError`` line naming the file and the key path
+or line number, so a typo in a fault key cannot silently produce a fault-free run. The result is immutable: one
+script can back many simulators and every connection of a call replays the same events.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+__all__ = ["Script", "SimCall", "SimEvent", "ScriptError", "load_script", "parse_script", "default_script_path"]
+
+#: Event types the simulator generates itself on every connection; script lines of these types only set timing.
+LIFECYCLE_TYPES = frozenset({"sse_init", "sse_close"})
+
+_TOP_KEYS = ("api_key", "speed", "keepalive", "timestamp_format", "framing", "calls")
+_CALL_KEYS = (
+    "id", "status", "repeat", "events",
+    "fail_first", "fail_status", "retry_after",
+    "drop_after", "end_after", "malformed_after", "stall_after", "stall_seconds",
+)  # fmt: skip
+
+
+class ScriptError(ValueError):
+    """A script that cannot be read or is invalid; the message is one line naming the file and where."""
+
+
+@dataclass(frozen=True)
+class SimEvent:
+    """One scripted event: ``at`` seconds after the call's start (before ``speed``), and the JSON fields to send."""
+
+    at: float
+    fields: Mapping[str, Any]
+
+    @property
+    def event_type(self) -> str:
+        return self.fields["event_type"]
+
+
+@dataclass(frozen=True)
+class SimCall:
+    """One call's timeline and faults. Faults (``*_after`` counts script events) hit the first connection only."""
+
+    id: str
+    events: tuple[SimEvent, ...]
+    end_at: float  # seconds after start when sse_close is sent and the call becomes completed
+    status: Literal["active", "completed"] = "active"
+    fail_first: int = 0
+    fail_status: int = 503
+    retry_after: float | None = None
+    drop_after: int | None = None
+    end_after: int | None = None
+    malformed_after: int | None = None
+    stall_after: int | None = None
+    stall_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Script:
+    """A loaded script: settings plus calls. ``source`` is the file name used in messages."""
+
+    calls: tuple[SimCall, ...]
+    api_key: str = "sim-key"
+    speed: float = 1.0
+    keepalive: float = 15.0
+    timestamp_format: Literal["iso", "epoch"] = "iso"
+    framing: Literal["data", "event-message"] = "data"
+    source: str = "<script>"
+
+
+def default_script_path() -> Path:
+    """The bundled demo script: three short support calls."""
+    return Path(__file__).parent / "scripts" / "default.toml"
+
+
+def load_script(path: str | Path) -> Script:
+    """Read a ``.toml`` or ``.jsonl`` script; raise ``ScriptError`` with a one-line message on any problem."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise ScriptError(f"{source}: cannot read: {reason}") from None
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise ScriptError(f"{source}: invalid TOML: {error}") from None
+        return parse_script(data, source=source)
+    if suffix in (".jsonl", ".ndjson"):
+        return _parse_jsonl(text, source)
+    raise ScriptError(f"{source}: expected a .toml or .jsonl script, got {suffix or 'no extension'!r}")
+
+
+def parse_script(data: Mapping[str, Any], *, source: str = "<script>") -> Script:
+    """Validate a TOML-shaped mapping (as ``tomllib`` returns it) into a ``Script``."""
+    v = _Validator(source)
+    v.known_keys(data, _TOP_KEYS, "")
+    calls_data = data.get("calls", [])
+    if not isinstance(calls_data, list):
+        v.fail("calls", "expected an array of tables ([[calls]])", calls_data)
+    calls: list[SimCall] = []
+    for index, call_data in enumerate(calls_data):
+        calls.extend(_parse_call(v, call_data, f"calls[{index}]"))
+    return Script(
+        calls=v.unique_ids(calls),
+        api_key=v.string(data, "api_key", "", default="sim-key"),
+        speed=v.number(data, "speed", "", default=1.0, positive=True),
+        keepalive=v.number(data, "keepalive", "", default=15.0),
+        timestamp_format=v.choice(data, "timestamp_format", "", ("iso", "epoch"), default="iso"),
+        framing=v.choice(data, "framing", "", ("data", "event-message"), default="data"),
+        source=source,
+    )
+
+
+def _parse_call(v: _Validator, data: Any, where: str) -> list[SimCall]:
+    if not isinstance(data, Mapping):
+        v.fail(where, "expected a table", data)
+    v.known_keys(data, _CALL_KEYS, where + ".")
+    call_id = v.string(data, "id", where + ".", default=None)
+    if not call_id:
+        v.fail(f"{where}.id", "expected a non-empty call id", call_id)
+    events_data = data.get("events", [])
+    if not isinstance(events_data, list):
+        v.fail(f"{where}.events", "expected an array of tables ([[calls.events]])", events_data)
+    raw_events: list[SimEvent] = []
+    previous = 0.0
+    for index, event in enumerate(events_data):
+        at_where = f"{where}.events[{index}]"
+        if not isinstance(event, Mapping):
+            v.fail(at_where, "expected a table", event)
+        if "at" not in event:
+            v.fail(f"{at_where}.at", "required: seconds from the call's start", None)
+        at = v.number(event, "at", at_where + ".", default=None, unit="a number of seconds")
+        if at < previous:
+            v.fail(f"{at_where}.at", f"expected a time not before the previous event's {previous:g}", at)
+        previous = at
+        event_type = event.get("event_type")
+        if not isinstance(event_type, str) or not event_type:
+            v.fail(f"{at_where}.event_type", "expected a non-empty string", event_type)
+        fields = {key: value for key, value in event.items() if key != "at"}
+        raw_events.append(SimEvent(at=at, fields=MappingProxyType(fields)))
+    events, end_at = _split_lifecycle(raw_events)
+
+    p = where + "."
+    counts = {}
+    for key in ("drop_after", "end_after", "malformed_after", "stall_after"):
+        count = v.integer(data, key, p, default=None)
+        if count is not None and count > len(events):
+            v.fail(p + key, f"expected at most the call's {len(events)} events", count)
+        counts[key] = count
+    if counts["stall_after"] is not None and "stall_seconds" not in data:
+        v.fail(p + "stall_seconds", "required with stall_after (wall seconds of silence)", None)
+    fail_status = v.integer(data, "fail_status", p, default=503)
+    if not 400 <= fail_status <= 599:
+        v.fail(p + "fail_status", "expected an HTTP error status (400-599)", fail_status)
+    retry_after = v.number(data, "retry_after", p, default=None, unit="a number of seconds")
+    template = dict(
+        events=events,
+        end_at=end_at,
+        status=v.choice(data, "status", p, ("active", "completed"), default="active"),
+        fail_first=v.integer(data, "fail_first", p, default=0),
+        fail_status=fail_status,
+        retry_after=retry_after,
+        stall_seconds=v.number(data, "stall_seconds", p, default=0.0, unit="a number of seconds"),
+        **counts,
+    )
+    repeat = v.integer(data, "repeat", p, default=None, minimum=1)
+    if repeat is None:
+        return [SimCall(id=call_id.replace("{n}", "0"), **template)]
+    if "{n}" not in call_id:
+        v.fail(p + "id", "expected {n} in the id of a call with repeat", call_id)
+    return [SimCall(id=call_id.replace("{n}", str(n)), **template) for n in range(repeat)]
+
+
+def _split_lifecycle(events: list[SimEvent]) -> tuple[tuple[SimEvent, ...], float]:
+    """Drop scripted sse_init/sse_close (the simulator generates them); the call ends at the last event or at
+    a scripted sse_close, whichever is later."""
+    kept = tuple(event for event in events if event.event_type not in LIFECYCLE_TYPES)
+    end_at = max((event.at for event in events), default=0.0)
+    return kept, end_at
+
+
+def _parse_jsonl(text: str, source: str) -> Script:
+    """Group captured events by call; ``at`` is the event's timestamp minus its call's first timestamp.
+
+    A timestamp earlier than the previous one of the same call is clamped to it, so line order (the order the
+    stream carried) is kept. The events' own ``event_id`` and ``timestamp`` are sent as given.
+    """
+    by_call: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{source}: line {number}"
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ScriptError(f"{where}: invalid JSON: {error.msg} (column {error.colno})") from None
+        if not isinstance(event, dict):
+            raise ScriptError(f"{where}: expected a JSON object, got {_show(event)}")
+        for key in ("event_type", "call_id"):
+            if not isinstance(event.get(key), str) or not event[key]:
+                raise ScriptError(f"{where}: {key}: expected a non-empty string, got {_show(event.get(key))}")
+        moment = _epoch_seconds(event.get("timestamp", event.get("event_time")))
+        if moment is None:
+            raise ScriptError(
+                f"{where}: timestamp: expected an ISO 8601 string or epoch seconds, "
+                f"got {_show(event.get('timestamp'))}"
+            )
+        by_call.setdefault(event["call_id"], []).append((moment, event))
+    calls = []
+    for call_id, lines in by_call.items():
+        first = lines[0][0]
+        events, previous = [], 0.0
+        for moment, event in lines:
+            previous = max(previous, moment - first)
+            events.append(SimEvent(at=round(previous, 6), fields=MappingProxyType(event)))
+        kept, end_at = _split_lifecycle(events)
+        calls.append(SimCall(id=call_id, events=kept, end_at=end_at))
+    return Script(calls=tuple(calls), source=source)
+
+
+def _epoch_seconds(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment.timestamp()
+    return None
+
+
+def _show(value: Any) -> str:
+    """A found value as a person reads it in an error: JSON-ish, strings quoted."""
+    try:
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+class _Validator:
+    """Typed getters that raise ``ScriptError("file: key.path: expected ..., got ...")``."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, where: str, expected: str, got: Any) -> None:
+        suffix = "" if got is None else f", got {_show(got)}"
+        raise ScriptError(f"{self.source}: {where}: {expected}{suffix}")
+
+    def known_keys(self, data: Mapping[str, Any], valid: tuple[str, ...], prefix: str) -> None:
+        for key in data:
+            if key not in valid:
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(valid)})"
+                raise ScriptError(f"{self.source}: {prefix}{key}: unknown key{hint}")
+
+    def number(self, data, key, prefix, *, default, positive=False, unit="a number") -> Any:
+        if key not in data:
+            return default
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self.fail(prefix + key, f"expected {unit}", value)
+        if value < 0 or (positive and value == 0):
+            self.fail(prefix + key, f"expected {unit} {'> 0' if positive else '>= 0'}", value)
+        return float(value)
+
+    def integer(self, data, key, prefix, *, default, minimum=0) -> Any:
+        if key not in data:
+            return default
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.fail(prefix + key, f"expected a whole number of at least {minimum}", value)
+        return value
+
+    def string(self, data, key, prefix, *, default) -> Any:
+        if key not in data:
+            return default
+        if not isinstance(data[key], str):
+            self.fail(prefix + key, "expected a string", data[key])
+        return data[key]
+
+    def choice(self, data, key, prefix, choices, *, default) -> Any:
+        if key not in data:
+            return default
+        if data[key] not in choices:
+            self.fail(prefix + key, f"expected one of {', '.join(map(repr, choices))}", data[key])
+        return data[key]
+
+    def unique_ids(self, calls: list[SimCall]) -> tuple[SimCall, ...]:
+        seen: set[str] = set()
+        for call in calls:
+            if call.id in seen:
+                raise ScriptError(f"{self.source}: calls: duplicate call id {call.id!r}")
+            seen.add(call.id)
+        return tuple(calls)

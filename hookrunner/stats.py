@@ -1,0 +1,33 @@
+"""Counters the runner keeps, so that what went wrong is a number a user can see, not only a log line."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Stats:
+    events_by_type: Counter[str] = field(default_factory=Counter)
+    duplicates_skipped: int = 0
+    malformed_lines: int = 0
+    reconnects: int = 0
+    hook_errors: Counter[str] = field(default_factory=Counter)  # by plugin name
+    hook_timeouts: Counter[str] = field(default_factory=Counter)  # by plugin name
+    calls_finished: Counter[str] = field(default_factory=Counter)  # by reason
+    triggers: int = 0
+
+    def summary(self) -> str:
+        """One line for the end of a run."""
+        parts = [
+            f"{sum(self.calls_finished.values())} calls ("
+            + ", ".join(f"{n} {reason}" for reason, n in sorted(self.calls_finished.items()))
+            + ")",
+            f"{sum(self.events_by_type.values())} events",
+            f"{self.triggers} triggers",
+            f"{self.reconnects} reconnects",
+            f"{self.malformed_lines} malformed lines",
+            f"{sum(self.hook_errors.values())} hook errors",
+            f"{sum(self.hook_timeouts.values())} hook timeouts",
+        ]
+        return "; ".join(parts)

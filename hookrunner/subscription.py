@@ -1,0 +1,267 @@
+"""One call's stream: connect, read events, reconnect when the connection fails, and know when to stop.
+
+Each answer is handled deliberately (see ``Subscription.run``). Reconnecting uses exponential backoff with full
+jitter, floored by ``Retry-After``, and the attempt count starts over after a connection that delivered new
+events. That state (progress resets the count, a server-given floor on one delay) is why the loop is written
+here instead of with a retry library, whose attempts only ever count up.
+
+There is no resume on this API: after a reconnect the server may replay or skip events. Events already passed
+on are recognised by ``event_id`` (or, for events without one, by their exact text) and not passed on twice.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import httpx
+import httpx_sse
+import trio
+
+from .config import ReconnectConfig
+from .errors import AuthError
+from .events import MalformedEvent, SseInit, decode_event, Event
+from .stats import Stats
+
+log = logging.getLogger("hookrunner.subscription")
+
+ENDED = "ended"
+COMPLETED = "completed"
+NOT_FOUND = "not_found"
+GAVE_UP = "gave_up"
+SHUTDOWN = "shutdown"
+
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+SEEN_IDS_KEPT = 50_000
+
+
+class Subscribed:
+    """Sent down the channel once, when the call's stream first answers 200 (before its first event)."""
+
+
+SUBSCRIBED = Subscribed()
+
+
+@dataclass
+class _Retry(Exception):
+    """This connection failed in a way worth another attempt."""
+
+    why: str
+    retry_after: float | None = None
+
+
+class SeenEvents:
+    """The keys of events already passed on, bounded so a long call cannot grow it without limit."""
+
+    def __init__(self, limit: int = SEEN_IDS_KEPT) -> None:
+        self._keys: OrderedDict[str, None] = OrderedDict()
+        self._limit = limit
+
+    def add(self, key: str) -> bool:
+        """Remember ``key``; False if it was already there."""
+        if key in self._keys:
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self._limit:
+            self._keys.popitem(last=False)
+        return True
+
+
+def backoff_delay(attempt: int, config: ReconnectConfig, retry_after: float | None = None) -> float:
+    """Full jitter: uniform in [0, min(max_delay, initial_delay * 2**(attempt-1))], never below Retry-After."""
+    ceiling = min(config.max_delay, config.initial_delay * 2 ** max(attempt - 1, 0))
+    delay = random.uniform(0, ceiling)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The first message of an Atoms error body ``{"status": false, "errors": ["..."]}``, else the reason."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        errors = body.get("errors")
+        if isinstance(errors, list) and errors:
+            return str(errors[0])[:200]
+        for key in ("error", "message"):
+            if isinstance(body.get(key), str):
+                return body[key][:200]
+    return response.reason_phrase or "no message"
+
+
+def _body_retry_after(response: httpx.Response) -> float | None:
+    """Atoms' 429 body may say ``"retry_after": seconds`` when the header is missing."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    value = body.get("retry_after") if isinstance(body, dict) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return max(0.0, float(value))
+    return None
+
+
+class Subscription:
+    """Follows one call until it is over; ``run`` returns why it is over."""
+
+    def __init__(
+        self,
+        call_id: str,
+        *,
+        client: httpx.AsyncClient,
+        base_url: str,
+        api_key: str,
+        connect_timeout: float,
+        idle_timeout: float,
+        reconnect: ReconnectConfig,
+        stats: Stats,
+    ) -> None:
+        self.call_id = call_id
+        self._client = client
+        self._url = f"{base_url}/events"
+        self._api_key = api_key
+        # The read timeout is the idle timeout: it runs only while waiting for bytes (keep-alive comments count),
+        # never while the stream waits for slow plugins, and httpx's 5 s default would cut calls where people think.
+        self._timeout = httpx.Timeout(connect=connect_timeout, read=idle_timeout, write=connect_timeout, pool=None)
+        self._idle_timeout = idle_timeout
+        self._reconnect = reconnect
+        self._stats = stats
+        self._seen = SeenEvents()
+        self._subscribed = False
+        self.events_received = 0
+
+    async def run(self, send: trio.MemorySendChannel[Event | Subscribed]) -> str:
+        """Read the call's events into ``send`` until the call is over; return the reason.
+
+        Raises ``AuthError`` on 401/403: the key is wrong for every call.
+        """
+        attempt = 0
+        while True:
+            received_before = self.events_received
+            try:
+                return await self._connect_once(send)
+            except _Retry as retry:
+                progress = self.events_received > received_before
+                attempt = 1 if progress else attempt + 1
+                limit = self._reconnect.max_attempts
+                if limit and attempt > limit:
+                    log.error(
+                        "%s: giving up after %d failed attempts in a row (last: %s)", self.call_id, limit, retry.why
+                    )
+                    return GAVE_UP
+                delay = backoff_delay(attempt, self._reconnect, retry.retry_after)
+                self._stats.reconnects += 1
+                log.warning(
+                    "%s: %s; reconnecting in %.2f s (attempt %d%s)",
+                    self.call_id,
+                    retry.why,
+                    delay,
+                    attempt,
+                    f"/{limit}" if limit else "",
+                )
+                await trio.sleep(delay)
+
+    async def _connect_once(self, send: trio.MemorySendChannel[Event | Subscribed]) -> str:
+        headers = {"Authorization": f"Bearer {self._api_key}"}  # fresh per request: aconnect_sse adds to it
+        try:
+            async with httpx_sse.aconnect_sse(
+                self._client, "GET", self._url, params={"callId": self.call_id}, headers=headers, timeout=self._timeout
+            ) as source:
+                response = source.response
+                status = response.status_code
+                if status != 200:
+                    await response.aread()
+                    return self._finish_for_status(response)
+                if not self._subscribed:
+                    self._subscribed = True
+                    await send.send(SUBSCRIBED)
+                async for sse in source.aiter_sse():
+                    if not sse.data:
+                        continue  # an event of only comments or fields: nothing to decode
+                    if await self._pass_on(sse.data, send):
+                        return ENDED
+        except httpx.ReadTimeout:
+            raise _Retry(f"no byte for {self._idle_timeout:g} s (runner.idle_timeout)") from None
+        except httpx_sse.SSEError as exc:
+            raise _Retry(f"not an event stream ({exc})") from None
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise _Retry(f"connection failed ({type(exc).__name__}: {exc or 'no detail'})") from None
+        raise _Retry("stream ended without sse_close")
+
+    async def _pass_on(self, data: str, send: trio.MemorySendChannel[Event | Subscribed]) -> bool:
+        """Decode one event and send it on unless already seen; True when it is the call's ``sse_close``."""
+        try:
+            event = decode_event(data, self.call_id, datetime.now(timezone.utc))
+        except MalformedEvent as exc:
+            self._stats.malformed_lines += 1
+            log.warning("%s: skipped a malformed line (%s): %.80r", self.call_id, exc.reason, exc.line)
+            return False
+        if isinstance(event, SseInit):
+            if not self._seen.add("sse_init"):
+                return False  # plugins see one sse_init per call: the first one received
+        elif not self._seen.add(event.event_id if event.event_id is not None else "\0" + data):
+            self._stats.duplicates_skipped += 1
+            return False
+        self.events_received += 1
+        await send.send(event)  # waits while the call's buffer is full: backpressure to the socket
+        return event.event_type == "sse_close"
+
+    def _finish_for_status(self, response: httpx.Response) -> str:
+        status = response.status_code
+        message = _error_text(response)
+        if status in (401, 403):
+            raise AuthError(
+                f"Atoms refused the API key ({status}: {message}) for call {self.call_id}; "
+                "check atoms.api_key_env and the key's organisation"
+            )
+        if status == 400:
+            if self.events_received:
+                log.warning(
+                    "%s: the call ended while the stream was down (400: %s); events after the last of %d received "
+                    "were not seen",
+                    self.call_id,
+                    message,
+                    self.events_received,
+                )
+            else:
+                log.info("%s: call already completed, nothing to subscribe (400: %s)", self.call_id, message)
+            return COMPLETED
+        if status == 404:
+            log.error(
+                "%s: not found (404: %s) - check the call id and that the API key belongs to the same organisation",
+                self.call_id,
+                message,
+            )
+            return NOT_FOUND
+        if status >= 500 or status in RETRYABLE_STATUSES:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            if retry_after is None:
+                retry_after = _body_retry_after(response)
+            raise _Retry(f"server answered {status} ({message})", retry_after)
+        log.error("%s: server answered %d (%s); not retrying", self.call_id, status, message)
+        return GAVE_UP

@@ -1,0 +1,147 @@
+"""Shared test helpers: a recording plugin, scripts for the simulator, and running the runner in-process.
+
+Everything talks over real loopback sockets: the simulator is hypercorn on 127.0.0.1, the runner uses httpx.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from hookrunner import hookimpl
+from hookrunner.config import config_from_dict
+from hookrunner.plugins import PluginInfo, load_plugins, validate_plugin_settings
+from hookrunner.runner import Runner
+from hookrunner.simulator.script import parse_script
+
+API_KEY = "test-key"
+REPO = Path(__file__).resolve().parent.parent
+HOOKRUNNER = str(Path(sys.executable).with_name("hookrunner"))
+
+
+def script(calls: list[dict[str, Any]], **top: Any) -> Any:
+    """A simulator script from plain data (the TOML shape), with the tests' API key."""
+    return parse_script({"api_key": API_KEY, "keepalive": 0, **top, "calls": calls}, source="<test script>")
+
+
+def call_events(n: int, spacing: float = 0.0, text: str = "turn") -> list[dict[str, Any]]:
+    """n events alternating agent speech and caller finals, ``spacing`` seconds apart."""
+    events = []
+    for i in range(n):
+        if i % 2:
+            events.append({"at": i * spacing, "event_type": "user_transcription", "user_transcription_text": f"{text} {i}"})
+        else:
+            events.append({"at": i * spacing, "event_type": "tts_completed", "tts_text": f"{text} {i}", "tts_latency": 100 + i})
+    return events
+
+
+class Recorder:
+    """A plugin that records what it is given; ``delay`` makes every event hook slow (async)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.events: dict[str, list[Any]] = defaultdict(list)  # on_event, per call
+        self.typed: dict[str, list[tuple[str, Any]]] = defaultdict(list)  # (hook, event) per call
+        self.finished: dict[str, str] = {}
+        self.subscribed: list[str] = []
+        self.startup = 0
+        self.shutdown = 0
+        self.active: dict[str, int] = defaultdict(int)
+        self.max_active: dict[str, int] = defaultdict(int)
+
+    @hookimpl
+    def on_startup(self, app: Any) -> None:
+        self.startup += 1
+
+    @hookimpl
+    async def on_shutdown(self, app: Any) -> None:
+        self.shutdown += 1
+
+    @hookimpl
+    def on_call_subscribed(self, call: Any) -> None:
+        self.subscribed.append(call.id)
+
+    @hookimpl
+    def on_call_finished(self, call: Any, reason: str) -> None:
+        self.finished[call.id] = reason
+
+    @hookimpl
+    async def on_event(self, event: Any, call: Any) -> None:
+        self.active[call.id] += 1
+        self.max_active[call.id] = max(self.max_active[call.id], self.active[call.id])
+        if self.delay:
+            await trio.sleep(self.delay)
+        else:
+            await trio.sleep(0)
+        self.events[call.id].append(event)
+        self.active[call.id] -= 1
+
+    @hookimpl
+    def on_user_transcription(self, event: Any, call: Any) -> None:  # a plain function on purpose
+        self.typed[call.id].append(("on_user_transcription", event))
+
+    @hookimpl
+    async def on_tts_completed(self, event: Any, call: Any) -> None:
+        self.typed[call.id].append(("on_tts_completed", event))
+
+    def ids(self, call_id: str) -> list[str | None]:
+        return [event.event_id for event in self.events[call_id]]
+
+
+def make_config(base_url: str, **runner: Any) -> dict[str, Any]:
+    """A config table pointing at a simulator, with delays small enough for tests."""
+    plugins = runner.pop("plugins", {})
+    table = {
+        "hook_timeout": 2.0,
+        "idle_timeout": 5.0,
+        "shutdown_grace": 2.0,
+        "reconnect": {"initial_delay": 0.05, "max_delay": 0.2, "max_attempts": 5},
+    }
+    table.update(runner)
+    return {
+        "atoms": {"base_url": base_url, "api_key": API_KEY},
+        "runner": table,
+        "plugins": {"disable": ["console"], **plugins},
+    }
+
+
+async def run_runner(
+    config: dict[str, Any], calls: list[str], *extra_plugins: Any, base_dir: Path = REPO
+) -> tuple[int, Runner]:
+    """Load plugins as ``hookrunner run`` does, register ``extra_plugins`` objects, and run to the end."""
+    parsed = config_from_dict(config, source="test.toml", base_dir=base_dir)
+    loaded = load_plugins(parsed)
+    for index, plugin in enumerate(extra_plugins):
+        name = f"test-plugin-{index}"
+        loaded.pm.register(plugin, name=name)
+        loaded.infos.append(PluginInfo(name, "test", None, active=True))
+    validate_plugin_settings(parsed, loaded)
+    runner = Runner(parsed, loaded, api_key=parsed.api_key(), calls=calls)
+    code = await runner.run()
+    return code, runner
+
+
+def hookrunner_process(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, **kwargs: Any) -> subprocess.Popen:
+    """Start the installed ``hookrunner`` command as a real process."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen(
+        [HOOKRUNNER, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
