@@ -208,7 +208,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     api_key = "demo-key"
     simulator = Simulator(script, api_key=api_key, speed=args.speed)
     data = load_example_config()
-    config = config_from_dict(data, source=f"{EXAMPLE_CONFIG.name} (demo)", base_dir=EXAMPLE_CONFIG.parent)
+    config = config_from_dict(data, source=f"{EXAMPLE_CONFIG.name} (demo)", base_dir=Path.cwd())
     loaded = _prepare(config)
     calls = [call.id for call in script.calls]
 

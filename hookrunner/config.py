@@ -31,6 +31,10 @@ def _env_name(value: str) -> str | None:
     return f"expected the name of an environment variable (like ATOMS_API_KEY), got {describe(value)}"
 
 
+def _non_empty(value: str) -> str | None:
+    return None if value.strip() else "expected a file path, got an empty string"
+
+
 def _at_least_one(value: int) -> str | None:
     return None if value >= 1 else f"expected an integer of 1 or more, got {describe(value)}"
 
@@ -56,6 +60,7 @@ RUNNER_SCHEMA = {
     "idle_timeout": Setting("number", 120.0, check=POSITIVE, expected="a number of seconds"),
     "shutdown_grace": Setting("number", 10.0, check=NON_NEGATIVE, expected="a number of seconds"),
     "buffer": Setting("int", 256, check=_at_least_one, expected="a number of events"),
+    "spool_file": Setting("str", "hookrunner-undispatched.jsonl", check=_non_empty, expected="a file path"),
     "reconnect": Setting("table", {}),
 }
 PLUGINS_SCHEMA = {
@@ -90,6 +95,8 @@ class Config:
     idle_timeout: float = 120.0
     shutdown_grace: float = 10.0
     buffer: int = 256
+    #: Received events not dispatched before shutdown_grace ran out are appended here (relative to base_dir).
+    spool_file: Path = Path("hookrunner-undispatched.jsonl")
     reconnect: ReconnectConfig = ReconnectConfig()
     disable: tuple[str, ...] = ()
     load: tuple[str, ...] = ()
@@ -183,6 +190,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>", base_dir: P
         idle_timeout=float(runner["idle_timeout"]),
         shutdown_grace=float(runner["shutdown_grace"]),
         buffer=runner["buffer"],
+        spool_file=base_dir / runner["spool_file"],
         reconnect=ReconnectConfig(
             initial_delay=float(reconnect["initial_delay"]),
             max_delay=float(reconnect["max_delay"]),

@@ -25,6 +25,7 @@ from .dispatch import HookDispatcher
 from .errors import AuthError
 from .events import Event, TtsCompleted, UserTranscription
 from .plugins import LoadedPlugins
+from .spool import spool_events
 from .stats import Stats
 from .subscription import COMPLETED, ENDED, SHUTDOWN, Subscribed, Subscription
 from .triggers import Trigger
@@ -162,6 +163,12 @@ class Runner:
                     except AuthError as exc:
                         self._on_auth_error(exc)
                 self._subscription_scopes.discard(scope)
+                with trio.move_on_at(self._deadline):  # a stop caught the stream waiting on a full buffer
+                    if subscription.pending is not None:
+                        await send.send(subscription.pending)
+                        subscription.pending = None
+        if subscription.pending is not None:  # after the dispatch task spooled the buffer: keeps stream order
+            self.stats.events_spooled += spool_events(self.config.spool_file, call_id, [subscription.pending])
         call.finished_reason = reason
         self.stats.calls_finished[reason] += 1
         if reason == SHUTDOWN and self._auth_error is None:
@@ -175,27 +182,28 @@ class Runner:
             self.stop()
 
     async def _dispatch_call(self, call: CallContext, receive: trio.MemoryReceiveChannel[Event | Subscribed]) -> None:
-        undispatched = 0
         scope = self._scope(self._dispatch_scopes)
+        current: Event | None = None
         async with receive:
             with scope:
                 async for item in receive:
                     if isinstance(item, Subscribed):
                         await self.dispatcher.call("on_call_subscribed", {"call": call}, call_id=call.id)
                         continue
+                    current = item
                     await self._dispatch_event(call, item)
-            # Only reached with items left when the grace ran out: say how many were not dispatched.
+                    current = None
+            # Only reached with items left (or one half dispatched) when the grace ran out.
+            left = [current] if current is not None else []
             while True:
                 try:
                     item = receive.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-                undispatched += isinstance(item, Event)
+                if isinstance(item, Event):
+                    left.append(item)
         self._dispatch_scopes.discard(scope)
-        if undispatched:
-            log.error(
-                "%s: %d received events were not dispatched before runner.shutdown_grace ran out", call.id, undispatched
-            )
+        self.stats.events_spooled += spool_events(self.config.spool_file, call.id, left)
 
     async def _dispatch_event(self, call: CallContext, event: Event) -> None:
         self.stats.events_by_type[event.event_type] += 1

@@ -16,6 +16,7 @@ class Stats:
     hook_timeouts: Counter[str] = field(default_factory=Counter)  # by plugin name
     calls_finished: Counter[str] = field(default_factory=Counter)  # by reason
     triggers: int = 0
+    events_spooled: int = 0  # received but not dispatched in time: written to runner.spool_file
 
     def summary(self) -> str:
         """One line for the end of a run."""
@@ -30,4 +31,6 @@ class Stats:
             f"{sum(self.hook_errors.values())} hook errors",
             f"{sum(self.hook_timeouts.values())} hook timeouts",
         ]
+        if self.events_spooled:
+            parts.append(f"{self.events_spooled} events not dispatched, written to the spool file")
         return "; ".join(parts)

@@ -154,6 +154,8 @@ class Subscription:
         self._seen = SeenEvents()
         self._subscribed = False
         self.events_received = 0
+        #: An event received but not yet accepted by the call's buffer (set while ``run`` waits on a full buffer).
+        self.pending: Event | None = None
 
     async def run(self, send: trio.MemorySendChannel[Event | Subscribed]) -> str:
         """Read the call's events into ``send`` until the call is over; return the reason.
@@ -228,7 +230,9 @@ class Subscription:
             self._stats.duplicates_skipped += 1
             return False
         self.events_received += 1
+        self.pending = event  # if a stop cancels the wait below, the runner still owns this event
         await send.send(event)  # waits while the call's buffer is full: backpressure to the socket
+        self.pending = None
         return event.event_type == "sse_close"
 
     def _finish_for_status(self, response: httpx.Response) -> str:

@@ -112,10 +112,8 @@ def make_config(base_url: str, **runner: Any) -> dict[str, Any]:
     }
 
 
-async def run_runner(
-    config: dict[str, Any], calls: list[str], *extra_plugins: Any, base_dir: Path = REPO
-) -> tuple[int, Runner]:
-    """Load plugins as ``hookrunner run`` does, register ``extra_plugins`` objects, and run to the end."""
+def build_runner(config: dict[str, Any], calls: list[str], *extra_plugins: Any, base_dir: Path = REPO) -> Runner:
+    """Load plugins as ``hookrunner run`` does and register ``extra_plugins`` objects (named test-plugin-N)."""
     parsed = config_from_dict(config, source="test.toml", base_dir=base_dir)
     loaded = load_plugins(parsed)
     for index, plugin in enumerate(extra_plugins):
@@ -123,9 +121,15 @@ async def run_runner(
         loaded.pm.register(plugin, name=name)
         loaded.infos.append(PluginInfo(name, "test", None, active=True))
     validate_plugin_settings(parsed, loaded)
-    runner = Runner(parsed, loaded, api_key=parsed.api_key(), calls=calls)
-    code = await runner.run()
-    return code, runner
+    return Runner(parsed, loaded, api_key=parsed.api_key(), calls=calls)
+
+
+async def run_runner(
+    config: dict[str, Any], calls: list[str], *extra_plugins: Any, base_dir: Path = REPO
+) -> tuple[int, Runner]:
+    """``build_runner`` and run it to the end; returns the exit code and the runner."""
+    runner = build_runner(config, calls, *extra_plugins, base_dir=base_dir)
+    return await runner.run(), runner
 
 
 def hookrunner_process(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, **kwargs: Any) -> subprocess.Popen:

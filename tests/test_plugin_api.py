@@ -1,0 +1,173 @@
+"""What a plugin is given: the app (settings, http client, background tasks, triggers) and the call context."""
+
+from __future__ import annotations
+
+import json
+
+import trio
+
+from hookrunner import Trigger, hookimpl
+from hookrunner.simulator import running_simulator
+
+from conftest import build_runner, call_events, make_config, run_runner, script
+
+
+class Detector:
+    """Emits a trigger from an event hook and another from a background task."""
+
+    def __init__(self) -> None:
+        self.settings = None
+        self.http = None
+        self.background_ran = trio.Event()
+
+    @hookimpl
+    def on_startup(self, app):
+        self.app = app
+        self.settings = app.settings
+        self.http = app.http
+        app.start_soon(self._later)
+
+    async def _later(self):
+        await trio.sleep(0.05)
+        self.app.emit_trigger(Trigger(type="timer", call_id="CALL-A", rule="background"))
+        self.background_ran.set()
+        await trio.sleep_forever()  # cancelled at shutdown
+
+    @hookimpl
+    def on_user_transcription(self, event, call):
+        if "cancel" in event.text:
+            self.app.emit_trigger(
+                Trigger(type="keyword", call_id=call.id, rule="cancel", event_id=event.event_id, event_type=event.event_type, severity="warning")
+            )
+
+
+class Notifier:
+    def __init__(self) -> None:
+        self.triggers: list[Trigger] = []
+        self.turns_seen: list[list[str]] = []
+        self.state_values: list[int] = []
+
+    @hookimpl
+    async def on_trigger(self, trigger):
+        await trio.sleep(0)
+        self.triggers.append(trigger)
+
+    @hookimpl
+    def on_event(self, event, call):
+        counter = call.state.setdefault("notifier", {"n": 0})
+        counter["n"] += 1
+        self.state_values.append(counter["n"])
+        if event.event_type in ("user_transcription", "tts_completed"):
+            self.turns_seen.append([turn.text for turn in call.turns])
+
+
+async def test_triggers_from_hooks_and_background_tasks_reach_every_on_trigger() -> None:
+    detector, notifier = Detector(), Notifier()
+    events = [
+        {"at": 0.0, "event_type": "tts_completed", "tts_text": "How can I help?"},
+        {"at": 0.1, "event_type": "user_transcription", "user_transcription_text": "I want to cancel my plan"},
+        {"at": 0.2, "event_type": "user_transcription", "user_transcription_text": "yes cancel it"},
+    ]
+    async with running_simulator(script([{"id": "CALL-A", "events": events}])) as sim:
+        code, runner = await run_runner(make_config(sim.base_url), ["CALL-A"], detector, notifier)
+    assert code == 0
+    assert detector.background_ran.is_set()
+    kinds = sorted((t.type, t.rule) for t in notifier.triggers)
+    assert kinds == [("keyword", "cancel"), ("keyword", "cancel"), ("timer", "background")]
+    keyword = [t for t in notifier.triggers if t.type == "keyword"]
+    assert all(t.source == "test-plugin-0" and t.full_type == "trigger.keyword" for t in keyword)
+    assert [t.event_id.startswith("CALL-A_") for t in keyword] == [True, True]
+    assert runner.stats.triggers == 3
+
+
+async def test_call_context_keeps_turns_and_per_call_state() -> None:
+    notifier = Notifier()
+    calls = [{"id": "CALL-T", "events": call_events(4)}]
+    async with running_simulator(script(calls)) as sim:
+        await run_runner(make_config(sim.base_url), ["CALL-T"], notifier)
+    assert notifier.turns_seen == [["turn 0"], ["turn 0", "turn 1"], ["turn 0", "turn 1", "turn 2"], ["turn 0", "turn 1", "turn 2", "turn 3"]]
+    assert notifier.state_values == list(range(1, 7))  # sse_init, 4 turns, sse_close
+
+
+class SettingsPlugin:
+    def __init__(self) -> None:
+        self.seen = None
+
+    @hookimpl
+    def on_startup(self, app):
+        self.seen = (app.name, app.settings)
+
+
+async def test_a_plugin_gets_its_own_settings_table() -> None:
+    plugin = SettingsPlugin()
+    async with running_simulator(script([{"id": "CALL-S", "events": call_events(1)}])) as sim:
+        config = make_config(sim.base_url, plugins={"test-plugin-0": {"threshold": 3}})
+        await run_runner(config, ["CALL-S"], plugin)
+    assert plugin.seen == ("test-plugin-0", {"threshold": 3})
+
+
+class Slow:
+    def __init__(self) -> None:
+        self.count = 0
+        self.shutdown = False
+        self.types: list[str] = []
+
+    @hookimpl
+    async def on_event(self, event, call):
+        await trio.sleep(0.2)
+        self.count += 1
+        self.types.append(event.event_type)
+
+    @hookimpl
+    def on_shutdown(self, app):
+        self.shutdown = True
+
+
+async def test_stop_drains_within_grace_and_spools_what_was_not_dispatched(tmp_path) -> None:
+    slow = Slow()
+    spool = tmp_path / "left.jsonl"
+    calls = [{"id": "CALL-SLOW", "events": call_events(30)}]
+    async with running_simulator(script(calls)) as sim:
+        config = make_config(sim.base_url, shutdown_grace=0.5, buffer=4, spool_file=str(spool))
+        runner = build_runner(config, ["CALL-SLOW"], slow)
+        result = {}
+
+        async def run():
+            result["code"] = await runner.run()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            while slow.count < 2:
+                await trio.sleep(0.01)
+            stopped_at = trio.current_time()
+            runner.stop()
+        elapsed = trio.current_time() - stopped_at
+    assert result["code"] == 0
+    assert slow.shutdown
+    assert elapsed < 0.5 + 0.5
+    spooled = [json.loads(line) for line in spool.read_text().splitlines()]
+    assert spooled and runner.stats.events_spooled == len(spooled)
+    # Nothing received was lost: each event was either dispatched or spooled, and the spool keeps stream order.
+    assert slow.types[0] == "sse_init"
+    assert all(line["call_id"] == "CALL-SLOW" for line in spooled)
+    # The spool continues the stream exactly where dispatch stopped: scripted event n has id CALL-SLOW_n_...
+    first_spooled = slow.count - 1  # dispatched: sse_init + scripted 0..count-2
+    assert [int(line["event_id"].split("_")[1]) for line in spooled] == list(
+        range(first_spooled, first_spooled + len(spooled))
+    )
+    # Dispatched + spooled covers every event the stream had received: the 4 buffered, the one interrupted, and
+    # the one the stream was waiting to hand over; at 0.2 s each, at most 3 more were dispatched in the grace.
+    assert slow.count - 1 + len(spooled) >= 7, (slow.count, len(spooled))
+    assert runner.stats.calls_finished == {"shutdown": 1}
+
+
+async def test_unreachable_server_gives_up_after_max_attempts_with_exit_1(recorder) -> None:
+    with trio.socket.socket() as sock:  # a port nobody listens on
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = make_config(f"http://127.0.0.1:{port}", reconnect={"initial_delay": 0.01, "max_delay": 0.02, "max_attempts": 3})
+    with trio.fail_after(5):
+        code, runner = await run_runner(config, ["CALL-X"], recorder)
+    assert code == 1
+    assert recorder.finished == {"CALL-X": "gave_up"}
+    assert runner.stats.reconnects == 3
