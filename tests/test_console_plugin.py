@@ -1,0 +1,55 @@
+"""The bundled console plugin: a readable transcript, interims rewritten in place only on a terminal."""
+
+from __future__ import annotations
+
+import io
+
+from hookrunner_plugins.console import ConsolePlugin
+
+from conftest import make_config, run_runner, script
+from hookrunner.simulator import running_simulator
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+EVENTS = [
+    {"at": 0, "event_type": "tts_completed", "tts_text": "How can I help?", "tts_latency": 120},
+    {"at": 0, "event_type": "user_interim_transcription", "interim_transcription_text": "i want"},
+    {"at": 0, "event_type": "user_interim_transcription", "interim_transcription_text": "i want to pay"},
+    {"at": 0, "event_type": "user_transcription", "user_transcription_text": "I want to pay my bill."},
+]
+
+
+async def run_console(stream, settings=None) -> str:
+    console = ConsolePlugin(stream)
+    async with running_simulator(script([{"id": "CALL-1764000000000-abc123", "events": EVENTS}])) as sim:
+        config = make_config(sim.base_url, plugins={"test-plugin-0": settings or {}})
+        await run_runner(config, ["CALL-1764000000000-abc123"], console)
+    return stream.getvalue()
+
+
+async def test_transcript_on_a_pipe_shows_finished_turns_and_lifecycle_only() -> None:
+    out = await run_console(io.StringIO())
+    assert out.splitlines() == [
+        "[abc123] -- subscribed to CALL-1764000000000-abc123",
+        "[abc123] agent:  How can I help?",
+        "[abc123] caller: I want to pay my bill.",
+        "[abc123] -- call ended (2 turns, 6 events)",
+    ]
+
+
+async def test_on_a_terminal_interims_are_rewritten_in_place_then_replaced_by_the_final() -> None:
+    out = await run_console(Terminal(), {"latency": True})
+    assert "\r\x1b[2K[abc123] caller … i want\r\x1b[2K[abc123] caller … i want to pay\r\x1b[2K[abc123] caller: I want to pay my bill.\n" in out
+    assert "[abc123] agent:  How can I help?  (120 ms)\n" in out
+
+
+def test_console_settings_are_validated() -> None:
+    problems = ConsolePlugin().validate_settings({"interims": "sometimes", "colour": True})
+    assert problems == [
+        'interims: expected "auto", "always" or "never", got "sometimes"',
+        "colour: unknown key",
+    ]

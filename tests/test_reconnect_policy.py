@@ -1,0 +1,40 @@
+"""The reconnect policy's arithmetic: full jitter under a growing ceiling, never below Retry-After."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+
+from hookrunner.config import ReconnectConfig
+from hookrunner.subscription import SeenEvents, backoff_delay, parse_retry_after
+
+POLICY = ReconnectConfig(initial_delay=1.0, max_delay=8.0, max_attempts=0)
+
+
+def test_backoff_is_full_jitter_under_an_exponential_ceiling_capped_by_max_delay() -> None:
+    for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (10, 8.0)]:
+        delays = [backoff_delay(attempt, POLICY) for _ in range(2000)]
+        assert all(0 <= d <= ceiling for d in delays)
+        assert max(delays) > ceiling * 0.9 and min(delays) < ceiling * 0.1  # spread over the whole range
+
+
+def test_retry_after_is_a_floor_on_the_delay() -> None:
+    assert all(backoff_delay(1, POLICY, retry_after=5.0) >= 5.0 for _ in range(200))
+
+
+def test_retry_after_accepts_seconds_and_http_dates() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(" 1.5 ") == 1.5
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    when = datetime.now(timezone.utc) + timedelta(seconds=30)
+    assert 25 <= parse_retry_after(format_datetime(when, usegmt=True)) <= 31
+    past = datetime.now(timezone.utc) - timedelta(seconds=30)
+    assert parse_retry_after(format_datetime(past, usegmt=True)) == 0.0
+
+
+def test_seen_events_forget_the_oldest_beyond_their_bound() -> None:
+    seen = SeenEvents(limit=3)
+    assert [seen.add(k) for k in "abc"] == [True, True, True]
+    assert seen.add("a") is False
+    seen.add("d")  # pushes out "a"
+    assert seen.add("a") is True and seen.add("d") is False
