@@ -101,7 +101,8 @@ def on_call_finished(call: CallContext, reason: str) -> None:
 
     ``reason`` is one of ``"ended"`` (the stream sent ``sse_close``), ``"completed"`` (the call was over before it
     could be subscribed: 400), ``"not_found"`` (404), ``"gave_up"`` (reconnects exhausted) or ``"shutdown"``
-    (the runner was stopped while the call was live).
+    (the runner was stopped while the call was live) or ``"auth_failed"`` (Atoms refused the API key, which stops
+    the runner).
     """
 
 

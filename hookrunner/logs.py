@@ -37,5 +37,5 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "hypercorn.access", "hypercorn.error"):
+    for noisy in ("httpx", "httpcore", "hypercorn.access", "hypercorn.error", "hookrunner.simulator.server"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -132,7 +132,7 @@ def _unknown_hooks(pm: pluggy.PluginManager) -> list[str]:
         caller = getattr(pm.hook, name)
         if getattr(caller, "spec", True) is None:
             for impl in caller.get_hookimpls():
-                if not impl.hookimpl_config.optionalhook:
+                if not impl.optionalhook:
                     problems.append(
                         f"plugin {impl.plugin_name}: implements {name}, which is not a hookrunner hook"
                         f"{suggest(name, known)}"

@@ -27,7 +27,7 @@ from .events import Event, TtsCompleted, UserTranscription
 from .plugins import LoadedPlugins
 from .spool import spool_events
 from .stats import Stats
-from .subscription import COMPLETED, ENDED, SHUTDOWN, Subscribed, Subscription
+from .subscription import AUTH_FAILED, COMPLETED, ENDED, SHUTDOWN, Subscribed, Subscription
 from .triggers import Trigger
 
 log = logging.getLogger("hookrunner.runner")
@@ -169,6 +169,8 @@ class Runner:
                         subscription.pending = None
         if subscription.pending is not None:  # after the dispatch task spooled the buffer: keeps stream order
             self.stats.events_spooled += spool_events(self.config.spool_file, call_id, [subscription.pending])
+        if reason == SHUTDOWN and self._auth_error is not None:
+            reason = AUTH_FAILED
         call.finished_reason = reason
         self.stats.calls_finished[reason] += 1
         if reason == SHUTDOWN and self._auth_error is None:

@@ -34,6 +34,7 @@ COMPLETED = "completed"
 NOT_FOUND = "not_found"
 GAVE_UP = "gave_up"
 SHUTDOWN = "shutdown"
+AUTH_FAILED = "auth_failed"
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 SEEN_IDS_KEPT = 50_000

@@ -175,6 +175,7 @@ async def test_wrong_api_key_stops_the_runner_with_exit_2(recorder: Recorder) ->
             code, _ = await run_runner(make_config(sim.base_url), [c["id"] for c in calls], recorder)
     assert code == 2
     assert recorder.shutdown == 1
+    assert recorder.finished == {c["id"]: "auth_failed" for c in calls}
 
 
 async def test_malformed_lines_are_counted_and_the_stream_goes_on(recorder: Recorder, caplog) -> None:

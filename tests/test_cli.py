@@ -1,0 +1,663 @@
+"""The ``hookrunner`` command as a user runs it: real processes talking to a simulator over 127.0.0.1.
+
+Each test asserts what a person at the terminal notices: the exit code, the lines printed on stdout (the console
+transcript) and stderr (log and error lines), how long it took, and that a user's mistake never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+import trio
+
+import hookrunner
+from hookrunner.simulator import default_script_path, load_script, running_simulator
+
+from conftest import API_KEY, REPO, call_events, hookrunner_process, make_config, script
+
+UNREACHABLE = "http://127.0.0.1:9"  # for configs that must be refused before anything connects
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen]]:
+    """Every process a test starts is killed at teardown, whatever the test's outcome."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def cli(processes: list[subprocess.Popen], tmp_path: Path) -> Callable[..., subprocess.Popen]:
+    """Start ``hookrunner ARGS`` in tmp_path; the process is cleaned up after the test."""
+
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        process = hookrunner_process(*args, env=env, cwd=tmp_path)
+        processes.append(process)
+        return process
+
+    return start
+
+
+def finish(process: subprocess.Popen, timeout: float = 15) -> tuple[int, str, str]:
+    """Wait for the process to exit; (exit code, stdout, stderr). Fails the test if it runs past ``timeout``."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"still running after {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+    return process.returncode, out, err
+
+
+async def afinish(process: subprocess.Popen, timeout: float = 15) -> tuple[int, str, str]:
+    """``finish`` from an async test, so the in-process simulator keeps serving meanwhile."""
+    return await trio.to_thread.run_sync(finish, process, timeout)
+
+
+async def afinish_after_reading(process: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
+    """Like ``afinish`` for a process whose stdout was already read from with ``read_until``.
+
+    ``communicate`` would bypass what the text wrapper already buffered; waiting then reading does not (the
+    output left is small, so the pipes cannot fill while the process exits).
+    """
+
+    def wait_and_read() -> tuple[int, str, str]:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            pytest.fail(f"still running {timeout} s later")
+        return process.returncode, process.stdout.read(), process.stderr.read()
+
+    return await trio.to_thread.run_sync(wait_and_read)
+
+
+async def read_until(process: subprocess.Popen, wanted: Callable[[str], bool], timeout: float = 10) -> list[str]:
+    """Read stdout lines until one satisfies ``wanted``; return the lines read."""
+    lines: list[str] = []
+    try:
+        with trio.fail_after(timeout):
+            while True:
+                line = await trio.to_thread.run_sync(process.stdout.readline, abandon_on_cancel=True)
+                if not line:
+                    pytest.fail(f"exited ({process.poll()}) before the expected line; stdout so far: {lines}")
+                lines.append(line)
+                if wanted(line):
+                    return lines
+    except trio.TooSlowError:
+        process.kill()
+        pytest.fail(f"no expected line within {timeout} s; stdout so far: {lines}")
+
+
+def write_config(directory: Path, table: dict[str, Any], name: str = "config.toml") -> Path:
+    path = directory / name
+    path.write_text(tomli_w.dumps(table), encoding="utf-8")
+    return path
+
+
+def write_plugin(directory: Path, name: str, source: str) -> str:
+    """A local plugin module for ``[plugins] load``; returns the entry to put there (relative to the config)."""
+    (directory / f"{name}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+    return f"{name}.py"
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if " ERROR " in line or line.startswith("error:")]
+
+
+def with_console(base_url: str, load: list[str] | None = None, **runner: Any) -> dict[str, Any]:
+    """``make_config`` with the console transcript on (make_config turns it off)."""
+    return make_config(base_url, plugins={"disable": [], "load": load or []}, **runner)
+
+
+def assert_no_traceback(*outputs: str) -> None:
+    for output in outputs:
+        assert "Traceback" not in output, output
+
+
+# -- demo ------------------------------------------------------------------------------------------------------
+
+
+def test_demo_prints_the_transcript_of_every_scripted_call_and_exits_0(cli) -> None:
+    started = time.monotonic()
+    code, out, err = finish(cli("demo", "--speed", "4"), timeout=20)
+    assert code == 0, err
+    assert time.monotonic() - started < 10
+    assert_no_traceback(out, err)
+    lines = out.splitlines()
+    calls = load_script(default_script_path()).calls
+    assert len(calls) == 3
+    for call in calls:
+        label = f"[{call.id.rsplit('-', 1)[-1]}]"
+        expected = []
+        for event in call.events:
+            if event.event_type == "tts_completed":
+                expected.append(f"{label} agent:  {event.fields['tts_text']}")
+            elif event.event_type == "user_transcription":
+                expected.append(f"{label} caller: {event.fields['user_transcription_text']}")
+        said = [line for line in lines if line.startswith(f"{label} agent:") or line.startswith(f"{label} caller:")]
+        assert said == expected, f"transcript of {call.id}"
+        assert any(" agent: " in line for line in said) and any(" caller: " in line for line in said)
+        ended = [line for line in lines if line.startswith(f"{label} -- call ended")]
+        assert len(ended) == 1, lines
+
+
+# -- run: how calls end, and the exit code ---------------------------------------------------------------------
+
+
+async def test_run_exits_0_when_every_call_ends_and_prints_each_transcript(cli, tmp_path: Path) -> None:
+    calls = [{"id": f"CALL-{n}", "events": call_events(4, spacing=0.02, text=f"call {n} turn")} for n in (1, 2)]
+    async with running_simulator(script(calls)) as sim:
+        config = write_config(tmp_path, with_console(sim.base_url, calls=["CALL-1", "CALL-2"]))
+        code, out, err = await afinish(cli("run", str(config)))
+    assert code == 0, err
+    assert_no_traceback(out, err)
+    assert error_lines(err) == []
+    lines = out.splitlines()
+    for n in (1, 2):
+        assert f"[CALL-{n}] agent:  call {n} turn 0" in lines
+        assert f"[CALL-{n}] caller: call {n} turn 1" in lines
+        assert f"[CALL-{n}] agent:  call {n} turn 2" in lines
+        assert f"[CALL-{n}] caller: call {n} turn 3" in lines
+        assert sum(line.startswith(f"[CALL-{n}] -- call ended") for line in lines) == 1
+
+
+async def test_run_exits_1_with_one_error_line_for_an_unknown_call_while_the_other_call_ends(cli, tmp_path: Path) -> None:
+    calls = [{"id": "CALL-OK", "events": call_events(4, spacing=0.02)}]
+    async with running_simulator(script(calls)) as sim:
+        config = write_config(tmp_path, with_console(sim.base_url, calls=["CALL-OK", "CALL-NOPE"]))
+        code, out, err = await afinish(cli("run", str(config)))
+        nope_connections = sim.connections.get("CALL-NOPE")
+    assert code == 1
+    assert_no_traceback(out, err)
+    errors = error_lines(err)
+    assert len(errors) == 1, err
+    assert "CALL-NOPE" in errors[0] and "not found" in errors[0]
+    assert nope_connections == 1  # no retries for a 404
+    assert sum(line.startswith("[CALL-OK] -- call ended") for line in out.splitlines()) == 1
+
+
+async def test_run_exits_0_with_an_info_line_for_a_call_already_completed(cli, tmp_path: Path) -> None:
+    calls = [{"id": "CALL-DONE", "status": "completed", "events": call_events(2)}]
+    async with running_simulator(script(calls)) as sim:
+        config = write_config(tmp_path, make_config(sim.base_url, calls=["CALL-DONE"]))
+        code, out, err = await afinish(cli("run", str(config)))
+        connections = sim.connections.get("CALL-DONE")
+    assert code == 0, err
+    assert_no_traceback(out, err)
+    assert error_lines(err) == []
+    info = [line for line in err.splitlines() if "CALL-DONE" in line]
+    assert len(info) == 1, err
+    assert " INFO " in info[0] and "already completed" in info[0]
+    assert connections == 1
+
+
+async def test_run_exits_2_fast_with_one_line_about_the_key_when_the_key_is_refused(cli, tmp_path: Path) -> None:
+    calls = [{"id": f"CALL-{n}", "events": call_events(50, spacing=0.1)} for n in range(3)]
+    async with running_simulator(script(calls), api_key="another-key") as sim:
+        config = write_config(tmp_path, make_config(sim.base_url, calls=[c["id"] for c in calls]))
+        started = trio.current_time()
+        code, out, err = await afinish(cli("run", str(config)))
+        elapsed = trio.current_time() - started
+    assert code == 2
+    assert elapsed < 3, f"took {elapsed:.1f} s: the runner should stop at the first 401, not follow the calls"
+    assert_no_traceback(out, err)
+    about_key = [line for line in err.splitlines() if "API key" in line]
+    assert len(about_key) == 1, err
+    assert "401" in about_key[0]
+    assert API_KEY not in out + err
+
+
+async def test_call_option_replaces_runner_calls(cli, tmp_path: Path) -> None:
+    calls = [{"id": "CALL-CLI", "events": call_events(2, spacing=0.02)}]
+    async with running_simulator(script(calls)) as sim:
+        config = write_config(tmp_path, with_console(sim.base_url, calls=["CALL-FROM-FILE"]))
+        code, out, err = await afinish(cli("run", str(config), "--call", "CALL-CLI"))
+        asked = dict(sim.connections)
+    assert code == 0, err  # CALL-FROM-FILE does not exist: following it would exit 1
+    assert asked == {"CALL-CLI": 1}
+    assert "CALL-FROM-FILE" not in out + err
+    assert sum(line.startswith("[CALL-CLI] -- call ended") for line in out.splitlines()) == 1
+
+
+def test_run_without_any_call_exits_2_with_a_line_naming_runner_calls(cli, tmp_path: Path) -> None:
+    config = write_config(tmp_path, make_config(UNREACHABLE))
+    code, out, err = finish(cli("run", str(config)))
+    assert code == 2
+    assert_no_traceback(out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert str(config) in lines[0] and "runner.calls" in lines[0]
+
+
+def test_run_with_api_key_env_unset_exits_2_naming_the_variable_and_no_key(cli, tmp_path: Path) -> None:
+    variable = "HOOKRUNNER_TEST_UNSET_KEY"
+    assert variable not in os.environ
+    table = make_config(UNREACHABLE, calls=["CALL-1"])
+    table["atoms"] = {"base_url": UNREACHABLE, "api_key_env": variable}
+    config = write_config(tmp_path, table)
+    code, out, err = finish(cli("run", str(config), env={"ATOMS_API_KEY": "sk-other-canary-0001"}))
+    assert code == 2
+    assert_no_traceback(out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert str(config) in lines[0] and "atoms.api_key_env" in lines[0] and variable in lines[0]
+    assert "sk-other-canary-0001" not in out + err and API_KEY not in out + err
+
+
+async def test_the_api_key_from_the_environment_never_appears_in_debug_output(cli, tmp_path: Path) -> None:
+    secret = "sk-live-canary-7f3e9a1c55"
+    calls = [{"id": "CALL-K", "events": call_events(4, spacing=0.02)}]
+    async with running_simulator(script(calls), api_key=secret) as sim:
+        table = with_console(sim.base_url, calls=["CALL-K", "CALL-MISSING"])
+        table["atoms"] = {"base_url": sim.base_url, "api_key_env": "HOOKRUNNER_TEST_KEY"}
+        config = write_config(tmp_path, table)
+        code, out, err = await afinish(
+            cli("--log-level", "debug", "run", str(config), env={"HOOKRUNNER_TEST_KEY": secret})
+        )
+    assert code == 1, err  # CALL-K ended, CALL-MISSING was not found: the key was accepted
+    assert sum(line.startswith("[CALL-K] -- call ended") for line in out.splitlines()) == 1
+    assert err.strip(), "debug output expected on stderr"
+    assert secret not in out and secret not in err
+
+
+# -- run: stopping on a signal -----------------------------------------------------------------------------------
+
+SHUTDOWN_PLUGIN = """
+    import trio
+    from hookrunner import hookimpl
+
+    MARKER = {marker!r}
+
+    @hookimpl
+    async def on_shutdown(app):
+        await trio.sleep(0.05)  # an async flush: the runner must give it time
+        with open(MARKER, "a") as handle:
+            handle.write("on_shutdown\\n")
+"""
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_signal_mid_call_runs_on_shutdown_and_exits_0_within_shutdown_grace(
+    cli, tmp_path: Path, stop: signal.Signals
+) -> None:
+    grace = 1.5
+    marker = tmp_path / "shutdown.marker"
+    load = [write_plugin(tmp_path, "shutdown_marker", SHUTDOWN_PLUGIN.format(marker=str(marker)))]
+    calls = [{"id": "CALL-LONG", "events": call_events(50, spacing=0.2)}]  # 10 s of call
+    async with running_simulator(script(calls)) as sim:
+        config = write_config(tmp_path, with_console(sim.base_url, load, calls=["CALL-LONG"], shutdown_grace=grace))
+        process = cli("run", str(config))
+        seen = await read_until(process, lambda line: line.startswith("[CALL-LONG] caller:"))
+        assert not marker.exists()
+        process.send_signal(stop)
+        stopped = trio.current_time()
+        code, out, err = await afinish_after_reading(process, timeout=grace + 5)
+        elapsed = trio.current_time() - stopped
+    assert code == 0, err
+    assert elapsed < grace + 1, f"exited {elapsed:.2f} s after {stop.name}"
+    assert_no_traceback("".join(seen) + out, err)
+    assert marker.read_text() == "on_shutdown\n"
+    assert any(stop.name in line and "stopping" in line for line in err.splitlines()), err
+    assert "[CALL-LONG] -- call ended" not in out  # it was stopped, not followed to its end
+
+
+DRAIN_PLUGIN = """
+    import trio
+    from hookrunner import hookimpl
+
+    LOG = {log!r}
+    busy = []
+
+    def note(text):
+        with open(LOG, "a") as handle:
+            handle.write(text + "\\n")
+
+    @hookimpl
+    async def on_user_transcription(event, call):
+        if busy:
+            return
+        busy.append(event.event_id)
+        note("hook started")
+        await trio.sleep(0.6)
+        note("hook finished")
+
+    @hookimpl
+    def on_shutdown(app):
+        note("on_shutdown")
+"""
+
+
+async def test_sigterm_lets_an_in_flight_hook_finish_then_runs_on_shutdown(cli, tmp_path: Path) -> None:
+    grace = 2.0
+    log = tmp_path / "hooks.log"
+    load = [write_plugin(tmp_path, "drain_probe", DRAIN_PLUGIN.format(log=str(log)))]
+    calls = [{"id": "CALL-DRAIN", "events": call_events(50, spacing=0.2)}]
+    async with running_simulator(script(calls)) as sim:
+        config = write_config(tmp_path, make_config(sim.base_url, calls=["CALL-DRAIN"], shutdown_grace=grace, plugins={"load": load}))
+        process = cli("run", str(config))
+        with trio.fail_after(10):
+            while not (log.exists() and "hook started" in log.read_text()):
+                assert process.poll() is None, process.communicate()
+                await trio.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        stopped = trio.current_time()
+        code, out, err = await afinish(process, timeout=grace + 5)
+        elapsed = trio.current_time() - stopped
+    assert code == 0, err
+    assert elapsed < grace + 1, f"exited {elapsed:.2f} s after SIGTERM"
+    assert_no_traceback(out, err)
+    assert log.read_text() == "hook started\nhook finished\non_shutdown\n"
+    assert error_lines(err) == []  # nothing was cut: the hook finished well within the grace
+
+
+async def test_run_refuses_an_invalid_config_before_connecting(cli, tmp_path: Path) -> None:
+    calls = [{"id": "CALL-1", "events": call_events(2)}]
+    async with running_simulator(script(calls)) as sim:
+        config = write_config(tmp_path, make_config(sim.base_url, calls=["CALL-1"], hook_timeout="ten"))
+        code, out, err = await afinish(cli("run", str(config)))
+        asked = dict(sim.connections)
+    assert code == 2
+    assert_no_traceback(out, err)
+    assert err.splitlines() == [f'error: {config}: runner.hook_timeout: expected a number of seconds, got "ten"']
+    assert asked == {}
+
+
+# -- run: plugins that misbehave -----------------------------------------------------------------------------------
+
+
+async def test_a_hanging_hook_and_a_raising_plugin_are_logged_by_name_and_the_run_completes(cli, tmp_path: Path) -> None:
+    load = [
+        write_plugin(
+            tmp_path,
+            "hangs_hooks",
+            """
+            import trio
+            from hookrunner import hookimpl
+
+            @hookimpl
+            async def on_tts_completed(event, call):
+                await trio.sleep_forever()
+            """,
+        ),
+        write_plugin(
+            tmp_path,
+            "raises_hooks",
+            """
+            from hookrunner import hookimpl
+
+            @hookimpl
+            def on_user_transcription(event, call):
+                raise RuntimeError("plugin bug in raises_hooks")
+            """,
+        ),
+    ]
+    calls = [{"id": "CALL-ISO", "events": call_events(4, spacing=0.02)}]
+    async with running_simulator(script(calls)) as sim:
+        config = write_config(tmp_path, with_console(sim.base_url, load, calls=["CALL-ISO"], hook_timeout=0.3))
+        started = trio.current_time()
+        code, out, err = await afinish(cli("run", str(config)))
+        elapsed = trio.current_time() - started
+    assert code == 0, err
+    assert elapsed < 6
+    lines = out.splitlines()
+    # every turn still reached the console plugin, and the call was followed to its end
+    assert [line for line in lines if " agent: " in line or " caller: " in line] == [
+        "[CALL-ISO] agent:  turn 0",
+        "[CALL-ISO] caller: turn 1",
+        "[CALL-ISO] agent:  turn 2",
+        "[CALL-ISO] caller: turn 3",
+    ]
+    assert sum(line.startswith("[CALL-ISO] -- call ended") for line in lines) == 1
+    errors = error_lines(err)
+    timeouts = [line for line in errors if "timed out" in line]
+    raised = [line for line in errors if "raised" in line]
+    assert len(timeouts) == 2 and len(raised) == 2, err
+    for line, index in zip(timeouts, (0, 2)):
+        assert "plugin hangs_hooks" in line and "call CALL-ISO" in line and f"event CALL-ISO_{index}_" in line
+    for line, index in zip(raised, (1, 3)):
+        assert "plugin raises_hooks" in line and "call CALL-ISO" in line and f"event CALL-ISO_{index}_" in line
+    # the plugin's bug comes with its traceback; the hang and the runner itself print none
+    assert err.count("Traceback") == 2
+    assert err.count("RuntimeError: plugin bug in raises_hooks") == 2
+
+
+# -- run: what the stream sends --------------------------------------------------------------------------------------
+
+
+def test_malformed_lines_warn_with_the_call_id_and_unknown_event_types_reach_on_event(
+    cli, processes, tmp_path: Path
+) -> None:
+    events = call_events(4, spacing=0.02) + [
+        {"at": 0.1, "event_type": "agent_node_state", "node_id": "node-refills"},
+        {"at": 0.12, "event_type": "tts_completed", "tts_text": "after the noise", "tts_latency": 90},
+    ]
+    script_file = tmp_path / "calls.toml"
+    script_file.write_text(
+        tomli_w.dumps({"api_key": API_KEY, "keepalive": 0, "calls": [{"id": "CALL-BAD", "malformed_after": 2, "events": events}]})
+    )
+    simulator = hookrunner_process("simulate", "--port", "0", "--api-key", API_KEY, str(script_file), cwd=tmp_path)
+    processes.append(simulator)
+    watchdog = threading.Timer(10, simulator.kill)  # a simulator that never says it listens fails the test
+    watchdog.start()
+    listening = simulator.stdout.readline()
+    watchdog.cancel()
+    match = re.match(r"simulator listening on (http://127\.0\.0\.1:\d+) ", listening)
+    assert match, listening
+    load = [
+        write_plugin(
+            tmp_path,
+            "types_seen",
+            """
+            from hookrunner import hookimpl
+
+            @hookimpl
+            def on_event(event, call):
+                print(f"on_event {call.id} {event.event_type} {type(event).__name__}", flush=True)
+            """,
+        )
+    ]
+    config = write_config(tmp_path, with_console(match[1], load, calls=["CALL-BAD"]))
+    code, out, err = finish(cli("run", str(config)))
+    simulator.send_signal(signal.SIGTERM)
+    assert simulator.wait(timeout=10) == 0
+    assert code == 0, err
+    assert_no_traceback(out, err)
+    warnings = [line for line in err.splitlines() if " WARNING " in line]
+    assert len(warnings) == 2, err
+    assert all("CALL-BAD" in line and "malformed line" in line for line in warnings)
+    assert any("{this is not json" in line for line in warnings)
+    lines = out.splitlines()
+    assert "on_event CALL-BAD agent_node_state UnknownEvent" in lines
+    assert "[CALL-BAD] agent:  after the noise" in lines  # the stream went on after the bad lines
+    assert sum(line.startswith("[CALL-BAD] -- call ended") for line in lines) == 1
+
+
+# -- check -----------------------------------------------------------------------------------------------------------
+
+
+def test_check_reports_a_wrong_type_an_unknown_key_and_a_missing_value_one_line_each(cli, tmp_path: Path) -> None:
+    config = tmp_path / "broken.toml"
+    config.write_text(
+        textwrap.dedent(
+            """
+            [atoms]
+            base_url = "http://127.0.0.1:9"
+
+            [runner]
+            hook_timeout = "ten"
+            hook_timout = 3
+            """
+        )
+    )
+    code, out, err = finish(cli("check", str(config)))
+    assert code == 2
+    assert_no_traceback(out, err)
+    lines = err.splitlines()
+    assert len(lines) == 3, err
+    assert all(str(config) in line for line in lines), err
+    wrong_type = [line for line in lines if "runner.hook_timeout:" in line]
+    unknown = [line for line in lines if "runner.hook_timout:" in line]
+    missing = [line for line in lines if "atoms.api_key_env" in line]
+    assert len(wrong_type) == len(unknown) == len(missing) == 1, err
+    assert 'expected a number of seconds, got "ten"' in wrong_type[0]
+    assert 'unknown key (did you mean "hook_timeout"?)' in unknown[0]
+    assert "missing" in missing[0]
+
+
+def test_check_accepts_the_repositorys_example_config(cli) -> None:
+    code, out, err = finish(cli("check", str(REPO / "config.example.toml")))
+    assert code == 0, err
+    assert_no_traceback(out, err)
+    assert "config.example.toml: OK" in out
+    assert "plugin console (active" in out
+
+
+@pytest.mark.parametrize(
+    "plugins, key_path",
+    [
+        ({"console": {"interims": "sometimes"}}, "plugins.console.interims"),
+        ({"console": {"colour": True}}, "plugins.console.colour"),
+        ({"nosuch": {"level": 1}}, "plugins.nosuch"),
+    ],
+    ids=["bad-console-value", "unknown-console-key", "no-such-plugin"],
+)
+def test_check_reports_a_bad_plugin_settings_table_in_one_line(cli, tmp_path: Path, plugins: dict, key_path: str) -> None:
+    table = make_config(UNREACHABLE)
+    table["plugins"] = {"disable": [], **plugins}
+    config = write_config(tmp_path, table)
+    code, out, err = finish(cli("check", str(config)))
+    assert code == 2
+    assert_no_traceback(out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert str(config) in lines[0] and f"{key_path}:" in lines[0]
+
+
+def test_check_names_a_local_plugin_implementing_a_misspelled_hook_and_suggests_the_hook(cli, tmp_path: Path) -> None:
+    load = [
+        write_plugin(
+            tmp_path,
+            "typo_hooks",
+            """
+            from hookrunner import hookimpl
+
+            @hookimpl
+            def on_user_transcript(event, call):
+                pass
+            """,
+        )
+    ]
+    config = write_config(tmp_path, make_config(UNREACHABLE, plugins={"load": load}))
+    code, out, err = finish(cli("check", str(config)))
+    assert code == 2, err
+    assert_no_traceback(out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert "typo_hooks" in lines[0] and "on_user_transcript" in lines[0]
+    assert '"on_user_transcription"' in lines[0]
+
+
+def test_check_reports_a_plugins_load_path_that_does_not_exist_in_one_line(cli, tmp_path: Path) -> None:
+    config = write_config(tmp_path, make_config(UNREACHABLE, plugins={"load": ["not_written_yet.py"]}))
+    code, out, err = finish(cli("check", str(config)))
+    assert code == 2
+    assert_no_traceback(out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert "plugins.load[0]" in lines[0] and "not_written_yet.py" in lines[0]
+
+
+# -- init --------------------------------------------------------------------------------------------------------------
+
+
+def test_init_writes_a_config_that_check_accepts_and_never_overwrites_it(cli, tmp_path: Path) -> None:
+    path = tmp_path / "starter.toml"
+    code, out, err = finish(cli("init", str(path)))
+    assert code == 0, err
+    assert path.is_file()
+    written = path.read_bytes()
+    code, out, err = finish(cli("check", str(path)))
+    assert code == 0, err
+    assert f"{path}: OK" in out
+
+    code, out, err = finish(cli("init", str(path)))
+    assert code == 2
+    assert_no_traceback(out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "already exists" in lines[0], err
+    assert path.read_bytes() == written
+
+
+# -- plugins -----------------------------------------------------------------------------------------------------------
+
+
+def plugin_row(out: str, name: str) -> list[str]:
+    """The ``hookrunner plugins`` row of ``name``, split on the column gaps."""
+    rows = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()]
+    assert rows[0][:4] == ["NAME", "VERSION", "ACTIVE", "FROM"], out
+    matches = [row for row in rows[1:] if row[0] == name]
+    assert len(matches) == 1, out
+    return matches[0]
+
+
+def test_plugins_lists_console_as_active_with_its_hooks(cli) -> None:
+    code, out, err = finish(cli("plugins"))
+    assert code == 0, err
+    row = plugin_row(out, "console")
+    assert row[2] == "yes"
+    hooks = row[4].split(", ")
+    assert {"on_tts_completed", "on_user_transcription", "on_call_finished", "on_call_subscribed"} <= set(hooks)
+
+
+def test_plugins_with_a_config_that_disables_console_shows_it_inactive(cli, tmp_path: Path) -> None:
+    config = write_config(tmp_path, make_config(UNREACHABLE))  # make_config disables console
+    code, out, err = finish(cli("plugins", "--config", str(config)))
+    assert code == 0, err
+    assert plugin_row(out, "console")[2] == "no"
+
+
+# -- global options ------------------------------------------------------------------------------------------------------
+
+
+def test_version_prints_the_package_version(cli) -> None:
+    code, out, err = finish(cli("--version"))
+    assert code == 0, err
+    assert out.strip() == f"hookrunner {hookrunner.__version__}"
+
+
+async def test_log_format_json_writes_one_json_object_per_stderr_line(cli, tmp_path: Path) -> None:
+    calls = [
+        {"id": "CALL-J", "events": call_events(2, spacing=0.02)},
+        {"id": "CALL-JDONE", "status": "completed", "events": call_events(1)},
+    ]
+    async with running_simulator(script(calls)) as sim:
+        config = write_config(tmp_path, make_config(sim.base_url, calls=["CALL-J", "CALL-JDONE", "CALL-JNOPE"]))
+        code, out, err = await afinish(cli("--log-format", "json", "run", str(config)))
+    assert code == 1, err
+    lines = err.splitlines()
+    assert len(lines) >= 3, err
+    records = [json.loads(line) for line in lines]
+    assert all(isinstance(record, dict) for record in records)
+    assert all({"time", "level", "message"} <= record.keys() for record in records)
+    assert any(record["level"] == "error" and "CALL-JNOPE" in record["message"] for record in records)
+    assert any(record["level"] == "info" and "CALL-JDONE" in record["message"] for record in records)
