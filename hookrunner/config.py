@@ -6,6 +6,7 @@ engineer fixes a config in one pass rather than one error per run.
 
 from __future__ import annotations
 
+import copy
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -13,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .settings import NON_NEGATIVE, POSITIVE, Setting, check_table, describe
+from .settings import NON_NEGATIVE, POSITIVE, Setting, check_table, describe, suggest
 
 DEFAULT_BASE_URL = "https://api.smallest.ai/atoms/v1"
+#: Not a default (``atoms.api_key_env`` must be given): the name the starter config and the example suggest.
 DEFAULT_API_KEY_ENV = "ATOMS_API_KEY"
 
 
@@ -59,7 +61,7 @@ RUNNER_SCHEMA = {
     "hook_timeout": Setting("number", 10.0, check=POSITIVE, expected="a number of seconds"),
     "idle_timeout": Setting("number", 120.0, check=POSITIVE, expected="a number of seconds"),
     "shutdown_grace": Setting("number", 10.0, check=NON_NEGATIVE, expected="a number of seconds"),
-    "buffer": Setting("int", 256, check=_at_least_one, expected="a number of events"),
+    "buffer": Setting("int", 64, check=_at_least_one, expected="a number of events"),
     "spool_file": Setting("str", "hookrunner-undispatched.jsonl", check=_non_empty, expected="a file path"),
     "reconnect": Setting("table", {}),
 }
@@ -74,35 +76,56 @@ TOP_SCHEMA = {
 }
 
 
+#: The schemas above are the one place defaults live: ``Config`` is only ever built by ``config_from_dict``, the
+#: starter config of ``hookrunner init`` is ``default_config_table()``, and a test holds config.example.toml to it.
+
+
+def default_config_table() -> dict[str, Any]:
+    """Every key that has a default, with its default, in the shape of a config file."""
+
+    def defaults(schema: dict[str, Setting]) -> dict[str, Any]:
+        return {
+            key: copy.deepcopy(setting.default)
+            for key, setting in schema.items()
+            if setting.default is not None and setting.kind != "table"
+        }
+
+    return {
+        "atoms": defaults(ATOMS_SCHEMA),
+        "runner": {**defaults(RUNNER_SCHEMA), "reconnect": defaults(RECONNECT_SCHEMA)},
+        "plugins": defaults(PLUGINS_SCHEMA),
+    }
+
+
 @dataclass(frozen=True)
 class ReconnectConfig:
-    initial_delay: float = 1.0
-    max_delay: float = 30.0
-    max_attempts: int = 10
+    initial_delay: float
+    max_delay: float
+    max_attempts: int
 
 
 @dataclass(frozen=True)
 class Config:
-    """A validated configuration; ``source`` names the file in every later error."""
+    """A validated configuration, built by ``config_from_dict``; ``source`` names the file in every later error."""
 
-    source: str = "<defaults>"
-    base_url: str = DEFAULT_BASE_URL
-    api_key_env: str | None = DEFAULT_API_KEY_ENV
-    api_key_inline: str | None = field(default=None, repr=False)
-    connect_timeout: float = 10.0
-    calls: tuple[str, ...] = ()
-    hook_timeout: float = 10.0
-    idle_timeout: float = 120.0
-    shutdown_grace: float = 10.0
-    buffer: int = 256
+    source: str
+    base_url: str
+    api_key_env: str | None
+    api_key_inline: str | None = field(repr=False)
+    connect_timeout: float
+    calls: tuple[str, ...]
+    hook_timeout: float
+    idle_timeout: float
+    shutdown_grace: float
+    buffer: int
     #: Received events not dispatched before shutdown_grace ran out are appended here (relative to base_dir).
-    spool_file: Path = Path("hookrunner-undispatched.jsonl")
-    reconnect: ReconnectConfig = ReconnectConfig()
-    disable: tuple[str, ...] = ()
-    load: tuple[str, ...] = ()
-    plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    spool_file: Path
+    reconnect: ReconnectConfig
+    disable: tuple[str, ...]
+    load: tuple[str, ...]
+    plugin_settings: dict[str, dict[str, Any]]
     #: Directory of the config file: relative ``plugins.load`` paths resolve against it.
-    base_dir: Path = Path(".")
+    base_dir: Path
 
     def api_key(self) -> str:
         """The API key, from the environment variable or the file; a ConfigError names what is missing."""
@@ -148,7 +171,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>", base_dir: P
         if "api_key_env" not in given and "api_key" not in given:
             problems.append(
                 "atoms.api_key_env: missing required key (the name of the environment variable holding "
-                "the Atoms API key, e.g. ATOMS_API_KEY)"
+                f"the Atoms API key, e.g. {DEFAULT_API_KEY_ENV})"
             )
     elif "atoms" not in data:
         problems.append("atoms: missing required table (with api_key_env, the variable holding the API key)")
@@ -175,8 +198,16 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>", base_dir: P
     )
     problems += found
     for name, table in plugin_settings.items():
-        if not isinstance(table, dict):
-            problems.append(f"plugins.{name}: expected a table of the plugin's settings, got {describe(table)}")
+        if isinstance(table, dict):
+            continue
+        near = suggest(name, PLUGINS_SCHEMA)
+        if near:  # `lod = [...]`, `disabled = [...]`: a misspelled key, not a plugin given a value
+            problems.append(f"plugins.{name}: unknown key{near}")
+        else:
+            problems.append(
+                f"plugins.{name}: expected {' or '.join(PLUGINS_SCHEMA)}, or a [plugins.{name}] table of "
+                f"plugin {name}'s settings, got {describe(table)}"
+            )
     if problems:
         raise ConfigError("\n".join(f"{source}: {problem}" for problem in problems))
     return Config(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -12,7 +13,6 @@ import msgspec
 if TYPE_CHECKING:
     import httpx
 
-    from .config import Config
     from .triggers import Trigger
 
 __all__ = ["Turn", "CallContext", "App"]
@@ -63,14 +63,15 @@ class App:
         name: str,
         settings: dict[str, Any],
         http: httpx.AsyncClient,
-        config: Config,
+        config_dir: Path,
         start_soon: Callable[[str, Callable[..., Awaitable[Any]], tuple[Any, ...]], None],
         emit_trigger: Callable[[str, Trigger], None],
     ) -> None:
         self.name = name
         self.settings = settings
         self.http = http
-        self.config = config
+        #: The directory of the config file: where a plugin puts files "next to the config" by default.
+        self.config_dir = config_dir
         self._start_soon = start_soon
         self._emit_trigger = emit_trigger
 

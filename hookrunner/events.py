@@ -11,6 +11,7 @@ the typed object is a frozen ``msgspec.Struct`` filled from that dict, with no s
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
@@ -160,7 +161,6 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         TurnLatency,
         Metrics,
     )
-    if cls.TYPE
 }
 
 
@@ -192,37 +192,51 @@ def _as_number(value: Any) -> int | float | None:
     return value
 
 
-def _as_str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+def _as_id(value: Any) -> str | None:
+    """Ids are opaque strings; a number sent as an id is kept as its text so it can still deduplicate."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
-def _text(raw: dict[str, Any], key: str) -> str:
-    value = raw.get(key)
+def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def event_from_dict(raw: dict[str, Any], call_id: str, received_at: datetime | None = None) -> Event:
-    """Build the typed event for an already-parsed JSON object (``raw`` is kept as the event's ``raw``)."""
+def _as_int(value: Any) -> int | None:
+    number = _as_number(value)
+    return number if isinstance(number, int) else None
+
+
+def event_from_dict(
+    raw: dict[str, Any], call_id: str, received_at: datetime | None = None, *, line: str | bytes | None = None
+) -> Event:
+    """Build the typed event for an already-parsed JSON object (``raw`` is kept as the event's ``raw``).
+
+    ``line`` is the text it was parsed from, quoted in the ``MalformedEvent`` raised when ``event_type`` is missing.
+    """
     event_type = raw.get("event_type")
     if not isinstance(event_type, str) or not event_type:
-        raise MalformedEvent("no event_type", msgspec.json.encode(raw).decode(errors="replace"))
+        raise MalformedEvent("no event_type", _line_text(line) if line is not None else repr(raw))
     cls = EVENT_CLASSES.get(event_type, UnknownEvent)
     timestamp = _as_datetime(raw.get("timestamp")) or _as_datetime(raw.get("event_time"))
     if timestamp is None:
         timestamp = received_at or datetime.now(timezone.utc)
     common = {
         "event_type": event_type,
-        "event_id": _as_str(raw.get("event_id")),
-        "call_id": _as_str(raw.get("call_id")) or call_id,
+        "event_id": _as_id(raw.get("event_id")),
+        "call_id": _as_id(raw.get("call_id")) or call_id,
         "timestamp": timestamp,
         "raw": raw,
     }
     if cls is UserTranscription:
-        return cls(text=_text(raw, "user_transcription_text"), **common)
+        return cls(text=_text(raw.get("user_transcription_text")), **common)
     if cls is UserInterimTranscription:
-        return cls(text=_text(raw, "interim_transcription_text"), **common)
+        return cls(text=_text(raw.get("interim_transcription_text")), **common)
     if cls is TtsCompleted:
-        return cls(text=_text(raw, "tts_text"), latency_ms=_as_number(raw.get("tts_latency")), **common)
+        return cls(text=_text(raw.get("tts_text")), latency_ms=_as_number(raw.get("tts_latency")), **common)
     if cls is CallStart:
         telephony_id = raw.get("telephony_id")
         return cls(telephony_id=None if telephony_id is None else str(telephony_id), **common)
@@ -230,9 +244,8 @@ def event_from_dict(raw: dict[str, Any], call_id: str, received_at: datetime | N
         metadata = raw.get("metadata")
         return cls(metadata=metadata if isinstance(metadata, dict) else {}, **common)
     if cls is TurnLatency:
-        turn_index = raw.get("turn_index")
         return cls(
-            turn_index=turn_index if isinstance(turn_index, int) and not isinstance(turn_index, bool) else None,
+            turn_index=_as_int(raw.get("turn_index")),
             total_turn_ms=_as_number(raw.get("total_turn_ms")),
             **common,
         )
@@ -251,12 +264,19 @@ def decode_event(data: str | bytes, call_id: str, received_at: datetime | None =
     try:
         raw = _json_decoder.decode(data)
     except msgspec.DecodeError as exc:
-        raise MalformedEvent(f"not JSON ({exc})", _line_text(data)) from None
+        raw = _lenient_json(data, exc)
     if not isinstance(raw, dict):
         raise MalformedEvent("not a JSON object", _line_text(data))
-    if not isinstance(raw.get("event_type"), str) or not raw["event_type"]:
-        raise MalformedEvent("no event_type", _line_text(data))
-    return event_from_dict(raw, call_id, received_at)
+    return event_from_dict(raw, call_id, received_at, line=data)
+
+
+def _lenient_json(data: str | bytes, error: msgspec.DecodeError) -> Any:
+    """msgspec refuses some JSON that the stdlib reads (a lone surrogate from text cut inside an emoji, a number
+    beyond float range); such a line is still a real event, so it gets a second, slower chance."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise MalformedEvent(f"not JSON ({error})", _line_text(data)) from None
 
 
 def _line_text(data: str | bytes) -> str:

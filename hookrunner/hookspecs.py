@@ -77,8 +77,8 @@ def on_startup(app: App) -> None:
     """The runner is starting, before any call is subscribed.
 
     ``app`` is this plugin's view of the runner: ``app.settings`` (its ``[plugins.NAME]`` table), ``app.http``
-    (a shared ``httpx.AsyncClient``), ``app.start_soon(fn, *args)`` (a background task the runner drains at
-    shutdown) and ``app.emit_trigger(trigger)``. Keep it; later hooks do not receive it.
+    (a shared ``httpx.AsyncClient``), ``app.config_dir``, ``app.start_soon(fn, *args)`` (a background task,
+    cancelled after ``on_shutdown``) and ``app.emit_trigger(trigger)``. Keep it: event hooks do not receive it.
     """
 
 
@@ -86,7 +86,8 @@ def on_startup(app: App) -> None:
 def on_shutdown(app: App) -> None:
     """The runner is stopping: every call is finished or being drained. Flush and close what the plugin holds.
 
-    Runs after the last event hook, before background tasks are cancelled, within ``runner.shutdown_grace``.
+    Runs after the last event hook, before background tasks are cancelled. After a stop it has the second half of
+    ``runner.shutdown_grace`` (the first half drains received events); otherwise ``runner.hook_timeout``.
     """
 
 

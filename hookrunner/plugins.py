@@ -2,6 +2,10 @@
 
 Entry points are iterated here rather than through ``pm.load_setuptools_entrypoints`` so that one broken plugin
 is reported by name, in one line, instead of an import traceback that hides which package it came from.
+
+``load_plugins(config)`` (``check``, ``run``) refuses to go on when any plugin it would activate is broken;
+``load_plugins(config, strict=False)`` (``hookrunner plugins``) records each problem on the plugin's
+``PluginInfo.error`` instead, and also loads disabled plugins, into a throwaway plugin manager, to show their hooks.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -21,11 +26,15 @@ import pluggy
 from . import hookspecs
 from .config import Config
 from .errors import ConfigError, PluginLoadError
-from .settings import suggest
+from .settings import describe, suggest
 
 log = logging.getLogger("hookrunner.plugins")
 
 ENTRY_POINT_GROUP = "hookrunner"
+
+#: Local plugin files are imported as ``hookrunner_local.<file stem>``, so that a plugin file named like a module
+#: of the standard library or of an installed package (``email.py``) cannot replace it in ``sys.modules``.
+LOCAL_NAMESPACE = "hookrunner_local"
 
 
 @dataclass
@@ -35,8 +44,10 @@ class PluginInfo:
     name: str
     source: str  # "entry point of <dist>", or the path/module given in plugins.load
     version: str | None
-    active: bool
+    active: bool  # registered and called by ``run`` (never true for a broken plugin)
     hooks: list[str] = field(default_factory=list)
+    #: Why the plugin cannot be used, in one line (only set by ``load_plugins(..., strict=False)``).
+    error: str | None = None
 
 
 @dataclass
@@ -55,109 +66,181 @@ def new_plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
-def load_plugins(config: Config) -> LoadedPlugins:
+class _Loader:
+    """One pass over every plugin found; collects ``PluginInfo``s and, in strict mode, the problems to raise."""
+
+    def __init__(self, config: Config, strict: bool) -> None:
+        self.config = config
+        self.strict = strict
+        self.pm = new_plugin_manager()
+        self.disabled = set(config.disable)
+        self.infos: list[PluginInfo] = []
+        self.problems: list[str] = []
+
+    def add(self, name: str, source: str, version: str | None, load: Any, where: str | None = None) -> None:
+        """Load (``load()`` returns the plugin, or raises ``PluginLoadError``), check and register one plugin.
+
+        ``where`` starts each line reporting a problem (default: ``plugin NAME (SOURCE)``).
+
+        A disabled plugin is not imported in strict mode (disabling is how a user sets a broken plugin aside); in
+        lenient mode it is, into a throwaway plugin manager, so that its hooks can be shown.
+        """
+        disabled = name in self.disabled
+        info = PluginInfo(name, source, version, active=False)
+        self.infos.append(info)
+        where = where or f"plugin {name} ({source})"
+        if disabled and self.strict:
+            return
+        try:
+            plugin = load()
+        except PluginLoadError as exc:
+            self.fail(info, str(exc), disabled, where)
+            return
+        if info.version is None:
+            info.version = getattr(plugin, "__version__", None)
+        pm = new_plugin_manager() if disabled else self.pm
+        wrappers = _hook_wrappers(pm, plugin)
+        if wrappers:
+            for hook in wrappers:
+                self.fail(
+                    info,
+                    f"{hook} is a hook wrapper (wrapper=True or hookwrapper=True), which hookrunner does not "
+                    "support: each implementation is called on its own; make it a plain @hookimpl",
+                    disabled,
+                    where,
+                )
+            return
+        try:
+            pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            self.fail(info, _one_line(str(exc)), disabled, where)
+            return
+        except ValueError as exc:
+            self.fail(info, f"cannot be registered: {_one_line(str(exc))}", disabled, where)
+            return
+        info.hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
+        for problem in _unknown_hooks(pm, plugin):
+            self.fail(info, problem, disabled, where)
+        if info.error and not disabled:
+            pm.unregister(name=name)  # lenient mode: listed with its error, never called
+        info.active = not disabled and info.error is None
+
+    def fail(self, info: PluginInfo, problem: str, disabled: bool, where: str) -> None:
+        info.error = problem if info.error is None else f"{info.error}; {problem}"
+        if not disabled:
+            self.problems.append(f"{where}: {problem}")
+
+
+def load_plugins(config: Config, strict: bool = True) -> LoadedPlugins:
     """Register every entry-point plugin not disabled, then the modules of ``[plugins] load``.
 
-    Raises ``PluginLoadError`` (one line per problem) for a module that cannot be imported, a duplicate name or an
-    implementation of a hook that does not exist.
+    With ``strict`` (``check`` and ``run``), raise ``PluginLoadError`` (one line per problem) for a plugin that
+    cannot be imported, two plugins with one name, a hook wrapper or an implementation of a hook that does not
+    exist. Without it (``hookrunner plugins``), each problem is recorded on the plugin's ``PluginInfo.error``
+    and the plugin is left inactive.
     """
-    pm = new_plugin_manager()
-    infos: list[PluginInfo] = []
-    problems: list[str] = []
-    disabled = set(config.disable)
-    for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
-        dist = ep.dist
-        source = f"entry point of {dist.name}" if dist else f"entry point {ep.value}"
-        version = dist.version if dist else None
-        if ep.name in disabled:
-            infos.append(PluginInfo(ep.name, source, version, active=False))
-            continue
-        if pm.has_plugin(ep.name):
-            continue  # the same distribution seen twice on sys.path
-        try:
-            plugin = ep.load()
-        except Exception as exc:  # a plugin's own bug: name it, keep the details for --log-level debug
-            log.debug("loading plugin %s failed", ep.name, exc_info=True)
-            problems.append(f"plugin {ep.name} ({source}): cannot be loaded: {type(exc).__name__}: {exc}")
-            continue
-        problems += _register(pm, plugin, ep.name, source)
-        infos.append(PluginInfo(ep.name, source, version, active=True))
-    for index, spec in enumerate(config.load):
-        try:
-            module = _import_local(spec, config.base_dir)
-        except PluginLoadError as exc:
-            problems.append(f"{config.source}: plugins.load[{index}]: {exc}")
-            continue
-        name = module.__name__.rsplit(".", 1)[-1]
-        if name in disabled:
-            infos.append(PluginInfo(name, spec, None, active=False))
-            continue
-        if pm.has_plugin(name):
-            problems.append(f"{config.source}: plugins.load[{index}]: a plugin named {name} is already loaded")
-            continue
-        problems += _register(pm, module, name, spec)
-        infos.append(PluginInfo(name, spec, getattr(module, "__version__", None), active=True))
-    problems += _unknown_hooks(pm)
-    known = {info.name for info in infos}
+    loader = _Loader(config, strict)
+    _add_entry_points(loader)
+    _add_local_plugins(loader, config)
+    known = {info.name for info in loader.infos}
     for index, name in enumerate(config.disable):
         if name not in known:
             log.warning("%s: plugins.disable[%d]: no plugin named %s%s", config.source, index, name, suggest(name, known))
-    if problems:
-        raise PluginLoadError("\n".join(problems))
-    for info in infos:
-        if info.active:
-            plugin = pm.get_plugin(info.name)
-            info.hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
-    return LoadedPlugins(pm, infos)
+    if strict and loader.problems:
+        raise PluginLoadError("\n".join(loader.problems))
+    return LoadedPlugins(loader.pm, loader.infos)
 
 
-def _register(pm: pluggy.PluginManager, plugin: Any, name: str, source: str) -> list[str]:
-    try:
-        pm.register(plugin, name=name)
-    except pluggy.PluginValidationError as exc:
-        return [f"plugin {name} ({source}): {exc}"]
-    except ValueError as exc:
-        return [f"plugin {name} ({source}): cannot be registered: {exc}"]
-    return []
+def _add_entry_points(loader: _Loader) -> None:
+    by_name: dict[str, list[importlib.metadata.EntryPoint]] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        by_name.setdefault(ep.name, []).append(ep)
+    for name in sorted(by_name):
+        eps = _one_per_distribution(by_name[name])
+        first = eps[0]
+        dist = first.dist
+        if len(eps) > 1:
+            declared = "; ".join(f"{_dist_label(ep)}: {ep.value}" for ep in eps)
 
+            def load(declared: str = declared, count: int = len(eps)) -> Any:
+                raise PluginLoadError(
+                    f"{count} distributions declare a hookrunner entry point of this name ({declared}); "
+                    "uninstall all but one"
+                )
 
-def _unknown_hooks(pm: pluggy.PluginManager) -> list[str]:
-    """``pm.check_pending()`` as one line per misnamed implementation, with the nearest hook suggested."""
-    known = [name for name in dir(hookspecs) if not name.startswith("_") and callable(getattr(hookspecs, name))]
-    known = [name for name in known if hasattr(getattr(hookspecs, name), "hookrunner_spec")]
-    problems = []
-    for name in dir(pm.hook):
-        if name.startswith("_"):
+            loader.add(name, f"entry points of {' and '.join(_dist_label(ep, version=False) for ep in eps)}", None, load)
             continue
-        caller = getattr(pm.hook, name)
-        if getattr(caller, "spec", True) is None:
-            for impl in caller.get_hookimpls():
-                if not impl.optionalhook:
-                    problems.append(
-                        f"plugin {impl.plugin_name}: implements {name}, which is not a hookrunner hook"
-                        f"{suggest(name, known)}"
-                    )
-    return problems
+        source = f"entry point of {dist.name}" if dist else f"entry point {first.value}"
+        loader.add(name, source, dist.version if dist else None, lambda ep=first: _load_entry_point(ep))
+
+
+def _one_per_distribution(eps: list[importlib.metadata.EntryPoint]) -> list[importlib.metadata.EntryPoint]:
+    """The same distribution found twice on sys.path declares its entry point twice: count it once."""
+    seen: dict[str | None, importlib.metadata.EntryPoint] = {}
+    for ep in eps:
+        key = ep.dist.name.lower().replace("_", "-") if ep.dist else ep.value
+        seen.setdefault(key, ep)
+    return list(seen.values())
+
+
+def _dist_label(ep: importlib.metadata.EntryPoint, version: bool = True) -> str:
+    if ep.dist is None:
+        return f"entry point {ep.value}"
+    return f"{ep.dist.name} {ep.dist.version}" if version else ep.dist.name
+
+
+def _load_entry_point(ep: importlib.metadata.EntryPoint) -> Any:
+    try:
+        return ep.load()
+    except Exception as exc:  # a plugin's own bug: name it, keep the details for --log-level debug
+        log.debug("loading plugin %s failed", ep.name, exc_info=True)
+        raise PluginLoadError(f"cannot be loaded: {type(exc).__name__}: {_one_line(str(exc))}") from None
+
+
+def _add_local_plugins(loader: _Loader, config: Config) -> None:
+    for index, spec in enumerate(config.load):
+        where = f"{config.source}: plugins.load[{index}]"
+        name = _local_name(spec)
+        taken = any(info.name == name for info in loader.infos) and name not in loader.disabled
+
+        def load(spec: str = spec, taken: bool = taken, name: str = name) -> ModuleType:
+            if taken:
+                raise PluginLoadError(f"a plugin named {name} is already loaded")
+            return _import_local(spec, config.base_dir)
+
+        loader.add(name, spec, None, load, where=f"{where}: plugin {name}")
+
+
+def _local_name(spec: str) -> str:
+    """The name a ``plugins.load`` entry is registered under: the file's stem, or the module's last part."""
+    if _is_path(spec):
+        return Path(spec).stem
+    return spec.rsplit(".", 1)[-1]
+
+
+def _is_path(spec: str) -> bool:
+    return spec.endswith(".py") or "/" in spec or "\\" in spec
 
 
 def _import_local(spec: str, base_dir: Path) -> ModuleType:
     """Import a ``plugins.load`` entry: a path to a ``.py`` file (relative to the config) or a module name."""
-    if spec.endswith(".py") or "/" in spec or "\\" in spec:
+    if _is_path(spec):
         path = (base_dir / spec).resolve()
         if not path.is_file():
             raise PluginLoadError(f"no such file: {path}")
-        module_name = path.stem
+        module_name = f"{LOCAL_NAMESPACE}.{_local_name(spec)}"
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         if module_spec is None or module_spec.loader is None:
             raise PluginLoadError(f"cannot import {path}")
         module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module
+        _local_namespace()
+        sys.modules[module_name] = module  # dataclasses, pickling and typing look the module up by name
         try:
             module_spec.loader.exec_module(module)
         except Exception as exc:
             sys.modules.pop(module_name, None)
             log.debug("importing %s failed", path, exc_info=True)
-            raise PluginLoadError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+            raise PluginLoadError(f"importing {path} failed: {type(exc).__name__}: {_one_line(str(exc))}") from None
         return module
     try:
         return importlib.import_module(spec)
@@ -167,24 +250,106 @@ def _import_local(spec: str, base_dir: Path) -> ModuleType:
         raise PluginLoadError(f"importing {spec} failed: {type(exc).__name__}: {exc}") from None
     except Exception as exc:
         log.debug("importing %s failed", spec, exc_info=True)
-        raise PluginLoadError(f"importing {spec} failed: {type(exc).__name__}: {exc}") from None
+        raise PluginLoadError(f"importing {spec} failed: {type(exc).__name__}: {_one_line(str(exc))}") from None
+
+
+def _local_namespace() -> ModuleType:
+    """The (empty) parent package of local plugin modules, created on first use."""
+    namespace = sys.modules.get(LOCAL_NAMESPACE)
+    if namespace is None:
+        namespace = ModuleType(LOCAL_NAMESPACE, "Local plugins of [plugins] load, imported by hookrunner.")
+        namespace.__path__ = []  # a package, so that hookrunner_local.<stem> is a valid module name
+        sys.modules[LOCAL_NAMESPACE] = namespace
+    return namespace
+
+
+def _hook_wrappers(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
+    """Hooks that ``plugin`` implements as wrappers: hookrunner calls each implementation on its own, so a wrapper
+    (which pluggy runs around the others) would never see what it expects."""
+    wrappers = []
+    for attr in dir(plugin):
+        try:
+            opts = pm.parse_hookimpl_opts(plugin, attr)
+        except Exception:  # an attribute that raises on access is pluggy's to report at register()
+            continue
+        if opts and (opts.get("wrapper") or opts.get("hookwrapper")):
+            wrappers.append(opts.get("specname") or attr)
+    return sorted(wrappers)
+
+
+def _unknown_hooks(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
+    """``pm.check_pending()`` for one plugin: one line per misnamed implementation, with the nearest hook."""
+    known = [name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "hookrunner_spec")]
+    problems = []
+    for caller in pm.get_hookcallers(plugin) or []:
+        if caller.spec is not None:
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin and not impl.optionalhook:
+                problems.append(f"implements {caller.name}, which is not a hookrunner hook{suggest(caller.name, known)}")
+    return problems
+
+
+def _one_line(text: str) -> str:
+    """An error text from a library or a plugin, which may span lines, as one line."""
+    return "; ".join(line.strip() for line in text.strip().splitlines() if line.strip())
 
 
 def validate_plugin_settings(config: Config, loaded: LoadedPlugins) -> None:
-    """Check every ``[plugins.NAME]`` table: NAME must be a plugin found, and its ``validate_settings`` agree."""
+    """Check every ``[plugins.NAME]`` table: NAME must be a plugin found, and its ``validate_settings`` agree.
+
+    A plugin's ``validate_settings`` is called inside an error boundary: raising, being ``async``, or returning
+    anything but a list of strings is one line naming the plugin, never a traceback. An active plugin that has a
+    table but no ``validate_settings`` gets a warning: nobody checks that table.
+    """
     problems: list[str] = []
     known = {info.name for info in loaded.infos}
     for name in config.plugin_settings:
         if name not in known:
             problems.append(f"{config.source}: plugins.{name}: no plugin named {name} is installed{suggest(name, known)}")
-    for impl in loaded.pm.hook.validate_settings.get_hookimpls():
-        table = config.plugin_settings.get(impl.plugin_name, {})
-        try:
-            found = impl.function(*[{"settings": table}[arg] for arg in impl.argnames])
-        except Exception as exc:
-            problems.append(f"plugin {impl.plugin_name}: validate_settings raised {type(exc).__name__}: {exc}")
-            continue
-        for problem in found or []:
-            problems.append(f"{config.source}: plugins.{impl.plugin_name}.{problem}")
+    validators = {impl.plugin_name: impl for impl in loaded.pm.hook.validate_settings.get_hookimpls()}
+    for info in loaded.infos:
+        if info.active and info.name in config.plugin_settings and info.name not in validators:
+            log.warning(
+                "%s: plugins.%s: plugin %s does not declare its settings (it has no validate_settings), "
+                "so this table is not checked",
+                config.source,
+                info.name,
+                info.name,
+            )
+    for name, impl in validators.items():
+        problems += _call_validate_settings(name, impl, config.plugin_settings.get(name, {}), config.source)
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _call_validate_settings(name: str, impl: pluggy.HookImpl, table: dict[str, Any], source: str) -> list[str]:
+    """The problems one plugin's ``validate_settings`` finds (``FILE: plugins.NAME.key: ...``), or one
+    ``plugin NAME: ...`` line for a bug of its own."""
+    try:
+        result = impl.function(*[{"settings": table}[arg] for arg in impl.argnames])
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()  # never awaited, on purpose: no "coroutine was never awaited" warning
+            return [
+                f"plugin {name}: validate_settings must be a plain function, not async "
+                "(it runs before the event loop starts)"
+            ]
+        if result is None:
+            return []
+        if not isinstance(result, (list, tuple)):
+            return [f"plugin {name}: validate_settings must return a list of problems (strings), got {_shown(result)}"]
+        found = list(result)
+    except Exception as exc:
+        log.debug("plugin %s: validate_settings raised", name, exc_info=True)
+        return [f"plugin {name}: validate_settings raised {type(exc).__name__}: {_one_line(str(exc))}"]
+    for item in found:
+        if not isinstance(item, str):
+            return [f"plugin {name}: validate_settings must return a list of strings, got a list holding {_shown(item)}"]
+    return [f"{source}: plugins.{name}.{_one_line(item)}" for item in found]
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (str, bool, int, float, list, dict)):
+        return describe(value)
+    return f"a {type(value).__name__}"

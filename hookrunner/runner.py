@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -36,32 +37,50 @@ OK_REASONS = frozenset({ENDED, COMPLETED, SHUTDOWN})
 EXIT_OK, EXIT_SOME_CALLS_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+DRAIN, SUBSCRIPTION, FINAL = "drain", "subscription", "final"
+
+
 class Runner:
-    """Runs every configured call to its end; ``await runner.run()`` returns the process exit code."""
+    """Runs every configured call to its end; ``await runner.run()`` returns the process exit code.
+
+    A stop (``stop()``, SIGINT/SIGTERM, or a refused API key) ends every subscription at once, then gives the first
+    half of ``runner.shutdown_grace`` to dispatching what was already received (and ``on_call_finished``), and
+    the rest to ``on_shutdown``. A second signal cuts everything short.
+    """
 
     def __init__(self, config: Config, plugins: LoadedPlugins, *, api_key: str, calls: Sequence[str]) -> None:
         self.config = config
         self.plugins = plugins
         self.stats = Stats()
         self.dispatcher = HookDispatcher(plugins.pm, config.hook_timeout, self.stats)
-        self.calls: dict[str, CallContext] = {}
         self._api_key = api_key
         self._call_ids = list(dict.fromkeys(calls))
         self._auth_error: AuthError | None = None
-        # Per-call scopes, so that stop() can end every subscription and put a deadline on every dispatch.
-        self._subscription_scopes: set[trio.CancelScope] = set()
-        self._dispatch_scopes: set[trio.CancelScope] = set()
+        # Every scope a stop must reach, with its kind: subscriptions are cancelled, the rest get deadlines.
+        self._scopes: dict[trio.CancelScope, str] = {}
         self._stopping = False
-        self._deadline = math.inf
-        self._triggers_drained = trio.Event()
-        self._trigger_send, self._trigger_receive = trio.open_memory_channel[tuple[str, Trigger]](math.inf)
+        self._deadlines = {DRAIN: math.inf, FINAL: math.inf}
+        self._trigger_send, self._trigger_receive = trio.open_memory_channel[Trigger](math.inf)
         self._background: trio.Nursery | None = None
         self._apps: dict[str, App] = {}
 
     # --- the whole run ----------------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Start plugins, follow every call until it is over (or a signal stops the runner), stop plugins."""
+        """Start plugins, follow every call until it is over (or a stop), stop plugins; return the exit code."""
+        async with trio.open_nursery() as watcher:  # signals are watched from on_startup to on_shutdown
+            watcher.start_soon(self._watch_signals)
+            await self._run_plugins_and_calls()
+            watcher.cancel_scope.cancel()
+        log.info("finished: %s", self.stats.summary())
+        if self._auth_error is not None:
+            log.error("%s", self._auth_error)
+            return EXIT_USAGE
+        if any(reason not in OK_REASONS for reason in self.stats.calls_finished.elements()):
+            return EXIT_SOME_CALLS_FAILED
+        return EXIT_OK
+
+    async def _run_plugins_and_calls(self) -> None:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=20)  # one stream per call, no queue
         headers = {"User-Agent": f"hookrunner/{__version__}"}
         async with (
@@ -73,74 +92,67 @@ class Runner:
             self._apps = {name: self._make_app(name, plugin_http) for name in self.plugins.active_names}
             await self.dispatcher.call("on_startup", lambda name: {"app": self._apps[name]})
             async with trio.open_nursery() as core:
-                core.start_soon(self._watch_signals, core.cancel_scope)
                 core.start_soon(self._dispatch_triggers)
                 async with trio.open_nursery() as calls:
                     for call_id in self._call_ids:
                         calls.start_soon(self._follow_call, call_id, stream_client)
-                self._trigger_send.close()  # no call can emit any more: let the trigger queue drain and end
-                await self._wait_triggers_drained()
-                core.cancel_scope.cancel()  # stops the signal watcher
-            with trio.move_on_after(self._grace_left()):
-                await self.dispatcher.call(
-                    "on_shutdown", lambda name: {"app": self._apps[name]}, timeout=max(self._grace_left(), 0.001)
-                )
+                self._trigger_send.close()  # no call can emit any more: the trigger queue drains and ends
+            with self._stoppable(FINAL):
+                timeout = self.config.hook_timeout
+                if self._stopping:
+                    timeout = max(0.0, min(timeout, self._deadlines[FINAL] - trio.current_time()))
+                await self.dispatcher.call("on_shutdown", lambda name: {"app": self._apps[name]}, timeout=timeout)
             background.cancel_scope.cancel()
-        log.info("finished: %s", self.stats.summary())
-        if self._auth_error is not None:
-            log.error("%s", self._auth_error)
-            return EXIT_USAGE
-        if any(reason not in OK_REASONS for reason in self.stats.calls_finished.elements()):
-            return EXIT_SOME_CALLS_FAILED
-        return EXIT_OK
 
     def stop(self) -> None:
         """Begin a graceful stop: no new events are read; what was received is dispatched within the grace."""
         if self._stopping:
             return
         self._stopping = True
-        self._deadline = trio.current_time() + self.config.shutdown_grace
-        for scope in self._subscription_scopes:
+        now = trio.current_time()
+        self._deadlines = {DRAIN: now + self.config.shutdown_grace / 2, FINAL: now + self.config.shutdown_grace}
+        for scope, kind in self._scopes.items():
+            self._apply_stop(scope, kind)
+
+    def _apply_stop(self, scope: trio.CancelScope, kind: str) -> None:
+        if kind == SUBSCRIPTION:
             scope.cancel()
-        for scope in self._dispatch_scopes:
-            scope.deadline = self._deadline
+        else:
+            scope.deadline = min(scope.deadline, self._deadlines[kind])
 
-    def _scope(self, scopes: set[trio.CancelScope]) -> trio.CancelScope:
-        """A new per-call scope that already obeys a stop begun before the call started."""
+    @contextmanager
+    def _stoppable(self, kind: str) -> Iterator[trio.CancelScope]:
+        """A cancel scope that a stop reaches, even one begun before the scope was entered."""
         scope = trio.CancelScope()
+        self._scopes[scope] = kind
         if self._stopping:
-            if scopes is self._subscription_scopes:
-                scope.cancel()
-            else:
-                scope.deadline = self._deadline
-        scopes.add(scope)
-        return scope
+            self._apply_stop(scope, kind)
+        try:
+            with scope:
+                yield scope
+        finally:
+            del self._scopes[scope]
 
-    def _grace_left(self) -> float:
-        if not self._stopping:
-            return self.config.shutdown_grace
-        return max(0.0, self._deadline - trio.current_time())
-
-    async def _watch_signals(self, core_scope: trio.CancelScope) -> None:
+    async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 if not self._stopping:
                     log.warning(
-                        "%s: stopping; draining in-flight hooks for up to %g s (again to stop at once)",
+                        "%s: stopping; draining received events for up to %g s (again to stop at once)",
                         signal.Signals(signum).name,
                         self.config.shutdown_grace,
                     )
                     self.stop()
                 else:
-                    self._deadline = trio.current_time()
-                    for scope in self._dispatch_scopes:
+                    log.warning("%s again: stopping at once", signal.Signals(signum).name)
+                    self._deadlines = {DRAIN: trio.current_time(), FINAL: trio.current_time()}
+                    for scope in self._scopes:
                         scope.cancel()
 
     # --- one call ---------------------------------------------------------------------------------------------
 
     async def _follow_call(self, call_id: str, client: httpx.AsyncClient) -> None:
         call = CallContext(call_id)
-        self.calls[call_id] = call
         subscription = Subscription(
             call_id,
             client=client,
@@ -156,27 +168,25 @@ class Runner:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._dispatch_call, call, receive)
             async with send:
-                scope = self._scope(self._subscription_scopes)
-                with scope:
+                with self._stoppable(SUBSCRIPTION):
                     try:
                         reason = await subscription.run(send)
                     except AuthError as exc:
                         self._on_auth_error(exc)
-                self._subscription_scopes.discard(scope)
-                with trio.move_on_at(self._deadline):  # a stop caught the stream waiting on a full buffer
-                    if subscription.pending is not None:
+                if subscription.pending is not None:  # a stop caught the stream waiting on a full buffer
+                    with self._stoppable(DRAIN):
                         await send.send(subscription.pending)
                         subscription.pending = None
-        if subscription.pending is not None:  # after the dispatch task spooled the buffer: keeps stream order
+        if subscription.pending is not None:  # written after the buffer the dispatch task spooled: stream order
             self.stats.events_spooled += spool_events(self.config.spool_file, call_id, [subscription.pending])
         if reason == SHUTDOWN and self._auth_error is not None:
             reason = AUTH_FAILED
+        elif reason == SHUTDOWN:
+            log.info("%s: stopped by shutdown after %d events", call_id, call.events_dispatched)
         call.finished_reason = reason
         self.stats.calls_finished[reason] += 1
-        if reason == SHUTDOWN and self._auth_error is None:
-            log.info("%s: stopped by shutdown after %d events", call_id, call.events_dispatched)
-        await self.dispatcher.call("on_call_finished", {"call": call, "reason": reason}, call_id=call_id)
-        del self.calls[call_id]
+        with self._stoppable(DRAIN):
+            await self.dispatcher.call("on_call_finished", {"call": call, "reason": reason}, call_id=call_id)
 
     def _on_auth_error(self, exc: AuthError) -> None:
         if self._auth_error is None:
@@ -184,10 +194,9 @@ class Runner:
             self.stop()
 
     async def _dispatch_call(self, call: CallContext, receive: trio.MemoryReceiveChannel[Event | Subscribed]) -> None:
-        scope = self._scope(self._dispatch_scopes)
         current: Event | None = None
         async with receive:
-            with scope:
+            with self._stoppable(DRAIN):
                 async for item in receive:
                     if isinstance(item, Subscribed):
                         await self.dispatcher.call("on_call_subscribed", {"call": call}, call_id=call.id)
@@ -204,7 +213,6 @@ class Runner:
                     break
                 if isinstance(item, Event):
                     left.append(item)
-        self._dispatch_scopes.discard(scope)
         self.stats.events_spooled += spool_events(self.config.spool_file, call.id, left)
 
     async def _dispatch_event(self, call: CallContext, event: Event) -> None:
@@ -225,7 +233,7 @@ class Runner:
             name=name,
             settings=self.config.plugin_settings.get(name, {}),
             http=http,
-            config=self.config,
+            config_dir=self.config.base_dir,
             start_soon=self._start_background,
             emit_trigger=self._emit_trigger,
         )
@@ -234,19 +242,28 @@ class Runner:
         if trigger.source is None:
             trigger = msgspec.structs.replace(trigger, source=plugin)
         try:
-            self._trigger_send.send_nowait((plugin, trigger))
+            self._trigger_send.send_nowait(trigger)
         except trio.ClosedResourceError:
             log.error("plugin %s: emitted a trigger after the runner stopped dispatching: %s", plugin, trigger)
 
     async def _dispatch_triggers(self) -> None:
-        async for _plugin, trigger in self._trigger_receive:
-            self.stats.triggers += 1
-            await self.dispatcher.call("on_trigger", {"trigger": trigger}, call_id=trigger.call_id, event_id=trigger.event_id)
-        self._triggers_drained.set()
-
-    async def _wait_triggers_drained(self) -> None:
-        with trio.move_on_after(self._grace_left() if self._stopping else math.inf):
-            await self._triggers_drained.wait()
+        """Triggers in the order emitted; ``on_trigger`` should hand work off (an outbox), not do it inline."""
+        with self._stoppable(DRAIN):
+            async for trigger in self._trigger_receive:
+                self.stats.triggers += 1
+                await self.dispatcher.call(
+                    "on_trigger", {"trigger": trigger}, call_id=trigger.call_id, event_id=trigger.event_id
+                )
+        left = 0
+        while True:
+            try:
+                trigger = self._trigger_receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            left += 1
+            log.error("%s: trigger not dispatched before runner.shutdown_grace ran out: %s", trigger.call_id, trigger)
+        if left:
+            self.stats.triggers_lost += left
 
     def _start_background(self, plugin: str, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
         assert self._background is not None, "start_soon is available from on_startup on"

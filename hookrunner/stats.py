@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Stats:
+    events_received: int = 0  # new events read from streams (not counting duplicates)
     events_by_type: Counter[str] = field(default_factory=Counter)
     duplicates_skipped: int = 0
     malformed_lines: int = 0
@@ -16,6 +17,7 @@ class Stats:
     hook_timeouts: Counter[str] = field(default_factory=Counter)  # by plugin name
     calls_finished: Counter[str] = field(default_factory=Counter)  # by reason
     triggers: int = 0
+    triggers_lost: int = 0  # emitted but not dispatched before the grace ran out (each logged)
     events_spooled: int = 0  # received but not dispatched in time: written to runner.spool_file
 
     def summary(self) -> str:

@@ -99,32 +99,28 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
-def _error_text(response: httpx.Response) -> str:
-    """The first message of an Atoms error body ``{"status": false, "errors": ["..."]}``, else the reason."""
+def _error_body(response: httpx.Response) -> tuple[str, float | None]:
+    """The message of an Atoms error body (``{"status": false, "errors": ["..."]}``, or ``error``/``message``) and,
+    for a 429, the ``retry_after`` seconds the body may carry when the header is missing."""
     try:
         body = response.json()
     except ValueError:
         body = None
-    if isinstance(body, dict):
-        errors = body.get("errors")
-        if isinstance(errors, list) and errors:
-            return str(errors[0])[:200]
+    if not isinstance(body, dict):
+        return response.reason_phrase or "no message", None
+    message = response.reason_phrase or "no message"
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors:
+        message = str(errors[0])[:200]
+    else:
         for key in ("error", "message"):
             if isinstance(body.get(key), str):
-                return body[key][:200]
-    return response.reason_phrase or "no message"
-
-
-def _body_retry_after(response: httpx.Response) -> float | None:
-    """Atoms' 429 body may say ``"retry_after": seconds`` when the header is missing."""
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    value = body.get("retry_after") if isinstance(body, dict) else None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return max(0.0, float(value))
-    return None
+                message = body[key][:200]
+                break
+    retry_after = body.get("retry_after")
+    if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)):
+        retry_after = None
+    return message, None if retry_after is None else max(0.0, float(retry_after))
 
 
 class Subscription:
@@ -154,6 +150,7 @@ class Subscription:
         self._stats = stats
         self._seen = SeenEvents()
         self._subscribed = False
+        self._saw_call_end = False
         self.events_received = 0
         #: An event received but not yet accepted by the call's buffer (set while ``run`` waits on a full buffer).
         self.pending: Event | None = None
@@ -163,28 +160,30 @@ class Subscription:
 
         Raises ``AuthError`` on 401/403: the key is wrong for every call.
         """
-        attempt = 0
+        failures = 0  # failed connections in a row; one that delivered new events starts the count over
         while True:
             received_before = self.events_received
             try:
                 return await self._connect_once(send)
             except _Retry as retry:
-                progress = self.events_received > received_before
-                attempt = 1 if progress else attempt + 1
+                failures = 1 if self.events_received > received_before else failures + 1
                 limit = self._reconnect.max_attempts
-                if limit and attempt > limit:
+                if limit and failures > limit:
                     log.error(
-                        "%s: giving up after %d failed attempts in a row (last: %s)", self.call_id, limit, retry.why
+                        "%s: giving up after %d reconnect attempts without a new event (last: %s)",
+                        self.call_id,
+                        limit,
+                        retry.why,
                     )
                     return GAVE_UP
-                delay = backoff_delay(attempt, self._reconnect, retry.retry_after)
+                delay = backoff_delay(failures, self._reconnect, retry.retry_after)
                 self._stats.reconnects += 1
                 log.warning(
                     "%s: %s; reconnecting in %.2f s (attempt %d%s)",
                     self.call_id,
                     retry.why,
                     delay,
-                    attempt,
+                    failures,
                     f"/{limit}" if limit else "",
                 )
                 await trio.sleep(delay)
@@ -214,6 +213,8 @@ class Subscription:
             raise _Retry(f"not an event stream ({exc})") from None
         except (httpx.TransportError, httpx.StreamError) as exc:
             raise _Retry(f"connection failed ({type(exc).__name__}: {exc or 'no detail'})") from None
+        if self._saw_call_end:
+            return ENDED  # official clients stop at call_end too: the call is over, there is nothing to resume
         raise _Retry("stream ended without sse_close")
 
     async def _pass_on(self, data: str, send: trio.MemorySendChannel[Event | Subscribed]) -> bool:
@@ -231,6 +232,9 @@ class Subscription:
             self._stats.duplicates_skipped += 1
             return False
         self.events_received += 1
+        self._stats.events_received += 1
+        if event.event_type == "call_end":
+            self._saw_call_end = True
         self.pending = event  # if a stop cancels the wait below, the runner still owns this event
         await send.send(event)  # waits while the call's buffer is full: backpressure to the socket
         self.pending = None
@@ -238,7 +242,7 @@ class Subscription:
 
     def _finish_for_status(self, response: httpx.Response) -> str:
         status = response.status_code
-        message = _error_text(response)
+        message, body_retry_after = _error_body(response)
         if status in (401, 403):
             raise AuthError(
                 f"Atoms refused the API key ({status}: {message}) for call {self.call_id}; "
@@ -266,7 +270,7 @@ class Subscription:
         if status >= 500 or status in RETRYABLE_STATUSES:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             if retry_after is None:
-                retry_after = _body_retry_after(response)
+                retry_after = body_retry_after
             raise _Retry(f"server answered {status} ({message})", retry_after)
         log.error("%s: server answered %d (%s); not retrying", self.call_id, status, message)
         return GAVE_UP

@@ -401,3 +401,16 @@ def test_trigger_is_immutable_and_its_full_type_is_trigger_dot_type() -> None:
     assert changed.source == "detector" and trigger.source is None
     assert changed.full_type == "trigger.keyword"
     assert trigger.detected_at.utcoffset() == timedelta(0)
+
+
+def test_json_that_msgspec_refuses_but_the_stdlib_reads_is_still_an_event() -> None:
+    # A transcription cut inside an emoji leaves a lone surrogate; an absurd number overflows float.
+    cut = decode_event('{"event_type": "user_transcription", "user_transcription_text": "ok \\ud83d"}', "CALL-1")
+    assert isinstance(cut, UserTranscription) and cut.text == "ok \ud83d"
+    huge = decode_event('{"event_type": "metrics", "metrics": [{"value": 1e400}]}', "CALL-1")
+    assert huge.raw["metrics"][0]["value"] == float("inf")
+
+
+def test_a_numeric_event_id_is_kept_as_text_so_it_still_deduplicates() -> None:
+    event = decode_event('{"event_type": "call_start", "event_id": 42, "turn_index": 1.0}', "CALL-1")
+    assert event.event_id == "42" and event.raw["event_id"] == 42

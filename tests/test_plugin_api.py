@@ -171,3 +171,121 @@ async def test_unreachable_server_gives_up_after_max_attempts_with_exit_1(record
     assert code == 1
     assert recorder.finished == {"CALL-X": "gave_up"}
     assert runner.stats.reconnects == 3
+
+
+async def test_hooks_run_in_pluggy_order_with_tryfirst_and_trylast(recorder) -> None:
+    order: list[str] = []
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def on_sse_init(self, event, call):
+            order.append("first")
+
+    class Last:
+        @hookimpl(trylast=True)
+        def on_sse_init(self, event, call):
+            order.append("last")
+
+    class Plain:
+        @hookimpl
+        def on_sse_init(self, event, call):
+            order.append("plain")
+
+    async with running_simulator(script([{"id": "CALL-O", "events": call_events(1)}])) as sim:
+        await run_runner(make_config(sim.base_url), ["CALL-O"], Last(), First(), Plain())
+    assert order == ["first", "plain", "last"]
+
+
+async def test_a_blocking_plain_hook_is_reported_as_over_its_timeout(recorder, caplog) -> None:
+    import time
+
+    class Blocking:
+        @hookimpl
+        def on_tts_completed(self, event, call):
+            time.sleep(0.3)
+
+    async with running_simulator(script([{"id": "CALL-B", "events": call_events(1)}])) as sim:
+        code, runner = await run_runner(make_config(sim.base_url, hook_timeout=0.1), ["CALL-B"], Blocking(), recorder)
+    assert code == 0 and runner.stats.hook_timeouts == {"test-plugin-0": 1}
+    assert any("blocked the event loop" in r.getMessage() and "call CALL-B" in r.getMessage() for r in caplog.records)
+    assert_events = [e.event_type for e in recorder.events["CALL-B"]]
+    assert assert_events == ["sse_init", "tts_completed", "sse_close"]
+
+
+class SlowWithShutdown:
+    def __init__(self, shutdown_takes: float) -> None:
+        self.shutdown_takes = shutdown_takes
+        self.shutdown_done = False
+        self.count = 0
+
+    @hookimpl
+    async def on_event(self, event, call):
+        await trio.sleep(0.2)
+        self.count += 1
+
+    @hookimpl
+    async def on_shutdown(self, app):
+        await trio.sleep(self.shutdown_takes)
+        self.shutdown_done = True
+
+
+async def _stop_when(runner, condition) -> float:
+    while not condition():
+        await trio.sleep(0.01)
+    runner.stop()
+    return trio.current_time()
+
+
+async def test_after_a_stop_on_shutdown_still_gets_the_second_half_of_the_grace(tmp_path) -> None:
+    plugin = SlowWithShutdown(shutdown_takes=0.1)
+    calls = [{"id": "CALL-G", "events": call_events(30)}]
+    async with running_simulator(script(calls)) as sim:
+        config = make_config(sim.base_url, shutdown_grace=0.6, buffer=4, spool_file=str(tmp_path / "spool.jsonl"))
+        runner = build_runner(config, ["CALL-G"], plugin)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runner.run)
+            stopped_at = await _stop_when(runner, lambda: plugin.count >= 1)
+        elapsed = trio.current_time() - stopped_at
+    assert plugin.shutdown_done  # the drain (slow plugin) used its half; on_shutdown kept its own
+    assert elapsed < 0.6 + 0.3
+
+
+async def test_a_hanging_on_shutdown_cannot_hold_the_exit_past_the_grace(tmp_path) -> None:
+    plugin = SlowWithShutdown(shutdown_takes=3600)
+    calls = [{"id": "CALL-H", "events": call_events(30)}]
+    async with running_simulator(script(calls)) as sim:
+        config = make_config(sim.base_url, shutdown_grace=0.4, hook_timeout=30, spool_file=str(tmp_path / "s.jsonl"))
+        runner = build_runner(config, ["CALL-H"], plugin)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runner.run)
+            stopped_at = await _stop_when(runner, lambda: plugin.count >= 1)
+        elapsed = trio.current_time() - stopped_at
+    assert not plugin.shutdown_done and elapsed < 0.4 + 0.3
+
+
+async def test_triggers_emitted_by_the_last_event_are_dispatched_before_shutdown() -> None:
+    got: list[str] = []
+    shutdown_saw: list[int] = []
+
+    class EmitOnClose:
+        @hookimpl
+        def on_startup(self, app):
+            self.app = app
+
+        @hookimpl
+        def on_sse_close(self, event, call):
+            self.app.emit_trigger(Trigger(type="closing", call_id=call.id, rule="last"))
+
+    class SlowNotifier:
+        @hookimpl
+        async def on_trigger(self, trigger):
+            await trio.sleep(0.1)
+            got.append(trigger.rule)
+
+        @hookimpl
+        def on_shutdown(self, app):
+            shutdown_saw.append(len(got))
+
+    async with running_simulator(script([{"id": "CALL-Z", "events": call_events(1)}])) as sim:
+        await run_runner(make_config(sim.base_url), ["CALL-Z"], EmitOnClose(), SlowNotifier())
+    assert got == ["last"] and shutdown_saw == [1]

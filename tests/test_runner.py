@@ -234,10 +234,83 @@ async def test_slow_plugin_loses_nothing_and_the_buffer_stays_bounded() -> None:
 
 
 async def test_sse_init_of_a_reconnect_is_not_dispatched_again(recorder: Recorder) -> None:
-    calls = [{"id": "CALL-R", "events": call_events(6), "drop_after": 3}]
+    calls = [{"id": "CALL-R", "events": call_events(6, spacing=0.1), "drop_after": 3}]
     async with running_simulator(script(calls)) as sim:
-        await run_runner(make_config(sim.base_url), ["CALL-R"], recorder)
+        code, runner = await run_runner(make_config(sim.base_url), ["CALL-R"], recorder)
+        connections = sim.connections["CALL-R"]
+    assert code == 0 and connections == 2 and runner.stats.reconnects == 1
+    assert_in_order_once(recorder, "CALL-R", 6)
     assert [e.event_type for e in recorder.events["CALL-R"]].count("sse_init") == 1
+
+
+async def test_backpressure_keeps_at_most_the_buffer_between_the_socket_and_a_slow_plugin() -> None:
+    buffer = 8
+    gaps: list[int] = []
+
+    class SlowAndWatching:
+        @hookimpl
+        async def on_event(self, event, call):
+            # received from the socket but not yet dispatched: the buffer, this event, and one the stream holds
+            gaps.append(runner.stats.events_received - call.events_dispatched)
+            await trio.sleep(0.001)
+
+    calls = [{"id": "CALL-FLOOD", "events": call_events(300)}]
+    async with running_simulator(script(calls)) as sim:
+        from conftest import build_runner
+
+        runner = build_runner(make_config(sim.base_url, buffer=buffer), ["CALL-FLOOD"], SlowAndWatching())
+        assert await runner.run() == 0
+    assert len(gaps) == 302
+    assert max(gaps) <= buffer + 2, max(gaps)
+    assert max(gaps) >= buffer  # the stream really was ahead of the plugin: the bound was what held it
+
+
+async def test_retry_after_header_on_503_is_honoured(recorder: Recorder) -> None:
+    calls = [{"id": "CALL-503", "events": call_events(2), "fail_first": 2, "fail_status": 503, "retry_after": 0.3}]
+    async with running_simulator(script(calls)) as sim:
+        started = trio.current_time()
+        code, _ = await run_runner(make_config(sim.base_url), ["CALL-503"], recorder)
+        elapsed = trio.current_time() - started
+    assert code == 0 and elapsed >= 0.6
+    assert_in_order_once(recorder, "CALL-503", 2)
+
+
+async def test_forbidden_key_stops_the_runner_with_exit_2(recorder: Recorder) -> None:
+    calls = [{"id": "CALL-F", "events": call_events(2), "fail_first": 5, "fail_status": 403}]
+    async with running_simulator(script(calls)) as sim:
+        code, _ = await run_runner(make_config(sim.base_url), ["CALL-F"], recorder)
+        statuses = [status for _, status in sim.statuses]
+    assert code == 2 and statuses == [403]
+    assert recorder.finished == {"CALL-F": "auth_failed"}
+
+
+async def test_call_end_then_a_closed_stream_without_sse_close_is_an_ended_call(recorder: Recorder) -> None:
+    events = call_events(2) + [{"at": 0, "event_type": "call_end", "metadata": {}}]
+    calls = [{"id": "CALL-CE", "events": events, "end_after": 3}]
+    async with running_simulator(script(calls)) as sim:
+        code, runner = await run_runner(make_config(sim.base_url), ["CALL-CE"], recorder)
+        connections = sim.connections["CALL-CE"]
+    assert code == 0 and connections == 1 and runner.stats.reconnects == 0
+    assert recorder.finished == {"CALL-CE": "ended"}
+    assert [e.event_type for e in recorder.events["CALL-CE"]][-1] == "call_end"
+
+
+async def test_more_calls_than_httpx_default_pool_are_all_subscribed_at_once(recorder: Recorder) -> None:
+    n = 130  # httpx's default pool holds 100 connections; the 101st call would wait for the first to end
+    calls = [{"id": "CALL-POOL-{n}", "repeat": n, "events": call_events(3, spacing=0.75)}]
+    ids = [f"CALL-POOL-{i}" for i in range(n)]
+    subscribed_at: list[float] = []
+
+    class Clock:
+        @hookimpl
+        def on_call_subscribed(self, call):
+            subscribed_at.append(trio.current_time())
+
+    async with running_simulator(script(calls)) as sim:
+        started = trio.current_time()
+        code, _ = await run_runner(make_config(sim.base_url), ids, recorder, Clock())
+    assert code == 0 and len(subscribed_at) == n
+    assert max(subscribed_at) - started < 1.0  # every call subscribed while the first ones (1.5 s long) were live
 
 
 async def test_five_hundred_concurrent_calls_deliver_every_event() -> None:
