@@ -1,15 +1,14 @@
 """The ``hookrunner`` command: run, check, plugins, init, simulate, demo.
 
 Exit codes: 0 when every call ended or completed (or a signal stopped the runner), 1 when a call was not found
-or given up on, 2 for a config, plugin-loading or API-key problem. A user's mistake is printed as one line per
-problem, never as a traceback.
+or given up on, 2 for a config, plugin-loading or API-key problem. ``plugins`` exits 1 when a plugin that ``run``
+would load is broken. A user's mistake is printed as one line per problem, never as a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import sys
 import tomllib
@@ -20,13 +19,11 @@ import tomli_w
 import trio
 
 from . import __version__
-from .config import DEFAULT_API_KEY_ENV, DEFAULT_BASE_URL, Config, config_from_dict, load_config
-from .errors import HookrunnerError
+from .config import DEFAULT_API_KEY_ENV, Config, config_from_dict, default_config_table, load_config
+from .errors import ConfigError, HookrunnerError
 from .logs import LEVELS, setup_logging
 from .plugins import LoadedPlugins, load_plugins, validate_plugin_settings
 from .runner import EXIT_USAGE, Runner
-
-log = logging.getLogger("hookrunner")
 
 EXAMPLE_CONFIG = Path(__file__).with_name("config.example.toml")
 
@@ -62,7 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", parents=[common], help="validate a config and its plugins, and show what would run")
     check.add_argument("config", metavar="CONFIG")
 
-    plugins = sub.add_parser("plugins", parents=[common], help="list every plugin found, and whether it is active")
+    plugins = sub.add_parser(
+        "plugins",
+        parents=[common],
+        help="list every plugin found, its hooks, and whether it is active",
+        description="List every plugin found (installed entry points and plugins.load), with its hooks, also for "
+        "disabled plugins. A plugin that cannot be used is listed with ACTIVE 'error' and the reason in place of "
+        "its hooks. Exit status: 0, or 1 when a plugin that `run` would load is broken (`run` and `check` refuse "
+        "to start then).",
+    )
     plugins.add_argument("--config", metavar="CONFIG", help="apply this config's plugins.load and plugins.disable")
 
     init = sub.add_parser("init", parents=[common], help="write a starter config")
@@ -113,11 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded = _prepare(config)
     calls = args.calls or list(config.calls)
     if not calls:
-        print(
-            f"error: {config.source}: runner.calls: no calls to subscribe (list call ids there or pass --call ID)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        raise ConfigError(f"{config.source}: runner.calls: no calls to subscribe (list call ids there or pass --call ID)")
     api_key = config.api_key()
     runner = Runner(config, loaded, api_key=api_key, calls=calls)
     return trio.run(runner.run)
@@ -150,29 +151,34 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    config = load_config(args.config) if args.config else Config()
-    loaded = load_plugins(config)
+    if args.config:
+        config = load_config(args.config)
+    else:  # only plugin discovery matters here; the rest of the table is the schemas' defaults
+        config = config_from_dict({"atoms": {"api_key_env": DEFAULT_API_KEY_ENV}}, source="<no config>", base_dir=Path.cwd())
+    loaded = load_plugins(config, strict=False)
+    disabled = set(config.disable)
     rows = [("NAME", "VERSION", "ACTIVE", "FROM", "HOOKS")]
+    broken = False
     for info in loaded.infos:
-        rows.append((info.name, info.version or "-", "yes" if info.active else "no", info.source, ", ".join(info.hooks) or "-"))
+        if info.active:
+            state = "yes"
+        elif info.error and info.name not in disabled:
+            state, broken = "error", True
+        else:
+            state = "no"
+        last = f"error: {info.error}" if info.error else ", ".join(info.hooks) or "-"
+        rows.append((info.name, info.version or "-", state, info.source, last))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4])
-    return 0
+    return 1 if broken else 0
 
 
 def starter_config() -> dict:
-    return {
-        "atoms": {"base_url": DEFAULT_BASE_URL, "api_key_env": DEFAULT_API_KEY_ENV},
-        "runner": {
-            "calls": [],
-            "hook_timeout": 10.0,
-            "idle_timeout": 120.0,
-            "shutdown_grace": 10.0,
-            "reconnect": {"initial_delay": 1.0, "max_delay": 30.0, "max_attempts": 10},
-        },
-        "plugins": {"disable": [], "load": [], "console": {"interims": "auto"}},
-    }
+    """Every key with its default (from the config schemas), and the suggested API key variable."""
+    table = default_config_table()
+    table["atoms"] = {"api_key_env": DEFAULT_API_KEY_ENV, **table["atoms"]}
+    return table
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -183,9 +189,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     try:
         with path.open("xb") as handle:
             handle.write(
-                b"# hookrunner config: every key is explained in config.example.toml.\n"
-                b"# Put the call ids to follow in runner.calls (or pass --call ID), export ATOMS_API_KEY, then:\n"
-                b"#   hookrunner check " + str(path).encode() + b"\n\n"
+                "# hookrunner config: every key is explained in config.example.toml.\n"
+                "# A plugin's settings go in a [plugins.NAME] table.\n"
+                f"# Put the call ids to follow in runner.calls (or pass --call ID), export {DEFAULT_API_KEY_ENV}, then:\n"
+                f"#   hookrunner check {path}\n\n".encode()
             )
             tomli_w.dump(starter_config(), handle)
     except OSError as exc:

@@ -30,7 +30,7 @@ def _http_url(value: str) -> str | None:
 def _env_name(value: str) -> str | None:
     if value and all(ch.isalnum() or ch == "_" for ch in value) and not value[0].isdigit():
         return None
-    return f"expected the name of an environment variable (like ATOMS_API_KEY), got {describe(value)}"
+    return f"expected the name of an environment variable (like {DEFAULT_API_KEY_ENV}), got {describe(value)}"
 
 
 def _non_empty(value: str) -> str | None:
@@ -126,6 +126,8 @@ class Config:
     plugin_settings: dict[str, dict[str, Any]]
     #: Directory of the config file: relative ``plugins.load`` paths resolve against it.
     base_dir: Path
+    #: The config file (None for a config built in memory, like the demo's).
+    path: Path | None
 
     def api_key(self) -> str:
         """The API key, from the environment variable or the file; a ConfigError names what is missing."""
@@ -156,10 +158,12 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return config_from_dict(data, source=str(path), base_dir=path.resolve().parent)
+    return config_from_dict(data, source=str(path), base_dir=path.resolve().parent, path=path.resolve())
 
 
-def config_from_dict(data: dict[str, Any], source: str = "<config>", base_dir: Path = Path(".")) -> Config:
+def config_from_dict(
+    data: dict[str, Any], source: str = "<config>", base_dir: Path = Path("."), path: Path | None = None
+) -> Config:
     """Validate an already-parsed config table (used by ``load_config`` and by the demo's built-in config)."""
     problems: list[str] = []
     top, found = check_table(data, TOP_SCHEMA)
@@ -231,4 +235,5 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>", base_dir: P
         load=tuple(plugins["load"]),
         plugin_settings=plugin_settings,
         base_dir=base_dir,
+        path=path,
     )

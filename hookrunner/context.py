@@ -64,6 +64,7 @@ class App:
         settings: dict[str, Any],
         http: httpx.AsyncClient,
         config_dir: Path,
+        config_path: Path | None = None,
         start_soon: Callable[[str, Callable[..., Awaitable[Any]], tuple[Any, ...]], None],
         emit_trigger: Callable[[str, Trigger], None],
     ) -> None:
@@ -72,6 +73,8 @@ class App:
         self.http = http
         #: The directory of the config file: where a plugin puts files "next to the config" by default.
         self.config_dir = config_dir
+        #: The config file itself (None for a built-in config such as the demo's): dead letters record it.
+        self.config_path = config_path
         self._start_soon = start_soon
         self._emit_trigger = emit_trigger
 

@@ -166,6 +166,20 @@ def on_event(event: Event, call: CallContext) -> None:
     """
 
 
+# --- delivery ------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def outbox_deliverers(app: App) -> dict[str, Any] | None:
+    """For ``hookrunner redeliver``: this plugin's delivery functions, by endpoint name, built from its settings.
+
+    A notifier plugin that delivers through ``hookrunner.outbox.Outbox`` implements it so that its dead letters
+    can be sent again outside a run. ``app`` is as in ``on_startup``, except that ``start_soon`` and
+    ``emit_trigger`` are not available. Return ``{endpoint_name: deliverer}``; a deliverer is what the plugin
+    gives its ``Outbox``.
+    """
+
+
 # --- derived events --------------------------------------------------------------------------------------------
 
 

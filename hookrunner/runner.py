@@ -234,6 +234,7 @@ class Runner:
             settings=self.config.plugin_settings.get(name, {}),
             http=http,
             config_dir=self.config.base_dir,
+            config_path=self.config.path,
             start_soon=self._start_background,
             emit_trigger=self._emit_trigger,
         )

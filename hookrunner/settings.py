@@ -34,7 +34,8 @@ def describe(value: Any) -> str:
 class Setting:
     """One key of a table: what it accepts, whether it must be given, and its default.
 
-    ``kind`` is one of ``str``, ``bool``, ``int``, ``number`` (int or float), ``list[str]`` and ``table``;
+    ``kind`` is one of ``str``, ``bool``, ``int``, ``number`` (int or float), ``list[str]``, ``str|list[str]``,
+    ``table``, ``table[str]`` (a table of string values) and ``list[table]`` (an array of tables);
     ``check`` may add a constraint: it returns an error text ("expected ...") or None.
     """
 
@@ -52,7 +53,11 @@ class Setting:
             "int": isinstance(value, int) and not isinstance(value, bool),
             "number": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
             "list[str]": isinstance(value, list) and all(isinstance(item, str) for item in value),
+            "str|list[str]": isinstance(value, str)
+            or (isinstance(value, list) and all(isinstance(item, str) for item in value)),
             "table": isinstance(value, dict),
+            "table[str]": isinstance(value, dict) and all(isinstance(item, str) for item in value.values()),
+            "list[table]": isinstance(value, list) and all(isinstance(item, dict) for item in value),
         }[self.kind]
         if not ok:
             return f"expected {self.expected or _KIND_WORDS[self.kind]}, got {describe(value)}"
@@ -65,7 +70,10 @@ _KIND_WORDS = {
     "int": "an integer",
     "number": "a number",
     "list[str]": "a list of strings",
+    "str|list[str]": "a string or a list of strings",
     "table": "a table",
+    "table[str]": "a table of strings",
+    "list[table]": "a list of tables ([[...]])",
 }
 
 

@@ -11,9 +11,7 @@ on are recognised by ``event_id`` (or, for events without one, by their exact te
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import random
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,6 +20,7 @@ import httpx
 import httpx_sse
 import trio
 
+from .backoff import backoff_delay, parse_retry_after
 from .config import ReconnectConfig
 from .errors import AuthError
 from .events import MalformedEvent, SseInit, decode_event, Event
@@ -70,33 +69,6 @@ class SeenEvents:
         if len(self._keys) > self._limit:
             self._keys.popitem(last=False)
         return True
-
-
-def backoff_delay(attempt: int, config: ReconnectConfig, retry_after: float | None = None) -> float:
-    """Full jitter: uniform in [0, min(max_delay, initial_delay * 2**(attempt-1))], never below Retry-After."""
-    ceiling = min(config.max_delay, config.initial_delay * 2 ** max(attempt - 1, 0))
-    delay = random.uniform(0, ceiling)
-    if retry_after is not None:
-        delay = max(delay, retry_after)
-    return delay
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _error_body(response: httpx.Response) -> tuple[str, float | None]:

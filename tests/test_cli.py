@@ -14,6 +14,7 @@ import subprocess
 import textwrap
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import tomli_w
 import trio
 
 import hookrunner
+from hookrunner.config import DEFAULT_API_KEY_ENV, default_config_table
 from hookrunner.simulator import default_script_path, load_script, running_simulator
 
 from conftest import API_KEY, REPO, call_events, hookrunner_process, make_config, script
@@ -118,6 +120,19 @@ def write_plugin(directory: Path, name: str, source: str) -> str:
     """A local plugin module for ``[plugins] load``; returns the entry to put there (relative to the config)."""
     (directory / f"{name}.py").write_text(textwrap.dedent(source), encoding="utf-8")
     return f"{name}.py"
+
+
+def fake_distribution(
+    site: Path, name: str, entry_points: dict[str, str], modules: dict[str, str] | None = None, version: str = "1.0"
+) -> None:
+    """An installed distribution declaring ``hookrunner`` entry points, in ``site`` (put it on PYTHONPATH)."""
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", encoding="utf-8")
+    lines = "".join(f"{ep} = {target}\n" for ep, target in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[hookrunner]\n{lines}", encoding="utf-8")
+    for module, source in (modules or {}).items():
+        (site / f"{module}.py").write_text(textwrap.dedent(source), encoding="utf-8")
 
 
 def error_lines(err: str) -> list[str]:
@@ -587,6 +602,117 @@ def test_check_reports_a_plugins_load_path_that_does_not_exist_in_one_line(cli, 
     assert "plugins.load[0]" in lines[0] and "not_written_yet.py" in lines[0]
 
 
+def test_check_warns_when_a_plugin_with_a_settings_table_declares_no_validate_settings(cli, tmp_path: Path) -> None:
+    load = [
+        write_plugin(
+            tmp_path,
+            "unchecked_settings",
+            """
+            from hookrunner import hookimpl
+
+            @hookimpl
+            def on_event(event, call):
+                pass
+            """,
+        )
+    ]
+    config = write_config(tmp_path, make_config(UNREACHABLE, plugins={"load": load, "unchecked_settings": {"levle": 3}}))
+    code, out, err = finish(cli("check", str(config)))
+    assert code == 0, err
+    assert_no_traceback(out, err)
+    assert "plugin unchecked_settings (active" in out
+    warnings = [line for line in err.splitlines() if " WARNING " in line]
+    assert len(warnings) == 1, err
+    assert "plugins.unchecked_settings" in warnings[0] and "plugin unchecked_settings" in warnings[0]
+    assert "does not declare its settings" in warnings[0] and "not checked" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (
+            "async def validate_settings(settings):\n    return []",
+            "validate_settings must be a plain function",
+        ),
+        (
+            "def validate_settings(settings):\n    raise KeyError('levels')",
+            "validate_settings raised KeyError: 'levels'",
+        ),
+        (
+            "def validate_settings(settings):\n    return 'level: expected an integer'",
+            'validate_settings must return a list of problems (strings), got "level: expected an integer"',
+        ),
+    ],
+    ids=["async-def", "raises", "returns-a-string"],
+)
+def test_check_reports_a_broken_validate_settings_in_one_line_naming_the_plugin(
+    cli, tmp_path: Path, body: str, expected: str
+) -> None:
+    source = "from hookrunner import hookimpl\n\n@hookimpl\n" + body + "\n"
+    load = [write_plugin(tmp_path, "odd_settings", source)]
+    config = write_config(tmp_path, make_config(UNREACHABLE, plugins={"load": load, "odd_settings": {"level": 1}}))
+    code, out, err = finish(cli("check", str(config)))
+    assert code == 2, err
+    assert_no_traceback(out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: plugin odd_settings: ") and expected in lines[0], err
+
+
+def test_a_local_plugin_named_like_a_standard_module_does_not_replace_it(cli, tmp_path: Path) -> None:
+    load = [
+        write_plugin(
+            tmp_path,
+            "email",
+            """
+            from hookrunner import hookimpl
+
+            @hookimpl
+            def on_call_end(event, call):
+                pass
+            """,
+        ),
+        write_plugin(
+            tmp_path,
+            "mailer",
+            """
+            from email.mime.text import MIMEText  # the standard library's, not the plugin above
+            from hookrunner import hookimpl
+
+            @hookimpl
+            def on_call_end(event, call):
+                MIMEText(call.id)
+            """,
+        ),
+    ]
+    config = write_config(tmp_path, make_config(UNREACHABLE, plugins={"load": load}))
+    code, out, err = finish(cli("check", str(config)))
+    assert code == 0, err
+    assert_no_traceback(out, err)
+    assert "plugin email (active, email.py): on_call_end" in out
+    assert "plugin mailer (active, mailer.py): on_call_end" in out
+
+
+def test_two_distributions_declaring_one_plugin_name_are_one_error_naming_both(cli, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    plugin = "from hookrunner import hookimpl\n\n@hookimpl\ndef on_event(event):\n    pass\n"
+    fake_distribution(site, "alerts-one", {"alerts": "alerts_one"}, {"alerts_one": plugin})
+    fake_distribution(site, "alerts-two", {"alerts": "alerts_two"}, {"alerts_two": plugin}, version="2.1")
+    config = write_config(tmp_path, make_config(UNREACHABLE))
+    code, out, err = finish(cli("check", str(config), env={"PYTHONPATH": str(site)}))
+    assert code == 2, err
+    assert_no_traceback(out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: plugin alerts (entry points of alerts-one and alerts-two): ")
+    assert "alerts-one 1.0: alerts_one" in lines[0] and "alerts-two 2.1: alerts_two" in lines[0]
+
+    code, out, err = finish(cli("plugins", "--config", str(config), env={"PYTHONPATH": str(site)}))
+    assert code == 1, err
+    row = plugin_row(out, "alerts")
+    assert row[2] == "error" and "2 distributions declare" in row[4]
+
+
 # -- init --------------------------------------------------------------------------------------------------------------
 
 
@@ -606,6 +732,15 @@ def test_init_writes_a_config_that_check_accepts_and_never_overwrites_it(cli, tm
     lines = err.splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and "already exists" in lines[0], err
     assert path.read_bytes() == written
+
+
+def test_init_writes_every_key_that_has_a_default_with_the_schema_default(cli, tmp_path: Path) -> None:
+    path = tmp_path / "starter.toml"
+    code, out, err = finish(cli("init", str(path)))
+    assert code == 0, err
+    expected = default_config_table()
+    expected["atoms"]["api_key_env"] = DEFAULT_API_KEY_ENV
+    assert tomllib.loads(path.read_text(encoding="utf-8")) == expected
 
 
 # -- plugins -----------------------------------------------------------------------------------------------------------
@@ -629,11 +764,74 @@ def test_plugins_lists_console_as_active_with_its_hooks(cli) -> None:
     assert {"on_tts_completed", "on_user_transcription", "on_call_finished", "on_call_subscribed"} <= set(hooks)
 
 
-def test_plugins_with_a_config_that_disables_console_shows_it_inactive(cli, tmp_path: Path) -> None:
+def test_plugins_with_a_config_that_disables_console_shows_it_inactive_with_its_hooks(cli, tmp_path: Path) -> None:
     config = write_config(tmp_path, make_config(UNREACHABLE))  # make_config disables console
     code, out, err = finish(cli("plugins", "--config", str(config)))
     assert code == 0, err
+    row = plugin_row(out, "console")
+    assert row[2] == "no"
+    assert {"on_tts_completed", "on_user_transcription"} <= set(row[4].split(", "))
+
+
+def test_plugins_lists_every_plugin_when_some_are_broken_and_exits_1(cli, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    fake_distribution(site, "shaky-plugin", {"shaky": "shaky_hooks"}, {"shaky_hooks": "import no_such_dependency\n"})
+    load = [
+        write_plugin(
+            tmp_path,
+            "typo_hooks",
+            """
+            from hookrunner import hookimpl
+
+            @hookimpl
+            def on_user_transcript(event, call):
+                pass
+            """,
+        ),
+        write_plugin(
+            tmp_path,
+            "fine_hooks",
+            """
+            from hookrunner import hookimpl
+
+            @hookimpl
+            def on_call_end(event, call):
+                pass
+            """,
+        ),
+    ]
+    config = write_config(tmp_path, make_config(UNREACHABLE, plugins={"load": load}))
+    env = {"PYTHONPATH": str(site)}
+    code, out, err = finish(cli("plugins", "--config", str(config), env=env))
+    assert code == 1, err
+    assert_no_traceback(out, err)
+    shaky = plugin_row(out, "shaky")
+    assert shaky[1:4] == ["1.0", "error", "entry point of shaky-plugin"]
+    assert shaky[4] == "error: cannot be loaded: ModuleNotFoundError: No module named 'no_such_dependency'"
+    typo = plugin_row(out, "typo_hooks")
+    assert typo[2] == "error" and "on_user_transcript" in typo[4] and '"on_user_transcription"' in typo[4]
+    assert plugin_row(out, "fine_hooks")[2:] == ["yes", "fine_hooks.py", "on_call_end"]
     assert plugin_row(out, "console")[2] == "no"
+
+    code, out, err = finish(cli("check", str(config), env=env))  # check and run still refuse a broken plugin
+    assert code == 2
+    assert_no_traceback(out, err)
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith("error: plugin shaky (entry point of shaky-plugin): cannot be loaded: ")
+    assert lines[1].startswith(f"error: {config}: plugins.load[0]: plugin typo_hooks: implements on_user_transcript")
+
+
+def test_a_disabled_plugin_is_not_imported_by_check_and_a_broken_one_only_shows_in_plugins(cli, tmp_path: Path) -> None:
+    load = [write_plugin(tmp_path, "half_written", "from hookrunner import hookimpl\nimport no_such_dependency\n")]
+    config = write_config(tmp_path, make_config(UNREACHABLE, plugins={"load": load, "disable": ["console", "half_written"]}))
+    code, out, err = finish(cli("check", str(config)))
+    assert code == 0, err
+    assert "plugin half_written (disabled, half_written.py)" in out
+    code, out, err = finish(cli("plugins", "--config", str(config)))
+    assert code == 0, err  # broken, but run would not load it
+    row = plugin_row(out, "half_written")
+    assert row[2] == "no" and "No module named 'no_such_dependency'" in row[4]
 
 
 # -- global options ------------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 from hookrunner.config import ReconnectConfig
-from hookrunner.subscription import SeenEvents, backoff_delay, parse_retry_after
+from hookrunner.backoff import backoff_delay, parse_retry_after
+from hookrunner.subscription import SeenEvents
 
 POLICY = ReconnectConfig(initial_delay=1.0, max_delay=8.0, max_attempts=0)
 

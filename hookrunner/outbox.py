@@ -1,0 +1,343 @@
+"""The outbox: reliable, ordered, bounded delivery of messages to one outside endpoint.
+
+Notifier plugins (webhook, Slack, a third party's) share it so that each one gets the same guarantees without
+writing them again:
+
+- ``submit`` never blocks: a hook hands the message over and returns, so delivery never slows the stream.
+- Per ordering key (a call id), messages are delivered in submission order; a message being retried holds back
+  its key's later messages, never other keys'. Up to ``max_in_flight`` deliveries run at once.
+- Failures are retried with exponential backoff and full jitter, floored by the server's ``Retry-After``, until
+  ``max_attempts`` or ``max_retry_time``; what cannot be delivered is appended to the dead-letter file, from
+  which ``hookrunner redeliver`` sends it again. So is what arrives while the queue is full (``max_queue``), and
+  what is still queued or in flight when ``close`` runs out of time. Nothing is dropped silently.
+
+What to send and how to read the answer is the plugin's part: a ``Deliverer`` takes a batch of messages and
+returns an ``Outcome``. The retry loop is written here rather than with a retry library because it holds state
+those cannot: a per-key order, a server-given floor on one delay, and a deadline shared with shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import trio
+
+from .dead_letters import DeadLetterFile
+from .backoff import backoff_delay
+
+__all__ = ["Outbox", "OutboxMessage", "Outcome", "RetryPolicy", "Deliverer", "OutboxStats"]
+
+log = logging.getLogger("hookrunner.outbox")
+
+
+@dataclass
+class OutboxMessage:
+    """One message for one endpoint. ``id`` stays the same on every attempt (a receiver's idempotency key)."""
+
+    id: str
+    key: str
+    body: Any  # JSON-ready payload; the deliverer encodes it (a batch is a list of bodies)
+    created: float = field(default_factory=time.monotonic)
+    attempts: int = 0
+    first_attempt: datetime | None = None
+    last_attempt: datetime | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one delivery attempt came to; build it with the class methods."""
+
+    kind: str  # delivered | retry | reject | gone
+    why: str = ""
+    status: int | None = None
+    retry_after: float | None = None
+
+    @classmethod
+    def delivered(cls, status: int | None = None) -> Outcome:
+        return cls("delivered", status=status)
+
+    @classmethod
+    def retry(cls, why: str, status: int | None = None, retry_after: float | None = None) -> Outcome:
+        """Worth another attempt later (network error, timeout, 408, 429, 5xx)."""
+        return cls("retry", why, status, retry_after)
+
+    @classmethod
+    def reject(cls, why: str, status: int | None = None) -> Outcome:
+        """This message will never be accepted as it is: dead-letter it, go on with the next."""
+        return cls("reject", why, status)
+
+    @classmethod
+    def gone(cls, why: str, status: int | None = None) -> Outcome:
+        """The endpoint will accept nothing more (410 Gone, revoked credentials): stop it for this run."""
+        return cls("gone", why, status)
+
+
+Deliverer = Callable[[list[OutboxMessage]], Awaitable[Outcome]]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    max_retry_time: float = 3600.0
+    initial_delay: float = 1.0
+    max_delay: float = 300.0
+
+
+@dataclass
+class OutboxStats:
+    delivered: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    latencies: list[float] = field(default_factory=list)  # seconds from submit to success
+
+    def percentile(self, fraction: float) -> float | None:
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+
+    def summary(self) -> str:
+        p50, p99 = self.percentile(0.50), self.percentile(0.99)
+        latency = "" if p50 is None else f", latency p50 {p50 * 1000:.0f} ms p99 {p99 * 1000:.0f} ms"
+        return f"{self.delivered} delivered, {self.retried} retried, {self.dead_lettered} dead-lettered{latency}"
+
+
+class Outbox:
+    """Delivers one endpoint's messages; run ``run()`` as a background task and ``close()`` at shutdown."""
+
+    def __init__(
+        self,
+        name: str,
+        deliver: Deliverer,
+        dead_letters: DeadLetterFile,
+        *,
+        plugin: str,
+        policy: RetryPolicy = RetryPolicy(),
+        max_in_flight: int = 10,
+        max_queue: int = 10_000,
+        batch_max_events: int = 1,
+        batch_max_wait: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.plugin = plugin
+        self.stats = OutboxStats()
+        self._deliver = deliver
+        self._dead_letters = dead_letters
+        self._policy = policy
+        self._slots = trio.Semaphore(max_in_flight)
+        self._max_queue = max_queue
+        self._batch_max_events = batch_max_events
+        self._batch_max_wait = batch_max_wait
+        self._queues: dict[str, deque[OutboxMessage]] = {}
+        self._ready: deque[str] = deque()  # keys with queued messages and nothing in flight, oldest first
+        self._busy: set[str] = set()
+        self._queued = 0
+        self._in_flight: dict[int, list[OutboxMessage]] = {}
+        self._wakeup = trio.Event()
+        self._idle = trio.Event()
+        self._idle.set()
+        self._gone: str | None = None
+        self._closed = False
+        self._run_scope: trio.CancelScope | None = None
+        self._stopped = trio.Event()
+
+    # --- producer side ----------------------------------------------------------------------------------------
+
+    def submit(self, message: OutboxMessage) -> None:
+        """Queue ``message`` behind its key's earlier ones; never blocks. A full queue dead-letters it."""
+        if self._gone is not None or self._closed:
+            self._dead_letter([message], "endpoint stopped" if self._gone else "submitted after shutdown")
+            return
+        if self._queued >= self._max_queue:
+            log.warning(
+                "%s: outbox full (%d messages queued); message %s for %s goes to the dead-letter file",
+                self.name,
+                self._queued,
+                message.id,
+                message.key,
+            )
+            self._dead_letter([message], f"queue full ({self._max_queue} messages)")
+            return
+        queue = self._queues.get(message.key)
+        if queue is None:
+            queue = self._queues[message.key] = deque()
+        queue.append(message)
+        self._queued += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        if message.key not in self._busy and len(queue) == 1:
+            self._ready.append(message.key)
+        self._wakeup.set()
+
+    @property
+    def pending(self) -> int:
+        """Messages queued or in flight."""
+        return self._queued + sum(len(batch) for batch in self._in_flight.values())
+
+    # --- delivery side ----------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Deliver until cancelled or closed. Run it with ``app.start_soon(outbox.run)``."""
+        try:
+            with trio.CancelScope() as self._run_scope:
+                async with trio.open_nursery() as nursery:
+                    while True:
+                        await self._slots.acquire()
+                        batch = await self._next_batch()
+                        nursery.start_soon(self._deliver_batch, batch)
+        finally:
+            self._stopped.set()
+
+    async def _next_batch(self) -> list[OutboxMessage]:
+        while not self._ready:
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        batch = self._take(self._batch_max_events)
+        if len(batch) < self._batch_max_events and self._batch_max_wait > 0:
+            with trio.move_on_after(self._batch_max_wait):
+                while len(batch) < self._batch_max_events:
+                    while not self._ready:
+                        self._wakeup = trio.Event()
+                        await self._wakeup.wait()
+                    batch += self._take(self._batch_max_events - len(batch))
+        return batch
+
+    def _take(self, limit: int) -> list[OutboxMessage]:
+        """Up to ``limit`` messages from ready keys, each key's in order; those keys become busy."""
+        batch: list[OutboxMessage] = []
+        while self._ready and len(batch) < limit:
+            key = self._ready.popleft()
+            queue = self._queues[key]
+            while queue and len(batch) < limit:
+                batch.append(queue.popleft())
+                self._queued -= 1
+            self._busy.add(key)
+        return batch
+
+    async def _deliver_batch(self, batch: list[OutboxMessage]) -> None:
+        token = id(batch)
+        self._in_flight[token] = batch
+        holding_slot = True
+        try:
+            while True:
+                outcome = await self._attempt(batch)
+                if outcome.kind == "delivered":
+                    now = time.monotonic()
+                    self.stats.delivered += len(batch)
+                    self.stats.latencies.extend(now - message.created for message in batch)
+                    break
+                if outcome.kind == "gone":
+                    self._stop_endpoint(outcome)
+                    self._dead_letter(batch, f"endpoint gone: {outcome.why}")
+                    break
+                if outcome.kind == "reject":
+                    log.error("%s: message %s rejected, not retried: %s", self.name, batch[0].id, outcome.why)
+                    self._dead_letter(batch, f"rejected: {outcome.why}")
+                    break
+                delay = backoff_delay(batch[0].attempts, self._policy, outcome.retry_after)
+                elapsed = (datetime.now(timezone.utc) - batch[0].first_attempt).total_seconds()
+                if batch[0].attempts >= self._policy.max_attempts or elapsed + delay > self._policy.max_retry_time:
+                    log.error(
+                        "%s: message %s not delivered after %d attempts over %.0f s (last: %s)",
+                        self.name,
+                        batch[0].id,
+                        batch[0].attempts,
+                        elapsed,
+                        outcome.why,
+                    )
+                    self._dead_letter(batch, f"retries exhausted: {outcome.why}")
+                    break
+                self.stats.retried += len(batch)
+                log.warning(
+                    "%s: message %s attempt %d failed (%s); retrying in %.2f s",
+                    self.name,
+                    batch[0].id,
+                    batch[0].attempts,
+                    outcome.why,
+                    delay,
+                )
+                self._slots.release()  # waiting is not a request: let other keys use the slot
+                holding_slot = False
+                await trio.sleep(delay)
+                await self._slots.acquire()
+                holding_slot = True
+        finally:
+            self._in_flight.pop(token, None)  # close() may have taken it already
+            if holding_slot:
+                self._slots.release()
+            self._release_keys(batch)
+
+    async def _attempt(self, batch: list[OutboxMessage]) -> Outcome:
+        now = datetime.now(timezone.utc)
+        for message in batch:
+            message.attempts += 1
+            message.first_attempt = message.first_attempt or now
+            message.last_attempt = now
+        try:
+            outcome = await self._deliver(batch)
+        except Exception as exc:  # a deliverer's bug must not kill the outbox: treat it as a failed attempt
+            log.error("%s: deliverer raised %s: %s", self.name, type(exc).__name__, exc)
+            outcome = Outcome.retry(f"deliverer raised {type(exc).__name__}")
+        for message in batch:
+            message.last_status = outcome.status
+            message.last_error = None if outcome.kind == "delivered" else outcome.why
+        return outcome
+
+    def _release_keys(self, batch: list[OutboxMessage]) -> None:
+        for key in dict.fromkeys(message.key for message in batch):
+            self._busy.discard(key)
+            if self._queues.get(key):
+                self._ready.append(key)
+            elif key in self._queues:
+                del self._queues[key]
+        if self._ready:
+            self._wakeup.set()
+        if not self._queued and not self._in_flight:
+            self._idle.set()
+
+    def _stop_endpoint(self, outcome: Outcome) -> None:
+        if self._gone is not None:
+            return
+        self._gone = outcome.why
+        log.error("%s: endpoint stopped for this run: %s", self.name, outcome.why)
+        queued = [message for queue in self._queues.values() for message in queue]
+        self._queues.clear()
+        self._ready.clear()
+        self._queued = 0
+        self._dead_letter(queued, f"endpoint gone: {outcome.why}")
+
+    def _dead_letter(self, messages: list[OutboxMessage], reason: str) -> None:
+        if not messages:
+            return
+        self.stats.dead_lettered += len(messages)
+        self._dead_letters.append(self.plugin, self.name, messages, reason)
+
+    # --- shutdown ---------------------------------------------------------------------------------------------
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Deliver what is queued (up to ``timeout``), then dead-letter whatever is left and stop.
+
+        Also dead-letters the rest when cancelled, so a shutdown cut short still loses nothing.
+        """
+        self._closed = True
+        try:
+            with trio.move_on_after(math.inf if timeout is None else timeout):
+                await self._idle.wait()
+        finally:
+            if self._run_scope is not None:
+                self._run_scope.cancel()
+            left = [message for batch in self._in_flight.values() for message in batch]
+            left += [message for queue in self._queues.values() for message in queue]
+            self._in_flight.clear()
+            self._queues.clear()
+            self._ready.clear()
+            self._queued = 0
+            self._dead_letter(left, "not delivered before shutdown")

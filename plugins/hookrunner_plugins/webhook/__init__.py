@@ -1,0 +1,176 @@
+"""The ``webhook`` plugin: POST events and triggers to your HTTP endpoints, signed per Standard Webhooks.
+
+Each endpoint gets its own outbox (``hookrunner.outbox``): the hook only builds the message and hands it over, so
+a slow or dead receiver never slows the stream; retries, per-call order, bounds and dead letters are the outbox's.
+Receivers check deliveries with ``hookrunner_plugins.webhook.verify`` or any Standard Webhooks library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from typing import Any
+
+import httpx
+import msgspec
+import trio
+
+from hookrunner import App, CallContext, Event, Trigger, __version__, hookimpl
+from hookrunner.backoff import parse_retry_after
+from hookrunner.dead_letters import DeadLetterFile
+from hookrunner.outbox import Deliverer, Outbox, OutboxMessage, Outcome, RetryPolicy
+
+from .settings import EndpointSettings, parse_settings
+from .signing import Signer, WebhookVerificationError, verify
+
+__all__ = ["plugin", "verify", "WebhookVerificationError", "WebhookPlugin"]
+
+log = logging.getLogger("hookrunner.plugins.webhook")
+_encoder = msgspec.json.Encoder()
+
+
+def message_id(*parts: str | None) -> str:
+    """A webhook-id derived from what the message is about, so the same event gets the same id on every attempt,
+    redelivery and rerun (receivers deduplicate on it); random when there is nothing stable to derive it from."""
+    if any(part is None for part in parts):
+        return f"msg_{uuid.uuid4().hex}"
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]  # type: ignore[arg-type]
+    return f"msg_{digest}"
+
+
+def _iso(moment: Any) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def event_body(event: Event) -> dict[str, Any]:
+    return {"type": event.event_type, "timestamp": _iso(event.timestamp), "call_id": event.call_id, "data": event.raw}
+
+
+def trigger_body(trigger: Trigger) -> dict[str, Any]:
+    return {
+        "type": trigger.full_type,
+        "timestamp": _iso(trigger.timestamp or trigger.detected_at),
+        "call_id": trigger.call_id,
+        "data": msgspec.to_builtins(trigger),
+    }
+
+
+def make_deliverer(endpoint: EndpointSettings, http: httpx.AsyncClient) -> Deliverer:
+    """POST one message (or a batch, as a JSON array) to the endpoint and say what the answer means."""
+    signer = Signer(endpoint.secrets)
+    static = {**endpoint.headers, "content-type": "application/json", "user-agent": f"hookrunner/{__version__}"}
+
+    async def deliver(batch: list[OutboxMessage]) -> Outcome:
+        if endpoint.batch_max_events > 1:
+            body = _encoder.encode([message.body for message in batch])
+            batch_id = batch[0].id if len(batch) == 1 else message_id(*(message.id for message in batch))
+        else:
+            body = _encoder.encode(batch[0].body)
+            batch_id = batch[0].id
+        headers = {**static, **signer.headers(batch_id, body)}
+        try:
+            response = await http.post(endpoint.url, content=body, headers=headers, timeout=endpoint.timeout)
+        except httpx.TimeoutException:
+            return Outcome.retry(f"no answer within {endpoint.timeout:g} s")
+        except httpx.TransportError as exc:
+            return Outcome.retry(f"connection failed ({type(exc).__name__})")
+        return classify(response)
+
+    return deliver
+
+
+def classify(response: httpx.Response) -> Outcome:
+    """Standard Webhooks semantics: 2xx delivered; 408/429/5xx retried; 410 stops the endpoint; other codes not."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return Outcome.delivered(status)
+    why = f"answered {status}"
+    if status == 410:
+        return Outcome.gone(f"{why} Gone", status)
+    if status in (408, 429) or status >= 500:
+        return Outcome.retry(why, status, parse_retry_after(response.headers.get("retry-after")))
+    if 300 <= status < 400:
+        return Outcome.reject(f"{why} (a redirect; redirects are not followed: update the url)", status)
+    return Outcome.reject(why, status)
+
+
+class _Endpoint:
+    def __init__(self, settings: EndpointSettings, outbox: Outbox) -> None:
+        self.settings = settings
+        self.outbox = outbox
+
+
+class WebhookPlugin:
+    def __init__(self) -> None:
+        self._endpoints: list[_Endpoint] = []
+
+    @hookimpl
+    def validate_settings(self, settings: dict[str, Any]) -> list[str]:
+        return parse_settings(settings)[2]
+
+    def _build(self, app: App) -> tuple[DeadLetterFile, list[EndpointSettings]]:
+        dead_letter, endpoints, problems = parse_settings(app.settings)
+        if problems:  # validate_settings ran first, so this is a plugin bug or a changed environment
+            raise ValueError("; ".join(problems))
+        return DeadLetterFile(app.config_dir / dead_letter, config_path=app.config_path), endpoints
+
+    @hookimpl
+    def on_startup(self, app: App) -> None:
+        dead_letters, endpoints = self._build(app)
+        self._endpoints = []
+        for settings in endpoints:
+            outbox = Outbox(
+                settings.name,
+                make_deliverer(settings, app.http),
+                dead_letters,
+                plugin=app.name,
+                policy=RetryPolicy(
+                    max_attempts=settings.max_attempts,
+                    max_retry_time=settings.max_retry_time,
+                    initial_delay=settings.retry_initial_delay,
+                    max_delay=settings.retry_max_delay,
+                ),
+                max_in_flight=settings.max_in_flight,
+                max_queue=settings.max_queue,
+                batch_max_events=settings.batch_max_events,
+                batch_max_wait=settings.batch_max_wait,
+            )
+            self._endpoints.append(_Endpoint(settings, outbox))
+            app.start_soon(outbox.run)
+            log.info("webhook %s: delivering %s to %s", settings.name, ", ".join(settings.events), settings.safe_url)
+
+    def _submit(self, message_type: str, call_id: str, build: Any, id_parts: tuple[str | None, ...]) -> None:
+        body = None
+        for endpoint in self._endpoints:
+            if endpoint.settings.wants(message_type, call_id):
+                body = body if body is not None else build()
+                endpoint.outbox.submit(OutboxMessage(id=message_id(*id_parts), key=call_id, body=body))
+
+    @hookimpl
+    def on_event(self, event: Event, call: CallContext) -> None:
+        self._submit(event.event_type, call.id, lambda: event_body(event), (call.id, event.event_type, event.event_id))
+
+    @hookimpl
+    def on_trigger(self, trigger: Trigger) -> None:
+        parts = (trigger.call_id, trigger.full_type, trigger.rule, trigger.event_id or trigger.event_type)
+        self._submit(trigger.full_type, trigger.call_id, lambda: trigger_body(trigger), parts)
+
+    @hookimpl
+    async def on_shutdown(self, app: App) -> None:
+        """Deliver what is queued while the runner allows; a cut-short close dead-letters the rest."""
+        try:
+            async with trio.open_nursery() as nursery:
+                for endpoint in self._endpoints:
+                    nursery.start_soon(endpoint.outbox.close)
+        finally:
+            for endpoint in self._endpoints:
+                log.info("webhook %s: %s", endpoint.settings.name, endpoint.outbox.stats.summary())
+
+    @hookimpl
+    def outbox_deliverers(self, app: App) -> dict[str, Deliverer]:
+        _, endpoints = self._build(app)
+        return {settings.name: make_deliverer(settings, app.http) for settings in endpoints}
+
+
+plugin = WebhookPlugin()

@@ -1,0 +1,208 @@
+"""The ``[plugins.webhook]`` table: what every key accepts, checked before anything connects."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from hookrunner import Setting, check_table
+from hookrunner.events import EVENT_CLASSES
+
+from .signing import secret_problem
+
+log = logging.getLogger("hookrunner.plugins.webhook")
+
+DEFAULT_EVENTS = ["user_transcription", "tts_completed", "trigger.*"]
+RESERVED_HEADERS = {"content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature"}
+
+
+def _at_least(minimum: float):
+    def check(value: float) -> str | None:
+        return None if value >= minimum else f"expected {minimum:g} or more, got {value!r}"
+
+    return check
+
+
+def _http_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return None
+    return "expected an http:// or https:// URL"
+
+
+SETTINGS = {
+    "dead_letter": Setting("str", "hookrunner-dead-letters.jsonl", doc="JSONL file of undeliverable messages"),
+    "endpoints": Setting("list[table]", [], doc="[[plugins.webhook.endpoints]]"),
+}
+
+ENDPOINT = {
+    "name": Setting("str", required=True, expected="a unique name for logs and errors"),
+    "url": Setting("str", required=True, check=_http_url),
+    "secret_env": Setting("str|list[str]", None, expected="the name of the variable holding the whsec_ secret"),
+    "secret": Setting("str|list[str]", None, expected="a whsec_ secret (prefer secret_env)"),
+    "events": Setting("list[str]", DEFAULT_EVENTS),
+    "calls": Setting("list[str]", []),
+    "headers": Setting("table[str]", {}),
+    "timeout": Setting("number", 15.0, check=_at_least(0.001), expected="a number of seconds"),
+    "max_attempts": Setting("int", 8, check=_at_least(1)),
+    "max_retry_time": Setting("number", 3600.0, check=_at_least(0), expected="a number of seconds"),
+    "retry_initial_delay": Setting("number", 1.0, check=_at_least(0.001), expected="a number of seconds"),
+    "retry_max_delay": Setting("number", 300.0, check=_at_least(0.001), expected="a number of seconds"),
+    "max_in_flight": Setting("int", 10, check=_at_least(1)),
+    "max_queue": Setting("int", 10_000, check=_at_least(1)),
+    "batch_max_events": Setting("int", 1, check=_at_least(1)),
+    "batch_max_wait": Setting("number", 1.0, check=_at_least(0), expected="a number of seconds"),
+}
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    name: str
+    url: str
+    secrets: tuple[str, ...]
+    events: tuple[str, ...]
+    calls: frozenset[str]
+    headers: dict[str, str]
+    timeout: float
+    max_attempts: int
+    max_retry_time: float
+    retry_initial_delay: float
+    retry_max_delay: float
+    max_in_flight: int
+    max_queue: int
+    batch_max_events: int
+    batch_max_wait: float
+
+    def wants(self, message_type: str, call_id: str) -> bool:
+        """Whether a message of this type (event type, or ``trigger.<type>``) for this call goes here."""
+        if self.calls and call_id not in self.calls:
+            return False
+        return any(_type_matches(message_type, pattern) for pattern in self.events)
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without query string or credentials: what logs may show."""
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _type_matches(message_type: str, pattern: str) -> bool:
+    if pattern == "trigger":
+        return message_type.startswith("trigger.")
+    return fnmatch.fnmatchcase(message_type, pattern)
+
+
+def _as_list(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def parse_settings(settings: dict[str, Any]) -> tuple[Path, list[EndpointSettings], list[str]]:
+    """The dead-letter path (as written), the endpoints, and every problem as ``key.path: ...`` lines."""
+    values, problems = check_table(settings, SETTINGS)
+    endpoints: list[EndpointSettings] = []
+    seen_names: set[str] = set()
+    for index, table in enumerate(values.get("endpoints") or []):
+        where = f"endpoints[{index}]"
+        fields, found = check_table(table, ENDPOINT, where)
+        problems += found
+        if found:
+            continue
+        name = fields["name"]
+        if name in seen_names:
+            problems.append(f"{where}.name: expected a unique name, got \"{name}\" a second time")
+        seen_names.add(name)
+        secrets, found = _secrets(fields, where)
+        problems += found
+        for header in fields["headers"]:
+            if header.lower() in RESERVED_HEADERS:
+                problems.append(f"{where}.headers.{header}: set by hookrunner itself; remove it")
+        if fields["retry_max_delay"] < fields["retry_initial_delay"]:
+            problems.append(f"{where}.retry_max_delay: expected at least retry_initial_delay")
+        for position, pattern in enumerate(fields["events"]):
+            _warn_unknown_type(f"{where}.events[{position}]", pattern)
+        _warn_plain_http(where, name, fields["url"])
+        endpoints.append(
+            EndpointSettings(
+                name=name,
+                url=fields["url"],
+                secrets=tuple(secrets),
+                events=tuple(fields["events"]),
+                calls=frozenset(fields["calls"]),
+                headers=dict(fields["headers"]),
+                timeout=float(fields["timeout"]),
+                max_attempts=fields["max_attempts"],
+                max_retry_time=float(fields["max_retry_time"]),
+                retry_initial_delay=float(fields["retry_initial_delay"]),
+                retry_max_delay=float(fields["retry_max_delay"]),
+                max_in_flight=fields["max_in_flight"],
+                max_queue=fields["max_queue"],
+                batch_max_events=fields["batch_max_events"],
+                batch_max_wait=float(fields["batch_max_wait"]),
+            )
+        )
+    return Path(values.get("dead_letter") or SETTINGS["dead_letter"].default), endpoints, problems
+
+
+def _secrets(fields: dict[str, Any], where: str) -> tuple[list[str], list[str]]:
+    """The endpoint's secrets, current first; problems name the key, never the secret's value."""
+    problems: list[str] = []
+    secrets: list[str] = []
+    env_names = _as_list(fields["secret_env"])
+    inline = _as_list(fields["secret"])
+    if not env_names and not inline:
+        return [], [f"{where}.secret_env: missing required key (the variable holding the endpoint's whsec_ secret)"]
+    for position, env_name in enumerate(env_names):
+        key = f"{where}.secret_env" + (f"[{position}]" if isinstance(fields["secret_env"], list) else "")
+        secret = os.environ.get(env_name, "")
+        if not secret:
+            problems.append(f"{key}: environment variable {env_name} is not set")
+            continue
+        problem = secret_problem(secret)
+        if problem:
+            problems.append(f"{key}: the value of {env_name}: {problem}")
+        secrets.append(secret)
+    for position, secret in enumerate(inline):
+        problem = secret_problem(secret)
+        if problem:
+            problems.append(f"{where}.secret" + (f"[{position}]" if isinstance(fields["secret"], list) else "") + f": {problem}")
+        secrets.append(secret)
+    return secrets, problems
+
+
+def _warn_unknown_type(where: str, pattern: str) -> None:
+    if any(ch in pattern for ch in "*?[") or pattern == "trigger" or pattern.startswith("trigger."):
+        return
+    if pattern in EVENT_CLASSES:
+        return
+    close = difflib.get_close_matches(pattern, list(EVENT_CLASSES), n=1, cutoff=0.75)
+    hint = f' (did you mean "{close[0]}"?)' if close else " (fine if Atoms sends it; it has no typed class)"
+    log.warning("plugins.webhook.%s: \"%s\" is not a known event type%s", where, pattern, hint)
+
+
+def _warn_plain_http(where: str, name: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        return
+    host = parts.hostname
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        log.warning(
+            "plugins.webhook.%s.url: endpoint %s uses plain http to %s: events and signatures travel unencrypted",
+            where,
+            name,
+            host,
+        )

@@ -1,0 +1,145 @@
+"""Reading the config and loading plugins, in-process: the messages a user reads, and where defaults come from.
+
+The CLI-level behaviour (exit codes, what `check` and `plugins` print) is in test_cli.py, as real processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hookrunner import cli
+from hookrunner.config import DEFAULT_API_KEY_ENV, Config, ReconnectConfig, config_from_dict, default_config_table
+from hookrunner.errors import ConfigError, PluginLoadError
+from hookrunner.plugins import load_plugins
+
+from conftest import REPO
+
+MINIMAL = {"atoms": {"api_key_env": DEFAULT_API_KEY_ENV}}
+
+
+def parse(plugins: dict[str, Any], base_dir: Path = Path(".")) -> Config:
+    return config_from_dict({**MINIMAL, "plugins": {"disable": ["console", "webhook"], **plugins}}, source="c.toml", base_dir=base_dir)
+
+
+def write_plugin(directory: Path, name: str, source: str) -> str:
+    (directory / f"{name}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+    return f"{name}.py"
+
+
+# -- [plugins] ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key, meant", [("lod", "load"), ("disabled", "disable"), ("loads", "load")])
+def test_a_misspelled_plugins_key_is_an_unknown_key_with_the_nearest_name_suggested(key: str, meant: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        config_from_dict({**MINIMAL, "plugins": {key: ["x.py"]}}, source="c.toml")
+    assert str(raised.value) == f'c.toml: plugins.{key}: unknown key (did you mean "{meant}"?)'
+
+
+def test_a_value_where_a_plugin_settings_table_belongs_names_both_readings() -> None:
+    with pytest.raises(ConfigError) as raised:
+        config_from_dict({**MINIMAL, "plugins": {"console": "quiet"}}, source="c.toml")
+    assert str(raised.value) == (
+        'c.toml: plugins.console: expected disable or load, or a [plugins.console] table of plugin console\'s '
+        'settings, got "quiet"'
+    )
+
+
+# -- loading plugins ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("marker", ["wrapper=True", "hookwrapper=True"])
+def test_a_hook_wrapper_is_refused_at_load_naming_the_plugin_and_the_hook(tmp_path: Path, marker: str) -> None:
+    load = [
+        write_plugin(
+            tmp_path,
+            "timing_wrapper",
+            f"""
+            from hookrunner import hookimpl
+
+            @hookimpl({marker})
+            def on_event(event, call):
+                yield
+            """,
+        )
+    ]
+    config = parse({"load": load}, base_dir=tmp_path)
+    with pytest.raises(PluginLoadError) as raised:
+        load_plugins(config)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("c.toml: plugins.load[0]: plugin timing_wrapper: on_event is a hook wrapper")
+    assert "does not support" in message
+
+    lenient = load_plugins(config, strict=False)
+    info = next(info for info in lenient.infos if info.name == "timing_wrapper")
+    assert not info.active and "on_event is a hook wrapper" in (info.error or "")
+    assert not lenient.pm.has_plugin("timing_wrapper")
+
+
+def test_a_local_plugin_module_lives_in_a_private_namespace_under_its_file_name(tmp_path: Path) -> None:
+    load = [write_plugin(tmp_path, "json", "from hookrunner import hookimpl\n\n@hookimpl\ndef on_event(event):\n    pass\n")]
+    stdlib_json = sys.modules["json"]
+    loaded = load_plugins(parse({"load": load}, base_dir=tmp_path))
+    assert sys.modules["json"] is stdlib_json
+    plugin = loaded.pm.get_plugin("json")
+    assert plugin is sys.modules["hookrunner_local.json"]
+    assert plugin.__file__ == str(tmp_path / "json.py")
+    assert [info.name for info in loaded.infos if info.active] == ["json"]
+
+
+# -- where defaults live -----------------------------------------------------------------------------------------
+
+
+def test_config_example_toml_sets_every_key_to_its_schema_default() -> None:
+    from hookrunner_plugins.console import SETTINGS as CONSOLE_SETTINGS
+
+    example = tomllib.loads((REPO / "config.example.toml").read_text(encoding="utf-8"))
+    # [plugins.NAME] tables are the plugins' own settings, not the core schemas'; console's are checked below.
+    plugin_tables = {name: value for name, value in example["plugins"].items() if isinstance(value, dict)}
+    for name in plugin_tables:
+        del example["plugins"][name]
+    console = plugin_tables["console"]
+    expected = default_config_table()
+    expected["atoms"]["api_key_env"] = DEFAULT_API_KEY_ENV
+    assert example == expected
+    assert console == {key: setting.default for key, setting in CONSOLE_SETTINGS.items()}
+    assert "# api_key = " in (REPO / "config.example.toml").read_text(encoding="utf-8")  # documented, not set
+
+
+@pytest.mark.parametrize("cls", [Config, ReconnectConfig])
+def test_config_classes_repeat_no_default_of_the_schemas(cls: type) -> None:
+    with_defaults = [
+        field.name
+        for field in dataclasses.fields(cls)
+        if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+    ]
+    assert with_defaults == []
+
+
+def test_a_minimal_config_takes_every_value_from_the_schema_defaults() -> None:
+    config = config_from_dict(MINIMAL, source="c.toml")
+    defaults = default_config_table()
+    assert config.buffer == defaults["runner"]["buffer"] == 64
+    assert config.hook_timeout == defaults["runner"]["hook_timeout"]
+    assert dataclasses.asdict(config.reconnect) == defaults["runner"]["reconnect"]
+    assert config.base_url == defaults["atoms"]["base_url"]
+
+
+# -- run ---------------------------------------------------------------------------------------------------------
+
+
+def test_run_without_calls_raises_a_config_error_for_main_to_print(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[atoms]\napi_key = "k"\n[plugins]\ndisable = ["console", "webhook"]\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        cli.cmd_run(argparse.Namespace(config=str(path), calls=[]))
+    assert str(raised.value) == f"{path}: runner.calls: no calls to subscribe (list call ids there or pass --call ID)"
