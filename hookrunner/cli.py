@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import tomllib
@@ -80,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--api-key", default="sim-key", help="the bearer key clients must send (default: sim-key)")
     simulate.add_argument("--speed", type=float, default=1.0, help="play scripts this many times faster (default: 1)")
 
+    redeliver = sub.add_parser(
+        "redeliver", parents=[common], help="send the messages of a dead-letter file again (safe to rerun)"
+    )
+    redeliver.add_argument("file", metavar="FILE", help="a dead-letter file (JSONL)")
+    redeliver.add_argument("--endpoint", metavar="NAME", help="only the letters for this endpoint")
+    redeliver.add_argument("--dry-run", action="store_true", help="show what would be sent; send nothing")
+    redeliver.add_argument(
+        "--config", metavar="CONFIG", help="the config with the endpoints (default: the one each letter records)"
+    )
+
     demo = sub.add_parser("demo", parents=[common], help="run the example config against a built-in simulator")
     demo.add_argument("script", nargs="?", metavar="SCRIPT", help="a simulator script (default: built-in calls)")
     demo.add_argument("--speed", type=float, default=1.0, help="play the calls this many times faster (default: 1)")
@@ -96,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "init": cmd_init,
         "simulate": cmd_simulate,
         "demo": cmd_demo,
+        "redeliver": cmd_redeliver,
     }
     try:
         return commands[args.command](args)
@@ -206,6 +218,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .simulator import run_simulator_cli
 
     return run_simulator_cli(args.port, args.script, args.api_key, args.speed, host=args.host)
+
+
+def cmd_redeliver(args: argparse.Namespace) -> int:
+    from .redeliver import redeliver
+
+    config = Path(args.config) if args.config else None
+    return trio.run(
+        functools.partial(redeliver, Path(args.file), endpoint=args.endpoint, dry_run=args.dry_run, config=config)
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

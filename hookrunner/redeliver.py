@@ -1,0 +1,101 @@
+"""``hookrunner redeliver``: send dead letters again, removing each line only once it has been delivered.
+
+The letters keep their message ids, so a receiver that already got a message (a timeout after it answered, say)
+recognises the duplicate. The plugin that wrote a letter rebuilds the delivery for its endpoint from the config
+recorded in the letter (or ``--config``), with the secrets of the environment it runs in.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from . import __version__
+from .config import load_config
+from .context import App
+from .dead_letters import DeadLetter, read_dead_letters, rewrite_dead_letters
+from .errors import ConfigError
+from .outbox import Deliverer, OutboxMessage
+from .plugins import load_plugins, validate_plugin_settings
+
+log = logging.getLogger("hookrunner.redeliver")
+
+
+def _unavailable(*_: Any) -> None:
+    raise RuntimeError("not available while redelivering dead letters")
+
+
+async def _deliverers(config_path: Path, http: httpx.AsyncClient) -> dict[tuple[str, str], Deliverer]:
+    """(plugin, endpoint) -> deliverer, from every active plugin that implements ``outbox_deliverers``."""
+    config = load_config(config_path)
+    loaded = load_plugins(config)
+    validate_plugin_settings(config, loaded)
+    found: dict[tuple[str, str], Deliverer] = {}
+    for impl in loaded.pm.hook.outbox_deliverers.get_hookimpls():
+        app = App(
+            name=impl.plugin_name,
+            settings=config.plugin_settings.get(impl.plugin_name, {}),
+            http=http,
+            config_dir=config.base_dir,
+            config_path=config.path,
+            start_soon=_unavailable,
+            emit_trigger=_unavailable,
+        )
+        for endpoint, deliver in (impl.function(app) or {}).items():
+            found[(impl.plugin_name, endpoint)] = deliver
+    return found
+
+
+async def redeliver(path: Path, *, endpoint: str | None, dry_run: bool, config: Path | None) -> int:
+    """Redeliver the letters of ``path`` (only ``endpoint``'s when given); 0 when none is left, else 1."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such dead-letter file")
+    letters = [letter for letter in read_dead_letters(path) if endpoint is None or letter.endpoint == endpoint]
+    if not letters:
+        print(f"{path}: nothing to redeliver" + (f" for endpoint {endpoint}" if endpoint else ""))
+        return 0
+    by_config: dict[Path, list[DeadLetter]] = defaultdict(list)
+    for letter in letters:
+        recorded = letter.record.get("config")
+        if config is None and not recorded:
+            raise ConfigError(f"{path}:{letter.line_number}: the letter records no config file; pass --config CONFIG")
+        by_config[config or Path(recorded)].append(letter)
+    delivered = failed = 0
+    headers = {"User-Agent": f"hookrunner/{__version__}"}
+    async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(30.0)) as http:
+        for config_path, group in by_config.items():
+            deliverers = await _deliverers(config_path, http)
+            for letter in group:
+                ok = await _redeliver_one(path, letter, deliverers, dry_run, config_path)
+                delivered += ok
+                failed += not ok
+    verb = "would be sent" if dry_run else "delivered"
+    print(f"{path}: {delivered} {verb}, {failed} left in the file", file=sys.stdout)
+    return 0 if dry_run or failed == 0 else 1
+
+
+async def _redeliver_one(
+    path: Path, letter: DeadLetter, deliverers: dict[tuple[str, str], Deliverer], dry_run: bool, config_path: Path
+) -> bool:
+    record = letter.record
+    where = f"{path}:{letter.line_number}: {record.get('id')} for {letter.endpoint}"
+    deliver = deliverers.get((letter.plugin, letter.endpoint))
+    if deliver is None:
+        print(f"{where}: no endpoint {letter.endpoint} of plugin {letter.plugin} in {config_path}; kept", file=sys.stderr)
+        return False
+    if dry_run:
+        print(f"{where}: would be sent (call {record.get('key')}, dead-lettered for: {record.get('reason')})")
+        return True
+    message = OutboxMessage(id=str(record["id"]), key=str(record.get("key")), body=record["body"])
+    outcome = await deliver([message])
+    if outcome.kind != "delivered":
+        print(f"{where}: not delivered ({outcome.why}); kept", file=sys.stderr)
+        return False
+    rewrite_dead_letters(path, {(letter.endpoint, str(record["id"]))})
+    print(f"{where}: delivered")
+    return True
