@@ -67,6 +67,7 @@ class App:
         config_path: Path | None = None,
         start_soon: Callable[[str, Callable[..., Awaitable[Any]], tuple[Any, ...]], None],
         emit_trigger: Callable[[str, Trigger], None],
+        shutdown_time_left: Callable[[], float] | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -77,6 +78,7 @@ class App:
         self.config_path = config_path
         self._start_soon = start_soon
         self._emit_trigger = emit_trigger
+        self._shutdown_time_left = shutdown_time_left
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` in the background, inside the runner's nursery.
@@ -85,6 +87,10 @@ class App:
         cancelled after ``on_shutdown`` returns: flush what must not be lost in ``on_shutdown``.
         """
         self._start_soon(self.name, fn, args)
+
+    def shutdown_time_left(self) -> float:
+        """Seconds ``on_shutdown`` may still take before the runner cuts it: finish (or hand off) by then."""
+        return self._shutdown_time_left() if self._shutdown_time_left else 0.0
 
     def emit_trigger(self, trigger: Trigger) -> None:
         """Hand a trigger to every plugin's ``on_trigger``. Never blocks; callable from sync or async code."""

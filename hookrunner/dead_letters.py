@@ -104,15 +104,15 @@ def read_dead_letters(path: Path) -> list[DeadLetter]:
                 record = decoder.decode(line)
             except msgspec.DecodeError:
                 record = None
-            if not isinstance(record, dict) or "endpoint" not in record or "body" not in record:
+            if not isinstance(record, dict) or not all(key in record for key in ("plugin", "endpoint", "id", "body")):
                 log.error("%s:%d: not a dead letter; left in the file", path, number)
                 continue
             letters.append(DeadLetter(number, record))
     return letters
 
 
-def rewrite_dead_letters(path: Path, delivered: set[tuple[str, str]]) -> None:
-    """Drop the lines of delivered messages (by endpoint and id), atomically: write a sibling, fsync, rename over.
+def rewrite_dead_letters(path: Path, delivered: set[tuple[str, str, str]]) -> None:
+    """Drop the lines of delivered messages (by plugin, endpoint and id), atomically: write a sibling, fsync, rename over.
 
     Holds the file's lock meanwhile, so a runner appending to the same file at the same time loses nothing.
     """
@@ -127,14 +127,14 @@ def rewrite_dead_letters(path: Path, delivered: set[tuple[str, str]]) -> None:
         os.replace(temporary, path)
 
 
-def _identity(line: bytes) -> tuple[str, str] | None:
+def _identity(line: bytes) -> tuple[str, str, str] | None:
     try:
         record = msgspec.json.decode(line)
     except msgspec.DecodeError:
         return None
     if not isinstance(record, dict):
         return None
-    return (str(record.get("endpoint")), str(record.get("id")))
+    return (str(record.get("plugin")), str(record.get("endpoint")), str(record.get("id")))
 
 
 @contextmanager

@@ -86,8 +86,9 @@ def on_startup(app: App) -> None:
 def on_shutdown(app: App) -> None:
     """The runner is stopping: every call is finished or being drained. Flush and close what the plugin holds.
 
-    Runs after the last event hook, before background tasks are cancelled. After a stop it has the second half of
-    ``runner.shutdown_grace`` (the first half drains received events); otherwise ``runner.hook_timeout``.
+    Runs after the last event hook, before background tasks are cancelled. It has ``runner.shutdown_grace``
+    seconds, or after a stop what is left of it (the first half drains received events); ``app.shutdown_time_left()``
+    says how much remains, so a plugin can finish in time instead of being cut off.
     """
 
 

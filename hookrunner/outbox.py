@@ -36,6 +36,9 @@ __all__ = ["Outbox", "OutboxMessage", "Outcome", "RetryPolicy", "Deliverer", "Ou
 
 log = logging.getLogger("hookrunner.outbox")
 
+#: Seconds between grouped writes of messages refused by a full queue (one fsync per group).
+OVERFLOW_WRITE_INTERVAL = 0.1
+
 
 @dataclass
 class OutboxMessage:
@@ -97,7 +100,8 @@ class OutboxStats:
     delivered: int = 0
     retried: int = 0
     dead_lettered: int = 0
-    latencies: list[float] = field(default_factory=list)  # seconds from submit to success
+    #: Seconds from submit to success of the latest deliveries (bounded: a long run keeps the recent ones).
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
     def percentile(self, fraction: float) -> float | None:
         if not self.latencies:
@@ -147,6 +151,8 @@ class Outbox:
         self._idle.set()
         self._gone: str | None = None
         self._closed = False
+        self._overflowed: list[OutboxMessage] = []  # past max_queue, waiting to be written as a group
+        self._overflowing = 0  # messages refused in the current overflow episode
         self._run_scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
 
@@ -158,24 +164,42 @@ class Outbox:
             self._dead_letter([message], "endpoint stopped" if self._gone else "submitted after shutdown")
             return
         if self._queued >= self._max_queue:
-            log.warning(
-                "%s: outbox full (%d messages queued); message %s for %s goes to the dead-letter file",
-                self.name,
-                self._queued,
-                message.id,
-                message.key,
-            )
-            self._dead_letter([message], f"queue full ({self._max_queue} messages)")
+            self._overflow(message)
             return
         queue = self._queues.get(message.key)
         if queue is None:
             queue = self._queues[message.key] = deque()
         queue.append(message)
         self._queued += 1
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        if self._idle.is_set():
+            self._idle = trio.Event()
         if message.key not in self._busy and len(queue) == 1:
             self._ready.append(message.key)
         self._wakeup.set()
+
+    def _overflow(self, message: OutboxMessage) -> None:
+        """Past ``max_queue``: the message goes to the dead-letter file, written in groups (one fsync each) and
+        announced in one warning per overflow episode, so an overload does not turn into a flood of I/O and logs."""
+        if not self._overflowing:
+            self._overflowing = 0
+            log.warning(
+                "%s: outbox full (%d messages queued); new messages go to the dead-letter file until it drains",
+                self.name,
+                self._queued,
+            )
+        self._overflowing += 1
+        self._overflowed.append(message)
+        self._wakeup.set()
+        if self._run_scope is None:  # no run loop to write them in groups: write now
+            self._flush_overflow()
+
+    def _flush_overflow(self) -> None:
+        if self._overflowed:
+            messages, self._overflowed = self._overflowed, []
+            self._dead_letter(messages, f"queue full ({self._max_queue} messages)")
+        if self._overflowing and self._queued < self._max_queue:
+            log.warning("%s: outbox has room again; %d messages went to the dead-letter file", self.name, self._overflowing)
+            self._overflowing = 0
 
     @property
     def pending(self) -> int:
@@ -189,30 +213,38 @@ class Outbox:
         try:
             with trio.CancelScope() as self._run_scope:
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_overflow_in_groups)
                     while True:
                         await self._slots.acquire()
                         batch = await self._next_batch()
                         nursery.start_soon(self._deliver_batch, batch)
         finally:
+            self._flush_overflow()
             self._stopped.set()
+
+    async def _write_overflow_in_groups(self) -> None:
+        while True:
+            await trio.sleep(OVERFLOW_WRITE_INTERVAL)
+            self._flush_overflow()
 
     async def _next_batch(self) -> list[OutboxMessage]:
         while not self._ready:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
-        batch = self._take(self._batch_max_events)
+        batch: list[OutboxMessage] = []
+        self._in_flight[id(batch)] = batch  # from now on close() finds these messages, even while it fills
+        self._take(batch, self._batch_max_events)
         if len(batch) < self._batch_max_events and self._batch_max_wait > 0:
             with trio.move_on_after(self._batch_max_wait):
                 while len(batch) < self._batch_max_events:
                     while not self._ready:
                         self._wakeup = trio.Event()
                         await self._wakeup.wait()
-                    batch += self._take(self._batch_max_events - len(batch))
+                    self._take(batch, self._batch_max_events)
         return batch
 
-    def _take(self, limit: int) -> list[OutboxMessage]:
-        """Up to ``limit`` messages from ready keys, each key's in order; those keys become busy."""
-        batch: list[OutboxMessage] = []
+    def _take(self, batch: list[OutboxMessage], limit: int) -> None:
+        """Move up to ``limit`` messages from ready keys into ``batch``, each key's in order; those keys turn busy."""
         while self._ready and len(batch) < limit:
             key = self._ready.popleft()
             queue = self._queues[key]
@@ -220,12 +252,10 @@ class Outbox:
                 batch.append(queue.popleft())
                 self._queued -= 1
             self._busy.add(key)
-        return batch
 
     async def _deliver_batch(self, batch: list[OutboxMessage]) -> None:
-        token = id(batch)
-        self._in_flight[token] = batch
         holding_slot = True
+        finished = False  # delivered or dead-lettered: otherwise (cancelled) close() dead-letters it
         try:
             while True:
                 outcome = await self._attempt(batch)
@@ -233,18 +263,22 @@ class Outbox:
                     now = time.monotonic()
                     self.stats.delivered += len(batch)
                     self.stats.latencies.extend(now - message.created for message in batch)
+                    finished = True
                     break
                 if outcome.kind == "gone":
+                    finished = True
+                    self._dead_letter(batch, f"endpoint gone: {outcome.why}")  # before the later, queued ones
                     self._stop_endpoint(outcome)
-                    self._dead_letter(batch, f"endpoint gone: {outcome.why}")
                     break
                 if outcome.kind == "reject":
+                    finished = True
                     log.error("%s: message %s rejected, not retried: %s", self.name, batch[0].id, outcome.why)
                     self._dead_letter(batch, f"rejected: {outcome.why}")
                     break
                 delay = backoff_delay(batch[0].attempts, self._policy, outcome.retry_after)
                 elapsed = (datetime.now(timezone.utc) - batch[0].first_attempt).total_seconds()
                 if batch[0].attempts >= self._policy.max_attempts or elapsed + delay > self._policy.max_retry_time:
+                    finished = True
                     log.error(
                         "%s: message %s not delivered after %d attempts over %.0f s (last: %s)",
                         self.name,
@@ -269,8 +303,13 @@ class Outbox:
                 await trio.sleep(delay)
                 await self._slots.acquire()
                 holding_slot = True
+                if self._gone is not None:  # stopped by another batch's 410 meanwhile: send nothing more
+                    finished = True
+                    self._dead_letter(batch, f"endpoint gone: {self._gone}")
+                    break
         finally:
-            self._in_flight.pop(token, None)  # close() may have taken it already
+            if finished:
+                del self._in_flight[id(batch)]
             if holding_slot:
                 self._slots.release()
             self._release_keys(batch)
@@ -325,7 +364,8 @@ class Outbox:
     async def close(self, timeout: float | None = None) -> None:
         """Deliver what is queued (up to ``timeout``), then dead-letter whatever is left and stop.
 
-        Also dead-letters the rest when cancelled, so a shutdown cut short still loses nothing.
+        Also dead-letters the rest when cancelled, so a shutdown cut short still loses nothing. A message whose
+        request was cut off may have reached the receiver anyway; its id lets the receiver drop the duplicate.
         """
         self._closed = True
         try:
@@ -334,10 +374,14 @@ class Outbox:
         finally:
             if self._run_scope is not None:
                 self._run_scope.cancel()
+                # Let the delivery tasks unwind first: one finishing as it is cancelled counts as delivered.
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    await self._stopped.wait()
             left = [message for batch in self._in_flight.values() for message in batch]
             left += [message for queue in self._queues.values() for message in queue]
             self._in_flight.clear()
             self._queues.clear()
             self._ready.clear()
             self._queued = 0
+            self._flush_overflow()
             self._dead_letter(left, "not delivered before shutdown")

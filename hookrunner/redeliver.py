@@ -55,9 +55,13 @@ async def redeliver(path: Path, *, endpoint: str | None, dry_run: bool, config: 
     """Redeliver the letters of ``path`` (only ``endpoint``'s when given); 0 when none is left, else 1."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such dead-letter file")
-    letters = [letter for letter in read_dead_letters(path) if endpoint is None or letter.endpoint == endpoint]
+    every = read_dead_letters(path)
+    letters = [letter for letter in every if endpoint is None or letter.endpoint == endpoint]
+    if endpoint is not None and not letters and every:
+        names = sorted({letter.endpoint for letter in every})
+        raise ConfigError(f"{path}: no letters for endpoint {endpoint} (the file has: {', '.join(names)})")
     if not letters:
-        print(f"{path}: nothing to redeliver" + (f" for endpoint {endpoint}" if endpoint else ""))
+        print(f"{path}: nothing to redeliver")
         return 0
     by_config: dict[Path, list[DeadLetter]] = defaultdict(list)
     for letter in letters:
@@ -96,6 +100,6 @@ async def _redeliver_one(
     if outcome.kind != "delivered":
         print(f"{where}: not delivered ({outcome.why}); kept", file=sys.stderr)
         return False
-    rewrite_dead_letters(path, {(letter.endpoint, str(record["id"]))})
+    rewrite_dead_letters(path, {(letter.plugin, letter.endpoint, str(record["id"]))})
     print(f"{where}: delivered")
     return True

@@ -62,6 +62,7 @@ class Runner:
         self._deadlines = {DRAIN: math.inf, FINAL: math.inf}
         self._trigger_send, self._trigger_receive = trio.open_memory_channel[Trigger](math.inf)
         self._background: trio.Nursery | None = None
+        self._shutdown_deadline: float | None = None
         self._apps: dict[str, App] = {}
 
     # --- the whole run ----------------------------------------------------------------------------------------
@@ -82,10 +83,12 @@ class Runner:
 
     async def _run_plugins_and_calls(self) -> None:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=20)  # one stream per call, no queue
+        # Plugins' deliveries: keep as many connections alive as may be busy, so bursts do not reconnect each time.
+        plugin_limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
         headers = {"User-Agent": f"hookrunner/{__version__}"}
         async with (
             httpx.AsyncClient(limits=limits, headers=headers, follow_redirects=False) as stream_client,
-            httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(30.0)) as plugin_http,
+            httpx.AsyncClient(limits=plugin_limits, headers=headers, timeout=httpx.Timeout(30.0)) as plugin_http,
             trio.open_nursery() as background,
         ):
             self._background = background
@@ -98,11 +101,20 @@ class Runner:
                         calls.start_soon(self._follow_call, call_id, stream_client)
                 self._trigger_send.close()  # no call can emit any more: the trigger queue drains and ends
             with self._stoppable(FINAL):
-                timeout = self.config.hook_timeout
+                # on_shutdown flushes what plugins hold (outboxes): it gets shutdown_grace, or what a stop left of it
+                self._shutdown_deadline = trio.current_time() + self.config.shutdown_grace
                 if self._stopping:
-                    timeout = max(0.0, min(timeout, self._deadlines[FINAL] - trio.current_time()))
-                await self.dispatcher.call("on_shutdown", lambda name: {"app": self._apps[name]}, timeout=timeout)
+                    self._shutdown_deadline = min(self._shutdown_deadline, self._deadlines[FINAL])
+                await self.dispatcher.call(
+                    "on_shutdown", lambda name: {"app": self._apps[name]}, timeout=self.shutdown_time_left()
+                )
             background.cancel_scope.cancel()
+
+    def shutdown_time_left(self) -> float:
+        """Seconds ``on_shutdown`` may still take (``shutdown_grace`` until it starts)."""
+        if self._shutdown_deadline is None:
+            return self.config.shutdown_grace
+        return max(0.0, self._shutdown_deadline - trio.current_time())
 
     def stop(self) -> None:
         """Begin a graceful stop: no new events are read; what was received is dispatched within the grace."""
@@ -237,6 +249,7 @@ class Runner:
             config_path=self.config.path,
             start_soon=self._start_background,
             emit_trigger=self._emit_trigger,
+            shutdown_time_left=self.shutdown_time_left,
         )
 
     def _emit_trigger(self, plugin: str, trigger: Trigger) -> None:

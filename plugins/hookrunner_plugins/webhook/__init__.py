@@ -29,6 +29,9 @@ __all__ = ["plugin", "verify", "WebhookVerificationError", "WebhookPlugin"]
 log = logging.getLogger("hookrunner.plugins.webhook")
 _encoder = msgspec.json.Encoder()
 
+#: Seconds kept back from on_shutdown's time for writing what is left to the dead-letter file.
+SHUTDOWN_MARGIN = 0.1
+
 
 def message_id(*parts: str | None) -> str:
     """A webhook-id derived from what the message is about, so the same event gets the same id on every attempt,
@@ -99,6 +102,15 @@ class _Endpoint:
     def __init__(self, settings: EndpointSettings, outbox: Outbox) -> None:
         self.settings = settings
         self.outbox = outbox
+        self._type_wanted: dict[str, bool] = {}  # glob matching once per type, not once per event
+
+    def wants(self, message_type: str, call_id: str) -> bool:
+        if self.settings.calls and call_id not in self.settings.calls:
+            return False
+        wanted = self._type_wanted.get(message_type)
+        if wanted is None:
+            wanted = self._type_wanted[message_type] = self.settings.wants(message_type, call_id)
+        return wanted
 
 
 class WebhookPlugin:
@@ -141,11 +153,12 @@ class WebhookPlugin:
             log.info("webhook %s: delivering %s to %s", settings.name, ", ".join(settings.events), settings.safe_url)
 
     def _submit(self, message_type: str, call_id: str, build: Any, id_parts: tuple[str | None, ...]) -> None:
-        body = None
+        body = msg_id = None
         for endpoint in self._endpoints:
-            if endpoint.settings.wants(message_type, call_id):
-                body = body if body is not None else build()
-                endpoint.outbox.submit(OutboxMessage(id=message_id(*id_parts), key=call_id, body=body))
+            if endpoint.wants(message_type, call_id):
+                if body is None:
+                    body, msg_id = build(), message_id(*id_parts)
+                endpoint.outbox.submit(OutboxMessage(id=msg_id, key=call_id, body=body))
 
     @hookimpl
     def on_event(self, event: Event, call: CallContext) -> None:
@@ -159,10 +172,12 @@ class WebhookPlugin:
     @hookimpl
     async def on_shutdown(self, app: App) -> None:
         """Deliver what is queued while the runner allows; a cut-short close dead-letters the rest."""
+        # Close a little before the runner's cut, so leftovers are dead-lettered by the outbox, not by a timeout.
+        timeout = max(0.0, app.shutdown_time_left() - SHUTDOWN_MARGIN)
         try:
             async with trio.open_nursery() as nursery:
                 for endpoint in self._endpoints:
-                    nursery.start_soon(endpoint.outbox.close)
+                    nursery.start_soon(endpoint.outbox.close, timeout)
         finally:
             for endpoint in self._endpoints:
                 log.info("webhook %s: %s", endpoint.settings.name, endpoint.outbox.stats.summary())

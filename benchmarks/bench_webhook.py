@@ -1,0 +1,593 @@
+#!/usr/bin/env python3
+"""What webhook delivery costs: the runner with only the ``webhook`` plugin, POSTing to a loopback receiver.
+
+    .venv/bin/python benchmarks/bench_webhook.py [--quick] [--rounds N] [--rate R] [--json FILE] [--profile DIR]
+
+Besides this one, three processes, so that each one's CPU is its own:
+
+- the simulator: ``hookrunner simulate`` (``bench_runner.Server``), started once; its CPU read from /proc;
+- the runner: a fresh child per run (this script with ``--child``): ``Runner`` with every installed plugin disabled
+  but the bundled ``webhook`` plugin, with one endpoint (secret from the environment). It measures its own CPU
+  (``time.process_time``, imports excluded) and reads the outbox's own figures (delivered, dead-lettered, and
+  the latency from the hook's submit to the 2xx read back);
+- the receiver: a fresh child per run (``--receiver``): a raw asyncio HTTP/1.1 server that answers 200 at once
+  and records each request's arrival time and bytes. It reports its CPU for the run and only then parses what
+  it got: end-to-end latency (arrival minus the event's ``timestamp``, the simulator's *scheduled* send time, ms
+  resolution), per-call order, duplicates, and a sample of signatures checked with ``standardwebhooks``.
+
+Endpoint variants (``max_in_flight = 50``, and ``max_queue`` raised so that a backlog is measured, not
+dead-lettered): ``unbatched`` (every event, ``batch_max_events = 1``), ``batched`` (every event,
+``batch_max_events = 50``, ``batch_max_wait = 0.05``), ``finals`` (the default selection: user_transcription,
+tts_completed, triggers; unbatched). ``runner only`` (webhook plugin disabled) gives the runner's own CPU, to
+subtract. Runs rotate order between rounds.
+
+  1. paced: 500 calls at R events/s each (default 5, calls out of step) for 20 s (quick: 8 s);
+  2. flood: 100 calls x 500 events (quick: 200) at once: delivered messages per second;
+  3. yardstick: a bare trio + httpx client POSTing a message-sized body to the same receiver, 1, 10 and 50
+     requests at a time: what httpx itself costs per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib.metadata
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_runner import KEY, Server, _epoch, _percentiles, event_mix, peak_rss_mib  # noqa: E402
+
+SECRET_ENV = "BENCH_WEBHOOK_SECRET"
+UNBOUNDED = {"max_in_flight": 50, "max_queue": 10_000_000}
+#: name -> the endpoint's settings; None: the webhook plugin disabled (the runner's own cost)
+VARIANTS: dict[str, dict[str, Any] | None] = {
+    "runner only": None,
+    "unbatched": {"events": ["*"], "batch_max_events": 1, **UNBOUNDED},
+    "batched": {"events": ["*"], "batch_max_events": 50, "batch_max_wait": 0.05, **UNBOUNDED},
+    "finals": {"batch_max_events": 1, **UNBOUNDED},  # default events: user_transcription, tts_completed, trigger.*
+}
+PACED_VARIANTS = ("runner only", "unbatched", "batched", "finals")
+FLOOD_VARIANTS = ("runner only", "unbatched", "batched")
+PHASES = 10  # paced calls out of step: ten groups, each shifted by a tenth of the interval
+YARDSTICK_CONCURRENCY = (1, 10, 50)
+
+
+class Plan:
+    def __init__(self, quick: bool, rounds: int | None, rate: float) -> None:
+        self.quick = quick
+        self.flood_rounds = rounds or (1 if quick else 2)
+        self.paced_rounds = rounds or 1
+        self.rate = rate
+        self.paced = (500, 8.0) if quick else (500, 20.0)  # calls, seconds
+        self.flood = (100, 200) if quick else (100, 500)  # calls, events per call incl. sse_init and sse_close
+        self.yardstick_requests = 3000 if quick else 6000
+        self._next: dict[str, int] = {}
+
+    def script(self) -> dict[str, Any]:
+        calls = []
+        n, events = self.flood
+        calls.append(self._group("WHFLOOD", n * self.flood_rounds * len(FLOOD_VARIANTS), event_mix(events - 2, seed=11)))
+        n, seconds = self.paced
+        per_call = int(self.rate * seconds)
+        for phase in range(PHASES):
+            shift = phase / PHASES / self.rate
+            repeat = -(-n // PHASES) * self.paced_rounds * len(PACED_VARIANTS)
+            mix = event_mix(per_call, seed=200 + phase, at=lambda i, s=shift: round(s + i / self.rate, 4))
+            calls.append(self._group(f"WHPACED{phase}", repeat, mix))
+        return {"api_key": KEY, "keepalive": 0, "timestamp_format": "iso", "calls": calls}
+
+    @staticmethod
+    def _group(prefix: str, repeat: int, events: list[dict[str, Any]]) -> dict[str, Any]:
+        # No underscore in call ids: the receiver reads the event's index out of "{call_id}_{index}_{epoch_ms}".
+        return {"id": f"CALL-BENCH-{prefix}-{{n}}", "repeat": repeat, "events": events}
+
+    def take(self, prefix: str, n: int) -> list[str]:
+        """n call ids never subscribed before (a finished call answers 400)."""
+        start = self._next.get(prefix, 0)
+        self._next[prefix] = start + n
+        return [f"CALL-BENCH-{prefix}-{i}" for i in range(start, start + n)]
+
+    def paced_ids(self, n: int) -> list[str]:
+        return [self.take(f"WHPACED{i % PHASES}", 1)[0] for i in range(n)]
+
+
+# --- the receiver (inside a --receiver process) --------------------------------------------------------------
+
+RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+
+
+def receiver_main() -> None:
+    """Answer 200 to every request on a fresh loopback port; on SIGTERM, report CPU, then analyse what came."""
+    import asyncio
+
+    records: list[tuple[int, bytes, bytes]] = []  # (time.time_ns() when the request was complete, head, body)
+    connections = {"opened": 0, "open": 0, "max_open": 0}
+
+    class Receiver(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.buffer = b""
+            connections["opened"] += 1
+            connections["open"] += 1
+            connections["max_open"] = max(connections["max_open"], connections["open"])
+
+        def connection_lost(self, exc: Any) -> None:
+            connections["open"] -= 1
+
+        def data_received(self, data: bytes) -> None:
+            now = time.time_ns()
+            buffer = self.buffer + data if self.buffer else data
+            while True:
+                end = buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    break
+                head = buffer[:end]
+                at = head.lower().find(b"\r\ncontent-length:")
+                length = 0
+                if at >= 0:
+                    eol = head.find(b"\r\n", at + 2)
+                    length = int(head[at + 17 : eol if eol >= 0 else len(head)])
+                total = end + 4 + length
+                if len(buffer) < total:
+                    break
+                records.append((now, head, buffer[end + 4 : total]))
+                self.transport.write(RESPONSE)
+                buffer = buffer[total:]
+            self.buffer = buffer
+
+    async def serve() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        server = await loop.create_server(Receiver, "127.0.0.1", 0, backlog=1024)
+        cpu0 = time.process_time()
+        print(f"receiver listening on {server.sockets[0].getsockname()[1]}", flush=True)
+        await stop.wait()
+        cpu = time.process_time() - cpu0
+        server.close()
+        return {"cpu_s": cpu}
+
+    outcome = asyncio.run(serve())
+    print(json.dumps({**outcome, **connections, **analyse(records)}), flush=True)
+
+
+def analyse(records: list[tuple[int, bytes, bytes]]) -> dict[str, Any]:
+    """Latency, order, duplicates and a sample of signatures of what the receiver got (after its CPU figure)."""
+    from standardwebhooks.webhooks import Webhook
+
+    webhook = Webhook(os.environ[SECRET_ENV])
+    messages = order_violations = duplicates = duplicate_ids = bad_bodies = signatures_checked = signatures_bad = 0
+    latencies: list[tuple[float, float]] = []  # (scheduled epoch s, arrival - scheduled)
+    last_index: dict[str, int] = {}
+    seen: set[tuple[str, int]] = set()
+    ids: set[str] = set()
+    sample = set(random.Random(1).sample(range(len(records)), min(50, len(records))))
+    for position, (arrival_ns, head, body) in enumerate(records):
+        lines = head.decode("latin-1").split("\r\n")[1:]
+        headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        webhook_id = headers.get("webhook-id", "")
+        duplicate_ids += webhook_id in ids
+        ids.add(webhook_id)
+        if position in sample:
+            signatures_checked += 1
+            try:
+                webhook.verify(body, headers)
+            except Exception:
+                signatures_bad += 1
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            bad_bodies += 1
+            continue
+        arrival = arrival_ns / 1e9
+        for message in payload if isinstance(payload, list) else [payload]:
+            messages += 1
+            data = message.get("data") or {}
+            call_id = message.get("call_id") or data.get("call_id")
+            event_id = data.get("event_id")
+            index = int(event_id.split("_")[1]) if event_id else -1  # sse_init carries no event_id; it comes first
+            duplicates += (call_id, index) in seen
+            seen.add((call_id, index))
+            order_violations += index <= last_index.get(call_id, -2)
+            last_index[call_id] = index
+            if "timestamp" in data:  # every event but sse_init (event_time, the actual send time)
+                scheduled = _epoch(data["timestamp"])
+                latencies.append((scheduled, arrival - scheduled))
+    result: dict[str, Any] = {
+        "requests": len(records),
+        "messages": messages,
+        "calls": len(last_index),
+        "order_violations": order_violations,
+        "duplicate_messages": duplicates,
+        "duplicate_webhook_ids": duplicate_ids,
+        "bad_bodies": bad_bodies,
+        "signatures_checked": signatures_checked,
+        "signatures_bad": signatures_bad,
+    }
+    if records:
+        result["first_arrival"], result["last_arrival"] = records[0][0] / 1e9, records[-1][0] / 1e9
+    if latencies:
+        first, last = min(s for s, _ in latencies), max(s for s, _ in latencies)
+        result["latency_ms"] = _percentiles([lag for _, lag in latencies])
+        # Without the first 2 s of the schedule (every call subscribes at once) and its last 1 s.
+        result["steady_latency_ms"] = _percentiles([lag for s, lag in latencies if first + 2 <= s <= last - 1])
+    return result
+
+
+class ReceiverProcess:
+    def __init__(self, workdir: Path) -> None:
+        self._err = open(workdir / "receiver.err", "w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--receiver"], stdout=subprocess.PIPE, stderr=self._err, text=True
+        )
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line.startswith("receiver listening on "):
+            self.proc.kill()
+            raise SystemExit(f"the receiver did not start: {line!r}")
+        self.url = f"http://127.0.0.1:{line.split()[3]}/hooks"
+
+    def finish(self) -> dict[str, Any]:
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=300)
+        if self.proc.returncode != 0 or not out.strip():
+            self._err.seek(0)
+            raise SystemExit(f"the receiver failed ({self.proc.returncode}): {self._err.read()[-2000:]}")
+        return json.loads(out.strip().splitlines()[-1])
+
+
+# --- the runner (inside a --child process) -------------------------------------------------------------------
+
+
+def child_main(spec: dict[str, Any]) -> None:
+    import trio
+
+    import hookrunner.runner  # noqa: F401  (imports are not part of the measurement)
+    import hookrunner_plugins.webhook  # noqa: F401
+    from hookrunner.config import config_from_dict
+    from hookrunner.logs import setup_logging
+    from hookrunner.plugins import ENTRY_POINT_GROUP, load_plugins, validate_plugin_settings
+    from hookrunner.runner import Runner
+
+    setup_logging("warning")
+    workdir = Path(spec["workdir"])
+    endpoint = spec["endpoint"]
+    dead_letter = workdir / f"dead-letters-{spec['run']}.jsonl"
+    # Only the webhook plugin (none at all for "runner only"): every other installed plugin is disabled.
+    installed = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    plugins: dict[str, Any] = {"disable": sorted(installed - ({"webhook"} if endpoint is not None else set()))}
+    if endpoint is not None:
+        plugins["webhook"] = {
+            "dead_letter": dead_letter.name,
+            "endpoints": [{"name": "bench", "url": spec["url"], "secret_env": SECRET_ENV, **endpoint}],
+        }
+    config = config_from_dict(
+        {
+            "atoms": {"base_url": spec["base"], "api_key": KEY},
+            "runner": {"reconnect": {"max_attempts": 3}, **spec["runner"]},
+            "plugins": plugins,
+        },
+        source="<bench>",
+        base_dir=workdir,
+    )
+    loaded = load_plugins(config)
+    validate_plugin_settings(config, loaded)
+    webhook = loaded.pm.get_plugin("webhook") if endpoint is not None else None
+    runner = Runner(config, loaded, api_key=KEY, calls=spec["calls"])
+    marks: list[tuple[float, int]] = []  # (time.time(), messages delivered so far), to tell the steady part
+
+    async def main() -> int:
+        async def sample() -> None:
+            while True:
+                await trio.sleep(0.1)
+                endpoints = getattr(webhook, "_endpoints", [])
+                if endpoints:
+                    marks.append((time.time(), len(endpoints[0].outbox.stats.latencies)))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sample)
+            code = await runner.run()
+            nursery.cancel_scope.cancel()
+        return code
+
+    profiler = None
+    if spec.get("profile"):
+        import cProfile
+
+        profiler = cProfile.Profile()
+    cpu0, t0, wall0 = time.process_time(), time.perf_counter(), time.time()
+    if profiler:
+        profiler.enable()
+    code = trio.run(main)
+    if profiler:
+        profiler.disable()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    if profiler:
+        profiler.dump_stats(spec["profile"])
+    result: dict[str, Any] = {
+        "code": code,
+        "events": sum(runner.stats.events_by_type.values()),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "peak_rss_mib": peak_rss_mib(),
+        "stats": runner.stats.summary(),
+        "messages": 0,
+    }
+    endpoints = getattr(webhook, "_endpoints", [])
+    if endpoints:
+        settings, stats = endpoints[0].settings, endpoints[0].outbox.stats
+        result["messages"] = sum(n for kind, n in runner.stats.events_by_type.items() if settings.wants(kind, ""))
+        result.update(delivered=stats.delivered, retried=stats.retried, dead_lettered=stats.dead_lettered)
+        result["outbox_latency_ms"] = _percentiles(stats.latencies)
+        # Delivered from 2 s after the start to 1 s before the end, as bench_runner's steady part.
+        start = next((n for t, n in marks if t >= wall0 + 2), 0)
+        stop = next((n for t, n in reversed(marks) if t <= wall0 + wall - 1), len(stats.latencies))
+        result["steady_outbox_latency_ms"] = _percentiles(stats.latencies[start:stop])
+    result["dead_letter_lines"] = sum(1 for _ in dead_letter.open()) if dead_letter.exists() else 0
+    print(json.dumps(result), flush=True)
+
+
+def run_once(spec: dict[str, Any], server: Server, workdir: Path) -> dict[str, Any]:
+    receiver = ReceiverProcess(workdir) if spec["endpoint"] is not None else None
+    # hook_timeout also bounds on_shutdown, where the outbox drains what is still queued when the last call
+    # ends; a backlog takes longer than its default 10 s (the rest would be dead-lettered).
+    spec = {"runner": {"hook_timeout": 600.0}, **spec, "url": receiver.url if receiver else None, "workdir": str(workdir)}
+    server_cpu0 = server.cpu()
+    try:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, timeout=900
+        )
+    finally:
+        server_cpu = server.cpu() - server_cpu0
+        received = receiver.finish() if receiver else {}
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise SystemExit(f"runner child {spec['variant']} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result.update(variant=spec["variant"], scenario=spec["scenario"], server_cpu_s=server_cpu, receiver=received)
+    problems = [line for line in proc.stderr.splitlines() if " WARNING " in line or " ERROR " in line]
+    result["log_problems"] = len(problems)
+    result["log_sample"] = problems[:3]
+    return result
+
+
+# --- the yardstick (inside a --bare process) -----------------------------------------------------------------
+
+
+def bare_main(spec: dict[str, Any]) -> None:
+    """POST one message-sized body ``requests`` times, ``concurrency`` at a time, with trio + one httpx client."""
+    import httpx
+    import trio
+
+    body = spec["body"].encode()
+    headers = {"content-type": "application/json", "user-agent": "bench", "webhook-id": "msg_" + "0" * 32,
+               "webhook-timestamp": str(int(time.time())), "webhook-signature": "v1," + "A" * 44}  # fmt: skip
+    left = spec["requests"]
+    statuses: list[int] = []
+
+    async def main() -> None:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as client:  # the runner's plugin client
+
+            async def worker() -> None:
+                nonlocal left
+                while left > 0:
+                    left -= 1
+                    response = await client.post(spec["url"], content=body, headers=headers)
+                    statuses.append(response.status_code)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(spec["concurrency"]):
+                    nursery.start_soon(worker)
+
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    trio.run(main)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    print(json.dumps({"cpu_s": cpu, "wall_s": wall, "ok": statuses.count(200), "requests": spec["requests"]}), flush=True)
+
+
+def yardstick(plan: Plan, workdir: Path) -> list[dict[str, Any]]:
+    event = {"event_type": "user_transcription", "event_id": "CALL-BENCH-WHFLOOD-0_17_1795776193312",
+             "timestamp": "2026-11-24T10:00:07.312Z", "call_id": "CALL-BENCH-WHFLOOD-0",
+             "user_transcription_text": "I want to cancel my subscription please can you help me with the billing."}  # fmt: skip
+    body = json.dumps({"type": event["event_type"], "timestamp": event["timestamp"], "call_id": event["call_id"], "data": event},
+                      separators=(",", ":"))  # fmt: skip
+    results = []
+    for concurrency in YARDSTICK_CONCURRENCY:
+        receiver = ReceiverProcess(workdir)
+        spec = {"url": receiver.url, "body": body, "requests": plan.yardstick_requests, "concurrency": concurrency}
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--bare", json.dumps(spec)], capture_output=True, text=True, timeout=600)
+        finally:
+            received = receiver.finish()
+        if proc.returncode != 0:
+            raise SystemExit(f"yardstick failed:\n{proc.stderr[-3000:]}")
+        result = {**json.loads(proc.stdout.strip().splitlines()[-1]), "concurrency": concurrency, "receiver": received,
+                  "scenario": "yardstick", "variant": f"httpx x{concurrency}", "body_bytes": len(body)}  # fmt: skip
+        results.append(result)
+        print(f"  .. yardstick, {concurrency:>2} at a time: {result['cpu_s'] * 1e6 / result['requests']:6.1f} us/request",
+              file=sys.stderr, flush=True)  # fmt: skip
+    return results
+
+
+# --- the whole run -------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter paced run, smaller flood (under 2 minutes)")
+    parser.add_argument("--rounds", type=int, help="runs per variant and scenario (default: flood 1 quick, 2 full; paced 1)")
+    parser.add_argument("--rate", type=float, default=5.0, help="events/s per paced call (default: 5)")
+    parser.add_argument("--json", metavar="FILE", help="also write every run's raw result, one JSON line each")
+    parser.add_argument("--profile", metavar="DIR", help="write a cProfile of every runner child to DIR (slows them)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--bare", help=argparse.SUPPRESS)
+    parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.receiver:
+        return receiver_main()
+    if args.child:
+        return child_main(json.loads(args.child))
+    if args.bare:
+        return bare_main(json.loads(args.bare))
+
+    started = time.perf_counter()
+    plan = Plan(args.quick, args.rounds, args.rate)
+    os.environ[SECRET_ENV] = "whsec_" + base64.b64encode(os.urandom(32)).decode()  # inherited by the children
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+    print(f"hookrunner webhook benchmark ({'quick' if args.quick else 'full'}), {os.cpu_count()} CPUs, "
+          f"Python {sys.version.split()[0]}", flush=True)  # fmt: skip
+    runs: list[dict[str, Any]] = []
+    n, seconds = plan.paced
+    paced_label = f"paced {n} calls x {plan.rate:g} ev/s x {seconds:g} s"
+    n, events = plan.flood
+    flood_label = f"flood {n} calls x {events} events"
+    with tempfile.TemporaryDirectory(prefix="hookrunner-bench-webhook-") as tmp:
+        workdir = Path(tmp)
+        server = Server(plan.script(), workdir)
+        print(f"simulator: pid {server.proc.pid}, {server.base_url}", file=sys.stderr, flush=True)
+
+        def run(scenario: str, variant: str, calls: list[str], expected_events: int) -> None:
+            number = len(runs) + 1
+            profile = None
+            if args.profile:
+                profile = str(Path(args.profile) / f"{number:02d}-{scenario.split()[0]}-{variant.replace(' ', '-')}.prof")
+            spec = {"variant": variant, "scenario": scenario, "endpoint": VARIANTS[variant], "base": server.base_url,
+                    "calls": calls, "run": number, "profile": profile}  # fmt: skip
+            result = run_once(spec, server, workdir)
+            result["expected_events"] = expected_events
+            runs.append(result)
+            _progress(result)
+
+        try:
+            n, seconds = plan.paced
+            for rnd in range(plan.paced_rounds):
+                shift = rnd % len(PACED_VARIANTS)
+                for variant in PACED_VARIANTS[shift:] + PACED_VARIANTS[:shift]:
+                    run(paced_label, variant, plan.paced_ids(n), n * (int(plan.rate * seconds) + 2))
+            n, events = plan.flood
+            for rnd in range(plan.flood_rounds):
+                shift = rnd % len(FLOOD_VARIANTS)
+                for variant in FLOOD_VARIANTS[shift:] + FLOOD_VARIANTS[:shift]:
+                    run(flood_label, variant, plan.take("WHFLOOD", n), n * events)
+        finally:
+            server.stop()
+        runs += yardstick(plan, workdir)
+
+    report(runs, paced_label, flood_label, plan)
+    if args.json:
+        Path(args.json).write_text("\n".join(json.dumps(r) for r in runs) + "\n")
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+def report(runs: list[dict[str, Any]], paced_label: str, flood_label: str, plan: Plan) -> None:
+    nan = float("nan")
+    n, _ = plan.paced
+    print('\nA message is one event in one POST (unbatched, finals) or in a JSON array of up to 50 (batched); '
+          'unbatched and batched\nsend every event (events = ["*"], 70 % of them interims), finals the default '
+          "selection (user_transcription, tts_completed,\ntriggers). CPU is each process's own. runner us/msg = the "
+          "runner process's CPU / messages delivered; +webhook = the\nsame minus what the 'runner only' run spent "
+          "per event on the same events; cores = runner CPU / its wall time.")  # fmt: skip
+    for label, offered in ((paced_label, f"{n * plan.rate:.0f} events/s offered"), (flood_label, "all at once")):
+        group = [r for r in runs if r["scenario"] == label]
+        base = statistics.median(r["cpu_s"] / r["events"] for r in group if r["variant"] == "runner only")
+        rounds = max(sum(r["variant"] == v for r in group) for v in VARIANTS)
+        print(f"\n{label} ({offered}); median of {rounds} run(s) per variant")
+        print(f"  {'variant':<11} {'msgs/s':>7} {'delivered':>13} {'runner':>7} {'+webhook':>8} {'cores':>5} "
+              f"{'recv':>6} {'sim':>6} {'requests':>8} {'conns':>5} {'peak RSS':>8} {'dead':>4}  checks")  # fmt: skip
+        print(f"  {'':<11} {'':>7} {'':>13} {'us/msg':>7} {'us/msg':>8} {'':>5} {'us/msg':>6} {'us/ev':>6}")
+        for variant in VARIANTS:
+            results = [r for r in group if r["variant"] == variant]
+            if not results:
+                continue
+
+            def m(f: Any) -> float:
+                return statistics.median(f(r) for r in results)
+
+            if variant == "runner only":
+                print(f"  {variant:<11} {m(lambda r: r['events'] / r['wall_s']):7.0f} {int(m(lambda r: r['events'])):>13} "
+                      f"{m(lambda r: r['cpu_s'] * 1e6 / r['events']):7.1f} {'':>8} {m(lambda r: r['cpu_s'] / r['wall_s']):5.2f} "
+                      f"{'':>6} {m(lambda r: r['server_cpu_s'] * 1e6 / r['events']):6.1f} {'':>8} {'':>5} "
+                      f"{m(lambda r: r['peak_rss_mib']):6.1f}Mi {'':>4}  events/s and us/event over the runner's wall time")  # fmt: skip
+                continue
+            print(f"  {variant:<11} {m(_delivery_rate):7.0f} "
+                  f"{int(m(lambda r: r['receiver']['messages'])):>6}/{int(m(lambda r: r['messages'])):<6} "
+                  f"{m(lambda r: r['cpu_s'] * 1e6 / max(r['delivered'], 1)):7.1f} "
+                  f"{m(lambda r: (r['cpu_s'] - base * r['events']) * 1e6 / max(r['delivered'], 1)):+8.1f} "
+                  f"{m(lambda r: r['cpu_s'] / r['wall_s']):5.2f} "
+                  f"{m(lambda r: r['receiver']['cpu_s'] * 1e6 / max(r['receiver']['messages'], 1)):6.1f} "
+                  f"{m(lambda r: r['server_cpu_s'] * 1e6 / r['events']):6.1f} {int(m(lambda r: r['receiver']['requests'])):>8} "
+                  f"{int(m(lambda r: r['receiver']['opened'])):>5} {m(lambda r: r['peak_rss_mib']):6.1f}Mi "
+                  f"{int(m(lambda r: r['dead_letter_lines'])):>4}  {'; '.join(_checks(r) for r in results)}")  # fmt: skip
+        if label == paced_label:
+            print("  latency, ms: e2e = receiver arrival - the event's scheduled send time (so it includes the "
+                  "simulator's lateness and the\n  runner's own path); outbox = the webhook hook's submit to the 2xx "
+                  "read back; steady = without the first 2 s and the last 1 s")  # fmt: skip
+            print(f"  {'variant':<11} {'e2e p50':>8} {'p99':>7} {'max':>7}  {'steady p50':>10} {'p99':>7} {'max':>7}  "
+                  f"{'outbox p50':>10} {'p99':>7} {'max':>7}  {'steady p50':>10} {'p99':>7} {'max':>7}")  # fmt: skip
+            for r in group:
+                if r["variant"] == "runner only":
+                    continue
+                rec = r["receiver"]
+                blocks = (rec.get("latency_ms", {}), rec.get("steady_latency_ms", {}),
+                          r.get("outbox_latency_ms", {}), r.get("steady_outbox_latency_ms", {}))  # fmt: skip
+                cells = [f"{b.get('p50', nan):{w}.1f} {b.get('p99', nan):7.1f} {b.get('max', nan):7.1f}"
+                         for b, w in zip(blocks, (8, 10, 10, 10))]  # fmt: skip
+                print(f"  {r['variant']:<11} " + "  ".join(cells))
+    bare = [r for r in runs if r["scenario"] == "yardstick"]
+    if bare:
+        print(f"\nyardstick: bare trio + httpx.AsyncClient POSTs of a {bare[0]['body_bytes']} B body to the same receiver, "
+              f"{bare[0]['requests']} requests")  # fmt: skip
+        for r in bare:
+            print(f"  {r['concurrency']:>2} at a time: {r['cpu_s'] * 1e6 / r['requests']:7.1f} us/request CPU, "
+                  f"{r['requests'] / r['wall_s']:6.0f} requests/s, receiver {r['receiver']['cpu_s'] * 1e6 / r['requests']:5.1f} "
+                  f"us/request, {r['receiver']['opened']} connections, {r['ok']}/{r['requests']} answered 200")  # fmt: skip
+    for r in runs:
+        if r.get("log_problems"):
+            print(f"  log of {r['scenario']} / {r['variant']}: {r['log_problems']} warning/error lines, e.g. {r['log_sample'][:1]}")
+    for r in runs:
+        if r["scenario"] != "yardstick" and r["variant"] != "runner only" and not _checks(r).startswith("ok"):
+            print(f"PROBLEM: {r['scenario']} / {r['variant']}: {_checks(r)} (outbox: {r.get('delivered')} delivered, "
+                  f"{r.get('dead_lettered')} dead-lettered, of {r['messages']} submitted)")  # fmt: skip
+
+
+def _delivery_rate(r: dict[str, Any]) -> float:
+    """Messages per second at the receiver, from the first request's arrival to the last's."""
+    rec = r["receiver"]
+    span = rec.get("last_arrival", 0) - rec.get("first_arrival", 0)
+    return rec["messages"] / span if span > 0 else float("nan")
+
+
+def _checks(r: dict[str, Any]) -> str:
+    rec, problems = r["receiver"], []
+    if r["events"] != r["expected_events"]:
+        problems.append(f"{r['events']}/{r['expected_events']} events")
+    if rec["messages"] != r["messages"] or r.get("delivered") != r["messages"]:
+        problems.append(f"{rec['messages']}/{r['messages']} received")
+    for key in ("order_violations", "duplicate_messages", "duplicate_webhook_ids", "bad_bodies", "signatures_bad"):
+        if rec.get(key):
+            problems.append(f"{rec[key]} {key}")
+    if r.get("retried"):
+        problems.append(f"{r['retried']} retried")
+    if r.get("code"):
+        problems.append(f"exit {r['code']}")
+    return ", ".join(problems) or f"ok ({rec['signatures_checked']} signatures checked)"
+
+
+def _progress(r: dict[str, Any]) -> None:
+    rec = r.get("receiver") or {}
+    extra = f", receiver: {rec.get('messages')} msgs in {rec.get('requests')} requests" if rec else ""
+    print(f"  .. {r['scenario']:<31} {r['variant']:<11} {r['events']:>6} events {r['wall_s']:6.2f} s "
+          f"{r['cpu_s'] * 1e6 / max(r['events'], 1):6.1f} us/ev{extra}", file=sys.stderr, flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
