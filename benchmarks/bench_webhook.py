@@ -331,16 +331,16 @@ def child_main(spec: dict[str, Any]) -> None:
         # Delivered from 2 s after the start to 1 s before the end, as bench_runner's steady part.
         start = next((n for t, n in marks if t >= wall0 + 2), 0)
         stop = next((n for t, n in reversed(marks) if t <= wall0 + wall - 1), len(stats.latencies))
-        result["steady_outbox_latency_ms"] = _percentiles(stats.latencies[start:stop])
+        result["steady_outbox_latency_ms"] = _percentiles(list(stats.latencies)[start:stop])
     result["dead_letter_lines"] = sum(1 for _ in dead_letter.open()) if dead_letter.exists() else 0
     print(json.dumps(result), flush=True)
 
 
 def run_once(spec: dict[str, Any], server: Server, workdir: Path) -> dict[str, Any]:
     receiver = ReceiverProcess(workdir) if spec["endpoint"] is not None else None
-    # hook_timeout also bounds on_shutdown, where the outbox drains what is still queued when the last call
+    # shutdown_grace bounds on_shutdown, where the outbox drains what is still queued when the last call
     # ends; a backlog takes longer than its default 10 s (the rest would be dead-lettered).
-    spec = {"runner": {"hook_timeout": 600.0}, **spec, "url": receiver.url if receiver else None, "workdir": str(workdir)}
+    spec = {"runner": {"hook_timeout": 600.0, "shutdown_grace": 600.0}, **spec, "url": receiver.url if receiver else None, "workdir": str(workdir)}
     server_cpu0 = server.cpu()
     try:
         proc = subprocess.run(

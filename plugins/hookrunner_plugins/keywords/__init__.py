@@ -1,0 +1,219 @@
+"""The ``keywords`` plugin: act while the call is still going when something is (or is not) said.
+
+A detector: it matches ``[[plugins.keywords.rules]]`` against live transcripts and emits a ``KeywordTrigger``
+(``trigger.keyword``) through ``app.emit_trigger``; notifier plugins (webhook, Slack, a third party's) act on it.
+Matching is synchronous and cheap (one compiled matcher for every rule), so a trigger leaves within milliseconds
+of the event's arrival. Absence rules ("the agent never read the disclosure within 60 s") fire from a timer at
+their deadline, or at the end of a call that ended before it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import trio
+
+from hookrunner import App, CallContext, Event, Trigger, hookimpl
+
+from .matcher import Match, PhraseMatcher, RuleMatchSpec
+from .settings import Rule, parse_rules
+
+__all__ = ["plugin", "KeywordTrigger", "KeywordsPlugin"]
+
+log = logging.getLogger("hookrunner.plugins.keywords")
+STATE_KEY = "keywords"
+
+
+class KeywordTrigger(Trigger, frozen=True, kw_only=True):
+    """A rule fired. ``matched`` is the phrase (as written in the rule) or the pattern; ``span`` is where it was
+    found in ``text`` (the whole turn as transcribed), or None for an absence rule (``event_type == "absent"``)."""
+
+    speaker: str
+    matched: str | None = None
+    span: tuple[int, int] | None = None
+    text: str | None = None
+    score: float | None = None
+
+
+@dataclass
+class _CallState:
+    started: float  # monotonic, for absence deadlines
+    fired: dict[int, int] = field(default_factory=dict)  # rule -> times fired in this call
+    last_fired: dict[int, float] = field(default_factory=dict)  # rule -> monotonic time of the last firing
+    fired_this_turn: set[int] = field(default_factory=set)  # interim firings: the final must not repeat them
+    said: set[int] = field(default_factory=set)  # absence rules whose phrase was said in time
+    open: bool = True
+
+
+class KeywordsPlugin:
+    def __init__(self) -> None:
+        self._rules: list[Rule] = []
+        self._matcher: PhraseMatcher | None = None
+        self._app: App | None = None
+        self._calls: dict[str, _CallState] = {}
+        self._deadlines: list[tuple[float, str, int]] = []  # heap of (monotonic deadline, call id, rule)
+        self._deadline_added = trio.Event()
+
+    @hookimpl
+    def validate_settings(self, settings: dict[str, Any]) -> list[str]:
+        return parse_rules(settings)[1]
+
+    @hookimpl
+    def on_startup(self, app: App) -> None:
+        self._app = app
+        self._rules, problems = parse_rules(app.settings)
+        if problems:
+            raise ValueError("; ".join(problems))
+        self._matcher = PhraseMatcher(
+            RuleMatchSpec(rule.index, rule.phrases, rule.patterns, rule.fuzzy, rule.threshold, rule.numbers)
+            for rule in self._rules
+        )
+        self._calls = {}
+        self._deadlines = []
+        self._deadline_added = trio.Event()
+        if any(rule.absent_within is not None for rule in self._rules):
+            app.start_soon(self._watch_deadlines)
+        if self._rules:
+            log.info("keywords: %d rules, %d phrases", len(self._rules), self._matcher.phrase_count)
+
+    # --- the calls' lives -----------------------------------------------------------------------------------
+
+    @hookimpl
+    def on_call_subscribed(self, call: CallContext) -> None:
+        state = _CallState(started=time.monotonic())
+        self._calls[call.id] = state
+        call.state[STATE_KEY] = state
+        for rule in self._rules:
+            if rule.absent_within is not None:
+                heapq.heappush(self._deadlines, (state.started + rule.absent_within, call.id, rule.index))
+                self._deadline_added.set()
+
+    @hookimpl
+    def on_call_finished(self, call: CallContext, reason: str) -> None:
+        state = self._calls.pop(call.id, None)
+        if state is None:
+            return
+        state.open = False
+        for rule in self._rules:
+            if rule.absent_within is not None and rule.index not in state.said and rule.index not in state.fired:
+                self._fire_absent(call.id, state, rule, f"the call {reason} before {rule.absent_within:g} s")
+
+    # --- text ---------------------------------------------------------------------------------------------
+
+    @hookimpl
+    def on_user_interim_transcription(self, event: Event, call: CallContext) -> None:
+        state = self._calls.get(call.id)
+        if state is not None:
+            self._scan(event, call.id, state, "user", event.text, interim=True)
+
+    @hookimpl
+    def on_user_transcription(self, event: Event, call: CallContext) -> None:
+        state = self._calls.get(call.id)
+        if state is not None:
+            self._scan(event, call.id, state, "user", event.text, interim=False)
+            state.fired_this_turn.clear()  # the next interim belongs to a new turn
+
+    @hookimpl
+    def on_tts_completed(self, event: Event, call: CallContext) -> None:
+        state = self._calls.get(call.id)
+        if state is not None:
+            self._scan(event, call.id, state, "agent", event.text, interim=False)
+
+    def _scan(self, event: Event, call_id: str, state: _CallState, speaker: str, text: str, *, interim: bool) -> None:
+        if not text or self._matcher is None:
+            return
+        listening = {
+            rule.index
+            for rule in self._rules
+            if rule.hears(speaker)
+            and (rule.interim or not interim)
+            and rule.index not in state.fired_this_turn
+            and (rule.absent_within is None or not interim)
+        }
+        if not listening:
+            return
+        for match in self._matcher.find(text, listening):
+            rule = self._rules[match.rule]
+            if rule.absent_within is not None:
+                if time.monotonic() <= state.started + rule.absent_within:
+                    state.said.add(rule.index)
+                continue
+            if self._allowed(rule, state):
+                if interim:
+                    state.fired_this_turn.add(rule.index)
+                self._fire(rule, state, call_id, event, speaker, text, match)
+
+    def _allowed(self, rule: Rule, state: _CallState) -> bool:
+        if rule.max_per_call and state.fired.get(rule.index, 0) >= rule.max_per_call:
+            return False
+        last = state.last_fired.get(rule.index)
+        return not (rule.cooldown and last is not None and time.monotonic() - last < rule.cooldown)
+
+    def _fire(
+        self, rule: Rule, state: _CallState, call_id: str, event: Event, speaker: str, text: str, match: Match
+    ) -> None:
+        state.fired[rule.index] = state.fired.get(rule.index, 0) + 1
+        state.last_fired[rule.index] = time.monotonic()
+        self._emit(
+            KeywordTrigger(
+                type="keyword",
+                call_id=call_id,
+                rule=rule.name,
+                event_id=event.event_id,
+                event_type=event.event_type,
+                timestamp=event.timestamp,
+                severity=rule.severity,
+                labels=rule.labels,
+                speaker=speaker,
+                matched=match.matched,
+                span=(match.start, match.end),
+                text=text,
+                score=match.score,
+            )
+        )
+
+    def _fire_absent(self, call_id: str, state: _CallState, rule: Rule, why: str) -> None:
+        state.fired[rule.index] = state.fired.get(rule.index, 0) + 1
+        log.info("keywords: rule %s fired on call %s: not said (%s)", rule.name, call_id, why)
+        self._emit(
+            KeywordTrigger(
+                type="keyword",
+                call_id=call_id,
+                rule=rule.name,
+                event_type="absent",
+                timestamp=datetime.now(timezone.utc),
+                severity=rule.severity,
+                labels=rule.labels,
+                speaker=rule.speaker,
+                matched=", ".join(rule.phrases + tuple(pattern.pattern for pattern in rule.patterns)),
+            )
+        )
+
+    def _emit(self, trigger: KeywordTrigger) -> None:
+        assert self._app is not None
+        self._app.emit_trigger(trigger)
+
+    async def _watch_deadlines(self) -> None:
+        """Fire absence rules whose deadline passed on a call still going."""
+        while True:
+            while not self._deadlines:
+                self._deadline_added = trio.Event()
+                await self._deadline_added.wait()
+            deadline, call_id, index = self._deadlines[0]
+            self._deadline_added = trio.Event()
+            with trio.move_on_after(max(0.0, deadline - time.monotonic())):
+                await self._deadline_added.wait()  # an earlier deadline may arrive meanwhile
+                continue
+            heapq.heappop(self._deadlines)
+            state = self._calls.get(call_id)
+            rule = self._rules[index]
+            if state is not None and state.open and index not in state.said and index not in state.fired:
+                self._fire_absent(call_id, state, rule, f"{rule.absent_within:g} s passed")
+
+
+plugin = KeywordsPlugin()

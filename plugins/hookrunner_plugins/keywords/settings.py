@@ -1,0 +1,139 @@
+"""The ``[plugins.keywords]`` table: ``[[plugins.keywords.rules]]``, checked (regexes compiled) before any call."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from hookrunner import Setting, check_table
+from hookrunner.triggers import SEVERITIES
+
+SPEAKERS = ("user", "agent", "any")
+MATCH_MODES = ("word", "fuzzy")
+
+
+def _one_of(choices: tuple[str, ...]):
+    def check(value: str) -> str | None:
+        if value in choices:
+            return None
+        listed = ", ".join(f'"{choice}"' for choice in choices)
+        return f'expected one of {listed}, got "{value}"'
+
+    return check
+
+
+def _between(low: float, high: float):
+    def check(value: float) -> str | None:
+        return None if low <= value <= high else f"expected a number from {low:g} to {high:g}, got {value!r}"
+
+    return check
+
+
+def _at_least(low: float):
+    def check(value: float) -> str | None:
+        return None if value >= low else f"expected {low:g} or more, got {value!r}"
+
+    return check
+
+
+SETTINGS = {"rules": Setting("list[table]", [], doc="[[plugins.keywords.rules]]")}
+
+RULE = {
+    "name": Setting("str", required=True, expected="a unique name for logs, errors and triggers"),
+    "phrases": Setting("list[str]", []),
+    "patterns": Setting("list[str]", [], expected="a list of regular expressions"),
+    "speaker": Setting("str", "user", check=_one_of(SPEAKERS)),
+    "match": Setting("str", "word", check=_one_of(MATCH_MODES)),
+    "threshold": Setting("number", 85.0, check=_between(0, 100)),
+    "interim": Setting("bool", False),
+    "cooldown": Setting("number", 0.0, check=_at_least(0), expected="a number of seconds"),
+    "max_per_call": Setting("int", 0, check=_at_least(0), expected="a count (0: no limit)"),
+    "absent_within": Setting("number", None, check=_at_least(0), expected="a number of seconds"),
+    "severity": Setting("str", "info", check=_one_of(SEVERITIES)),
+    "labels": Setting("table[str]", {}),
+    "numbers": Setting("bool", False),
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    index: int
+    name: str
+    phrases: tuple[str, ...]
+    patterns: tuple[re.Pattern[str], ...]
+    speaker: str
+    fuzzy: bool
+    threshold: float
+    interim: bool
+    cooldown: float
+    max_per_call: int
+    absent_within: float | None
+    severity: str
+    labels: dict[str, str]
+    numbers: bool
+
+    def hears(self, speaker: str) -> bool:
+        return self.speaker == "any" or self.speaker == speaker
+
+
+def parse_rules(settings: dict[str, Any]) -> tuple[list[Rule], list[str]]:
+    """The rules and every problem, one ``rules[N].key: rule NAME: ...`` line each."""
+    values, problems = check_table(settings, SETTINGS)
+    rules: list[Rule] = []
+    names: set[str] = set()
+    for index, table in enumerate(values.get("rules") or []):
+        where = f"rules[{index}]"
+        fields, found = check_table(table, RULE, where)
+        label = table.get("name") if isinstance(table.get("name"), str) else "(unnamed)"
+        problems += [_name_rule(problem, label) for problem in found]
+        patterns, found_in_patterns = _compile(fields.get("patterns") or [], where, label)
+        problems += found_in_patterns
+        if found or found_in_patterns:
+            continue
+        name = fields["name"]
+        if name in names:
+            problems.append(f"{where}.name: rule {name}: expected a unique name, got it a second time")
+        names.add(name)
+        if not fields["phrases"] and not fields["patterns"]:
+            problems.append(f"{where}.phrases: rule {name}: expected at least one phrase or pattern")
+        if fields["absent_within"] is not None and fields["interim"]:
+            problems.append(f"{where}.interim: rule {name}: an absent_within rule listens to finished turns only")
+        rules.append(
+            Rule(
+                index=index,
+                name=name,
+                phrases=tuple(fields["phrases"]),
+                patterns=tuple(patterns),
+                speaker=fields["speaker"],
+                fuzzy=fields["match"] == "fuzzy",
+                threshold=float(fields["threshold"]),
+                interim=fields["interim"],
+                cooldown=float(fields["cooldown"]),
+                max_per_call=fields["max_per_call"],
+                absent_within=None if fields["absent_within"] is None else float(fields["absent_within"]),
+                severity=fields["severity"],
+                labels=dict(fields["labels"]),
+                numbers=fields["numbers"],
+            )
+        )
+    return rules, problems
+
+
+def _compile(sources: list[str], where: str, name: str) -> tuple[list[re.Pattern[str]], list[str]]:
+    """Patterns compiled case-insensitively (transcripts' casing varies), and a line for each that does not."""
+    patterns, problems = [], []
+    for position, source in enumerate(sources):
+        try:
+            patterns.append(re.compile(source, re.IGNORECASE))
+        except re.error as exc:
+            problems.append(f"{where}.patterns[{position}]: rule {name}: not a valid regular expression ({exc})")
+    return patterns, problems
+
+
+def _name_rule(problem: str, name: str | None) -> str:
+    """Insert ``rule NAME:`` after the key path so the line names the rule as well as the place."""
+    if not name:
+        return problem
+    path, _, rest = problem.partition(": ")
+    return f"{path}: rule {name}: {rest}"
