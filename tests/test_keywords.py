@@ -629,3 +629,31 @@ def test_check_accepts_valid_keyword_rules(tmp_path: Path) -> None:
     ]  # fmt: skip
     code, out, err = check(write_keywords_config(tmp_path, rules))
     assert code == 0, err
+
+
+def test_a_number_read_out_digit_by_digit_matches_the_number_in_digits() -> None:
+    matcher = PhraseMatcher([RuleMatchSpec(0, ("card ending in 4217",), (), False, 85.0, True)])
+    text = "The card ending in four two one seven, please."
+    [match] = matcher.find(text)
+    assert text[match.start : match.end] == "card ending in four two one seven"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hi, I'd like to CANCEL my plan -- now!",
+        "students' rock'n'roll  test\tcase",
+        "  leading and trailing  ",
+        "it's $900, or 12.50 -- right?",
+        "'quoted' `ticks` don't",
+    ],
+)
+@pytest.mark.parametrize("numbers", [False, True])
+def test_plain_ascii_text_normalises_the_same_on_the_fast_path_as_on_the_unicode_path(text: str, numbers: bool) -> None:
+    from hookrunner_plugins.keywords import normalize as module
+
+    fast = module.normalize(text, numbers=numbers)
+    # Appending a non-ASCII space forces the general path; it is a separator, so the words must be the same.
+    slow = module.normalize(text + "\u00a0", numbers=numbers)
+    assert fast.text == slow.text
+    assert [token[2:] for token in fast.tokens] == [token[2:] for token in slow.tokens]

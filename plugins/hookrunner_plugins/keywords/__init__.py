@@ -53,6 +53,7 @@ class _CallState:
 class KeywordsPlugin:
     def __init__(self) -> None:
         self._rules: list[Rule] = []
+        self._listening: dict[tuple[str, bool], frozenset[int]] = {}
         self._matcher: PhraseMatcher | None = None
         self._app: App | None = None
         self._calls: dict[str, _CallState] = {}
@@ -73,6 +74,16 @@ class KeywordsPlugin:
             RuleMatchSpec(rule.index, rule.phrases, rule.patterns, rule.fuzzy, rule.threshold, rule.numbers)
             for rule in self._rules
         )
+        # Which rules listen to which text, worked out once: per event only the few fired this turn are removed.
+        self._listening = {
+            (speaker, interim): frozenset(
+                rule.index
+                for rule in self._rules
+                if rule.hears(speaker) and (not interim or (rule.interim and rule.absent_within is None))
+            )
+            for speaker in ("user", "agent")
+            for interim in (False, True)
+        }
         self._calls = {}
         self._deadlines = []
         self._deadline_added = trio.Event()
@@ -127,14 +138,9 @@ class KeywordsPlugin:
     def _scan(self, event: Event, call_id: str, state: _CallState, speaker: str, text: str, *, interim: bool) -> None:
         if not text or self._matcher is None:
             return
-        listening = {
-            rule.index
-            for rule in self._rules
-            if rule.hears(speaker)
-            and (rule.interim or not interim)
-            and rule.index not in state.fired_this_turn
-            and (rule.absent_within is None or not interim)
-        }
+        listening = self._listening[(speaker, interim)]
+        if state.fired_this_turn:
+            listening = listening - state.fired_this_turn
         if not listening:
             return
         for match in self._matcher.find(text, listening):

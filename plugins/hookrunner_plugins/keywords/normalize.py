@@ -10,6 +10,7 @@ match can be reported as a span of what was actually said.
 from __future__ import annotations
 
 import difflib
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -55,29 +56,48 @@ def _clusters(original: str) -> list[tuple[int, int]]:
     return spans
 
 
+_ASCII_WORD = re.compile(r"[a-z0-9]+(?:['`][a-z0-9]+)*|(\$)", re.IGNORECASE)
+
+
+def _ascii_tokens(original: str, currency: bool) -> list[tuple[str, int, int]]:
+    """``_tokens`` for plain ASCII text (most transcripts), with one regular expression instead of a loop."""
+    tokens = []
+    for match in _ASCII_WORD.finditer(original):
+        if match.group(1):
+            if currency:
+                tokens.append(("$", match.start(), match.end()))
+            continue
+        word = match.group().lower().replace("'", "").replace("`", "")
+        tokens.append((word, match.start(), match.end()))
+    return tokens
+
+
 def _tokens(original: str, currency: bool = False) -> list[tuple[str, int, int]]:
     """Words of ``original`` (normalised) with their original spans; punctuation and spaces separate words.
     With ``currency``, currency signs are kept as tokens of their own (for ``_amounts``)."""
+    if original.isascii():
+        return _ascii_tokens(original, currency)
     tokens: list[tuple[str, int, int]] = []
     word: list[str] = []
-    start = 0
+    start = end = 0
     for cluster_start, cluster_end in _clusters(original):
         cluster = original[cluster_start:cluster_end]
         piece = unicodedata.normalize("NFKC", cluster).casefold()
         if cluster in _JOINERS and word:
-            continue
+            continue  # dropped, and not part of the span unless a letter follows
         if piece and all(unicodedata.category(c)[0] in "LNM" for c in piece):
             if not word:
                 start = cluster_start
             word.append(piece)
+            end = cluster_end
             continue
         if word:
-            tokens.append(("".join(word), start, cluster_start))
+            tokens.append(("".join(word), start, end))
             word = []
         if currency and cluster in CURRENCIES:
             tokens.append((cluster, cluster_start, cluster_end))
     if word:
-        tokens.append(("".join(word), start, len(original)))
+        tokens.append(("".join(word), start, end))
     return tokens
 
 
@@ -100,12 +120,25 @@ def _amounts(tokens: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
     return result
 
 
+def _digit_runs(tokens: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    """Numbers read out digit by digit ("four two one seven" -> "4 2 1 7") are one number: "4217"."""
+    result: list[tuple[str, int, int]] = []
+    for token in tokens:
+        word = token[0]
+        if len(word) == 1 and word.isdigit() and result and result[-1][0].isdigit() and result[-1][3]:
+            previous = result.pop()
+            result.append((previous[0] + word, previous[1], token[2], True))
+        else:
+            result.append((*token, len(word) == 1 and word.isdigit()))
+    return [(word, start, end) for word, start, end, _ in result]
+
+
 def _numbers_as_digits(tokens: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
     """Spelled numbers become digits ("nine hundred" -> "900"); aligned back onto the words they replaced."""
     words = [word for word, _, _ in tokens]
     converted = alpha2digit(" ".join(words), "en", threshold=0).split()
     if converted == words:
-        return tokens
+        return _digit_runs(tokens)
     result: list[tuple[str, int, int]] = []
     matcher = difflib.SequenceMatcher(a=words, b=converted, autojunk=False)
     for tag, a0, a1, b0, b1 in matcher.get_opcodes():
@@ -115,7 +148,7 @@ def _numbers_as_digits(tokens: list[tuple[str, int, int]]) -> list[tuple[str, in
             span_start = tokens[a0][1] if a1 > a0 else (tokens[a0 - 1][2] if a0 else 0)
             span_end = tokens[a1 - 1][2] if a1 > a0 else span_start
             result.extend((word, span_start, span_end) for word in converted[b0:b1])
-    return result
+    return _digit_runs(result)
 
 
 def normalize(original: str, *, numbers: bool = False) -> Normalized:

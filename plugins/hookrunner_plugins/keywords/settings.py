@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -9,7 +10,11 @@ from typing import Any
 from hookrunner import Setting, check_table
 from hookrunner.triggers import SEVERITIES
 
+log = logging.getLogger("hookrunner.plugins.keywords")
+
 SPEAKERS = ("user", "agent", "any")
+#: Beyond this many phrases a fuzzy rule gets a warning: fuzzy phrases are scored one at a time.
+FUZZY_PHRASES_WARNING = 200
 MATCH_MODES = ("word", "fuzzy")
 
 
@@ -97,6 +102,14 @@ def parse_rules(settings: dict[str, Any]) -> tuple[list[Rule], list[str]]:
         names.add(name)
         if not fields["phrases"] and not fields["patterns"]:
             problems.append(f"{where}.phrases: rule {name}: expected at least one phrase or pattern")
+        if fields["match"] == "fuzzy" and len(fields["phrases"]) > FUZZY_PHRASES_WARNING:
+            log.warning(
+                "plugins.keywords.%s.phrases: rule %s: %d fuzzy phrases are scored one by one on every turn "
+                "(~0.6 µs each); consider match = \"word\" for long lists",
+                where,
+                name,
+                len(fields["phrases"]),
+            )
         if fields["absent_within"] is not None and fields["interim"]:
             problems.append(f"{where}.interim: rule {name}: an absent_within rule listens to finished turns only")
         rules.append(
