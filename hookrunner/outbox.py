@@ -36,8 +36,8 @@ __all__ = ["Outbox", "OutboxMessage", "Outcome", "RetryPolicy", "Deliverer", "Ou
 
 log = logging.getLogger("hookrunner.outbox")
 
-#: Seconds between grouped writes of messages refused by a full queue (one fsync per group).
-OVERFLOW_WRITE_INTERVAL = 0.1
+#: Seconds a group of refused messages (queue full, endpoint gone) gathers before one write and fsync.
+REFUSED_WRITE_INTERVAL = 0.1
 
 
 @dataclass
@@ -151,7 +151,8 @@ class Outbox:
         self._idle.set()
         self._gone: str | None = None
         self._closed = False
-        self._overflowed: list[OutboxMessage] = []  # past max_queue, waiting to be written as a group
+        self._refused: list[tuple[OutboxMessage, str]] = []  # to dead-letter, waiting to be written as a group
+        self._refused_waiting = trio.Event()
         self._overflowing = 0  # messages refused in the current overflow episode
         self._run_scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
@@ -161,7 +162,7 @@ class Outbox:
     def submit(self, message: OutboxMessage) -> None:
         """Queue ``message`` behind its key's earlier ones; never blocks. A full queue dead-letters it."""
         if self._gone is not None or self._closed:
-            self._dead_letter([message], "endpoint stopped" if self._gone else "submitted after shutdown")
+            self._refuse(message, f"endpoint gone: {self._gone}" if self._gone else "submitted after shutdown")
             return
         if self._queued >= self._max_queue:
             self._overflow(message)
@@ -178,25 +179,32 @@ class Outbox:
         self._wakeup.set()
 
     def _overflow(self, message: OutboxMessage) -> None:
-        """Past ``max_queue``: the message goes to the dead-letter file, written in groups (one fsync each) and
-        announced in one warning per overflow episode, so an overload does not turn into a flood of I/O and logs."""
+        """Past ``max_queue`` the message goes to the dead-letter file, announced by one warning per overflow
+        episode, so an overload does not turn into a flood of log lines."""
         if not self._overflowing:
-            self._overflowing = 0
             log.warning(
                 "%s: outbox full (%d messages queued); new messages go to the dead-letter file until it drains",
                 self.name,
                 self._queued,
             )
         self._overflowing += 1
-        self._overflowed.append(message)
-        self._wakeup.set()
-        if self._run_scope is None:  # no run loop to write them in groups: write now
-            self._flush_overflow()
+        self._refuse(message, f"queue full ({self._max_queue} messages)")
 
-    def _flush_overflow(self) -> None:
-        if self._overflowed:
-            messages, self._overflowed = self._overflowed, []
-            self._dead_letter(messages, f"queue full ({self._max_queue} messages)")
+    def _refuse(self, message: OutboxMessage, reason: str) -> None:
+        """Dead-letter a message the outbox will not send. While ``run`` goes on they are written in groups (one
+        fsync each, off the hook that submitted them); otherwise at once."""
+        self._refused.append((message, reason))
+        self._refused_waiting.set()
+        if self._run_scope is None or self._stopped.is_set():
+            self._flush_refused()
+
+    def _flush_refused(self) -> None:
+        refused, self._refused = self._refused, []
+        by_reason: dict[str, list[OutboxMessage]] = {}
+        for message, reason in refused:
+            by_reason.setdefault(reason, []).append(message)
+        for reason, messages in by_reason.items():
+            self._dead_letter(messages, reason)
         if self._overflowing and self._queued < self._max_queue:
             log.warning("%s: outbox has room again; %d messages went to the dead-letter file", self.name, self._overflowing)
             self._overflowing = 0
@@ -213,19 +221,21 @@ class Outbox:
         try:
             with trio.CancelScope() as self._run_scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_overflow_in_groups)
+                    nursery.start_soon(self._write_refused_in_groups)
                     while True:
                         await self._slots.acquire()
                         batch = await self._next_batch()
                         nursery.start_soon(self._deliver_batch, batch)
         finally:
-            self._flush_overflow()
+            self._flush_refused()
             self._stopped.set()
 
-    async def _write_overflow_in_groups(self) -> None:
+    async def _write_refused_in_groups(self) -> None:
         while True:
-            await trio.sleep(OVERFLOW_WRITE_INTERVAL)
-            self._flush_overflow()
+            await self._refused_waiting.wait()
+            await trio.sleep(REFUSED_WRITE_INTERVAL)  # let the group gather
+            self._refused_waiting = trio.Event()
+            self._flush_refused()
 
     async def _next_batch(self) -> list[OutboxMessage]:
         while not self._ready:
@@ -383,5 +393,5 @@ class Outbox:
             self._queues.clear()
             self._ready.clear()
             self._queued = 0
-            self._flush_overflow()
+            self._flush_refused()
             self._dead_letter(left, "not delivered before shutdown")

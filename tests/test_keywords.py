@@ -28,7 +28,7 @@ from hookrunner_plugins.keywords import KeywordTrigger
 from hookrunner_plugins.keywords.matcher import PhraseMatcher, RuleMatchSpec
 from hookrunner_plugins.webhook import verify
 
-from conftest import API_KEY, hookrunner_process, make_config, run_runner, script
+from conftest import API_KEY, build_runner, hookrunner_process, make_config, run_runner, script
 from receiver import running_receiver
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -510,6 +510,29 @@ async def test_an_absence_rule_fires_at_the_end_of_a_call_that_ends_before_the_d
     assert seen.at >= recorder.finished["CALL-SHORT"] - 0.05
     assert recorder.of("greeting") == []  # said in time: nothing at the end either
     assert len(recorder.triggers) == 1
+
+
+async def test_stopping_the_runner_mid_call_is_not_a_missed_disclosure() -> None:
+    """A stop (SIGTERM, lost key, given up) ends the runner's view of a call, not the call: no "not said" alarm."""
+    rules = [{"name": "disclosure", "phrases": ["this call is recorded"], "speaker": "agent", "absent_within": 5}]
+    calls = [call("CALL-LIVE", [agent(0.05, "Hello.")], end=10)]
+    recorder = TriggerRecorder()
+    async with running_simulator(script(calls), api_key=API_KEY) as sim:
+        runner = build_runner(make_config(sim.base_url, plugins=keywords_plugins(rules)), ["CALL-LIVE"], recorder)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runner.run)
+            await trio.sleep(0.4)
+            runner.stop()
+    assert recorder.of("disclosure") == []
+
+
+def test_fuzzy_matching_keeps_to_whole_words_like_word_matching() -> None:
+    rules = [RuleMatchSpec(0, ("cancel",), (), True, 85.0, False), RuleMatchSpec(1, ("fraud",), (), True, 85.0, False)]
+    matcher = PhraseMatcher(rules)
+    assert matcher.find("I want a cancellation") == []
+    assert matcher.find("I was defrauded last week") == []
+    text = "Cancel it, this is fraud!"
+    assert [text[m.start : m.end] for m in matcher.find(text)] == ["Cancel", "fraud"]
 
 
 # -- end to end: a webhook receiver ---------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from .settings import Rule, parse_rules
 __all__ = ["plugin", "KeywordTrigger", "KeywordsPlugin"]
 
 log = logging.getLogger("hookrunner.plugins.keywords")
-STATE_KEY = "keywords"
+#: Finish reasons after which the call itself is over (not: shutdown, gave_up, auth_failed, not_found).
+CALL_OVER = frozenset({"ended", "completed"})
 
 
 class KeywordTrigger(Trigger, frozen=True, kw_only=True):
@@ -47,7 +48,6 @@ class _CallState:
     last_fired: dict[int, float] = field(default_factory=dict)  # rule -> monotonic time of the last firing
     fired_this_turn: set[int] = field(default_factory=set)  # interim firings: the final must not repeat them
     said: set[int] = field(default_factory=set)  # absence rules whose phrase was said in time
-    open: bool = True
 
 
 class KeywordsPlugin:
@@ -98,7 +98,6 @@ class KeywordsPlugin:
     def on_call_subscribed(self, call: CallContext) -> None:
         state = _CallState(started=time.monotonic())
         self._calls[call.id] = state
-        call.state[STATE_KEY] = state
         for rule in self._rules:
             if rule.absent_within is not None:
                 heapq.heappush(self._deadlines, (state.started + rule.absent_within, call.id, rule.index))
@@ -109,7 +108,8 @@ class KeywordsPlugin:
         state = self._calls.pop(call.id, None)
         if state is None:
             return
-        state.open = False
+        if reason not in CALL_OVER:
+            return  # the runner stopped following a call that may go on: "not said" would be a false alarm
         for rule in self._rules:
             if rule.absent_within is not None and rule.index not in state.said and rule.index not in state.fired:
                 self._fire_absent(call.id, state, rule, f"the call {reason} before {rule.absent_within:g} s")
@@ -218,7 +218,7 @@ class KeywordsPlugin:
             heapq.heappop(self._deadlines)
             state = self._calls.get(call_id)
             rule = self._rules[index]
-            if state is not None and state.open and index not in state.said and index not in state.fired:
+            if state is not None and index not in state.said and index not in state.fired:
                 self._fire_absent(call_id, state, rule, f"{rule.absent_within:g} s passed")
 
 

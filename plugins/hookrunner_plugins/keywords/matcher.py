@@ -103,16 +103,23 @@ class PhraseMatcher:
         return sorted(found.values(), key=lambda match: (match.start, match.rule))
 
     def _fuzzy_match(self, rule: int, phrase: str, key: str, normalized: Normalized) -> Match | None:
-        """The phrase somewhere in a longer turn (``partial_ratio``); a turn shorter than the phrase must match
-        it whole (``ratio``): otherwise "speak", a fragment, would be a perfect partial match of "speak to a
-        manager"."""
+        """The phrase somewhere in a longer turn (``partial_ratio`` finds where, ``ratio`` over those whole words
+        decides); a turn shorter than the phrase must match it whole, otherwise "speak", a fragment, would be a
+        perfect partial match of "speak to a manager"."""
         text = normalized.text
         cutoff = self._thresholds[rule]
         if len(text) >= len(key):
             alignment = fuzz.partial_ratio_alignment(key, text, score_cutoff=cutoff)
             if alignment is None or alignment.score < cutoff:
                 return None
-            start, end, score = alignment.dest_start, alignment.dest_end, alignment.score
+            # Whole words only, as in word mode: widen the hit to the words it touches and score those, so
+            # "cancel" does not match inside "cancellation" nor "fraud" inside "defrauded".
+            start = text.rfind(" ", 0, alignment.dest_start) + 1
+            end = text.find(" ", max(alignment.dest_end - 1, alignment.dest_start))
+            end = len(text) if end == -1 else end
+            score = fuzz.ratio(key, text[start:end], score_cutoff=cutoff)
+            if not score:
+                return None
         else:
             score = fuzz.ratio(key, text, score_cutoff=cutoff)
             if not score:
