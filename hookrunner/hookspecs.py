@@ -93,6 +93,14 @@ def on_shutdown(app: App) -> None:
 
 
 @hookspec
+def on_reload(app: App) -> None:
+    """The config file was re-read (SIGHUP) and every plugin's settings validated; ``app.settings`` now holds this
+    plugin's new table. Apply it. An invalid config never gets here: the runner refuses it with one error line and
+    the old settings stay in force. Only ``[plugins.NAME]`` tables are reloaded; other changes need a restart.
+    """
+
+
+@hookspec
 def on_call_subscribed(call: CallContext) -> None:
     """A call's stream answered 200 for the first time; its events follow."""
 

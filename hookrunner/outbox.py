@@ -223,6 +223,9 @@ class Outbox:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write_refused_in_groups)
                     while True:
+                        # Work first, then a slot: a retry that gave its slot back while waiting must get one again
+                        # rather than find it held by this loop idling for new work.
+                        await self._wait_ready()
                         await self._slots.acquire()
                         batch = await self._next_batch()
                         nursery.start_soon(self._deliver_batch, batch)
@@ -237,10 +240,13 @@ class Outbox:
             self._refused_waiting = trio.Event()
             self._flush_refused()
 
-    async def _next_batch(self) -> list[OutboxMessage]:
+    async def _wait_ready(self) -> None:
         while not self._ready:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
+
+    async def _next_batch(self) -> list[OutboxMessage]:
+        await self._wait_ready()
         batch: list[OutboxMessage] = []
         self._in_flight[id(batch)] = batch  # from now on close() finds these messages, even while it fills
         self._take(batch, self._batch_max_events)

@@ -8,6 +8,7 @@ hooks, so a plugin sees a call's events in order and never two at once, while ca
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import signal
@@ -20,12 +21,12 @@ import msgspec
 import trio
 
 from . import __version__
-from .config import Config
+from .config import Config, load_config
 from .context import App, CallContext, Turn
 from .dispatch import HookDispatcher
-from .errors import AuthError
+from .errors import AuthError, HookrunnerError
 from .events import Event, TtsCompleted, UserTranscription
-from .plugins import LoadedPlugins
+from .plugins import LoadedPlugins, validate_plugin_settings
 from .spool import spool_events
 from .stats import Stats
 from .subscription import AUTH_FAILED, COMPLETED, ENDED, SHUTDOWN, Subscribed, Subscription
@@ -116,6 +117,26 @@ class Runner:
             return self.config.shutdown_grace
         return max(0.0, self._shutdown_deadline - trio.current_time())
 
+    async def reload(self) -> bool:
+        """Re-read the config file's plugin settings (SIGHUP): all valid, or none applied. True when applied."""
+        path = self.config.path
+        if path is None:
+            log.warning("reload: this run has no config file to re-read")
+            return False
+        try:
+            config = load_config(path)
+            validate_plugin_settings(config, self.plugins)
+        except HookrunnerError as exc:
+            problems = str(exc).splitlines()
+            log.error("%s: reload refused, the running settings stay: %s", path, "; ".join(problems))
+            return False
+        for name, app in self._apps.items():
+            app.settings = config.plugin_settings.get(name, {})
+        self.config = dataclasses.replace(self.config, plugin_settings=config.plugin_settings)
+        await self.dispatcher.call("on_reload", lambda name: {"app": self._apps[name]})
+        log.info("%s: plugin settings reloaded", path)
+        return True
+
     def stop(self) -> None:
         """Begin a graceful stop: no new events are read; what was received is dispatched within the grace."""
         if self._stopping:
@@ -146,9 +167,11 @@ class Runner:
             del self._scopes[scope]
 
     async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
-                if not self._stopping:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                elif not self._stopping:
                     log.warning(
                         "%s: stopping; draining received events for up to %g s (again to stop at once)",
                         signal.Signals(signum).name,

@@ -108,7 +108,7 @@ def make_config(base_url: str, **runner: Any) -> dict[str, Any]:
     return {
         "atoms": {"base_url": base_url, "api_key": API_KEY},
         "runner": table,
-        "plugins": {"disable": ["console", "webhook", "keywords"], **plugins},
+        "plugins": {"disable": ["console", "webhook", "keywords", "slack"], **plugins},
     }
 
 

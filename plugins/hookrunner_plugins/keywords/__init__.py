@@ -43,22 +43,26 @@ class KeywordTrigger(Trigger, frozen=True, kw_only=True):
 
 @dataclass
 class _CallState:
+    """Per call, keyed by rule name, so that a reload (SIGHUP) keeps what live calls already did."""
+
     started: float  # monotonic, for absence deadlines
-    fired: dict[int, int] = field(default_factory=dict)  # rule -> times fired in this call
-    last_fired: dict[int, float] = field(default_factory=dict)  # rule -> monotonic time of the last firing
-    fired_this_turn: set[int] = field(default_factory=set)  # interim firings: the final must not repeat them
-    said: set[int] = field(default_factory=set)  # absence rules whose phrase was said in time
+    fired: dict[str, int] = field(default_factory=dict)  # rule -> times fired in this call
+    last_fired: dict[str, float] = field(default_factory=dict)  # rule -> monotonic time of the last firing
+    fired_this_turn: set[str] = field(default_factory=set)  # interim firings: the final must not repeat them
+    said: set[str] = field(default_factory=set)  # absence rules whose phrase was said in time
 
 
 class KeywordsPlugin:
     def __init__(self) -> None:
         self._rules: list[Rule] = []
+        self._by_name: dict[str, Rule] = {}
         self._listening: dict[tuple[str, bool], frozenset[int]] = {}
         self._matcher: PhraseMatcher | None = None
         self._app: App | None = None
         self._calls: dict[str, _CallState] = {}
-        self._deadlines: list[tuple[float, str, int]] = []  # heap of (monotonic deadline, call id, rule)
+        self._deadlines: list[tuple[float, str, str]] = []  # heap of (monotonic deadline, call id, rule name)
         self._deadline_added = trio.Event()
+        self._watching = False
 
     @hookimpl
     def validate_settings(self, settings: dict[str, Any]) -> list[str]:
@@ -67,30 +71,46 @@ class KeywordsPlugin:
     @hookimpl
     def on_startup(self, app: App) -> None:
         self._app = app
-        self._rules, problems = parse_rules(app.settings)
+        self._calls = {}
+        self._deadlines = []
+        self._deadline_added = trio.Event()
+        self._watching = False
+        self._use_rules(app)
+
+    @hookimpl
+    def on_reload(self, app: App) -> None:
+        """New rules (already validated by the runner); live calls keep their counts for rules that stay."""
+        before = set(self._by_name)
+        self._use_rules(app)
+        added = [rule for rule in self._rules if rule.absent_within is not None and rule.name not in before]
+        for call_id, state in self._calls.items():
+            for rule in added:
+                self._schedule(call_id, state, rule)
+
+    def _use_rules(self, app: App) -> None:
+        rules, problems = parse_rules(app.settings)
         if problems:
             raise ValueError("; ".join(problems))
-        self._matcher = PhraseMatcher(
+        matcher = PhraseMatcher(
             RuleMatchSpec(rule.index, rule.phrases, rule.patterns, rule.fuzzy, rule.threshold, rule.numbers)
-            for rule in self._rules
+            for rule in rules
         )
         # Which rules listen to which text, worked out once: per event only the few fired this turn are removed.
         self._listening = {
             (speaker, interim): frozenset(
                 rule.index
-                for rule in self._rules
+                for rule in rules
                 if rule.hears(speaker) and (not interim or (rule.interim and rule.absent_within is None))
             )
             for speaker in ("user", "agent")
             for interim in (False, True)
         }
-        self._calls = {}
-        self._deadlines = []
-        self._deadline_added = trio.Event()
-        if any(rule.absent_within is not None for rule in self._rules):
+        self._rules, self._by_name, self._matcher = rules, {rule.name: rule for rule in rules}, matcher
+        if not self._watching and any(rule.absent_within is not None for rule in rules):
+            self._watching = True
             app.start_soon(self._watch_deadlines)
-        if self._rules:
-            log.info("keywords: %d rules, %d phrases", len(self._rules), self._matcher.phrase_count)
+        if rules:
+            log.info("keywords: %d rules, %d phrases", len(rules), matcher.phrase_count)
 
     # --- the calls' lives -----------------------------------------------------------------------------------
 
@@ -100,8 +120,12 @@ class KeywordsPlugin:
         self._calls[call.id] = state
         for rule in self._rules:
             if rule.absent_within is not None:
-                heapq.heappush(self._deadlines, (state.started + rule.absent_within, call.id, rule.index))
-                self._deadline_added.set()
+                self._schedule(call.id, state, rule)
+
+    def _schedule(self, call_id: str, state: _CallState, rule: Rule) -> None:
+        assert rule.absent_within is not None
+        heapq.heappush(self._deadlines, (state.started + rule.absent_within, call_id, rule.name))
+        self._deadline_added.set()
 
     @hookimpl
     def on_call_finished(self, call: CallContext, reason: str) -> None:
@@ -111,7 +135,7 @@ class KeywordsPlugin:
         if reason not in CALL_OVER:
             return  # the runner stopped following a call that may go on: "not said" would be a false alarm
         for rule in self._rules:
-            if rule.absent_within is not None and rule.index not in state.said and rule.index not in state.fired:
+            if rule.absent_within is not None and rule.name not in state.said and rule.name not in state.fired:
                 self._fire_absent(call.id, state, rule, f"the call {reason} before {rule.absent_within:g} s")
 
     # --- text ---------------------------------------------------------------------------------------------
@@ -140,31 +164,31 @@ class KeywordsPlugin:
             return
         listening = self._listening[(speaker, interim)]
         if state.fired_this_turn:
-            listening = listening - state.fired_this_turn
+            listening = listening - {self._by_name[name].index for name in state.fired_this_turn if name in self._by_name}
         if not listening:
             return
         for match in self._matcher.find(text, listening):
             rule = self._rules[match.rule]
             if rule.absent_within is not None:
                 if time.monotonic() <= state.started + rule.absent_within:
-                    state.said.add(rule.index)
+                    state.said.add(rule.name)
                 continue
             if self._allowed(rule, state):
                 if interim:
-                    state.fired_this_turn.add(rule.index)
+                    state.fired_this_turn.add(rule.name)
                 self._fire(rule, state, call_id, event, speaker, text, match)
 
     def _allowed(self, rule: Rule, state: _CallState) -> bool:
-        if rule.max_per_call and state.fired.get(rule.index, 0) >= rule.max_per_call:
+        if rule.max_per_call and state.fired.get(rule.name, 0) >= rule.max_per_call:
             return False
-        last = state.last_fired.get(rule.index)
+        last = state.last_fired.get(rule.name)
         return not (rule.cooldown and last is not None and time.monotonic() - last < rule.cooldown)
 
     def _fire(
         self, rule: Rule, state: _CallState, call_id: str, event: Event, speaker: str, text: str, match: Match
     ) -> None:
-        state.fired[rule.index] = state.fired.get(rule.index, 0) + 1
-        state.last_fired[rule.index] = time.monotonic()
+        state.fired[rule.name] = state.fired.get(rule.name, 0) + 1
+        state.last_fired[rule.name] = time.monotonic()
         self._emit(
             KeywordTrigger(
                 type="keyword",
@@ -184,7 +208,7 @@ class KeywordsPlugin:
         )
 
     def _fire_absent(self, call_id: str, state: _CallState, rule: Rule, why: str) -> None:
-        state.fired[rule.index] = state.fired.get(rule.index, 0) + 1
+        state.fired[rule.name] = state.fired.get(rule.name, 0) + 1
         log.info("keywords: rule %s fired on call %s: not said (%s)", rule.name, call_id, why)
         self._emit(
             KeywordTrigger(
@@ -210,15 +234,15 @@ class KeywordsPlugin:
             while not self._deadlines:
                 self._deadline_added = trio.Event()
                 await self._deadline_added.wait()
-            deadline, call_id, index = self._deadlines[0]
+            deadline, call_id, name = self._deadlines[0]
             self._deadline_added = trio.Event()
             with trio.move_on_after(max(0.0, deadline - time.monotonic())):
                 await self._deadline_added.wait()  # an earlier deadline may arrive meanwhile
                 continue
             heapq.heappop(self._deadlines)
             state = self._calls.get(call_id)
-            rule = self._rules[index]
-            if state is not None and index not in state.said and index not in state.fired:
+            rule = self._by_name.get(name)  # a reload may have removed it
+            if state is not None and rule is not None and name not in state.said and name not in state.fired:
                 self._fire_absent(call_id, state, rule, f"{rule.absent_within:g} s passed")
 
 

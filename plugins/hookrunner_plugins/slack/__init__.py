@@ -1,0 +1,210 @@
+"""The ``slack`` plugin: tell the right channel, at once, without flooding it.
+
+Each ``[[plugins.slack.routes]]`` entry picks triggers (and optionally events) by type, severity and labels, renders
+them with its template, and posts them through an outbox (``hookrunner.outbox``): retries, order, bounds and dead
+letters come from there. Posts to one channel are paced (Slack allows about one a second); triggers that arrive
+faster are grouped into one message, like Alertmanager's ``group_wait``. A route with ``transcript = "thread"`` also
+opens a thread per call and posts the call's final turns into it as they happen.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import trio
+
+from hookrunner import App, CallContext, Event, Trigger, hookimpl
+from hookrunner.dead_letters import DeadLetterFile
+from hookrunner.outbox import Deliverer, Outbox, OutboxMessage, Outcome, RetryPolicy
+
+from .delivery import Pacer, Poster
+from .formatting import escape, event_fields, message_payload, render, trigger_fields
+from .settings import RouteSettings, SlackSettings, parse_settings
+
+__all__ = ["plugin", "SlackPlugin"]
+
+log = logging.getLogger("hookrunner.plugins.slack")
+SHUTDOWN_MARGIN = 0.1
+
+
+def alert_deliverer(poster: Poster) -> Deliverer:
+    """Posts a batch of rendered alerts (one, or several gathered while the channel was busy) as one message."""
+
+    async def deliver(batch: list[OutboxMessage]) -> Outcome:
+        outcome, _ = await poster.post(message_payload([message.body["text"] for message in batch]))
+        return outcome
+
+    return deliver
+
+
+def transcript_deliverer(poster: Poster, threads: dict[str, str]) -> Deliverer:
+    """Posts a call's opening message (remembering its ``ts``) and then its turns as replies in that thread."""
+
+    async def deliver(batch: list[OutboxMessage]) -> Outcome:
+        outcome = Outcome.delivered()
+        for message in batch:
+            body = message.body
+            call_id = body["call_id"]
+            if body["kind"] != "opening" and call_id in threads:
+                body["thread_ts"] = threads[call_id]  # kept in a dead letter, so a redelivery finds the thread
+            outcome, answer = await poster.post(message_payload([body["text"]]), body.get("thread_ts"))
+            if outcome.kind != "delivered":
+                return outcome
+            if body["kind"] == "opening" and answer.get("ts"):
+                threads[call_id] = str(answer["ts"])
+            elif body["kind"] == "closing":
+                threads.pop(call_id, None)
+        return outcome
+
+    return deliver
+
+
+class _Route:
+    def __init__(self, settings: RouteSettings, alerts: Outbox, transcript: Outbox | None) -> None:
+        self.settings = settings
+        self.alerts = alerts
+        self.transcript = transcript
+
+    @property
+    def outboxes(self) -> list[Outbox]:
+        return [self.alerts] + ([self.transcript] if self.transcript else [])
+
+
+class SlackPlugin:
+    def __init__(self) -> None:
+        self._routes: list[_Route] = []
+
+    @hookimpl
+    def validate_settings(self, settings: dict[str, Any]) -> list[str]:
+        return parse_settings(settings)[1]
+
+    def _parse(self, app: App) -> SlackSettings:
+        settings, problems = parse_settings(app.settings)
+        if problems:  # validate_settings ran first: the environment changed in between
+            raise ValueError("; ".join(problems))
+        return settings
+
+    def _posters(self, settings: SlackSettings, http: httpx.AsyncClient) -> dict[str, Poster]:
+        pacers: dict[str, Pacer] = {}
+        posters = {}
+        for route in settings.routes:
+            channel_key = f"channel:{route.channel}" if route.token else f"webhook:{route.name}"
+            pacer = pacers.setdefault(channel_key, Pacer(settings.pace))
+            posters[route.name] = Poster(route, http, settings.api_base_url, settings.timeout, pacer)
+        return posters
+
+    @hookimpl
+    def on_startup(self, app: App) -> None:
+        settings = self._parse(app)
+        dead_letters = DeadLetterFile(app.config_dir / settings.dead_letter, config_path=app.config_path)
+        policy = RetryPolicy(
+            max_attempts=settings.max_attempts,
+            max_retry_time=settings.max_retry_time,
+            initial_delay=settings.retry_initial_delay,
+            max_delay=settings.retry_max_delay,
+        )
+        posters = self._posters(settings, app.http)
+        self._routes = []
+        for route in settings.routes:
+            poster = posters[route.name]
+            alerts = Outbox(
+                route.name, alert_deliverer(poster), dead_letters, plugin=app.name, policy=policy,
+                max_in_flight=1, max_queue=settings.max_queue,
+                batch_max_events=settings.group_max, batch_max_wait=settings.group_wait,
+            )  # fmt: skip
+            transcript = None
+            if route.transcript:
+                transcript = Outbox(
+                    f"{route.name}/transcript", transcript_deliverer(poster, {}), dead_letters,
+                    plugin=app.name, policy=policy, max_in_flight=1, max_queue=settings.max_queue,
+                )  # fmt: skip
+            entry = _Route(route, alerts, transcript)
+            self._routes.append(entry)
+            for outbox in entry.outboxes:
+                app.start_soon(outbox.run)
+            where = f"channel {route.channel}" if route.token else "an incoming webhook"
+            log.info("slack %s: posting %s to %s", route.name, ", ".join(route.events), where)
+
+    # --- what goes where --------------------------------------------------------------------------------------
+
+    @hookimpl
+    def on_trigger(self, trigger: Trigger) -> None:
+        fields = None
+        for route in self._routes:
+            settings = route.settings
+            if not settings.wants_type(trigger.full_type) or not settings.wants_trigger(trigger.severity, trigger.labels):
+                continue
+            fields = fields or trigger_fields(trigger)
+            mention = settings.mention if trigger.severity in settings.mention_severities else ""
+            text = render(settings.template, fields, mention)
+            message_id = f"slack_{trigger.call_id}_{trigger.rule}_{trigger.event_id or trigger.detected_at.timestamp()}"
+            route.alerts.submit(OutboxMessage(id=message_id, key=trigger.call_id, body={"kind": "alert", "text": text}))
+
+    @hookimpl
+    def on_event(self, event: Event, call: CallContext) -> None:
+        for route in self._routes:
+            if route.settings.wants_type(event.event_type):
+                text = render(route.settings.template, event_fields(event))
+                body = {"kind": "alert", "text": text}
+                route.alerts.submit(OutboxMessage(id=f"slack_{event.event_id}", key=call.id, body=body))
+
+    @hookimpl
+    def on_call_subscribed(self, call: CallContext) -> None:
+        for route in self._routes:
+            if route.transcript is not None:
+                text = f":telephone_receiver: Call `{escape(call.id)}` — live transcript in this thread"
+                body = {"kind": "opening", "call_id": call.id, "text": text}
+                route.transcript.submit(OutboxMessage(id=f"slack_open_{call.id}", key=call.id, body=body))
+
+    def _turn(self, event: Event, call: CallContext, speaker: str) -> None:
+        for route in self._routes:
+            if route.transcript is not None:
+                body = {"kind": "reply", "call_id": call.id, "text": f"*{speaker}:* {escape(event.text)}"}
+                route.transcript.submit(OutboxMessage(id=f"slack_turn_{event.event_id}", key=call.id, body=body))
+
+    @hookimpl
+    def on_user_transcription(self, event: Event, call: CallContext) -> None:
+        self._turn(event, call, "caller")
+
+    @hookimpl
+    def on_tts_completed(self, event: Event, call: CallContext) -> None:
+        self._turn(event, call, "agent")
+
+    @hookimpl
+    def on_call_finished(self, call: CallContext, reason: str) -> None:
+        for route in self._routes:
+            if route.transcript is not None:
+                text = f":checkered_flag: Call `{escape(call.id)}` {escape(reason)} after {len(call.turns)} turns"
+                body = {"kind": "closing", "call_id": call.id, "text": text}
+                route.transcript.submit(OutboxMessage(id=f"slack_end_{call.id}", key=call.id, body=body))
+
+    # --- the end ------------------------------------------------------------------------------------------
+
+    @hookimpl
+    async def on_shutdown(self, app: App) -> None:
+        timeout = max(0.0, app.shutdown_time_left() - SHUTDOWN_MARGIN)
+        try:
+            async with trio.open_nursery() as nursery:
+                for route in self._routes:
+                    for outbox in route.outboxes:
+                        nursery.start_soon(outbox.close, timeout)
+        finally:
+            for route in self._routes:
+                for outbox in route.outboxes:
+                    log.info("slack %s: %s", outbox.name, outbox.stats.summary())
+
+    @hookimpl
+    def outbox_deliverers(self, app: App) -> dict[str, Deliverer]:
+        settings = self._parse(app)
+        posters = self._posters(settings, app.http)
+        deliverers: dict[str, Deliverer] = {}
+        for route in settings.routes:
+            deliverers[route.name] = alert_deliverer(posters[route.name])
+            if route.transcript:
+                deliverers[f"{route.name}/transcript"] = transcript_deliverer(posters[route.name], {})
+        return deliverers
+
+
+plugin = SlackPlugin()
