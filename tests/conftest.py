@@ -9,10 +9,12 @@ import os
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 import trio
 
 from hookrunner import hookimpl
@@ -149,3 +151,33 @@ def hookrunner_process(*args: str, env: dict[str, str] | None = None, cwd: Path 
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
+
+
+def write_config(directory: Path, table: dict[str, Any], name: str = "config.toml") -> Path:
+    """A config table written as TOML, for the CLI to read."""
+    path = directory / name
+    path.write_text(tomli_w.dumps(table), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen]]:
+    """Every process a test starts is killed at teardown, whatever the test's outcome."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def cli(processes: list[subprocess.Popen], tmp_path: Path) -> Callable[..., subprocess.Popen]:
+    """Start ``hookrunner ARGS`` in tmp_path; the process is cleaned up after the test."""
+
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        process = hookrunner_process(*args, env=env, cwd=tmp_path)
+        processes.append(process)
+        return process
+
+    return start

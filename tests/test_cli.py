@@ -15,7 +15,7 @@ import textwrap
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import hookrunner
 from hookrunner.config import DEFAULT_API_KEY_ENV, default_config_table
 from hookrunner.simulator import default_script_path, load_script, running_simulator
 
-from conftest import API_KEY, REPO, call_events, hookrunner_process, make_config, script
+from conftest import API_KEY, REPO, call_events, hookrunner_process, make_config, script, write_config
 
 UNREACHABLE = "http://127.0.0.1:9"  # for configs that must be refused before anything connects
 
@@ -35,27 +35,6 @@ UNREACHABLE = "http://127.0.0.1:9"  # for configs that must be refused before an
 # -- helpers ---------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen]]:
-    """Every process a test starts is killed at teardown, whatever the test's outcome."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-@pytest.fixture
-def cli(processes: list[subprocess.Popen], tmp_path: Path) -> Callable[..., subprocess.Popen]:
-    """Start ``hookrunner ARGS`` in tmp_path; the process is cleaned up after the test."""
-
-    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        process = hookrunner_process(*args, env=env, cwd=tmp_path)
-        processes.append(process)
-        return process
-
-    return start
 
 
 def finish(process: subprocess.Popen, timeout: float = 15) -> tuple[int, str, str]:
@@ -110,10 +89,6 @@ async def read_until(process: subprocess.Popen, wanted: Callable[[str], bool], t
         pytest.fail(f"no expected line within {timeout} s; stdout so far: {lines}")
 
 
-def write_config(directory: Path, table: dict[str, Any], name: str = "config.toml") -> Path:
-    path = directory / name
-    path.write_text(tomli_w.dumps(table), encoding="utf-8")
-    return path
 
 
 def write_plugin(directory: Path, name: str, source: str) -> str:

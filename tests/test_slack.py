@@ -14,19 +14,18 @@ import json
 import logging
 import re
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tomli_w
 import trio
 
 from hookrunner import Trigger, hookimpl
 from hookrunner.simulator import running_simulator
 
-from conftest import hookrunner_process, make_config, run_runner, script
+from conftest import make_config, run_runner, script, write_config
 from receiver import refusing_port
 from fake_slack import BLOCK_LIMIT, SECTION_LIMIT, TEXT_LIMIT, FakeSlack, Scripted, SlackRequest, running_fake_slack
 
@@ -545,32 +544,6 @@ async def test_slack_unreachable_at_first_is_retried_and_delivered_once_it_answe
 # -- real processes: check, logs, redeliver --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen]]:
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-@pytest.fixture
-def cli(processes: list[subprocess.Popen], tmp_path: Path) -> Callable[..., subprocess.Popen]:
-    """Start ``hookrunner ARGS`` in tmp_path; the process is cleaned up after the test."""
-
-    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        process = hookrunner_process(*args, env=env, cwd=tmp_path)
-        processes.append(process)
-        return process
-
-    return start
-
-
-def write_config(directory: Path, table: dict[str, Any], name: str = "config.toml") -> Path:
-    path = directory / name
-    path.write_text(tomli_w.dumps(table), encoding="utf-8")
-    return path
 
 
 def check_config(routes: list[dict[str, Any]]) -> dict[str, Any]:

@@ -18,7 +18,6 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -26,7 +25,6 @@ from typing import Any
 
 import pytest
 import standardwebhooks
-import tomli_w
 import trio
 
 import hookrunner
@@ -36,7 +34,7 @@ from hookrunner.outbox import Outbox, OutboxMessage, Outcome
 from hookrunner.simulator import running_simulator
 from hookrunner_plugins.webhook import WebhookVerificationError, verify
 
-from conftest import hookrunner_process, make_config, run_runner, script
+from conftest import make_config, run_runner, script, write_config
 from receiver import ReceivedRequest, Receiver, Reply, refusing_port, running_receiver
 
 UNREACHABLE = "http://127.0.0.1:9"  # for configs that `check` refuses before anything connects
@@ -789,32 +787,6 @@ async def test_shutdown_logs_one_summary_line_per_endpoint_with_counts_and_laten
 # -- real processes: SIGTERM, check, log hygiene, redeliver -----------------------------------------------------------
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen]]:
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-@pytest.fixture
-def cli(processes: list[subprocess.Popen], tmp_path: Path) -> Callable[..., subprocess.Popen]:
-    """Start ``hookrunner ARGS`` in tmp_path; the process is cleaned up after the test."""
-
-    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        process = hookrunner_process(*args, env=env, cwd=tmp_path)
-        processes.append(process)
-        return process
-
-    return start
-
-
-def write_config(directory: Path, table: dict[str, Any], name: str = "config.toml") -> Path:
-    path = directory / name
-    path.write_text(tomli_w.dumps(table), encoding="utf-8")
-    return path
 
 
 async def afinish(process: subprocess.Popen, timeout: float = 20) -> tuple[int, str, str]:
