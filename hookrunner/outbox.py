@@ -36,6 +36,8 @@ __all__ = ["Outbox", "OutboxMessage", "Outcome", "RetryPolicy", "Deliverer", "Ou
 
 log = logging.getLogger("hookrunner.outbox")
 
+#: Seconds close() lets cancelled deliveries unwind (cut requests end at once; this only bounds a stuck one).
+UNWIND_WAIT = 0.2
 #: Seconds a group of refused messages (queue full, endpoint gone) gathers before one write and fsync.
 REFUSED_WRITE_INTERVAL = 0.1
 
@@ -391,7 +393,7 @@ class Outbox:
             if self._run_scope is not None:
                 self._run_scope.cancel()
                 # Let the delivery tasks unwind first: one finishing as it is cancelled counts as delivered.
-                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                with trio.CancelScope(shield=True), trio.move_on_after(UNWIND_WAIT):
                     await self._stopped.wait()
             left = [message for batch in self._in_flight.values() for message in batch]
             left += [message for queue in self._queues.values() for message in queue]

@@ -630,13 +630,18 @@ async def test_batching_sends_json_arrays_with_every_event_once_in_call_order_si
     requests = receiver.at("/batch")
     assert all(request.succeeded for request in requests)
     items = []
+    item_ids: list[str] = []
     for request in requests:
         assert_standard_headers(request)
         body = assert_signed(request, secret)
         assert isinstance(body, list) and 1 <= len(body) <= 5, body
         for item in body:
-            assert set(item) == {"type", "timestamp", "call_id", "data"} and item["type"] == "user_transcription"
+            # batched items carry their own message id, stable across retries and batches, for deduplication
+            assert set(item) == {"id", "type", "timestamp", "call_id", "data"} and item["type"] == "user_transcription"
+            assert item["id"].startswith("msg_")
             items.append(position(item))
+            item_ids.append(item["id"])
+    assert len(set(item_ids)) == len(item_ids)
     assert max(len(request.json()) for request in requests) > 1, "nothing was batched"
     assert len(requests) < 30
     assert sorted(items) == sorted(scripted(calls, ["user_transcription"])), "an event is missing or repeated"
@@ -1124,3 +1129,13 @@ async def test_redeliver_keeps_another_plugins_letter_that_has_the_same_endpoint
     assert code == 1, err  # the other plugin's letter has no deliverer here: kept, and said so
     assert_redelivered(recovered.at("/down"), [l for l in letters if l["endpoint"] == "down"], secret)
     assert read_letters(dead_letter) == [twin], "another plugin's dead letter was removed without being delivered"
+
+
+def test_secrets_must_be_strict_base64_of_24_to_64_bytes() -> None:
+    from hookrunner_plugins.webhook.signing import secret_problem
+
+    assert secret_problem("whsec_" + base64.b64encode(os.urandom(32)).decode()) is None
+    assert secret_problem("whsec_" + base64.b64encode(os.urandom(24)).decode().rstrip("=")) is None  # unpadded
+    assert "base64" in secret_problem("whsec_plain-text-but-long-enough-abcdefgh-xyz!")
+    assert "24 to 64 bytes" in secret_problem("whsec_" + base64.b64encode(os.urandom(16)).decode())
+    assert "whsec_" in secret_problem(base64.b64encode(os.urandom(32)).decode())

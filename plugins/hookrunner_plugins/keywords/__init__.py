@@ -88,7 +88,7 @@ class KeywordsPlugin:
                 self._schedule(call_id, state, rule)
 
     def _use_rules(self, app: App) -> None:
-        rules, problems = parse_rules(app.settings)
+        rules, problems = parse_rules(app.settings, warn=False)
         if problems:
             raise ValueError("; ".join(problems))
         matcher = PhraseMatcher(

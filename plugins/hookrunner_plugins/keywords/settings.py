@@ -82,8 +82,8 @@ class Rule:
         return self.speaker == "any" or self.speaker == speaker
 
 
-def parse_rules(settings: dict[str, Any]) -> tuple[list[Rule], list[str]]:
-    """The rules and every problem, one ``rules[N].key: rule NAME: ...`` line each."""
+def parse_rules(settings: dict[str, Any], *, warn: bool = True) -> tuple[list[Rule], list[str]]:
+    """The rules and every problem, one ``rules[N].key: rule NAME: ...`` line each (``warn``: log warnings too)."""
     values, problems = check_table(settings, SETTINGS)
     rules: list[Rule] = []
     names: set[str] = set()
@@ -102,7 +102,7 @@ def parse_rules(settings: dict[str, Any]) -> tuple[list[Rule], list[str]]:
         names.add(name)
         if not fields["phrases"] and not fields["patterns"]:
             problems.append(f"{where}.phrases: rule {name}: expected at least one phrase or pattern")
-        if fields["match"] == "fuzzy" and len(fields["phrases"]) > FUZZY_PHRASES_WARNING:
+        if warn and fields["match"] == "fuzzy" and len(fields["phrases"]) > FUZZY_PHRASES_WARNING:
             log.warning(
                 "plugins.keywords.%s.phrases: rule %s: %d fuzzy phrases are scored one by one on every turn "
                 "(~0.6 µs each); consider match = \"word\" for long lists",

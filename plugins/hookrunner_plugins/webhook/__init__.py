@@ -66,7 +66,8 @@ def make_deliverer(endpoint: EndpointSettings, http: httpx.AsyncClient) -> Deliv
 
     async def deliver(batch: list[OutboxMessage]) -> Outcome:
         if endpoint.batch_max_events > 1:
-            body = _encoder.encode([message.body for message in batch])
+            # each item carries its message id: the batch's own id changes with its make-up, the items' never do
+            body = _encoder.encode([{"id": message.id, **message.body} for message in batch])
             batch_id = batch[0].id if len(batch) == 1 else message_id(*(message.id for message in batch))
         else:
             body = _encoder.encode(batch[0].body)
@@ -122,7 +123,7 @@ class WebhookPlugin:
         return parse_settings(settings)[2]
 
     def _build(self, app: App) -> tuple[DeadLetterFile, list[EndpointSettings]]:
-        dead_letter, endpoints, problems = parse_settings(app.settings)
+        dead_letter, endpoints, problems = parse_settings(app.settings, warn=False)
         if problems:  # validate_settings ran first, so this is a plugin bug or a changed environment
             raise ValueError("; ".join(problems))
         return DeadLetterFile(app.config_dir / dead_letter, config_path=app.config_path), endpoints
@@ -166,7 +167,7 @@ class WebhookPlugin:
 
     @hookimpl
     def on_trigger(self, trigger: Trigger) -> None:
-        parts = (trigger.call_id, trigger.full_type, trigger.rule, trigger.event_id or trigger.event_type)
+        parts = (trigger.call_id, trigger.full_type, trigger.source, trigger.rule, trigger.event_id or trigger.event_type)
         self._submit(trigger.full_type, trigger.call_id, lambda: trigger_body(trigger), parts)
 
     @hookimpl

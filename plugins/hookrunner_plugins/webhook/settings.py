@@ -107,8 +107,13 @@ def _as_list(value: str | list[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def parse_settings(settings: dict[str, Any]) -> tuple[Path, list[EndpointSettings], list[str]]:
-    """The dead-letter path (as written), the endpoints, and every problem as ``key.path: ...`` lines."""
+def parse_settings(
+    settings: dict[str, Any], *, warn: bool = True
+) -> tuple[Path, list[EndpointSettings], list[str]]:
+    """The dead-letter path (as written), the endpoints, and every problem as ``key.path: ...`` lines.
+
+    ``warn`` logs the warnings (unknown event type, plain http) too: once, when the settings are validated.
+    """
     values, problems = check_table(settings, SETTINGS)
     endpoints: list[EndpointSettings] = []
     seen_names: set[str] = set()
@@ -129,9 +134,10 @@ def parse_settings(settings: dict[str, Any]) -> tuple[Path, list[EndpointSetting
                 problems.append(f"{where}.headers.{header}: set by hookrunner itself; remove it")
         if fields["retry_max_delay"] < fields["retry_initial_delay"]:
             problems.append(f"{where}.retry_max_delay: expected at least retry_initial_delay")
-        for position, pattern in enumerate(fields["events"]):
-            _warn_unknown_type(f"{where}.events[{position}]", pattern)
-        _warn_plain_http(where, name, fields["url"])
+        if warn:
+            for position, pattern in enumerate(fields["events"]):
+                _warn_unknown_type(f"{where}.events[{position}]", pattern)
+            _warn_plain_http(where, name, fields["url"])
         endpoints.append(
             EndpointSettings(
                 name=name,

@@ -27,12 +27,14 @@ def secret_problem(secret: str) -> str | None:
     """Why ``secret`` is not a usable ``whsec_`` secret, or None."""
     if not secret.startswith("whsec_"):
         return "expected a secret starting with whsec_"
+    encoded = secret[len("whsec_") :]
     try:
-        key = base64.b64decode(secret[len("whsec_") :] + "==", validate=False)
+        # strict: a receiver decoding strictly must derive the same key (padding may be left out)
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError):
         return "expected whsec_ followed by base64"
-    if len(key) < 16:
-        return f"expected a key of at least 16 bytes after whsec_ (24-64 recommended), got {len(key)}"
+    if not 24 <= len(key) <= 64:
+        return f"expected a key of 24 to 64 bytes after whsec_ (Standard Webhooks), got {len(key)}"
     return None
 
 
