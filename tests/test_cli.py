@@ -149,6 +149,11 @@ def test_demo_prints_the_transcript_of_every_scripted_call_and_exits_0(cli) -> N
         assert any(" agent: " in line for line in said) and any(" caller: " in line for line in said)
         ended = [line for line in lines if line.startswith(f"{label} -- call ended")]
         assert len(ended) == 1, lines
+    # the example config's keyword rule fires on two of the scripted calls, and the console shows it
+    triggers = [line for line in out.splitlines() if " !! " in line]
+    assert triggers == [
+        line for line in triggers if "service-problem fired (warning)" in line
+    ] and {line.split(": ", 1)[1] for line in triggers} == {"no data", "three times what i normally pay"}, triggers
 
 
 # -- run: how calls end, and the exit code ---------------------------------------------------------------------

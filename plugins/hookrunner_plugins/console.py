@@ -13,6 +13,7 @@ from hookrunner import (
     App,
     CallContext,
     Setting,
+    Trigger,
     TtsCompleted,
     UserInterimTranscription,
     UserTranscription,
@@ -91,6 +92,13 @@ class ConsolePlugin:
         if self._settings.get("latency") and event.latency_ms is not None:
             latency = f"  ({event.latency_ms} ms)"
         self._line(f"[{self._label(call.id)}] agent:  {event.text}{latency}")
+
+    @hookimpl
+    def on_trigger(self, trigger: Trigger) -> None:
+        matched = getattr(trigger, "matched", None)
+        detail = f": {matched}" if matched else ""
+        what = "not said" if trigger.event_type == "absent" else "fired"
+        self._line(f"[{self._label(trigger.call_id)}] !! {trigger.rule} {what} ({trigger.severity}){detail}")
 
     @hookimpl
     def on_call_finished(self, call: CallContext, reason: str) -> None:
