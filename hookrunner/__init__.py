@@ -20,7 +20,7 @@ from .events import (
     UserTranscription,
 )
 from .hookspecs import hookimpl
-from .settings import Setting, check_table
+from .settings import Setting, at_least, between, check_table, one_of
 from .triggers import Trigger
 
 __all__ = [
@@ -43,4 +43,7 @@ __all__ = [
     "Trigger",
     "Setting",
     "check_table",
+    "at_least",
+    "between",
+    "one_of",
 ]

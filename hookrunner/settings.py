@@ -12,7 +12,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Setting", "check_table", "describe", "suggest", "POSITIVE", "NON_NEGATIVE"]
+__all__ = [
+    "Setting",
+    "check_table",
+    "describe",
+    "suggest",
+    "at_least",
+    "between",
+    "one_of",
+    "POSITIVE",
+    "NON_NEGATIVE",
+]
 
 
 def describe(value: Any) -> str:
@@ -87,6 +97,35 @@ def _non_negative(value: float) -> str | None:
 
 POSITIVE = _positive
 NON_NEGATIVE = _non_negative
+
+
+def at_least(low: float) -> Callable[[float], str | None]:
+    """A ``check`` for numbers of ``low`` or more."""
+
+    def check(value: float) -> str | None:
+        return None if value >= low else f"expected {low:g} or more, got {describe(value)}"
+
+    return check
+
+
+def between(low: float, high: float) -> Callable[[float], str | None]:
+    """A ``check`` for numbers from ``low`` to ``high``."""
+
+    def check(value: float) -> str | None:
+        return None if low <= value <= high else f"expected a number from {low:g} to {high:g}, got {describe(value)}"
+
+    return check
+
+
+def one_of(*choices: str) -> Callable[[str], str | None]:
+    """A ``check`` for strings that must be one of ``choices``."""
+
+    def check(value: str) -> str | None:
+        if value in choices:
+            return None
+        return f"expected one of {', '.join(describe(choice) for choice in choices)}, got {describe(value)}"
+
+    return check
 
 
 def check_table(

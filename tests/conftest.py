@@ -181,3 +181,19 @@ def cli(processes: list[subprocess.Popen], tmp_path: Path) -> Callable[..., subp
         return process
 
     return start
+
+
+def finish(process: subprocess.Popen, timeout: float = 20) -> tuple[int, str, str]:
+    """Wait for the process to exit; (exit code, stdout, stderr). Fails the test if it runs past ``timeout``."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"still running after {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+    return process.returncode, out, err
+
+
+async def afinish(process: subprocess.Popen, timeout: float = 20) -> tuple[int, str, str]:
+    """``finish`` from an async test, in a thread, so the servers of the test keep serving meanwhile."""
+    return await trio.to_thread.run_sync(finish, process, timeout)

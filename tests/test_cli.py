@@ -27,7 +27,7 @@ import hookrunner
 from hookrunner.config import DEFAULT_API_KEY_ENV, default_config_table
 from hookrunner.simulator import default_script_path, load_script, running_simulator
 
-from conftest import API_KEY, REPO, call_events, hookrunner_process, make_config, script, write_config
+from conftest import API_KEY, REPO, afinish, call_events, finish, hookrunner_process, make_config, script, write_config
 
 UNREACHABLE = "http://127.0.0.1:9"  # for configs that must be refused before anything connects
 
@@ -35,22 +35,6 @@ UNREACHABLE = "http://127.0.0.1:9"  # for configs that must be refused before an
 # -- helpers ---------------------------------------------------------------------------------------------------
 
 
-
-
-def finish(process: subprocess.Popen, timeout: float = 15) -> tuple[int, str, str]:
-    """Wait for the process to exit; (exit code, stdout, stderr). Fails the test if it runs past ``timeout``."""
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, err = process.communicate()
-        pytest.fail(f"still running after {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-    return process.returncode, out, err
-
-
-async def afinish(process: subprocess.Popen, timeout: float = 15) -> tuple[int, str, str]:
-    """``finish`` from an async test, so the in-process simulator keeps serving meanwhile."""
-    return await trio.to_thread.run_sync(finish, process, timeout)
 
 
 async def afinish_after_reading(process: subprocess.Popen, timeout: float) -> tuple[int, str, str]:

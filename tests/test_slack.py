@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import subprocess
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -25,7 +24,7 @@ import trio
 from hookrunner import Trigger, hookimpl
 from hookrunner.simulator import running_simulator
 
-from conftest import make_config, run_runner, script, write_config
+from conftest import afinish, finish, make_config, run_runner, script, write_config
 from receiver import refusing_port
 from fake_slack import BLOCK_LIMIT, SECTION_LIMIT, TEXT_LIMIT, FakeSlack, Scripted, SlackRequest, running_fake_slack
 
@@ -213,7 +212,7 @@ async def test_a_custom_template_renders_its_placeholders(tmp_path: Path, secret
 def test_check_catches_an_unknown_placeholder_in_one_line_naming_the_route(cli, tmp_path: Path) -> None:
     routes = [api_route("good"), api_route("typo", template="{rule} said {nope}")]
     config = write_config(tmp_path, check_config(routes))
-    code, out, err = finish_sync(cli("check", str(config), env={TOKEN_ENV: TOKEN}))
+    code, out, err = finish(cli("check", str(config), env={TOKEN_ENV: TOKEN}))
     assert code == 2, out + err
     assert "Traceback" not in out + err
     lines = err.splitlines()
@@ -552,21 +551,6 @@ def check_config(routes: list[dict[str, Any]]) -> dict[str, Any]:
     return table
 
 
-def finish_sync(process: subprocess.Popen, timeout: float = 15) -> tuple[int, str, str]:
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, err = process.communicate()
-        pytest.fail(f"still running after {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-    return process.returncode, out, err
-
-
-async def afinish(process: subprocess.Popen, timeout: float = 30) -> tuple[int, str, str]:
-    """Wait (in a thread, so the servers of this test keep serving) for the process."""
-    return await trio.to_thread.run_sync(finish_sync, process, timeout)
-
-
 NOT_SET = "HR_TEST_SLACK_NOT_SET"
 NOT_A_URL_ENV = "HR_TEST_SLACK_NOT_A_URL"
 NOT_A_URL = "hooks.slack.com-urlcanary4"
@@ -591,7 +575,7 @@ def test_check_names_the_route_key_and_route_in_one_line(
 ) -> None:
     config = write_config(tmp_path, check_config([api_route("fine"), route]))
     env = {TOKEN_ENV: TOKEN, HOOK_ENV: "https://hooks.slack.com/services/" + HOOK_ID, NOT_A_URL_ENV: NOT_A_URL}
-    code, out, err = finish_sync(cli("check", str(config), env=env))
+    code, out, err = finish(cli("check", str(config), env=env))
     assert code == 2, out + err
     assert "Traceback" not in out + err
     lines = err.splitlines()

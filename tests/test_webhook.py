@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -34,7 +33,7 @@ from hookrunner.outbox import Outbox, OutboxMessage, Outcome
 from hookrunner.simulator import running_simulator
 from hookrunner_plugins.webhook import WebhookVerificationError, verify
 
-from conftest import make_config, run_runner, script, write_config
+from conftest import afinish, finish, make_config, run_runner, script, write_config
 from receiver import ReceivedRequest, Receiver, Reply, refusing_port, running_receiver
 
 UNREACHABLE = "http://127.0.0.1:9"  # for configs that `check` refuses before anything connects
@@ -794,21 +793,6 @@ async def test_shutdown_logs_one_summary_line_per_endpoint_with_counts_and_laten
 
 
 
-async def afinish(process: subprocess.Popen, timeout: float = 20) -> tuple[int, str, str]:
-    """Wait (in a thread, so servers in this test keep serving) for the process; (exit code, stdout, stderr)."""
-
-    def wait() -> tuple[int, str, str]:
-        try:
-            out, err = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            out, err = process.communicate()
-            pytest.fail(f"still running after {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-        return process.returncode, out, err
-
-    return await trio.to_thread.run_sync(wait)
-
-
 async def test_sigterm_with_deliveries_pending_exits_0_within_shutdown_grace_and_dead_letters_the_rest(
     cli, tmp_path: Path
 ) -> None:
@@ -897,7 +881,7 @@ def test_check_names_each_bad_endpoint_key_in_one_line(cli, tmp_path: Path) -> N
     ]
     config = write_config(tmp_path, check_table_with(endpoints))
     env = {"HR_TEST_WH": secret, "HR_TEST_WH_PLAIN": "plain-env-canary-42"}
-    code, out, err = finish_sync(cli("check", str(config), env=env))
+    code, out, err = finish(cli("check", str(config), env=env))
     assert code == 2
     assert "Traceback" not in out + err
     lines = err.splitlines()
@@ -926,23 +910,13 @@ def test_check_warns_about_plain_http_to_another_host_but_exits_0(cli, tmp_path:
         {"name": "local", "url": "http://127.0.0.1:8080/in", "secret_env": "HR_TEST_WH"},
     ]
     config = write_config(tmp_path, check_table_with(endpoints))
-    code, out, err = finish_sync(cli("check", str(config), env={"HR_TEST_WH": new_secret()}))
+    code, out, err = finish(cli("check", str(config), env={"HR_TEST_WH": new_secret()}))
     assert code == 0, err
     assert f"{config}: OK" in out
     warnings = [line for line in err.splitlines() if " WARNING " in line]
     assert len(warnings) == 1, err
     assert "plugins.webhook.endpoints[0].url" in warnings[0] and "hooks.example.com" in warnings[0]
     assert "plain http" in warnings[0]
-
-
-def finish_sync(process: subprocess.Popen, timeout: float = 15) -> tuple[int, str, str]:
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, err = process.communicate()
-        pytest.fail(f"still running after {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-    return process.returncode, out, err
 
 
 async def test_debug_logs_never_show_the_secret_the_urls_query_or_auth_headers(cli, tmp_path: Path) -> None:
@@ -1090,7 +1064,7 @@ async def test_redeliver_exits_1_and_keeps_the_letters_still_refused(cli, tmp_pa
 
 
 def test_redeliver_of_a_missing_file_exits_2_with_one_line(cli, tmp_path: Path) -> None:
-    code, out, err = finish_sync(cli("redeliver", str(tmp_path / "nope.jsonl")))
+    code, out, err = finish(cli("redeliver", str(tmp_path / "nope.jsonl")))
     assert code == 2
     assert "Traceback" not in out + err
     lines = err.splitlines()

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from hookrunner import Setting, check_table
+from hookrunner import Setting, at_least, between, check_table, one_of
 from hookrunner.triggers import SEVERITIES
 
 log = logging.getLogger("hookrunner.plugins.keywords")
@@ -18,44 +18,20 @@ FUZZY_PHRASES_WARNING = 200
 MATCH_MODES = ("word", "fuzzy")
 
 
-def _one_of(choices: tuple[str, ...]):
-    def check(value: str) -> str | None:
-        if value in choices:
-            return None
-        listed = ", ".join(f'"{choice}"' for choice in choices)
-        return f'expected one of {listed}, got "{value}"'
-
-    return check
-
-
-def _between(low: float, high: float):
-    def check(value: float) -> str | None:
-        return None if low <= value <= high else f"expected a number from {low:g} to {high:g}, got {value!r}"
-
-    return check
-
-
-def _at_least(low: float):
-    def check(value: float) -> str | None:
-        return None if value >= low else f"expected {low:g} or more, got {value!r}"
-
-    return check
-
-
 SETTINGS = {"rules": Setting("list[table]", [], doc="[[plugins.keywords.rules]]")}
 
 RULE = {
     "name": Setting("str", required=True, expected="a unique name for logs, errors and triggers"),
     "phrases": Setting("list[str]", []),
     "patterns": Setting("list[str]", [], expected="a list of regular expressions"),
-    "speaker": Setting("str", "user", check=_one_of(SPEAKERS)),
-    "match": Setting("str", "word", check=_one_of(MATCH_MODES)),
-    "threshold": Setting("number", 85.0, check=_between(0, 100)),
+    "speaker": Setting("str", "user", check=one_of(*SPEAKERS)),
+    "match": Setting("str", "word", check=one_of(*MATCH_MODES)),
+    "threshold": Setting("number", 85.0, check=between(0, 100)),
     "interim": Setting("bool", False),
-    "cooldown": Setting("number", 0.0, check=_at_least(0), expected="a number of seconds"),
-    "max_per_call": Setting("int", 0, check=_at_least(0), expected="a count (0: no limit)"),
-    "absent_within": Setting("number", None, check=_at_least(0), expected="a number of seconds"),
-    "severity": Setting("str", "info", check=_one_of(SEVERITIES)),
+    "cooldown": Setting("number", 0.0, check=at_least(0), expected="a number of seconds"),
+    "max_per_call": Setting("int", 0, check=at_least(0), expected="a count (0: no limit)"),
+    "absent_within": Setting("number", None, check=at_least(0), expected="a number of seconds"),
+    "severity": Setting("str", "info", check=one_of(*SEVERITIES)),
     "labels": Setting("table[str]", {}),
     "numbers": Setting("bool", False),
 }

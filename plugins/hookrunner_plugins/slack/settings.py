@@ -7,17 +7,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from hookrunner import Setting, check_table
+from hookrunner import Setting, at_least, check_table
 from hookrunner.triggers import SEVERITIES
 
 from .formatting import DEFAULT_TEMPLATE, template_problem
-
-
-def _at_least(low: float):
-    def check(value: float) -> str | None:
-        return None if value >= low else f"expected {low:g} or more, got {value!r}"
-
-    return check
 
 
 def _severities(values: list[str]) -> str | None:
@@ -28,15 +21,15 @@ def _severities(values: list[str]) -> str | None:
 SETTINGS = {
     "api_base_url": Setting("str", "https://slack.com/api", doc="Slack's Web API (tests point it at a fake)"),
     "dead_letter": Setting("str", "hookrunner-dead-letters.jsonl"),
-    "pace": Setting("number", 1.0, check=_at_least(0), expected="seconds between two messages to one channel"),
-    "group_wait": Setting("number", 0.5, check=_at_least(0), expected="seconds to gather triggers into one message"),
-    "group_max": Setting("int", 20, check=_at_least(1), expected="triggers in one grouped message"),
-    "timeout": Setting("number", 10.0, check=_at_least(0.001), expected="a number of seconds"),
-    "max_attempts": Setting("int", 6, check=_at_least(1)),
-    "max_retry_time": Setting("number", 600.0, check=_at_least(0), expected="a number of seconds"),
-    "retry_initial_delay": Setting("number", 1.0, check=_at_least(0.001), expected="a number of seconds"),
-    "retry_max_delay": Setting("number", 60.0, check=_at_least(0.001), expected="a number of seconds"),
-    "max_queue": Setting("int", 1000, check=_at_least(1)),
+    "pace": Setting("number", 1.0, check=at_least(0), expected="seconds between two messages to one channel"),
+    "group_wait": Setting("number", 0.5, check=at_least(0), expected="seconds to gather triggers into one message"),
+    "group_max": Setting("int", 20, check=at_least(1), expected="triggers in one grouped message"),
+    "timeout": Setting("number", 10.0, check=at_least(0.001), expected="a number of seconds"),
+    "max_attempts": Setting("int", 6, check=at_least(1)),
+    "max_retry_time": Setting("number", 600.0, check=at_least(0), expected="a number of seconds"),
+    "retry_initial_delay": Setting("number", 1.0, check=at_least(0.001), expected="a number of seconds"),
+    "retry_max_delay": Setting("number", 60.0, check=at_least(0.001), expected="a number of seconds"),
+    "max_queue": Setting("int", 1000, check=at_least(1)),
     "routes": Setting("list[table]", []),
 }
 

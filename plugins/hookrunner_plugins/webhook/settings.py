@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from hookrunner import Setting, check_table
+from hookrunner import Setting, at_least, check_table
 from hookrunner.events import EVENT_CLASSES
 
 from .signing import secret_problem
@@ -21,13 +21,6 @@ log = logging.getLogger("hookrunner.plugins.webhook")
 
 DEFAULT_EVENTS = ["user_transcription", "tts_completed", "trigger.*"]
 RESERVED_HEADERS = {"content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature"}
-
-
-def _at_least(minimum: float):
-    def check(value: float) -> str | None:
-        return None if value >= minimum else f"expected {minimum:g} or more, got {value!r}"
-
-    return check
 
 
 def _http_url(value: str) -> str | None:
@@ -50,15 +43,15 @@ ENDPOINT = {
     "events": Setting("list[str]", DEFAULT_EVENTS),
     "calls": Setting("list[str]", []),
     "headers": Setting("table[str]", {}),
-    "timeout": Setting("number", 15.0, check=_at_least(0.001), expected="a number of seconds"),
-    "max_attempts": Setting("int", 8, check=_at_least(1)),
-    "max_retry_time": Setting("number", 3600.0, check=_at_least(0), expected="a number of seconds"),
-    "retry_initial_delay": Setting("number", 1.0, check=_at_least(0.001), expected="a number of seconds"),
-    "retry_max_delay": Setting("number", 300.0, check=_at_least(0.001), expected="a number of seconds"),
-    "max_in_flight": Setting("int", 10, check=_at_least(1)),
-    "max_queue": Setting("int", 10_000, check=_at_least(1)),
-    "batch_max_events": Setting("int", 1, check=_at_least(1)),
-    "batch_max_wait": Setting("number", 1.0, check=_at_least(0), expected="a number of seconds"),
+    "timeout": Setting("number", 15.0, check=at_least(0.001), expected="a number of seconds"),
+    "max_attempts": Setting("int", 8, check=at_least(1)),
+    "max_retry_time": Setting("number", 3600.0, check=at_least(0), expected="a number of seconds"),
+    "retry_initial_delay": Setting("number", 1.0, check=at_least(0.001), expected="a number of seconds"),
+    "retry_max_delay": Setting("number", 300.0, check=at_least(0.001), expected="a number of seconds"),
+    "max_in_flight": Setting("int", 10, check=at_least(1)),
+    "max_queue": Setting("int", 10_000, check=at_least(1)),
+    "batch_max_events": Setting("int", 1, check=at_least(1)),
+    "batch_max_wait": Setting("number", 1.0, check=at_least(0), expected="a number of seconds"),
 }
 
 
