@@ -5,6 +5,7 @@ Everything a plugin may import is exported here; the rest of the package is inte
 
 __version__ = "0.1.0"
 
+from .api import HOOKRUNNER_API_VERSION
 from .context import App, CallContext, Turn
 from .events import (
     CallEnd,
@@ -25,6 +26,7 @@ from .triggers import Trigger
 
 __all__ = [
     "__version__",
+    "HOOKRUNNER_API_VERSION",
     "hookimpl",
     "App",
     "CallContext",

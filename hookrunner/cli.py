@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="list every plugin found, its hooks, and whether it is active",
         description="List every plugin found (installed entry points and plugins.load), with its hooks, also for "
         "disabled plugins. A plugin that cannot be used is listed with ACTIVE 'error' and the reason in place of "
-        "its hooks. Exit status: 0, or 1 when a plugin that `run` would load is broken (`run` and `check` refuse "
-        "to start then).",
+        "its hooks; one that needs a newer plugin API (HOOKRUNNER_API_VERSION) with ACTIVE 'incompatible' (`run` "
+        "leaves it out and runs the others). Exit status: 0, or 1 when a plugin that `run` would load is broken "
+        "(`run` and `check` refuse to start then).",
     )
     plugins.add_argument("--config", metavar="CONFIG", help="apply this config's plugins.load and plugins.disable")
 
@@ -174,6 +175,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for info in loaded.infos:
         if info.active:
             state = "yes"
+        elif info.incompatible:
+            state = "incompatible"
         elif info.error and info.name not in disabled:
             state, broken = "error", True
         else:

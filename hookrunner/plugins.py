@@ -24,6 +24,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from .api import HOOKRUNNER_API_VERSION
 from .config import Config
 from .errors import ConfigError, PluginLoadError
 from .settings import describe, suggest
@@ -46,8 +47,11 @@ class PluginInfo:
     version: str | None
     active: bool  # registered and called by ``run`` (never true for a broken plugin)
     hooks: list[str] = field(default_factory=list)
-    #: Why the plugin cannot be used, in one line (only set by ``load_plugins(..., strict=False)``).
+    #: Why the plugin cannot be used, in one line (only set by ``load_plugins(..., strict=False)``, or for an
+    #: incompatible plugin).
     error: str | None = None
+    #: The plugin asks for a newer plugin API than this hookrunner's: listed, never activated, not fatal.
+    incompatible: bool = False
 
 
 @dataclass
@@ -98,6 +102,17 @@ class _Loader:
             return
         if info.version is None:
             info.version = getattr(plugin, "__version__", None)
+        needed = getattr(plugin, "HOOKRUNNER_API_VERSION", None)
+        if isinstance(needed, int) and needed > HOOKRUNNER_API_VERSION:
+            # Not fatal: the other plugins run; this one is set aside with one line saying why.
+            info.incompatible = True
+            info.error = (
+                f"needs plugin API {needed}, this hookrunner has {HOOKRUNNER_API_VERSION}: upgrade hookrunner "
+                "to use it"
+            )
+            if not disabled:
+                log.error("%s: not activated: %s", where, info.error)
+            return
         pm = new_plugin_manager() if disabled else self.pm
         wrappers = _hook_wrappers(pm, plugin)
         if wrappers:
