@@ -21,9 +21,10 @@ import trio
 
 from . import __version__
 from .config import DEFAULT_API_KEY_ENV, Config, config_from_dict, default_config_table, load_config
-from .errors import ConfigError, HookrunnerError
+from .errors import ConfigError, HookrunnerError, PluginLoadError
 from .logs import LEVELS, setup_logging
-from .plugins import LoadedPlugins, load_plugins, validate_plugin_settings
+from .settings import suggest
+from .plugins import LoadedPlugins, load_plugins, plugin_schemas, validate_plugin_settings
 from .runner import EXIT_USAGE, Runner
 
 EXAMPLE_CONFIG = Path(__file__).with_name("config.example.toml")
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(`run` and `check` refuse to start then).",
     )
     plugins.add_argument("--config", metavar="CONFIG", help="apply this config's plugins.load and plugins.disable")
+    plugins.add_argument("--settings", metavar="NAME", help="print plugin NAME's settings with their defaults")
 
     init = sub.add_parser("init", parents=[common], help="write a starter config")
     init.add_argument("path", nargs="?", default="config.toml", metavar="PATH", help="default: config.toml")
@@ -169,6 +171,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     else:  # only plugin discovery matters here; the rest of the table is the schemas' defaults
         config = config_from_dict({"atoms": {"api_key_env": DEFAULT_API_KEY_ENV}}, source="<no config>", base_dir=Path.cwd())
     loaded = load_plugins(config, strict=False)
+    if args.settings:
+        return print_settings(loaded, args.settings)
     disabled = set(config.disable)
     rows = [("NAME", "VERSION", "ACTIVE", "FROM", "HOOKS")]
     broken = False
@@ -187,6 +191,48 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4])
     return 1 if broken else 0
+
+
+def print_settings(loaded: LoadedPlugins, name: str) -> int:
+    """``plugins --settings NAME``: the plugin's settings schema as a commented TOML table of defaults."""
+    known = [info.name for info in loaded.infos]
+    if name not in known:
+        raise ConfigError(f"plugins --settings: no plugin named {name}{suggest(name, known)}")
+    schema = plugin_schemas(loaded).get(name)
+    if schema is None:
+        print(f"plugin {name} declares no settings schema (no settings_schema hook)")
+        return 0
+    if isinstance(schema, str):
+        raise PluginLoadError(f"plugin {name}: {schema}")
+    _print_table(f"plugins.{name}", schema)
+    return 0
+
+
+def _print_table(path: str, schema: dict, array: bool = False) -> None:
+    print(f"[[{path}]]" if array else f"[{path}]")
+    nested = []
+    for key, setting in schema.items():
+        if setting.items is not None:
+            nested.append((key, setting))
+            continue
+        default = "(required)" if setting.required else "(not set)" if setting.default is None else None
+        value = f"# {key} = ...  {default}" if default else f"{key} = {_inline_toml(setting.default)}"
+        note = setting.doc or setting.expected or ""
+        print(f"{value:<50} # {note}" if note else value)
+    for key, setting in nested:
+        print()
+        if setting.doc:
+            print(f"# {setting.doc}")
+        _print_table(f"{path}.{key}", dict(setting.items), array=True)
+
+
+def _inline_toml(value: object) -> str:
+    """A default as it would be written on one line of a config file."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{key} = {_inline_toml(item)}" for key, item in value.items()) + " }" if value else "{}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_inline_toml(item) for item in value) + "]"
+    return tomli_w.dumps({"v": value}).strip()[len("v = ") :]
 
 
 def starter_config() -> dict:

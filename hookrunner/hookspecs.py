@@ -35,6 +35,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .context import App, CallContext
+    from .settings import Setting
     from .events import (
         CallEnd,
         CallStart,
@@ -56,6 +57,17 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 # --- configuration -------------------------------------------------------------------------------------------
+
+
+@hookspec
+def settings_schema() -> dict[str, Setting] | None:
+    """Declare this plugin's ``[plugins.NAME]`` keys: ``{"key": Setting(kind, default, ..., doc="...")}``.
+
+    The runner checks the table against it before anything connects, with the same one-line key-path errors as
+    the core's (wrong types, unknown keys with the nearest name suggested, missing required keys), and
+    ``hookrunner plugins --settings NAME`` prints it with the defaults. Checks that need more than one key go in
+    ``validate_settings``, which runs after the schema passed. Must be a plain function.
+    """
 
 
 @hookspec

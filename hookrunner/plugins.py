@@ -27,7 +27,7 @@ from . import hookspecs
 from .api import HOOKRUNNER_API_VERSION
 from .config import Config
 from .errors import ConfigError, PluginLoadError
-from .settings import describe, suggest
+from .settings import Setting, check_table, describe, suggest
 
 log = logging.getLogger("hookrunner.plugins")
 
@@ -323,19 +323,48 @@ def validate_plugin_settings(config: Config, loaded: LoadedPlugins) -> None:
         if name not in known:
             problems.append(f"{config.source}: plugins.{name}: no plugin named {name} is installed{suggest(name, known)}")
     validators = {impl.plugin_name: impl for impl in loaded.pm.hook.validate_settings.get_hookimpls()}
+    schemas = plugin_schemas(loaded)
     for info in loaded.infos:
-        if info.active and info.name in config.plugin_settings and info.name not in validators:
+        declared = info.name in validators or info.name in schemas
+        if info.active and info.name in config.plugin_settings and not declared:
             log.warning(
-                "%s: plugins.%s: plugin %s does not declare its settings (it has no validate_settings), "
+                "%s: plugins.%s: plugin %s does not declare its settings (no settings_schema or validate_settings), "
                 "so this table is not checked",
                 config.source,
                 info.name,
                 info.name,
             )
+    schema_failed = set()
+    for name, schema in schemas.items():
+        if isinstance(schema, str):  # the hook itself failed
+            problems.append(f"plugin {name}: {schema}")
+            schema_failed.add(name)
+            continue
+        found = check_table(config.plugin_settings.get(name, {}), schema, f"plugins.{name}")[1]
+        problems += [f"{config.source}: {problem}" for problem in found]
+        if found:
+            schema_failed.add(name)
     for name, impl in validators.items():
-        problems += _call_validate_settings(name, impl, config.plugin_settings.get(name, {}), config.source)
+        if name not in schema_failed:  # its own checks assume the schema's; no second line for one mistake
+            problems += _call_validate_settings(name, impl, config.plugin_settings.get(name, {}), config.source)
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def plugin_schemas(loaded: LoadedPlugins) -> dict[str, dict[str, Setting] | str]:
+    """Each plugin's ``settings_schema()``, or the one-line reason it could not be had."""
+    schemas: dict[str, dict[str, Setting] | str] = {}
+    for impl in loaded.pm.hook.settings_schema.get_hookimpls():
+        try:
+            schema = impl.function()
+        except Exception as exc:
+            schemas[impl.plugin_name] = f"settings_schema raised {type(exc).__name__}: {_one_line(str(exc))}"
+            continue
+        if not isinstance(schema, dict) or not all(isinstance(value, Setting) for value in schema.values()):
+            schemas[impl.plugin_name] = "settings_schema must return a dict of hookrunner.Setting"
+            continue
+        schemas[impl.plugin_name] = schema
+    return schemas
 
 
 def _call_validate_settings(name: str, impl: pluggy.HookImpl, table: dict[str, Any], source: str) -> list[str]:

@@ -55,6 +55,8 @@ class Setting:
     expected: str | None = None
     check: Callable[[Any], str | None] | None = None
     doc: str = ""
+    #: For ``list[table]``: the keys of each table (shown by ``hookrunner plugins --settings``).
+    items: Mapping[str, Setting] | None = None
 
     def problem(self, value: Any) -> str | None:
         ok = {

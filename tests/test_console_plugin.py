@@ -47,9 +47,20 @@ async def test_on_a_terminal_interims_are_rewritten_in_place_then_replaced_by_th
     assert "[abc123] agent:  How can I help?  (120 ms)\n" in out
 
 
-def test_console_settings_are_validated() -> None:
-    problems = ConsolePlugin().validate_settings({"interims": "sometimes", "colour": True})
-    assert problems == [
-        'interims: expected "auto", "always" or "never", got "sometimes"',
-        "colour: unknown key",
+def test_console_settings_are_validated_through_its_declared_schema() -> None:
+    from hookrunner.config import config_from_dict
+    from hookrunner.errors import ConfigError
+    from hookrunner.plugins import load_plugins, validate_plugin_settings
+
+    table = {"atoms": {"api_key": "k"}, "plugins": {"console": {"interims": "sometimes", "colour": True}}}
+    config = config_from_dict(table, source="c.toml")
+    try:
+        validate_plugin_settings(config, load_plugins(config))
+    except ConfigError as exc:
+        lines = str(exc).splitlines()
+    else:
+        raise AssertionError("the bad console table was accepted")
+    assert lines == [
+        'c.toml: plugins.console.interims: expected "auto", "always" or "never", got "sometimes"',
+        'c.toml: plugins.console.colour: unknown key',
     ]

@@ -44,8 +44,8 @@ class ConsolePlugin:
         return self._stream or sys.stdout
 
     @hookimpl
-    def validate_settings(self, settings: dict[str, Any]) -> list[str]:
-        return check_table(settings, SETTINGS)[1]
+    def settings_schema(self) -> dict[str, Setting]:
+        return SETTINGS
 
     @hookimpl
     def on_startup(self, app: App) -> None:

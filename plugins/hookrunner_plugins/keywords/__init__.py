@@ -21,7 +21,7 @@ import trio
 from hookrunner import App, CallContext, Event, Trigger, hookimpl
 
 from .matcher import Match, PhraseMatcher, RuleMatchSpec
-from .settings import Rule, parse_rules
+from .settings import SETTINGS, Rule, parse_rules
 
 __all__ = ["plugin", "KeywordTrigger", "KeywordsPlugin"]
 
@@ -63,6 +63,10 @@ class KeywordsPlugin:
         self._deadlines: list[tuple[float, str, str]] = []  # heap of (monotonic deadline, call id, rule name)
         self._deadline_added = trio.Event()
         self._watching = False
+
+    @hookimpl
+    def settings_schema(self) -> dict[str, Any]:
+        return SETTINGS
 
     @hookimpl
     def validate_settings(self, settings: dict[str, Any]) -> list[str]:

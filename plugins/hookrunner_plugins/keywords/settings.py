@@ -35,6 +35,7 @@ RULE = {
     "labels": Setting("table[str]", {}),
     "numbers": Setting("bool", False),
 }
+SETTINGS["rules"] = Setting("list[table]", [], doc="[[plugins.keywords.rules]], each with these keys", items=RULE)
 
 
 @dataclass(frozen=True)

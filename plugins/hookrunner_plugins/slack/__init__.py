@@ -21,7 +21,7 @@ from hookrunner.outbox import Deliverer, Outbox, OutboxMessage, Outcome, RetryPo
 
 from .delivery import Pacer, Poster
 from .formatting import escape, event_fields, message_payload, render, trigger_fields
-from .settings import RouteSettings, SlackSettings, parse_settings
+from .settings import SETTINGS, RouteSettings, SlackSettings, parse_settings
 
 __all__ = ["plugin", "SlackPlugin"]
 
@@ -75,6 +75,10 @@ class _Route:
 class SlackPlugin:
     def __init__(self) -> None:
         self._routes: list[_Route] = []
+
+    @hookimpl
+    def settings_schema(self) -> dict[str, Any]:
+        return SETTINGS
 
     @hookimpl
     def validate_settings(self, settings: dict[str, Any]) -> list[str]:

@@ -46,6 +46,7 @@ ROUTE = {
     "mention": Setting("str", ""),
     "mention_severity": Setting("list[str]", ["critical"], check=_severities),
 }
+SETTINGS["routes"] = Setting("list[table]", [], doc="[[plugins.slack.routes]], each with these keys", items=ROUTE)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from hookrunner.backoff import parse_retry_after
 from hookrunner.dead_letters import DeadLetterFile
 from hookrunner.outbox import Deliverer, Outbox, OutboxMessage, Outcome, RetryPolicy
 
-from .settings import EndpointSettings, parse_settings
+from .settings import SETTINGS, EndpointSettings, parse_settings
 from .signing import Signer, WebhookVerificationError, verify
 
 __all__ = ["plugin", "verify", "WebhookVerificationError", "WebhookPlugin"]
@@ -117,6 +117,10 @@ class _Endpoint:
 class WebhookPlugin:
     def __init__(self) -> None:
         self._endpoints: list[_Endpoint] = []
+
+    @hookimpl
+    def settings_schema(self) -> dict[str, Any]:
+        return SETTINGS
 
     @hookimpl
     def validate_settings(self, settings: dict[str, Any]) -> list[str]:

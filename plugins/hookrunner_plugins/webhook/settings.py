@@ -53,6 +53,7 @@ ENDPOINT = {
     "batch_max_events": Setting("int", 1, check=at_least(1)),
     "batch_max_wait": Setting("number", 1.0, check=at_least(0), expected="a number of seconds"),
 }
+SETTINGS["endpoints"] = Setting("list[table]", [], doc="[[plugins.webhook.endpoints]], each with these keys", items=ENDPOINT)
 
 
 @dataclass(frozen=True)
