@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", metavar="CONFIG", help="the config with the endpoints (default: the one each letter records)"
     )
 
+    new_plugin = sub.add_parser(
+        "new-plugin", parents=[common], help="write a ready plugin package (entry point, one hook, tests, README)"
+    )
+    new_plugin.add_argument("name", metavar="NAME", help="e.g. sentiment (the package is hookrunner-sentiment)")
+    new_plugin.add_argument("dir", nargs="?", default=".", metavar="DIR", help="where to create it (default: .)")
+
     demo = sub.add_parser("demo", parents=[common], help="run the example config against a built-in simulator")
     demo.add_argument("script", nargs="?", metavar="SCRIPT", help="a simulator script (default: built-in calls)")
     demo.add_argument("--speed", type=float, default=1.0, help="play the calls this many times faster (default: 1)")
@@ -111,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "simulate": cmd_simulate,
         "demo": cmd_demo,
         "redeliver": cmd_redeliver,
+        "new-plugin": cmd_new_plugin,
     }
     try:
         return commands[args.command](args)
@@ -267,6 +274,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .simulator import run_simulator_cli
 
     return run_simulator_cli(args.port, args.script, args.api_key, args.speed, host=args.host)
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from .scaffold import write_plugin
+
+    root = write_plugin(args.name, Path(args.dir))
+    print(f"wrote {root}; next: cd {root} && pip install -e '.[test]' && pytest -q && hookrunner plugins")
+    return 0
 
 
 def cmd_redeliver(args: argparse.Namespace) -> int:

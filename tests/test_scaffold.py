@@ -1,0 +1,38 @@
+"""`hookrunner new-plugin` writes a plugin package whose own tests pass as generated."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import finish
+
+
+def test_the_scaffold_writes_a_package_whose_tests_pass_and_refuses_to_overwrite(cli, tmp_path: Path) -> None:
+    code, out, err = finish(cli("new-plugin", "sentiment", str(tmp_path)))
+    assert code == 0, err
+    root = tmp_path / "hookrunner-sentiment"
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == [
+        "README.md", "hookrunner_sentiment/__init__.py", "pyproject.toml", "tests/test_plugin.py",
+    ]  # fmt: skip
+    assert '[project.entry-points.hookrunner]\nsentiment = "hookrunner_sentiment"' in (root / "pyproject.toml").read_text()
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert "2 passed" in tests.stdout
+    before = (root / "pyproject.toml").read_text()
+    code, out, err = finish(cli("new-plugin", "sentiment", str(tmp_path)))
+    assert code == 2 and "already exists" in err and (root / "pyproject.toml").read_text() == before
+
+
+def test_a_name_that_cannot_be_a_package_is_refused_in_one_line(cli, tmp_path: Path) -> None:
+    code, out, err = finish(cli("new-plugin", "9 lives!", str(tmp_path)))
+    assert code == 2 and err.count("\n") == 1 and "not a usable name" in err
