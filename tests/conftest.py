@@ -5,6 +5,7 @@ Everything talks over real loopback sockets: the simulator is hypercorn on 127.0
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -24,6 +25,9 @@ from hookrunner.runner import Runner
 from hookrunner.simulator.script import parse_script
 
 API_KEY = "test-key"
+#: Every plugin installed through the entry point group (bundled ones and the example package): disable them all
+#: where a test must see only its own plugins.
+INSTALLED_PLUGINS = sorted(ep.name for ep in importlib.metadata.entry_points(group="hookrunner"))
 REPO = Path(__file__).resolve().parent.parent
 HOOKRUNNER = str(Path(sys.executable).with_name("hookrunner"))
 
@@ -110,7 +114,7 @@ def make_config(base_url: str, **runner: Any) -> dict[str, Any]:
     return {
         "atoms": {"base_url": base_url, "api_key": API_KEY},
         "runner": table,
-        "plugins": {"disable": ["console", "webhook", "keywords", "slack"], **plugins},
+        "plugins": {"disable": INSTALLED_PLUGINS, **plugins},
     }
 
 

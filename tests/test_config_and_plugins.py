@@ -20,13 +20,14 @@ from hookrunner.config import DEFAULT_API_KEY_ENV, Config, ReconnectConfig, conf
 from hookrunner.errors import ConfigError, PluginLoadError
 from hookrunner.plugins import load_plugins
 
-from conftest import REPO
+from conftest import INSTALLED_PLUGINS, REPO
 
 MINIMAL = {"atoms": {"api_key_env": DEFAULT_API_KEY_ENV}}
 
 
 def parse(plugins: dict[str, Any], base_dir: Path = Path(".")) -> Config:
-    return config_from_dict({**MINIMAL, "plugins": {"disable": ["console", "webhook", "keywords", "slack"], **plugins}}, source="c.toml", base_dir=base_dir)
+    table = {**MINIMAL, "plugins": {"disable": INSTALLED_PLUGINS, **plugins}}
+    return config_from_dict(table, source="c.toml", base_dir=base_dir)
 
 
 def write_plugin(directory: Path, name: str, source: str) -> str:
@@ -139,7 +140,8 @@ def test_a_minimal_config_takes_every_value_from_the_schema_defaults() -> None:
 
 def test_run_without_calls_raises_a_config_error_for_main_to_print(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[atoms]\napi_key = "k"\n[plugins]\ndisable = ["console", "webhook", "keywords", "slack"]\n', encoding="utf-8")
+    disable = ", ".join(f'"{name}"' for name in INSTALLED_PLUGINS)
+    path.write_text(f'[atoms]\napi_key = "k"\n[plugins]\ndisable = [{disable}]\n', encoding="utf-8")
     with pytest.raises(ConfigError) as raised:
         cli.cmd_run(argparse.Namespace(config=str(path), calls=[]))
     assert str(raised.value) == f"{path}: runner.calls: no calls to subscribe (list call ids there or pass --call ID)"
