@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import hypercorn.config
-import hypercorn.trio
 import trio
+
+from hookrunner.asgi import lifespan, read_body, serve_asgi
 
 __all__ = ["FakeSlack", "SlackRequest", "Scripted", "running_fake_slack", "TEXT_LIMIT", "SECTION_LIMIT", "BLOCK_LIMIT"]
 
@@ -360,19 +360,14 @@ class FakeSlack:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
         elif scope["type"] == "http":
             await self._http(scope, receive, send)
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
+        body = await read_body(receive)
+        if body is None:
+            return
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
         path = scope["path"]
         kind = "api" if path == API_PATH else "webhook" if path.startswith(WEBHOOK_PREFIX) else "other"
@@ -383,7 +378,7 @@ class FakeSlack:
             method=scope["method"],
             path=path,
             kind=kind,
-            body=b"".join(chunks),
+            body=body,
             content_type=headers.get("content-type", ""),
             token=authorization[len("Bearer ") :] if authorization.startswith("Bearer ") else None,
             webhook=path[len(WEBHOOK_PREFIX) :] if kind == "webhook" else None,
@@ -405,15 +400,9 @@ class FakeSlack:
         self, host: str = "127.0.0.1", port: int = 0, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve until cancelled; ``task_status.started(base_url)`` once listening (port 0 picks a free one)."""
-        config = hypercorn.config.Config()
-        config.bind = [f"{host}:{port}"]
-        config.accesslog = None
-        config.errorlog = _log
-        config.include_server_header = False
-        config.graceful_timeout = 0.2
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(hypercorn.trio.serve, self, config, mode="asgi"))
-            self.base_url = binds[0]
+            # a short graceful_timeout: requests held by a long delay are cut at the end of the test
+            self.base_url = await nursery.start(partial(serve_asgi, self, host, port, log=_log, graceful_timeout=0.2))
             task_status.started(self.base_url)
 
 
@@ -427,13 +416,3 @@ async def running_fake_slack(*, port: int = 0, **kwargs: Any) -> AsyncIterator[F
             yield slack
         finally:
             nursery.cancel_scope.cancel()
-
-
-async def _lifespan(receive: Any, send: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import hypercorn.config
-import hypercorn.trio
 import trio
+
+from hookrunner.asgi import cancel_on_disconnect, lifespan, read_body, serve_asgi
 
 __all__ = ["Reply", "ReceivedRequest", "Receiver", "running_receiver", "refusing_port", "RefusingPort"]
 
@@ -140,19 +140,14 @@ class Receiver:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
         elif scope["type"] == "http":
             await self._http(scope, receive, send)
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
+        body = await read_body(receive)
+        if body is None:
+            return
         raw_headers = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in scope["headers"]]
         request = ReceivedRequest(
             method=scope["method"],
@@ -160,7 +155,7 @@ class Receiver:
             query=scope["query_string"].decode("latin-1"),
             headers=dict(raw_headers),
             raw_headers=raw_headers,
-            body=b"".join(chunks),
+            body=body,
             arrived=trio.current_time(),
             wall=time.time(),
         )
@@ -170,7 +165,7 @@ class Receiver:
         if reply.delay > 0:
             with trio.CancelScope() as waiting:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_cancel_on_disconnect, receive, waiting)
+                    nursery.start_soon(cancel_on_disconnect, receive, waiting)
                     await trio.sleep(reply.delay)
                     nursery.cancel_scope.cancel()
             if waiting.cancelled_caught:
@@ -194,15 +189,9 @@ class Receiver:
         self, host: str = "127.0.0.1", port: int = 0, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve until cancelled; ``task_status.started(base_url)`` once listening (port 0 picks a free one)."""
-        config = hypercorn.config.Config()
-        config.bind = [f"{host}:{port}"]
-        config.accesslog = None
-        config.errorlog = _log
-        config.include_server_header = False
-        config.graceful_timeout = 0.2  # requests held by a long delay are cut at the end of the test
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(hypercorn.trio.serve, self, config, mode="asgi"))
-            self.base_url = binds[0]
+            # a short graceful_timeout: requests held by a long delay are cut at the end of the test
+            self.base_url = await nursery.start(partial(serve_asgi, self, host, port, log=_log, graceful_timeout=0.2))
             task_status.started(self.base_url)
 
 
@@ -247,19 +236,3 @@ def refusing_port() -> Iterator[RefusingPort]:
         yield held
     finally:
         held.release()
-
-
-async def _cancel_on_disconnect(receive: Any, scope: trio.CancelScope) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
-
-
-async def _lifespan(receive: Any, send: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

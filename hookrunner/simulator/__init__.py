@@ -16,10 +16,9 @@ from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
-import hypercorn.config
-import hypercorn.trio
 import trio
 
+from hookrunner.asgi import serve_asgi
 from hookrunner.simulator.app import SimulatorApp
 from hookrunner.simulator.script import (
     Script,
@@ -92,16 +91,17 @@ class Simulator:
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until cancelled; ``task_status.started(base_url)`` once listening (port 0 picks a free one)."""
-        config = hypercorn.config.Config()
-        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-        config.accesslog = None
-        config.errorlog = _log  # a Logger is used as-is: no handler of hypercorn's own, no "Running on" lines
-        config.include_server_header = False
-        config.graceful_timeout = 0.5  # open streams are cut on shutdown anyway
-        config.backlog = 1024  # hypercorn's 100 refuses a burst of hundreds of subscriptions
+        serve = partial(
+            serve_asgi,
+            self.app,
+            host,
+            port,
+            log=_log,
+            graceful_timeout=0.5,  # open streams are cut on shutdown anyway
+            backlog=1024,  # hypercorn's 100 refuses a burst of hundreds of subscriptions
+        )
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(hypercorn.trio.serve, self.app, config, mode="asgi"))
-            self.base_url = binds[0]  # e.g. "http://127.0.0.1:54321"
+            self.base_url = await nursery.start(serve)  # e.g. "http://127.0.0.1:54321"
             task_status.started(self.base_url)
 
 

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs
 import msgspec
 import trio
 
+from hookrunner.asgi import cancel_on_disconnect, lifespan
 from hookrunner.simulator.script import Script, SimCall, SimEvent
 
 __all__ = ["SimulatorApp"]
@@ -66,7 +67,7 @@ class SimulatorApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
         elif scope["type"] == "http":
             await self._http(scope, receive, send)
         # websocket: returning without accepting makes hypercorn refuse it
@@ -121,7 +122,7 @@ class SimulatorApp:
         clean = True
         with trio.CancelScope() as disconnected:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_cancel_on_disconnect, receive, disconnected)
+                nursery.start_soon(cancel_on_disconnect, receive, disconnected)
                 try:
                     await _Writer(self, state, send, faults=first).run()
                 except _Ended as ended:
@@ -235,23 +236,6 @@ class _Writer:
             self.buffer.clear()
             await self.send({"type": "http.response.body", "body": body, "more_body": True})
             self.last_write = trio.current_time()
-
-
-async def _cancel_on_disconnect(receive: Any, scope: trio.CancelScope) -> None:
-    """Stop writing when the client goes away; hypercorn would otherwise accept writes into a closed socket."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
-
-
-async def _lifespan(receive: Any, send: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 def _fault_answer(call: SimCall) -> tuple[int, Any, list[tuple[bytes, bytes]]]:

@@ -1,0 +1,75 @@
+"""Serving a plain ASGI app with hypercorn on trio: the pieces every loopback server here needs.
+
+The simulator uses it, and so do the tests' webhook receiver and fake Slack; one place keeps their quirks in
+step (hypercorn's own log lines silenced, a free port reported back, clients that leave mid-response noticed).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+__all__ = ["serve_asgi", "lifespan", "cancel_on_disconnect", "read_body"]
+
+
+async def serve_asgi(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    log: logging.Logger,
+    graceful_timeout: float = 0.5,
+    backlog: int | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` until cancelled; ``task_status.started(base_url)`` once listening (port 0 picks a free one).
+
+    ``log`` receives hypercorn's error log (a Logger is used as it is: no handler of hypercorn's own, so no
+    "Running on" lines); there is no access log and no server header.
+    """
+    config = hypercorn.config.Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = log
+    config.include_server_header = False
+    config.graceful_timeout = graceful_timeout
+    if backlog is not None:
+        config.backlog = backlog
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(partial(hypercorn.trio.serve, app, config, mode="asgi"))
+        task_status.started(binds[0])  # e.g. "http://127.0.0.1:54321"
+
+
+async def lifespan(receive: Any, send: Any) -> None:
+    """Answer the ASGI lifespan protocol: nothing to set up or tear down."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def cancel_on_disconnect(receive: Any, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` when the client goes away; hypercorn would otherwise accept writes into a closed socket."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+async def read_body(receive: Any) -> bytes | None:
+    """The whole request body, or None when the client went away before sending it."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
