@@ -92,10 +92,30 @@ def event_mix(n: int, seed: int, at: Any = 0.0) -> list[dict[str, Any]]:
     return events
 
 
-class Plan:
+class CallIds:
+    """Groups of simulated calls (one ``[[calls]]`` with ``repeat`` each) and fresh ids out of them: a finished
+    call answers 400, so every run subscribes to calls never used before."""
+
+    def __init__(self) -> None:
+        self._next: dict[str, int] = {}
+
+    @staticmethod
+    def _group(prefix: str, repeat: int, events: list[dict[str, Any]]) -> dict[str, Any]:
+        # No underscore in call ids: receivers read the event's index out of "{call_id}_{index}_{epoch_ms}".
+        return {"id": f"CALL-BENCH-{prefix}-{{n}}", "repeat": repeat, "events": events}
+
+    def take(self, prefix: str, n: int) -> list[str]:
+        """n call ids of group ``prefix`` never subscribed before."""
+        start = self._next.get(prefix, 0)
+        self._next[prefix] = start + n
+        return [f"CALL-BENCH-{prefix}-{i}" for i in range(start, start + n)]
+
+
+class Plan(CallIds):
     """The scenarios of one run and the simulator script that serves them all (one ``[[calls]]`` per group)."""
 
     def __init__(self, quick: bool, rounds: int | None) -> None:
+        super().__init__()
         self.rounds = rounds or (2 if quick else 3)
         self.paced_rounds = rounds or (1 if quick else 2)
         # (label, calls, events per call incl. the generated sse_init + sse_close)
@@ -105,7 +125,6 @@ class Plan:
             "slow plugin 100x4000, 2 ms/event", 100, 4000, 0.002)  # fmt: skip
         self.paced = ("paced 200 calls x 5/s x 6 s", 200, 5.0, 6.0) if quick else (
             "paced 500 calls x 5/s x 20 s", 500, 5.0, 20.0)  # fmt: skip
-        self._next: dict[str, int] = {}
 
     def script(self) -> dict[str, Any]:
         calls = []
@@ -122,16 +141,6 @@ class Plan:
             mix = event_mix(per_call, seed=100 + phase, at=lambda i, s=shift: round(s + i / rate, 4))
             calls.append(self._group(f"PACED{phase}", n_group, mix))
         return {"api_key": KEY, "keepalive": 0, "timestamp_format": "iso", "calls": calls}
-
-    @staticmethod
-    def _group(prefix: str, repeat: int, events: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"id": f"CALL-BENCH-{prefix}-{{n}}", "repeat": repeat, "events": events}
-
-    def take(self, prefix: str, n: int) -> list[str]:
-        """n call ids never subscribed before (a finished call answers 400, so each run needs fresh ones)."""
-        start = self._next.get(prefix, 0)
-        self._next[prefix] = start + n
-        return [f"CALL-BENCH-{prefix}-{i}" for i in range(start, start + n)]
 
     def paced_ids(self, n: int) -> list[str]:
         ids: list[str] = []

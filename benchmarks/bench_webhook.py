@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runner import KEY, Server, _epoch, _percentiles, event_mix, peak_rss_mib  # noqa: E402
+from bench_runner import KEY, CallIds, Server, _epoch, _percentiles, event_mix, peak_rss_mib  # noqa: E402
 
 SECRET_ENV = "BENCH_WEBHOOK_SECRET"
 UNBOUNDED = {"max_in_flight": 50, "max_queue": 10_000_000}
@@ -62,8 +62,9 @@ PHASES = 10  # paced calls out of step: ten groups, each shifted by a tenth of t
 YARDSTICK_CONCURRENCY = (1, 10, 50)
 
 
-class Plan:
+class Plan(CallIds):
     def __init__(self, quick: bool, rounds: int | None, rate: float) -> None:
+        super().__init__()
         self.quick = quick
         self.flood_rounds = rounds or (1 if quick else 2)
         self.paced_rounds = rounds or 1
@@ -71,7 +72,6 @@ class Plan:
         self.paced = (500, 8.0) if quick else (500, 20.0)  # calls, seconds
         self.flood = (100, 200) if quick else (100, 500)  # calls, events per call incl. sse_init and sse_close
         self.yardstick_requests = 3000 if quick else 6000
-        self._next: dict[str, int] = {}
 
     def script(self) -> dict[str, Any]:
         calls = []
@@ -85,17 +85,6 @@ class Plan:
             mix = event_mix(per_call, seed=200 + phase, at=lambda i, s=shift: round(s + i / self.rate, 4))
             calls.append(self._group(f"WHPACED{phase}", repeat, mix))
         return {"api_key": KEY, "keepalive": 0, "timestamp_format": "iso", "calls": calls}
-
-    @staticmethod
-    def _group(prefix: str, repeat: int, events: list[dict[str, Any]]) -> dict[str, Any]:
-        # No underscore in call ids: the receiver reads the event's index out of "{call_id}_{index}_{epoch_ms}".
-        return {"id": f"CALL-BENCH-{prefix}-{{n}}", "repeat": repeat, "events": events}
-
-    def take(self, prefix: str, n: int) -> list[str]:
-        """n call ids never subscribed before (a finished call answers 400)."""
-        start = self._next.get(prefix, 0)
-        self._next[prefix] = start + n
-        return [f"CALL-BENCH-{prefix}-{i}" for i in range(start, start + n)]
 
     def paced_ids(self, n: int) -> list[str]:
         return [self.take(f"WHPACED{i % PHASES}", 1)[0] for i in range(n)]
@@ -325,7 +314,7 @@ def child_main(spec: dict[str, Any]) -> None:
     endpoints = getattr(webhook, "_endpoints", [])
     if endpoints:
         settings, stats = endpoints[0].settings, endpoints[0].outbox.stats
-        result["messages"] = sum(n for kind, n in runner.stats.events_by_type.items() if settings.wants(kind, ""))
+        result["messages"] = sum(n for kind, n in runner.stats.events_by_type.items() if settings.wants_type(kind))
         result.update(delivered=stats.delivered, retried=stats.retried, dead_lettered=stats.dead_lettered)
         result["outbox_latency_ms"] = _percentiles(stats.latencies)
         # Delivered from 2 s after the start to 1 s before the end, as bench_runner's steady part.

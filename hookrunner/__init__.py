@@ -22,7 +22,7 @@ from .events import (
 )
 from .hookspecs import hookimpl
 from .settings import Setting, at_least, between, check_table, one_of
-from .triggers import Trigger
+from .triggers import Trigger, type_selected
 
 __all__ = [
     "__version__",
@@ -43,6 +43,7 @@ __all__ = [
     "Metrics",
     "UnknownEvent",
     "Trigger",
+    "type_selected",
     "Setting",
     "check_table",
     "at_least",

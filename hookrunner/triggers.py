@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
 import msgspec
 
-__all__ = ["Trigger", "SEVERITIES"]
+__all__ = ["Trigger", "SEVERITIES", "type_selected"]
 
 SEVERITIES = ("info", "warning", "critical")
 
@@ -42,3 +44,14 @@ class Trigger(msgspec.Struct, frozen=True, kw_only=True):
     def full_type(self) -> str:
         """``trigger.<type>``: the name notifiers filter on."""
         return f"trigger.{self.type}"
+
+
+def type_selected(message_type: str, patterns: Iterable[str]) -> bool:
+    """Whether an event type, or ``trigger.<type>``, is picked by a notifier's ``events`` globs.
+
+    ``"trigger"`` alone stands for every trigger, as ``"trigger.*"`` does.
+    """
+    return any(
+        message_type.startswith("trigger.") if pattern == "trigger" else fnmatch.fnmatchcase(message_type, pattern)
+        for pattern in patterns
+    )

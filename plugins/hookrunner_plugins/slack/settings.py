@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from dataclasses import dataclass
 from typing import Any
 
-from hookrunner import Setting, at_least, check_table
+from hookrunner import Setting, at_least, check_table, type_selected
 from hookrunner.triggers import SEVERITIES
 
 from .formatting import DEFAULT_TEMPLATE, template_problem
@@ -64,10 +63,7 @@ class RouteSettings:
     mention_severities: frozenset[str]
 
     def wants_type(self, message_type: str) -> bool:
-        return any(
-            message_type.startswith("trigger.") if pattern == "trigger" else fnmatch.fnmatchcase(message_type, pattern)
-            for pattern in self.events
-        )
+        return type_selected(message_type, self.events)
 
     def wants_trigger(self, severity: str, labels: dict[str, str]) -> bool:
         if self.severities and severity not in self.severities:

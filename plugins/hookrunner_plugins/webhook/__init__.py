@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -106,11 +107,11 @@ class _Endpoint:
         self._type_wanted: dict[str, bool] = {}  # glob matching once per type, not once per event
 
     def wants(self, message_type: str, call_id: str) -> bool:
-        if self.settings.calls and call_id not in self.settings.calls:
+        if not self.settings.wants_call(call_id):
             return False
         wanted = self._type_wanted.get(message_type)
         if wanted is None:
-            wanted = self._type_wanted[message_type] = self.settings.wants(message_type, call_id)
+            wanted = self._type_wanted[message_type] = self.settings.wants_type(message_type)
         return wanted
 
 
@@ -126,15 +127,17 @@ class WebhookPlugin:
     def validate_settings(self, settings: dict[str, Any]) -> list[str]:
         return parse_settings(settings)[2]
 
-    def _build(self, app: App) -> tuple[DeadLetterFile, list[EndpointSettings]]:
+    @staticmethod
+    def _parse(app: App) -> tuple[Path, list[EndpointSettings]]:
         dead_letter, endpoints, problems = parse_settings(app.settings, warn=False)
         if problems:  # validate_settings ran first, so this is a plugin bug or a changed environment
             raise ValueError("; ".join(problems))
-        return DeadLetterFile(app.config_dir / dead_letter, config_path=app.config_path), endpoints
+        return dead_letter, endpoints
 
     @hookimpl
     def on_startup(self, app: App) -> None:
-        dead_letters, endpoints = self._build(app)
+        dead_letter, endpoints = self._parse(app)
+        dead_letters = DeadLetterFile(app.config_dir / dead_letter, config_path=app.config_path)
         self._endpoints = []
         for settings in endpoints:
             outbox = Outbox(
@@ -189,7 +192,7 @@ class WebhookPlugin:
 
     @hookimpl
     def outbox_deliverers(self, app: App) -> dict[str, Deliverer]:
-        _, endpoints = self._build(app)
+        _, endpoints = self._parse(app)
         return {settings.name: make_deliverer(settings, app.http) for settings in endpoints}
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import ipaddress
 import logging
 import os
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from hookrunner import Setting, at_least, check_table
+from hookrunner import Setting, at_least, check_table, type_selected
 from hookrunner.events import EVENT_CLASSES
 
 from .signing import secret_problem
@@ -74,11 +73,12 @@ class EndpointSettings:
     batch_max_events: int
     batch_max_wait: float
 
-    def wants(self, message_type: str, call_id: str) -> bool:
-        """Whether a message of this type (event type, or ``trigger.<type>``) for this call goes here."""
-        if self.calls and call_id not in self.calls:
-            return False
-        return any(_type_matches(message_type, pattern) for pattern in self.events)
+    def wants_call(self, call_id: str) -> bool:
+        return not self.calls or call_id in self.calls
+
+    def wants_type(self, message_type: str) -> bool:
+        """Whether messages of this type (an event type, or ``trigger.<type>``) go here."""
+        return type_selected(message_type, self.events)
 
     @property
     def safe_url(self) -> str:
@@ -87,12 +87,6 @@ class EndpointSettings:
         host = parts.hostname or ""
         port = f":{parts.port}" if parts.port else ""
         return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-def _type_matches(message_type: str, pattern: str) -> bool:
-    if pattern == "trigger":
-        return message_type.startswith("trigger.")
-    return fnmatch.fnmatchcase(message_type, pattern)
 
 
 def _as_list(value: str | list[str] | None) -> list[str]:
