@@ -53,8 +53,9 @@ class CallContext:
 class App:
     """A plugin's view of the runner, handed to ``on_startup`` and ``on_shutdown``.
 
-    Each plugin gets its own ``App``: ``settings`` is that plugin's ``[plugins.NAME]`` table, and triggers it
-    emits are marked with its name.
+    Each plugin gets its own ``App``: ``settings`` is that plugin's ``[plugins.NAME]`` table, checked, with the
+    top-level defaults of its ``settings_schema`` filled in (so ``app.settings["key"]`` always works for a declared
+    key); triggers it emits are marked with its name.
     """
 
     def __init__(

@@ -6,6 +6,7 @@ Regenerate with ``python -m hookrunner.hookdoc > docs/hooks.md``; a test fails w
 from __future__ import annotations
 
 import inspect
+import textwrap
 
 from . import hookspecs
 from .api import HOOKRUNNER_API_VERSION
@@ -23,20 +24,13 @@ def _hooks() -> list[tuple[str, object]]:
     return [(name, value) for name, value in vars(hookspecs).items() if hasattr(value, f"{hookspecs.PROJECT_NAME}_spec")]
 
 
-def _example(name: str, parameters: list[str]) -> str:
-    asynchronous = name not in PLAIN_ONLY
-    head = f"{'async ' if asynchronous else ''}def {name}({', '.join(parameters)}):"
-    body = {
-        "settings_schema": '    return {"threshold": Setting("number", 3.0, doc="how many before alerting")}',
-        "validate_settings": '    return [] if settings.get("threshold", 3) < 10 else ["threshold: expected less than 10"]',
-        "outbox_deliverers": "    return {endpoint.name: make_deliverer(endpoint, app.http) for endpoint in endpoints(app)}",
-        "on_startup": "    app.start_soon(flush_every_minute, app)",
-        "on_trigger": "    print(trigger.full_type, trigger.rule, trigger.call_id)",
-        "on_call_finished": "    print(call.id, reason, len(call.turns))",
-    }.get(name)
-    if body is None and "event" in parameters:
-        body = "    print(call.id, event.event_type, getattr(event, 'text', ''))"
-    return f"```python\n@hookimpl\n{head}\n{body or '    ...'}\n```"
+def _split_example(doc: str) -> tuple[str, str]:
+    """A hookspec docstring is its prose, then ``Example::`` and an indented example: the page shows the example as
+    a code block, so the docstring is the one place both are written."""
+    prose, marker, example = inspect.cleandoc(doc).partition("\nExample::\n")
+    if not marker:
+        raise ValueError("every hookspec docstring ends with an 'Example::' section")
+    return prose.rstrip(), textwrap.dedent(example).strip("\n")
 
 
 def render() -> str:
@@ -53,15 +47,16 @@ def render() -> str:
     ]
     for name, function in _hooks():
         parameters = list(inspect.signature(function).parameters)  # type: ignore[arg-type]
+        prose, example = _split_example(function.__doc__ or "")  # type: ignore[union-attr]
         lines += [
             f"## `{name}({', '.join(parameters)})`",
             "",
-            inspect.cleandoc(function.__doc__ or ""),  # type: ignore[union-attr]
+            prose,
             "",
             f"- May be `async def`: {'no, a plain function' if name in PLAIN_ONLY else 'yes'}",
             f"- Return value: {RETURNS.get(name, 'ignored')}",
             "",
-            _example(name, parameters),
+            f"```python\n{example}\n```",
             "",
         ]
     return "\n".join(lines).rstrip() + "\n"

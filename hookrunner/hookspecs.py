@@ -67,6 +67,17 @@ def settings_schema() -> dict[str, Setting] | None:
     the core's (wrong types, unknown keys with the nearest name suggested, missing required keys), and
     ``hookrunner plugins --settings NAME`` prints it with the defaults. Checks that need more than one key go in
     ``validate_settings``, which runs after the schema passed. Must be a plain function.
+
+    Example::
+
+        from hookrunner import Setting, at_least, hookimpl
+
+        @hookimpl
+        def settings_schema():
+            return {
+                "threshold": Setting("number", 3.0, check=at_least(0), doc="negative words before alerting"),
+                "words": Setting("list[str]", ["refund", "cancel"], doc="what counts as negative"),
+            }
     """
 
 
@@ -78,6 +89,14 @@ def validate_settings(settings: dict[str, Any]) -> list[str] | None:
     config has none). Return a list of problems, each ``"key.path: what was expected, got what"`` relative to
     the table; the runner prefixes the file and ``plugins.NAME.`` and refuses to start. Return ``None`` or ``[]``
     when all is well. Must be a plain function (it runs before the event loop starts).
+
+    Example::
+
+        @hookimpl
+        def validate_settings(settings):
+            if settings.get("report_url") and not settings.get("token_env"):
+                return ["token_env: expected the variable holding report_url's token, got nothing"]
+            return []
     """
 
 
@@ -91,6 +110,19 @@ def on_startup(app: App) -> None:
     ``app`` is this plugin's view of the runner: ``app.settings`` (its ``[plugins.NAME]`` table), ``app.http``
     (a shared ``httpx.AsyncClient``), ``app.config_dir``, ``app.start_soon(fn, *args)`` (a background task,
     cancelled after ``on_shutdown``) and ``app.emit_trigger(trigger)``. Keep it: event hooks do not receive it.
+
+    Example::
+
+        @hookimpl
+        async def on_startup(app):
+            global APP
+            APP = app  # event hooks do not receive it
+            app.start_soon(report_every_minute, app)
+
+        async def report_every_minute(app):
+            while True:
+                await trio.sleep(60)
+                await app.http.post(app.settings["report_url"], json=collect_counts())
     """
 
 
@@ -101,6 +133,13 @@ def on_shutdown(app: App) -> None:
     Runs after the last event hook, before background tasks are cancelled. It has ``runner.shutdown_grace``
     seconds, or after a stop what is left of it (the first half drains received events); ``app.shutdown_time_left()``
     says how much remains, so a plugin can finish in time instead of being cut off.
+
+    Example::
+
+        @hookimpl
+        async def on_shutdown(app):
+            with trio.move_on_after(app.shutdown_time_left()):
+                await app.http.post(app.settings["report_url"], json=collect_counts())
     """
 
 
@@ -109,12 +148,26 @@ def on_reload(app: App) -> None:
     """The config file was re-read (SIGHUP) and every plugin's settings validated; ``app.settings`` now holds this
     plugin's new table. Apply it. An invalid config never gets here: the runner refuses it with one error line and
     the old settings stay in force. Only ``[plugins.NAME]`` tables are reloaded; other changes need a restart.
+
+    Example::
+
+        @hookimpl
+        def on_reload(app):
+            global WORDS
+            WORDS = frozenset(word.casefold() for word in app.settings.get("words", []))
     """
 
 
 @hookspec
 def on_call_subscribed(call: CallContext) -> None:
-    """A call's stream answered 200 for the first time; its events follow."""
+    """A call's stream answered 200 for the first time; its events follow.
+
+    Example::
+
+        @hookimpl
+        def on_call_subscribed(call):
+            call.state["myplugin"] = {"negative": 0, "since": time.monotonic()}
+    """
 
 
 @hookspec
@@ -125,6 +178,13 @@ def on_call_finished(call: CallContext, reason: str) -> None:
     could be subscribed: 400), ``"not_found"`` (404), ``"gave_up"`` (reconnects exhausted) or ``"shutdown"``
     (the runner was stopped while the call was live) or ``"auth_failed"`` (Atoms refused the API key, which stops
     the runner).
+
+    Example::
+
+        @hookimpl
+        async def on_call_finished(call, reason):
+            if reason == "ended":
+                await trio.Path(f"{call.id}.txt").write_text(call.transcript)
     """
 
 
@@ -133,22 +193,52 @@ def on_call_finished(call: CallContext, reason: str) -> None:
 
 @hookspec
 def on_sse_init(event: SseInit, call: CallContext) -> None:
-    """The stream of a call was established (first connection only)."""
+    """The stream of a call was established (first connection only).
+
+    Example::
+
+        @hookimpl
+        def on_sse_init(event, call):
+            log.info("following %s since %s", call.id, event.timestamp)
+    """
 
 
 @hookspec
 def on_call_start(event: CallStart, call: CallContext) -> None:
-    """The call started (``event.telephony_id`` when sent)."""
+    """The call started (``event.telephony_id`` when sent).
+
+    Example::
+
+        @hookimpl
+        def on_call_start(event, call):
+            call.state["myplugin"] = {"agent": event.raw.get("agent_id"), "started": event.timestamp}
+    """
 
 
 @hookspec
 def on_user_interim_transcription(event: UserInterimTranscription, call: CallContext) -> None:
-    """Partial text while the caller is speaking (``event.text``); superseded by later interims and the final."""
+    """Partial text while the caller is speaking (``event.text``); superseded by later interims and the final.
+
+    Example::
+
+        @hookimpl
+        def on_user_interim_transcription(event, call):
+            if "supervisor" in event.text.lower():  # act before the caller has finished the sentence
+                APP.emit_trigger(Trigger(type="escalation", call_id=call.id, rule="supervisor"))
+    """
 
 
 @hookspec
 def on_user_transcription(event: UserTranscription, call: CallContext) -> None:
-    """A caller finished a turn; ``event.text`` is final. ``call.turns`` already ends with this turn."""
+    """A caller finished a turn; ``event.text`` is final. ``call.turns`` already ends with this turn.
+
+    Example::
+
+        @hookimpl
+        async def on_user_transcription(event, call):
+            if "cancel" in event.text.lower():
+                await APP.http.post(APP.settings["crm_url"], json={"call": call.id, "said": event.text})
+    """
 
 
 @hookspec
@@ -156,27 +246,63 @@ def on_tts_completed(event: TtsCompleted, call: CallContext) -> None:
     """The agent finished speaking ``event.text`` (``event.latency_ms`` as sent, or None).
 
     ``call.turns`` already ends with this turn.
+
+    Example::
+
+        @hookimpl
+        def on_tts_completed(event, call):
+            if event.latency_ms is not None and event.latency_ms > 1500:
+                log.warning("%s: slow agent answer (%s ms): %s", call.id, event.latency_ms, event.text)
     """
 
 
 @hookspec
 def on_turn_latency(event: TurnLatency, call: CallContext) -> None:
-    """Latency breakdown of one turn; the per-stage numbers are in ``event.raw``."""
+    """Latency breakdown of one turn; the per-stage numbers are in ``event.raw``.
+
+    Example::
+
+        @hookimpl
+        def on_turn_latency(event, call):
+            STAGES.append({key: value for key, value in event.raw.items() if key.endswith("_latency")})
+    """
 
 
 @hookspec
 def on_metrics(event: Metrics, call: CallContext) -> None:
-    """Model and processor metrics (``event.metrics``)."""
+    """Model and processor metrics (``event.metrics``).
+
+    Example::
+
+        @hookimpl
+        def on_metrics(event, call):
+            for name, value in event.metrics.items():
+                TOTALS[name] = TOTALS.get(name, 0) + (value if isinstance(value, (int, float)) else 0)
+    """
 
 
 @hookspec
 def on_call_end(event: CallEnd, call: CallContext) -> None:
-    """The call ended (``event.metadata``); ``sse_close`` usually follows."""
+    """The call ended (``event.metadata``); ``sse_close`` usually follows.
+
+    Example::
+
+        @hookimpl
+        def on_call_end(event, call):
+            call.state.setdefault("myplugin", {})["duration"] = event.metadata.get("duration")
+    """
 
 
 @hookspec
 def on_sse_close(event: SseClose, call: CallContext) -> None:
-    """The server is closing the stream because the call ended; ``on_call_finished`` follows."""
+    """The server is closing the stream because the call ended; ``on_call_finished`` follows.
+
+    Example::
+
+        @hookimpl
+        def on_sse_close(event, call):
+            log.info("%s closed after %d events", call.id, call.events_dispatched)
+    """
 
 
 @hookspec
@@ -184,6 +310,13 @@ def on_event(event: Event, call: CallContext) -> None:
     """Every event, of every type, known or not, after the type's own hook.
 
     Unknown types arrive as ``UnknownEvent`` with all their fields in ``event.raw``.
+
+    Example::
+
+        @hookimpl
+        def on_event(event, call):
+            if isinstance(event, UnknownEvent):  # a type hookrunner has no class for yet: all of it is in raw
+                log.info("%s: new event type %s: %s", call.id, event.event_type, event.raw)
     """
 
 
@@ -198,6 +331,12 @@ def outbox_deliverers(app: App) -> dict[str, Any] | None:
     can be sent again outside a run. ``app`` is as in ``on_startup``, except that ``start_soon`` and
     ``emit_trigger`` are not available. Return ``{endpoint_name: deliverer}``; a deliverer is what the plugin
     gives its ``Outbox``.
+
+    Example::
+
+        @hookimpl
+        def outbox_deliverers(app):
+            return {name: make_deliverer(endpoint, app.http) for name, endpoint in endpoints(app.settings).items()}
     """
 
 
@@ -209,4 +348,11 @@ def on_trigger(trigger: Trigger) -> None:
     """A detector plugin concluded something about a call (``app.emit_trigger``); notifiers act on it here.
 
     Triggers are dispatched in the order they were emitted, isolated like every hook, and drained at shutdown.
+
+    Example::
+
+        @hookimpl
+        async def on_trigger(trigger):
+            if trigger.severity == "critical":
+                await APP.http.post(APP.settings["pager_url"], json={"call": trigger.call_id, "rule": trigger.rule})
     """

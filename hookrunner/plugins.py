@@ -351,6 +351,17 @@ def validate_plugin_settings(config: Config, loaded: LoadedPlugins) -> None:
         raise ConfigError("\n".join(problems))
 
 
+def settings_with_defaults(config: Config, loaded: LoadedPlugins) -> dict[str, dict[str, Any]]:
+    """Every plugin's ``[plugins.NAME]`` table with its schema's top-level defaults filled in: what ``app.settings``
+    holds, so a plugin reads ``app.settings["key"]`` without repeating its defaults. Assumes the tables passed
+    ``validate_plugin_settings``."""
+    tables = {name: dict(table) for name, table in config.plugin_settings.items()}
+    for name, schema in plugin_schemas(loaded).items():
+        if isinstance(schema, dict):
+            tables[name] = check_table(tables.get(name, {}), schema, open_keys=True)[0]
+    return tables
+
+
 def plugin_schemas(loaded: LoadedPlugins) -> dict[str, dict[str, Setting] | str]:
     """Each plugin's ``settings_schema()``, or the one-line reason it could not be had."""
     schemas: dict[str, dict[str, Setting] | str] = {}

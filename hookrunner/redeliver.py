@@ -21,7 +21,7 @@ from .context import App
 from .dead_letters import DeadLetter, read_dead_letters, rewrite_dead_letters
 from .errors import ConfigError
 from .outbox import Deliverer, OutboxMessage
-from .plugins import load_plugins, validate_plugin_settings
+from .plugins import load_plugins, settings_with_defaults, validate_plugin_settings
 
 log = logging.getLogger("hookrunner.redeliver")
 
@@ -35,11 +35,12 @@ async def _deliverers(config_path: Path, http: httpx.AsyncClient) -> dict[tuple[
     config = load_config(config_path)
     loaded = load_plugins(config)
     validate_plugin_settings(config, loaded)
+    settings = settings_with_defaults(config, loaded)
     found: dict[tuple[str, str], Deliverer] = {}
     for impl in loaded.pm.hook.outbox_deliverers.get_hookimpls():
         app = App(
             name=impl.plugin_name,
-            settings=config.plugin_settings.get(impl.plugin_name, {}),
+            settings=settings.get(impl.plugin_name, {}),
             http=http,
             config_dir=config.base_dir,
             config_path=config.path,

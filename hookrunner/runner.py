@@ -26,7 +26,7 @@ from .context import App, CallContext, Turn
 from .dispatch import HookDispatcher
 from .errors import AuthError, HookrunnerError
 from .events import Event, TtsCompleted, UserTranscription
-from .plugins import LoadedPlugins, validate_plugin_settings
+from .plugins import LoadedPlugins, settings_with_defaults, validate_plugin_settings
 from .spool import spool_events
 from .stats import Stats
 from .subscription import AUTH_FAILED, COMPLETED, ENDED, SHUTDOWN, Subscribed, Subscription
@@ -93,7 +93,8 @@ class Runner:
             trio.open_nursery() as background,
         ):
             self._background = background
-            self._apps = {name: self._make_app(name, plugin_http) for name in self.plugins.active_names}
+            settings = settings_with_defaults(self.config, self.plugins)
+            self._apps = {name: self._make_app(name, plugin_http, settings) for name in self.plugins.active_names}
             await self.dispatcher.call("on_startup", lambda name: {"app": self._apps[name]})
             async with trio.open_nursery() as core:
                 core.start_soon(self._dispatch_triggers)
@@ -130,8 +131,9 @@ class Runner:
             problems = str(exc).splitlines()
             log.error("%s: reload refused, the running settings stay: %s", path, "; ".join(problems))
             return False
+        settings = settings_with_defaults(config, self.plugins)
         for name, app in self._apps.items():
-            app.settings = config.plugin_settings.get(name, {})
+            app.settings = settings.get(name, {})
         self.config = dataclasses.replace(self.config, plugin_settings=config.plugin_settings)
         await self.dispatcher.call("on_reload", lambda name: {"app": self._apps[name]})
         log.info("%s: plugin settings reloaded", path)
@@ -263,10 +265,10 @@ class Runner:
 
     # --- triggers and plugins' background work ------------------------------------------------------------
 
-    def _make_app(self, name: str, http: httpx.AsyncClient) -> App:
+    def _make_app(self, name: str, http: httpx.AsyncClient, settings: dict[str, dict[str, Any]]) -> App:
         return App(
             name=name,
-            settings=self.config.plugin_settings.get(name, {}),
+            settings=settings.get(name, {}),
             http=http,
             config_dir=self.config.base_dir,
             config_path=self.config.path,

@@ -59,6 +59,8 @@ class Setting:
     items: Mapping[str, Setting] | None = None
 
     def problem(self, value: Any) -> str | None:
+        if value is None and self.default is None and not self.required:
+            return None  # an optional key left unset (TOML has no null: only a filled-in default is None)
         ok = {
             "str": isinstance(value, str),
             "bool": isinstance(value, bool),

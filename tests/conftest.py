@@ -1,4 +1,6 @@
-"""Shared test helpers: a recording plugin, scripts for the simulator, and running the runner in-process.
+"""Shared test helpers: a recording plugin, scripts for the simulator, running the runner in-process (thin
+wrappers over ``hookrunner.testing``, kept for the tests of the core, which name their plugins test-plugin-N), and
+starting real ``hookrunner`` processes.
 
 Everything talks over real loopback sockets: the simulator is hypercorn on 127.0.0.1, the runner uses httpx.
 """
@@ -19,12 +21,10 @@ import tomli_w
 import trio
 
 from hookrunner import hookimpl
-from hookrunner.config import config_from_dict
-from hookrunner.plugins import PluginInfo, load_plugins, validate_plugin_settings
 from hookrunner.runner import Runner
-from hookrunner.simulator.script import parse_script
+from hookrunner.testing import TEST_API_KEY, config_table, make_runner, sim_script
 
-API_KEY = "test-key"
+API_KEY = TEST_API_KEY
 #: Every plugin installed through the entry point group (bundled ones and the example package): disable them all
 #: where a test must see only its own plugins.
 INSTALLED_PLUGINS = sorted(ep.name for ep in importlib.metadata.entry_points(group="hookrunner"))
@@ -34,7 +34,7 @@ HOOKRUNNER = str(Path(sys.executable).with_name("hookrunner"))
 
 def script(calls: list[dict[str, Any]], **top: Any) -> Any:
     """A simulator script from plain data (the TOML shape), with the tests' API key."""
-    return parse_script({"api_key": API_KEY, "keepalive": 0, **top, "calls": calls}, source="<test script>")
+    return sim_script(calls, **top)
 
 
 def call_events(n: int, spacing: float = 0.0, text: str = "turn") -> list[dict[str, Any]]:
@@ -102,32 +102,16 @@ class Recorder:
 
 
 def make_config(base_url: str, **runner: Any) -> dict[str, Any]:
-    """A config table pointing at a simulator, with delays small enough for tests."""
+    """A config table pointing at a simulator, with delays small enough for tests; ``plugins`` is the whole
+    ``[plugins]`` table (every installed plugin disabled unless it says otherwise)."""
     plugins = runner.pop("plugins", {})
-    table = {
-        "hook_timeout": 2.0,
-        "idle_timeout": 5.0,
-        "shutdown_grace": 2.0,
-        "reconnect": {"initial_delay": 0.05, "max_delay": 0.2, "max_attempts": 5},
-    }
-    table.update(runner)
-    return {
-        "atoms": {"base_url": base_url, "api_key": API_KEY},
-        "runner": table,
-        "plugins": {"disable": INSTALLED_PLUGINS, **plugins},
-    }
+    return config_table(base_url, settings=plugins, runner=runner)
 
 
 def build_runner(config: dict[str, Any], calls: list[str], *extra_plugins: Any, base_dir: Path = REPO) -> Runner:
     """Load plugins as ``hookrunner run`` does and register ``extra_plugins`` objects (named test-plugin-N)."""
-    parsed = config_from_dict(config, source="test.toml", base_dir=base_dir)
-    loaded = load_plugins(parsed)
-    for index, plugin in enumerate(extra_plugins):
-        name = f"test-plugin-{index}"
-        loaded.pm.register(plugin, name=name)
-        loaded.infos.append(PluginInfo(name, "test", None, active=True))
-    validate_plugin_settings(parsed, loaded)
-    return Runner(parsed, loaded, api_key=parsed.api_key(), calls=calls)
+    named = {f"test-plugin-{index}": plugin for index, plugin in enumerate(extra_plugins)}
+    return make_runner(config, named, calls=calls, base_dir=base_dir)
 
 
 async def run_runner(

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 
+from hookrunner.testing import run_plugins
 from hookrunner_plugins.console import ConsolePlugin
-
-from conftest import make_config, run_runner, script
-from hookrunner.simulator import running_simulator
 
 
 class Terminal(io.StringIO):
@@ -24,10 +22,11 @@ EVENTS = [
 
 
 async def run_console(stream, settings=None) -> str:
-    console = ConsolePlugin(stream)
-    async with running_simulator(script([{"id": "CALL-1764000000000-abc123", "events": EVENTS}])) as sim:
-        config = make_config(sim.base_url, plugins={"test-plugin-0": settings or {}})
-        await run_runner(config, ["CALL-1764000000000-abc123"], console)
+    """One call through the real runner, printed by a console plugin writing to ``stream``, registered under the
+    name users configure it by (``[plugins.console]``)."""
+    calls = [{"id": "CALL-1764000000000-abc123", "events": EVENTS}]
+    result = await run_plugins({"console": ConsolePlugin(stream)}, calls, settings={"console": settings or {}})
+    assert result.exit_code == 0 and result.hook_errors == {}
     return stream.getvalue()
 
 

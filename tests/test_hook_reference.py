@@ -19,7 +19,10 @@ def test_every_hook_has_a_section_with_its_docstring_and_an_example() -> None:
     for name in hooks:
         section = page.split(f"## `{name}(", 1)[1].split("\n## ", 1)[0]
         assert inspect_first_line(getattr(hookspecs, name)) in section
-        assert "```python\n@hookimpl\n" in section and "- May be `async def`:" in section
+        example = section.split("```python\n", 1)[1].split("\n```", 1)[0]
+        assert f"@hookimpl\ndef {name}(" in example or f"@hookimpl\nasync def {name}(" in example, name
+        compile(example, f"<example of {name}>", "exec")  # the examples are real Python, not pseudo-code
+        assert "- May be `async def`:" in section
 
 
 def inspect_first_line(function) -> str:

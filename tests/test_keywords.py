@@ -4,8 +4,8 @@ loopback receiver).
 
 The matcher is also exercised directly (``PhraseMatcher``), where a table of texts says more than a call would:
 normalisation, word boundaries, numbers, fuzzy thresholds and patterns. Everything else runs the real runner
-against the real simulator on 127.0.0.1, on the shared fixtures' calls (replayed faster with ``speed``) or on small
-scripted calls whose timing a test controls.
+against the real simulator on 127.0.0.1 with ``hookrunner.testing``, as a third-party plugin's tests would, on the
+shared fixtures' calls (replayed faster with ``speed``) or on small scripted calls whose timing a test controls.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import tomli_w
 import trio
 
 from hookrunner import hookimpl
-from hookrunner.simulator import running_simulator
+from hookrunner.testing import config_table, run_plugins, simulator, start_plugins
 from hookrunner_plugins.keywords import KeywordTrigger
 from hookrunner_plugins.keywords.matcher import PhraseMatcher, RuleMatchSpec
 from hookrunner_plugins.webhook import verify
 
-from conftest import API_KEY, build_runner, hookrunner_process, make_config, run_runner, script
-from receiver import running_receiver
+from conftest import hookrunner_process
+from hookrunner.testing.receiver import running_receiver
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 SUPPORT = FIXTURES / "support-cancel-intent.jsonl"
@@ -81,19 +81,23 @@ class TriggerRecorder:
         return [seen for seen in self.seen if seen.trigger.rule == rule and seen.trigger.call_id == call_id]
 
 
-def keywords_plugins(rules: list[dict[str, Any]], **more: Any) -> dict[str, Any]:
-    """The ``[plugins]`` table with the keywords plugin on (console and webhook off unless ``more`` says)."""
-    return {"disable": ["console", "webhook"], "keywords": {"rules": rules}, **more}
+def keywords_settings(rules: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``[plugins.keywords]`` table of ``rules``."""
+    return {"keywords": {"rules": rules}}
 
 
 async def run_keywords(
     source: Any, call_ids: list[str], rules: list[dict[str, Any]], *, speed: float | None = None
 ) -> TriggerRecorder:
-    """Run the runner with ``rules`` on a simulator of ``source`` (a script or a fixture path) to the end."""
+    """Run the runner with the keywords plugin and ``rules`` on a simulator of ``source`` (a list of scripted
+    calls or a fixture path) to the end, following ``call_ids``."""
     recorder = TriggerRecorder()
-    async with running_simulator(source, api_key=API_KEY, speed=speed) as sim:
-        code, _ = await run_runner(make_config(sim.base_url, plugins=keywords_plugins(rules)), call_ids, recorder)
-    assert code == 0
+    async with simulator(source, speed=speed) as sim:
+        result = await run_plugins(
+            [recorder], sim, enable=["keywords"], settings=keywords_settings(rules), calls=call_ids
+        )
+    assert result.exit_code == 0 and result.hook_errors == {}
+    assert result.finished == {call_id: "ended" for call_id in call_ids}
     return recorder
 
 
@@ -395,7 +399,7 @@ async def test_word_rules_through_the_runner_match_case_punctuation_unicode_and_
         user(0.08, "I have 2 lines."),
         user(0.10, "I DON’T   WANT it."),
     ]
-    recorder = await run_keywords(script([call("CALL-NORM", events, end=0.2)]), ["CALL-NORM"], rules)
+    recorder = await run_keywords([call("CALL-NORM", events, end=0.2)], ["CALL-NORM"], rules)
     got = sorted((t.rule, index_of(t), spanned(t)) for t in recorder.triggers)
     assert got == [("cancel", 3, "ＣＡＮＣＥＬ"), ("dont-want", 5, "DON’T   WANT"), ("two-lines", 4, "2 lines")]
 
@@ -411,7 +415,7 @@ async def test_speaker_agent_hears_only_tts_user_only_the_caller_and_any_both() 
         interim(0.04, "fraud"),
         user(0.06, "Yes, it is fraud."),
     ]
-    recorder = await run_keywords(script([call("CALL-SPK", events, end=0.2)]), ["CALL-SPK"], rules)
+    recorder = await run_keywords([call("CALL-SPK", events, end=0.2)], ["CALL-SPK"], rules)
     [by_agent] = recorder.of("agent-fraud")
     assert (by_agent.event_type, by_agent.speaker, by_agent.text) == ("tts_completed", "agent", "Our fraud team can help.")
     [by_user] = recorder.of("user-fraud")
@@ -430,7 +434,7 @@ async def test_cooldown_and_max_per_call_hold_for_each_call_separately() -> None
     # fraud at 0.0, 0.1, 0.2 (inside the cooldown), 0.8 (after it), 0.9 (inside the next one)
     events = [user(at, f"fraud number {n}") for n, at in enumerate([0.0, 0.1, 0.2, 0.8, 0.9])]
     calls = [call("CALL-C1", events, end=1.1), call("CALL-C2", events, end=1.1)]
-    recorder = await run_keywords(script(calls), ["CALL-C1", "CALL-C2"], rules)
+    recorder = await run_keywords(calls, ["CALL-C1", "CALL-C2"], rules)
     for call_id in ("CALL-C1", "CALL-C2"):
         # script positions: call_start is 0, the first fraud is 1
         assert [index_of(t) for t in recorder.of("cooldown", call_id)] == [1, 4], call_id
@@ -449,7 +453,7 @@ async def test_an_interim_rule_fires_once_per_turn_and_again_in_the_next_turn() 
         interim(0.10, "i said speak to a manager"),
         user(0.12, "I said speak to a manager!"),
     ]
-    recorder = await run_keywords(script([call("CALL-TURNS", events, end=0.2)]), ["CALL-TURNS"], rules)
+    recorder = await run_keywords([call("CALL-TURNS", events, end=0.2)], ["CALL-TURNS"], rules)
     assert [(index_of(t), t.event_type) for t in recorder.triggers] == [
         (1, "user_interim_transcription"),
         (5, "user_interim_transcription"),
@@ -465,7 +469,7 @@ async def test_a_fuzzy_interim_rule_waits_for_an_interim_that_says_the_whole_phr
         interim(0.06, "speak to the manager"),
         user(0.08, "Speak to the manager."),
     ]
-    recorder = await run_keywords(script([call("CALL-FZ", events, end=0.2)]), ["CALL-FZ"], rules)
+    recorder = await run_keywords([call("CALL-FZ", events, end=0.2)], ["CALL-FZ"], rules)
     assert [(index_of(t), spanned(t)) for t in recorder.triggers] == [(3, "speak to the manager")]
 
 
@@ -480,7 +484,7 @@ async def test_an_absence_rule_fires_at_its_deadline_on_a_live_call_unless_the_s
         call("CALL-CALLER", [user(0.1, "I know this call is recorded.")], end=1.0),  # said, but by the wrong side
     ]
     ids = [c["id"] for c in calls]
-    recorder = await run_keywords(script(calls), ids, rules)
+    recorder = await run_keywords(calls, ids, rules)
     assert recorder.of("disclosure", "CALL-INTIME") == []
     for call_id in ("CALL-NEVER", "CALL-LATE", "CALL-CALLER"):
         [seen] = recorder.timed("disclosure", call_id)  # once, not again at the call's end
@@ -503,7 +507,7 @@ async def test_an_absence_rule_fires_at_the_end_of_a_call_that_ends_before_the_d
     ]
     calls = [call("CALL-SHORT", [agent(0.05, "Hello, bye.")], end=0.2)]
     with trio.fail_after(3):  # the runner does not wait for the 5 s deadline
-        recorder = await run_keywords(script(calls), ["CALL-SHORT"], rules)
+        recorder = await run_keywords(calls, ["CALL-SHORT"], rules)
     [seen] = recorder.timed("disclosure", "CALL-SHORT")
     assert seen.trigger.event_type == "absent"
     assert seen.at - recorder.subscribed["CALL-SHORT"] < 1.0
@@ -517,12 +521,13 @@ async def test_stopping_the_runner_mid_call_is_not_a_missed_disclosure() -> None
     rules = [{"name": "disclosure", "phrases": ["this call is recorded"], "speaker": "agent", "absent_within": 5}]
     calls = [call("CALL-LIVE", [agent(0.05, "Hello.")], end=10)]
     recorder = TriggerRecorder()
-    async with running_simulator(script(calls), api_key=API_KEY) as sim:
-        runner = build_runner(make_config(sim.base_url, plugins=keywords_plugins(rules)), ["CALL-LIVE"], recorder)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(runner.run)
-            await trio.sleep(0.4)
-            runner.stop()
+    async with start_plugins([recorder], calls, enable=["keywords"], settings=keywords_settings(rules)) as run:
+        await trio.sleep(0.4)
+        assert "CALL-LIVE" in recorder.subscribed and not run.over
+        run.runner.stop()
+        result = await run.wait()
+    assert result.exit_code == 0
+    assert result.finished == {"CALL-LIVE": "shutdown"}  # stopped mid-call, 9.6 s before the call's end
     assert recorder.of("disclosure") == []
 
 
@@ -551,14 +556,12 @@ async def test_a_keyword_reaches_a_webhook_receiver_signed_within_a_second_of_th
         endpoint = {"name": "ops", "url": receiver.url("/hook"), "secret_env": "HR_TEST_KW_SECRET",
                     "events": ["trigger.keyword"], "timeout": 1.0, "max_attempts": 2,
                     "retry_initial_delay": 0.05, "retry_max_delay": 0.1}  # fmt: skip
-        plugins = {
-            "disable": ["console"],
+        settings = {
             "webhook": {"dead_letter": str(tmp_path / "dead.jsonl"), "endpoints": [endpoint]},
-            "keywords": {"rules": rules},
+            **keywords_settings(rules),
         }
-        async with running_simulator(script(calls)) as sim:
-            code, _ = await run_runner(make_config(sim.base_url, plugins=plugins), ["CALL-E2E"], base_dir=tmp_path)
-    assert code == 0
+        result = await run_plugins([], calls, enable=["keywords", "webhook"], settings=settings, base_dir=tmp_path)
+    assert result.exit_code == 0
     [request] = receiver.requests
     assert request.path == "/hook" and request.succeeded
     body = verify(request.body, request.headers, secret)
@@ -597,8 +600,7 @@ BAD_RULES = {
 
 
 def write_keywords_config(directory: Path, rules: list[dict[str, Any]]) -> Path:
-    table = make_config(UNREACHABLE, plugins=keywords_plugins(rules))
-    table["runner"]["calls"] = ["CALL-X"]
+    table = config_table(UNREACHABLE, enable=["keywords"], settings=keywords_settings(rules), runner={"calls": ["CALL-X"]})
     path = directory / "config.toml"
     path.write_text(tomli_w.dumps(table), encoding="utf-8")
     return path

@@ -289,3 +289,33 @@ async def test_triggers_emitted_by_the_last_event_are_dispatched_before_shutdown
     async with running_simulator(script([{"id": "CALL-Z", "events": call_events(1)}])) as sim:
         await run_runner(make_config(sim.base_url), ["CALL-Z"], EmitOnClose(), SlowNotifier())
     assert got == ["last"] and shutdown_saw == [1]
+
+
+class SchemaPlugin:
+    """Declares a schema; records what ``app.settings`` holds at startup and after a reload."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict] = []
+
+    @hookimpl
+    def settings_schema(self):
+        from hookrunner import Setting
+
+        return {
+            "threshold": Setting("int", 5),
+            "words": Setting("list[str]", ["cancel"]),
+            "url": Setting("str", None, doc="optional"),
+        }
+
+    @hookimpl
+    def on_startup(self, app):
+        self.seen.append(dict(app.settings))
+
+
+async def test_app_settings_hold_the_schemas_defaults_for_keys_the_table_leaves_out() -> None:
+    plugin = SchemaPlugin()
+    async with running_simulator(script([{"id": "CALL-D", "events": call_events(1)}])) as sim:
+        config = make_config(sim.base_url, plugins={"test-plugin-0": {"threshold": 3}})
+        code, _ = await run_runner(config, ["CALL-D"], plugin)
+    assert code == 0
+    assert plugin.seen == [{"threshold": 3, "words": ["cancel"], "url": None}]

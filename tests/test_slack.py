@@ -2,7 +2,8 @@
 
 A loopback fake of Slack (``fake_slack.py``) checks every payload the way Slack does (credentials, channel,
 Block Kit, size limits, one message a second per channel) and records what reached each channel. The simulator
-feeds the real runner with scripted calls; the ``keywords`` plugin (or a detector plugin written here) turns what
+feeds the real runner with scripted calls (both run with ``hookrunner.testing``, as a third-party plugin's tests
+would); the ``keywords`` plugin (or a detector plugin written here) turns what
 is said into triggers, and the ``slack`` plugin posts them. Each test asserts what someone would notice: the
 messages in the channel and their threads, their text, how often requests arrived, what ended in the dead-letter
 file, the exit code and the log lines (a real ``hookrunner`` process where the log is the point).
@@ -22,10 +23,10 @@ import pytest
 import trio
 
 from hookrunner import Trigger, hookimpl
-from hookrunner.simulator import running_simulator
+from hookrunner.testing import config_table, run_plugins, simulator, start_plugins
 
-from conftest import afinish, finish, make_config, run_runner, script, write_config
-from receiver import refusing_port
+from conftest import afinish, finish, write_config
+from hookrunner.testing.receiver import refusing_port
 from fake_slack import BLOCK_LIMIT, SECTION_LIMIT, TEXT_LIMIT, FakeSlack, Scripted, SlackRequest, running_fake_slack
 
 TOKEN_ENV = "HR_TEST_SLACK_TOKEN"
@@ -92,9 +93,20 @@ def slack_table(slack: FakeSlack | None, routes: list[dict[str, Any]], dead_lett
     return table
 
 
-def slack_plugins(table: dict[str, Any], rules: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """``[plugins]`` with keywords and slack on, console and webhook off."""
-    return {"disable": ["console", "webhook"], "keywords": {"rules": rules or []}, "slack": table}
+#: The installed plugins these tests turn on: keywords makes the triggers, slack posts them.
+ENABLE = ["keywords", "slack"]
+
+
+def slack_settings(table: dict[str, Any], rules: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``[plugins.keywords]`` with ``rules`` and ``[plugins.slack]``."""
+    return {"keywords": {"rules": rules or []}, "slack": table}
+
+
+def slack_config(
+    base_url: str, table: dict[str, Any], rules: list[dict[str, Any]] | None = None, **runner: Any
+) -> dict[str, Any]:
+    """A config table for a ``hookrunner`` process: keywords and slack on, the other installed plugins off."""
+    return config_table(base_url, enable=ENABLE, settings=slack_settings(table, rules), runner=runner)
 
 
 def read_letters(path: Path) -> list[dict[str, Any]]:
@@ -117,10 +129,10 @@ async def run_with_slack(
     at ``slack``); returns the exit code and the dead letters."""
     dead_letter = tmp_path / "dead-letters.jsonl"
     table = slack_table(slack, routes, dead_letter, **(settings or {}))
-    async with running_simulator(script(calls)) as sim:
-        config = make_config(sim.base_url, plugins=slack_plugins(table, rules), **runner)
-        code, _ = await run_runner(config, [c["id"] for c in calls], *plugins, base_dir=tmp_path)
-    return code, read_letters(dead_letter)
+    result = await run_plugins(
+        list(plugins), calls, enable=ENABLE, settings=slack_settings(table, rules), runner=runner, base_dir=tmp_path
+    )
+    return result.exit_code, read_letters(dead_letter)
 
 
 def fake(**keys: Any) -> Any:
@@ -519,22 +531,19 @@ async def test_slack_unreachable_at_first_is_retried_and_delivered_once_it_answe
         slack.base_url = f"http://127.0.0.1:{down.port}"  # where it will answer once it is up
         secrets(slack)
         table = slack_table(slack, [api_route()], dead_letter, max_attempts=20)
-        async with running_simulator(script(calls)) as sim, trio.open_nursery() as nursery:
-            config = make_config(sim.base_url, plugins=slack_plugins(table, [CANCEL]), shutdown_grace=4.0)
-            done = trio.Event()
-
-            async def run() -> None:
-                code, _ = await run_runner(config, ["CALL-SLACK-NET"], base_dir=tmp_path)
-                assert code == 0
-                done.set()
-
-            nursery.start_soon(run)
-            await trio.sleep(0.6)  # the trigger's first attempts were refused
-            assert slack.requests == []
-            await nursery.start(partial(slack.serve, port=down.release()))
-            with trio.fail_after(10):
-                await done.wait()
+        async with trio.open_nursery() as nursery:  # serves the fake Slack, once it is up
+            async with start_plugins(
+                [], calls, enable=ENABLE, settings=slack_settings(table, [CANCEL]), runner={"shutdown_grace": 4.0},
+                base_dir=tmp_path,
+            ) as run:  # fmt: skip
+                await trio.sleep(0.6)  # the trigger's first attempts were refused
+                assert slack.requests == [] and not run.over
+                assert len(run.result.triggers) == 1  # the trigger was there before Slack was
+                await nursery.start(partial(slack.serve, port=down.release()))
+                with trio.fail_after(10):
+                    result = await run.wait()
             nursery.cancel_scope.cancel()
+    assert result.exit_code == 0
     assert read_letters(dead_letter) == [], [letter["reason"] for letter in read_letters(dead_letter)]
     [post] = slack.posts(OPS)
     assert "*cancel my subscription*" in post.everything
@@ -546,9 +555,7 @@ async def test_slack_unreachable_at_first_is_retried_and_delivered_once_it_answe
 
 
 def check_config(routes: list[dict[str, Any]]) -> dict[str, Any]:
-    table = make_config(UNREACHABLE)
-    table["plugins"] = slack_plugins(slack_table(None, routes))
-    return table
+    return slack_config(UNREACHABLE, slack_table(None, routes))
 
 
 NOT_SET = "HR_TEST_SLACK_NOT_SET"
@@ -590,7 +597,7 @@ def test_check_names_the_route_key_and_route_in_one_line(
 async def test_debug_logs_and_error_lines_never_show_tokens_or_webhook_urls(cli, tmp_path: Path) -> None:
     calls = [call("CALL-SLACK-LOGS", [user(0.05, "cancel my subscription please"), user(0.5, "cancel my subscription now")], end=0.8)]
     dead_letter = tmp_path / "dead.jsonl"
-    async with fake() as slack, running_simulator(script(calls)) as sim:
+    async with fake() as slack, simulator(calls) as sim:
         slack.script([503])  # one retry: a warning line with the reason
         routes = [
             api_route("api-ok"),
@@ -598,10 +605,9 @@ async def test_debug_logs_and_error_lines_never_show_tokens_or_webhook_urls(cli,
             hook_route("hook-ok"),
             hook_route("hook-gone", webhook_env=GONE_HOOK_ENV),  # 404 no_service: an error line
         ]
-        table = make_config(
-            sim.base_url, calls=["CALL-SLACK-LOGS"], shutdown_grace=4.0,
-            plugins=slack_plugins(slack_table(slack, routes, dead_letter), [CANCEL]),
-        )  # fmt: skip
+        table = slack_config(
+            sim.base_url, slack_table(slack, routes, dead_letter), [CANCEL], calls=["CALL-SLACK-LOGS"], shutdown_grace=4.0
+        )
         env = {
             TOKEN_ENV: TOKEN,
             BAD_TOKEN_ENV: BAD_TOKEN,
@@ -633,13 +639,13 @@ async def test_what_slack_could_not_take_is_dead_lettered_and_redeliver_sends_it
         )
     ]
     dead_letter = tmp_path / "dead.jsonl"
-    async with fake() as slack, running_simulator(script(calls)) as sim:
+    async with fake() as slack, simulator(calls) as sim:
         env = {TOKEN_ENV: TOKEN, HOOK_ENV: slack.webhook_url(HOOK_ID)}
         slack.outage = 503
         routes = [api_route("alerts"), hook_route("hook"), api_route("live", channel=SALES, transcript="thread")]
-        table = make_config(
-            sim.base_url, calls=["CALL-SLACK-DOWN"], shutdown_grace=3.0,
-            plugins=slack_plugins(slack_table(slack, routes, dead_letter, max_attempts=2), [CANCEL]),
+        table = slack_config(
+            sim.base_url, slack_table(slack, routes, dead_letter, max_attempts=2), [CANCEL],
+            calls=["CALL-SLACK-DOWN"], shutdown_grace=3.0,
         )  # fmt: skip
         config = write_config(tmp_path, table)
         code, out, err = await afinish(cli("run", str(config), env=env))

@@ -1,5 +1,6 @@
 """The bundled ``webhook`` plugin as a receiver sees it: a real HTTP server on 127.0.0.1 (``receiver.py``) that
-records every request, the simulator feeding the runner, and the dead-letter file.
+records every request, the simulator feeding the runner (both run with ``hookrunner.testing``, as a third-party
+plugin's tests would; real ``hookrunner`` processes where the process is the point), and the dead-letter file.
 
 Each test asserts what the owner of an endpoint or the person running hookrunner notices: which messages arrived,
 in which order, with which headers and signatures (checked by an implementation of the Standard Webhooks
@@ -30,11 +31,11 @@ import hookrunner
 from hookrunner import Trigger, hookimpl
 from hookrunner.dead_letters import DeadLetterFile
 from hookrunner.outbox import Outbox, OutboxMessage, Outcome
-from hookrunner.simulator import running_simulator
+from hookrunner.testing import RunResult, config_table, run_plugins, simulator
 from hookrunner_plugins.webhook import WebhookVerificationError, verify
 
-from conftest import afinish, finish, make_config, run_runner, script, write_config
-from receiver import ReceivedRequest, Receiver, Reply, refusing_port, running_receiver
+from conftest import afinish, finish, write_config
+from hookrunner.testing.receiver import ReceivedRequest, Receiver, Reply, refusing_port, running_receiver
 
 UNREACHABLE = "http://127.0.0.1:9"  # for configs that `check` refuses before anything connects
 
@@ -132,8 +133,19 @@ def endpoint(name: str, url: str, secret_variable: str, **keys: Any) -> dict[str
     return {"name": name, "url": url, "secret_env": secret_variable, **FAST, **keys}
 
 
-def webhook_plugins(endpoints: list[dict[str, Any]], dead_letter: Path) -> dict[str, Any]:
-    return {"disable": ["console"], "webhook": {"dead_letter": str(dead_letter), "endpoints": endpoints}}
+def webhook_settings(endpoints: list[dict[str, Any]], dead_letter: Path | None = None) -> dict[str, Any]:
+    """The ``[plugins.webhook]`` table (no ``dead_letter`` key: the plugin's default file)."""
+    table: dict[str, Any] = {"endpoints": endpoints}
+    if dead_letter is not None:
+        table["dead_letter"] = str(dead_letter)
+    return {"webhook": table}
+
+
+def webhook_config(
+    base_url: str, endpoints: list[dict[str, Any]], dead_letter: Path | None, **runner: Any
+) -> dict[str, Any]:
+    """A config table for a ``hookrunner`` process: the webhook plugin on, the other installed plugins off."""
+    return config_table(base_url, enable=["webhook"], settings=webhook_settings(endpoints, dead_letter), runner=runner)
 
 
 def read_letters(path: Path) -> list[dict[str, Any]]:
@@ -144,13 +156,15 @@ def read_letters(path: Path) -> list[dict[str, Any]]:
 
 async def run_with_webhook(
     tmp_path: Path, calls: list[dict[str, Any]], endpoints: list[dict[str, Any]], *plugins: Any, **runner: Any
-) -> tuple[int, Any, list[dict[str, Any]]]:
-    """Run the runner in-process on a simulator of ``calls`` with the webhook plugin; (exit code, runner, letters)."""
+) -> tuple[int, RunResult, list[dict[str, Any]]]:
+    """Run the runner in-process on a simulator of ``calls`` with the webhook plugin and ``plugins``;
+    (exit code, what the run did, dead letters)."""
     dead_letter = tmp_path / "dead-letters.jsonl"
-    async with running_simulator(script(calls)) as sim:
-        config = make_config(sim.base_url, plugins=webhook_plugins(endpoints, dead_letter), **runner)
-        code, ran = await run_runner(config, [call["id"] for call in calls], *plugins, base_dir=tmp_path)
-    return code, ran, read_letters(dead_letter)
+    result = await run_plugins(
+        list(plugins), calls, enable=["webhook"], settings=webhook_settings(endpoints, dead_letter), runner=runner,
+        base_dir=tmp_path,
+    )  # fmt: skip
+    return result.exit_code, result, read_letters(dead_letter)
 
 
 def position(body: dict[str, Any]) -> tuple[str, int]:
@@ -307,7 +321,7 @@ async def test_triggers_reach_an_endpoint_filtering_on_trigger_as_trigger_dot_ty
         assert data["event_id"].startswith(f"CALL-TRIG_{index}_") and data["event_type"] == "user_transcription"
         assert data["severity"] == "warning" and data["labels"] == {"team": "retention"}
         assert data["data"] == {"keyword": "cancel", "text": texts[index]}
-        assert data["source"] == "test-plugin-0"  # the runner names the detector that emitted it
+        assert data["source"] == "CancelWordDetector"  # the runner names the detector that emitted it
         assert assert_utc_iso(body["timestamp"]) == trigger.timestamp
     assert len(set(ids_of(requests))) == 2
 
@@ -407,9 +421,9 @@ async def test_connection_refused_is_retried_up_to_max_attempts_then_dead_letter
     calls = [{"id": "CALL-DOWN", "events": finals(2)}]
     with refusing_port() as down:
         endpoints = [endpoint("down", down.url("/down"), "HR_TEST_WH", events=["user_transcription"], max_attempts=4)]
-        code, runner, letters = await run_with_webhook(tmp_path, calls, endpoints)
+        code, result, letters = await run_with_webhook(tmp_path, calls, endpoints)
     assert code == 0
-    assert runner.stats.calls_finished == {"ended": 1}
+    assert result.stats.calls_finished == {"ended": 1}
     assert [position(letter["body"]) for letter in letters] == [("CALL-DOWN", 0), ("CALL-DOWN", 1)]
     for letter in letters:
         assert_letter(letter, name="down", attempts=4, reason="retries exhausted")
@@ -800,16 +814,14 @@ async def test_sigterm_with_deliveries_pending_exits_0_within_shutdown_grace_and
     secret = new_secret()
     dead_letter = tmp_path / "letters" / "dead.jsonl"
     calls = [{"id": f"CALL-TERM-{n}", "events": finals(60, spacing=0.1)} for n in range(2)]  # 6 s calls
-    async with running_receiver() as receiver, running_simulator(script(calls)) as sim:
+    async with running_receiver() as receiver, simulator(calls) as sim:
         receiver.script("/hook", then=Reply(200, delay=10.0))
-        table = make_config(
+        table = webhook_config(
             sim.base_url,
+            [endpoint("slow", receiver.url("/hook"), "HR_TEST_WH", events=["user_transcription"], timeout=15)],
+            dead_letter,
             calls=[call["id"] for call in calls],
             shutdown_grace=grace,
-            plugins=webhook_plugins(
-                [endpoint("slow", receiver.url("/hook"), "HR_TEST_WH", events=["user_transcription"], timeout=15)],
-                dead_letter,
-            ),
         )
         process = cli("run", str(write_config(tmp_path, table)), env={"HR_TEST_WH": secret})
         await receiver.wait_for(2, "/hook", timeout=10)  # both calls have a message in flight
@@ -843,12 +855,9 @@ async def test_the_dead_letter_file_is_next_to_the_config_by_default(cli, tmp_pa
     directory.mkdir()
     calls = [{"id": "CALL-DEF", "events": finals(2)}]
     with refusing_port() as down:
-        async with running_simulator(script(calls)) as sim:
-            table = make_config(sim.base_url, calls=["CALL-DEF"])
-            table["plugins"] = {
-                "disable": ["console"],
-                "webhook": {"endpoints": [endpoint("down", down.url(), "HR_TEST_WH", events=["user_transcription"], max_attempts=1)]},
-            }
+        async with simulator(calls) as sim:
+            endpoints = [endpoint("down", down.url(), "HR_TEST_WH", events=["user_transcription"], max_attempts=1)]
+            table = webhook_config(sim.base_url, endpoints, None, calls=["CALL-DEF"])  # no dead_letter key
             config = write_config(directory, table)
             code, out, err = await afinish(cli("run", str(config), env={"HR_TEST_WH": secret}))  # cwd: tmp_path
     assert code == 0, err
@@ -859,9 +868,7 @@ async def test_the_dead_letter_file_is_next_to_the_config_by_default(cli, tmp_pa
 
 
 def check_table_with(endpoints: list[dict[str, Any]]) -> dict[str, Any]:
-    table = make_config(UNREACHABLE)
-    table["plugins"] = {"disable": ["console"], "webhook": {"endpoints": endpoints}}
-    return table
+    return webhook_config(UNREACHABLE, endpoints, None)
 
 
 def test_check_names_each_bad_endpoint_key_in_one_line(cli, tmp_path: Path) -> None:
@@ -924,7 +931,7 @@ async def test_debug_logs_never_show_the_secret_the_urls_query_or_auth_headers(c
     token, bearer = "SECRET123", "Bearer XYZ-canary-77"
     calls = [{"id": "CALL-LOGS", "events": finals(4, spacing=0.02)}]
     with refusing_port() as down:
-        async with running_receiver() as receiver, running_simulator(script(calls)) as sim:
+        async with running_receiver() as receiver, simulator(calls) as sim:
             receiver.script("/private", [500, 503, 400], then=200)  # retries, then a rejected message
             auth = {"Authorization": bearer}
             endpoints = [
@@ -933,9 +940,7 @@ async def test_debug_logs_never_show_the_secret_the_urls_query_or_auth_headers(c
                 endpoint("down", down.url("/down", f"token={token}"), "HR_TEST_WH", headers=auth,
                          events=["user_transcription"], max_attempts=2),
             ]  # fmt: skip
-            table = make_config(
-                sim.base_url, calls=["CALL-LOGS"], plugins=webhook_plugins(endpoints, tmp_path / "dead.jsonl")
-            )
+            table = webhook_config(sim.base_url, endpoints, tmp_path / "dead.jsonl", calls=["CALL-LOGS"])
             config = write_config(tmp_path, table)
             code, out, err = await afinish(
                 cli("--log-level", "debug", "run", str(config), env={"HR_TEST_WH": secret})
@@ -966,8 +971,8 @@ async def dead_letters_of_a_run(
         endpoint("down", down_url, "HR_TEST_WH", events=["user_transcription"], max_attempts=2),
         endpoint("failing", failing.url("/failing"), "HR_TEST_WH", events=["user_transcription"], max_attempts=2),
     ]
-    async with running_simulator(script(calls)) as sim:
-        table = make_config(sim.base_url, calls=[c["id"] for c in calls], plugins=webhook_plugins(endpoints, dead_letter))
+    async with simulator(calls) as sim:
+        table = webhook_config(sim.base_url, endpoints, dead_letter, calls=[c["id"] for c in calls])
         config = write_config(tmp_path, table)
         code, out, err = await afinish(cli("run", str(config), env={"HR_TEST_WH": secret}))
     assert code == 0, err

@@ -1,4 +1,5 @@
-"""A webhook receiver for tests: a plain ASGI app served by hypercorn on trio, on 127.0.0.1.
+"""An HTTP receiver for tests of plugins that send things (webhooks, reports, chat messages): a plain ASGI app
+served by hypercorn on trio, on 127.0.0.1. ``from hookrunner.testing import running_receiver``.
 
 It records every request (path, query, headers, raw body bytes, when it arrived) and answers as the test scripts
 it, per path: a list of replies given in order, then a default; or a function of the request. A reply has a
@@ -30,11 +31,11 @@ from typing import Any
 
 import trio
 
-from hookrunner.asgi import cancel_on_disconnect, lifespan, read_body, serve_asgi
+from ..asgi import cancel_on_disconnect, lifespan, read_body, serve_asgi
 
 __all__ = ["Reply", "ReceivedRequest", "Receiver", "running_receiver", "refusing_port", "RefusingPort"]
 
-_log = logging.getLogger("tests.receiver")
+_log = logging.getLogger("hookrunner.testing.receiver")
 
 
 @dataclass(frozen=True)

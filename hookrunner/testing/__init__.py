@@ -1,0 +1,316 @@
+"""Testing helpers for plugin authors, also loaded as a pytest plugin (entry point ``pytest11``).
+
+Unit tests build events and triggers with ``make_event`` / ``make_trigger``; integration tests run the real runner
+with ``run_plugins`` against the in-process simulator (real HTTP on 127.0.0.1, no mocks) and look at what
+happened; ``start_plugins`` does the same but hands over the running runner, for a test that must act during the
+run (stop it mid-call, look at its counters). The pytest plugin only adds fixtures, so nothing changes until a
+test asks for one::
+
+    from hookrunner.testing import run_plugins, sim_call
+
+    async def test_my_plugin_sees_the_final_turn():
+        result = await run_plugins([my_plugin], [sim_call("CALL-1", user=["I want to cancel"])])
+        assert result.exit_code == 0
+        assert [e.text for e in result.events["CALL-1"] if e.event_type == "user_transcription"] == ["I want to cancel"]
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from ..config import config_from_dict
+from ..events import Event, event_from_dict
+from ..hookspecs import hookimpl
+from ..plugins import ENTRY_POINT_GROUP, PluginInfo, load_plugins, validate_plugin_settings
+from ..runner import Runner
+from ..simulator import Simulator, running_simulator
+from ..simulator.script import Script, load_script, parse_script
+from ..stats import Stats
+from ..triggers import Trigger
+from .receiver import ReceivedRequest, Receiver, Reply, refusing_port, running_receiver
+
+__all__ = [
+    "TEST_API_KEY",
+    "make_event",
+    "make_trigger",
+    "sim_call",
+    "sim_script",
+    "simulator",
+    "config_table",
+    "make_runner",
+    "start_plugins",
+    "PluginRun",
+    "run_plugins",
+    "RunResult",
+    "running_receiver",
+    "Receiver",
+    "ReceivedRequest",
+    "Reply",
+    "refusing_port",
+]
+
+TEST_API_KEY = "hookrunner-test-key"
+
+
+def make_event(event_type: str, *, call_id: str = "CALL-TEST", **fields: Any) -> Event:
+    """A typed event as the runner would decode it, for plain unit tests of hooks.
+
+    ``make_event("user_transcription", user_transcription_text="hi")``; ``event_id`` and ``timestamp`` are
+    filled in when not given.
+    """
+    raw = {"event_type": event_type, "event_id": f"{call_id}_test", "call_id": call_id, **fields}
+    raw.setdefault("timestamp", datetime.now(timezone.utc).isoformat())
+    return event_from_dict(raw, call_id)
+
+
+def make_trigger(*, type: str = "test", call_id: str = "CALL-TEST", rule: str = "rule", **fields: Any) -> Trigger:
+    """A trigger as a detector would emit it."""
+    return Trigger(type=type, call_id=call_id, rule=rule, **fields)
+
+
+def sim_call(
+    call_id: str, *, user: Sequence[str] = (), agent: Sequence[str] = (), spacing: float = 0.05, **faults: Any
+) -> dict[str, Any]:
+    """One simulated call: agent and caller turns alternating (agent first), ``spacing`` seconds apart, between
+    ``call_start`` and ``call_end``. ``faults`` are the simulator's (``drop_after``, ``fail_first``, ...)."""
+    events: list[dict[str, Any]] = [{"at": 0.0, "event_type": "call_start"}]
+    at = 0.0
+    for index in range(max(len(user), len(agent))):
+        if index < len(agent):
+            at += spacing
+            events.append({"at": at, "event_type": "tts_completed", "tts_text": agent[index]})
+        if index < len(user):
+            at += spacing
+            events.append({"at": at, "event_type": "user_transcription", "user_transcription_text": user[index]})
+    events.append({"at": at + spacing, "event_type": "call_end"})
+    return {"id": call_id, "events": events, **faults}
+
+
+def sim_script(calls: Sequence[dict[str, Any]], **top: Any) -> Script:
+    """A simulator script from ``sim_call`` entries (or raw ``[[calls]]`` tables)."""
+    return parse_script({"api_key": TEST_API_KEY, "keepalive": 0, **top, "calls": list(calls)}, source="<test>")
+
+
+@asynccontextmanager
+async def simulator(script: Script | str | Path | Sequence[dict[str, Any]], **kwargs: Any) -> AsyncIterator[Simulator]:
+    """The simulator on a free loopback port for the ``async with`` block: a Script, a TOML/JSONL file (such as
+    a captured stream), or a list of ``sim_call`` entries."""
+    if isinstance(script, (str, Path)):
+        script = load_script(script)
+    elif not isinstance(script, Script):
+        script = sim_script(script)
+    async with running_simulator(script, api_key=TEST_API_KEY, **kwargs) as sim:
+        yield sim
+
+
+@dataclass
+class RunResult:
+    """What a run did: exit code, each call's events in order, triggers, finish reasons and the runner's counters."""
+
+    exit_code: int
+    events: dict[str, list[Event]] = field(default_factory=lambda: defaultdict(list))
+    triggers: list[Trigger] = field(default_factory=list)
+    finished: dict[str, str] = field(default_factory=dict)
+    stats: Stats = field(default_factory=Stats)
+
+    @property
+    def hook_errors(self) -> dict[str, int]:
+        return dict(self.stats.hook_errors)
+
+
+class _Recorder:
+    def __init__(self, result: RunResult) -> None:
+        self.result = result
+
+    @hookimpl(trylast=True)
+    def on_event(self, event: Event, call: Any) -> None:
+        self.result.events[call.id].append(event)
+
+    @hookimpl(trylast=True)
+    def on_trigger(self, trigger: Trigger) -> None:
+        self.result.triggers.append(trigger)
+
+    @hookimpl(trylast=True)
+    def on_call_finished(self, call: Any, reason: str) -> None:
+        self.result.finished[call.id] = reason
+
+
+#: Plugins under test: modules or objects, each named after its module or class (``[plugins.NAME]``, the
+#: ``source`` of its triggers, its line in ``hook_errors``); or a ``{name: plugin}`` dict to choose the names.
+Plugins = Sequence[Any] | Mapping[str, Any]
+
+#: What the simulator plays: a Script, a TOML/JSONL file, a list of ``sim_call`` entries, or a simulator already
+#: running (from ``simulator(...)``, to set its ``speed`` or read its ``connections`` afterwards).
+Source = Script | str | Path | Sequence[dict[str, Any]] | Simulator
+
+
+def config_table(
+    base_url: str,
+    *,
+    settings: dict[str, Any] | None = None,
+    enable: Sequence[str] = (),
+    runner: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The config table ``run_plugins`` runs with, as a parsed ``config.toml``: ``[atoms]`` pointing at
+    ``base_url`` with the test key, ``[runner]`` with delays small enough for tests (``runner`` overrides keys),
+    every installed plugin disabled unless named in ``enable``, and ``settings`` as ``[plugins.NAME]`` tables.
+
+    Write it as TOML to test a plugin through the real ``hookrunner run`` / ``hookrunner check`` processes (log
+    lines, exit codes, signals), with the same settings as the in-process tests.
+    """
+    installed = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return {
+        "atoms": {"base_url": base_url, "api_key": TEST_API_KEY},
+        "runner": {
+            "hook_timeout": 2.0,
+            "idle_timeout": 5.0,
+            "shutdown_grace": 2.0,
+            "reconnect": {"initial_delay": 0.05, "max_delay": 0.2, "max_attempts": 5},
+            **(runner or {}),
+        },
+        "plugins": {"disable": sorted(installed - set(enable)), **(settings or {})},
+    }
+
+
+def _named(plugins: Plugins) -> list[tuple[str, Any]]:
+    if isinstance(plugins, Mapping):
+        return list(plugins.items())
+    named = []
+    for plugin in plugins:
+        name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        named.append((name.rsplit(".", 1)[-1], plugin))
+    return named
+
+
+def make_runner(
+    table: dict[str, Any], plugins: Plugins, *, calls: Sequence[str], base_dir: Path | None = None
+) -> Runner:
+    """The runner ``hookrunner run`` would build from the config ``table`` (installed plugins loaded, settings
+    validated), with ``plugins`` registered as well; not started.
+
+    For a test that owns the run itself, in its own nursery and cancel scopes, or against a server of its own
+    rather than the simulator. Relative paths in settings resolve against ``base_dir`` (default: the current
+    directory), as they would against the config file's directory.
+    """
+    return _runner(table, _named(plugins), calls, base_dir)
+
+
+def _runner(
+    table: dict[str, Any], plugins: list[tuple[str, Any]], calls: Sequence[str], base_dir: Path | None
+) -> Runner:
+    config = config_from_dict(table, source="<hookrunner.testing>", base_dir=base_dir or Path.cwd())
+    loaded = load_plugins(config)
+    for name, plugin in plugins:
+        loaded.pm.register(plugin, name=name)
+        loaded.infos.append(PluginInfo(name, "hookrunner.testing", None, active=True))
+    validate_plugin_settings(config, loaded)
+    return Runner(config, loaded, api_key=config.api_key(), calls=calls)
+
+
+class PluginRun:
+    """A run in progress, from ``start_plugins``: the real ``runner`` (``runner.stop()``, ``runner.stats``), the
+    ``simulator`` it follows, and ``result``, which fills in as hooks are called."""
+
+    def __init__(self, runner: Runner, simulator: Simulator, result: RunResult) -> None:
+        self.runner = runner
+        self.simulator = simulator
+        self.result = result
+        self._over = trio.Event()
+
+    @property
+    def over(self) -> bool:
+        """True once ``runner.run()`` has returned (``result.exit_code`` is then set)."""
+        return self._over.is_set()
+
+    async def wait(self) -> RunResult:
+        """Until the run is over (every call finished, or a stop completed); the result."""
+        await self._over.wait()
+        return self.result
+
+    async def _run(self) -> None:
+        try:
+            self.result.exit_code = await self.runner.run()
+        finally:
+            self._over.set()
+
+
+@asynccontextmanager
+async def _serving(source: Source) -> AsyncIterator[Simulator]:
+    if isinstance(source, Simulator):
+        yield source  # already running: its owner stops it
+    else:
+        async with simulator(source) as sim:
+            yield sim
+
+
+@asynccontextmanager
+async def start_plugins(
+    plugins: Plugins,
+    script: Source,
+    *,
+    settings: dict[str, Any] | None = None,
+    enable: Sequence[str] = (),
+    calls: Sequence[str] | None = None,
+    runner: dict[str, Any] | None = None,
+    base_dir: Path | None = None,
+) -> AsyncIterator[PluginRun]:
+    """``run_plugins``, but the run goes on in the background while the ``async with`` block runs, for a test
+    that must act during it: stop the runner mid-call (what a SIGTERM does), start a server the plugin needs only
+    later, or look at the runner's counters as they change. Arguments are ``run_plugins``'.
+
+    ``await run.wait()`` waits for the end. Leaving the block before the end stops the runner the graceful way
+    (``runner.stop()``: what was received is dispatched, ``on_shutdown`` runs) and waits for it; an exception in
+    the block cancels the run instead.
+    """
+    async with _serving(script) as sim:
+        result = RunResult(exit_code=-1)
+        call_ids = list(calls) if calls is not None else [call.id for call in sim.script.calls]
+        table = config_table(sim.base_url, settings=settings, enable=enable, runner=runner)
+        built = _runner(table, [*_named(plugins), ("_Recorder", _Recorder(result))], call_ids, base_dir)
+        result.stats = built.stats
+        run = PluginRun(built, sim, result)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run._run)
+            yield run
+            if not run.over:
+                built.stop()
+
+
+async def run_plugins(
+    plugins: Plugins,
+    script: Source,
+    *,
+    settings: dict[str, dict[str, Any]] | None = None,
+    enable: Sequence[str] = (),
+    calls: Sequence[str] | None = None,
+    runner: dict[str, Any] | None = None,
+    base_dir: Path | None = None,
+) -> RunResult:
+    """Run the real runner, with ``plugins`` (modules or objects, named after their module or class, or a
+    ``{name: plugin}`` dict), against a simulator of ``script``, until every call is over.
+
+    Installed plugins stay out unless named in ``enable`` (``enable=["keywords"]`` to test with triggers from the
+    bundled detector). ``settings`` are ``[plugins.NAME]`` tables; ``runner`` overrides ``[runner]`` keys (the
+    defaults here are small, so tests run in seconds). ``calls`` are the call ids to follow (default: every call
+    of the script); relative paths in settings resolve against ``base_dir`` (default: the current directory).
+    """
+    async with start_plugins(
+        plugins, script, settings=settings, enable=enable, calls=calls, runner=runner, base_dir=base_dir
+    ) as run:
+        return await run.wait()
+
+
+@pytest.fixture
+def hookrunner_run():
+    """The ``run_plugins`` helper, as a fixture: ``result = await hookrunner_run([my_plugin], [sim_call(...)])``."""
+    return run_plugins
