@@ -21,6 +21,7 @@ from .events import (
     UserTranscription,
 )
 from .hookspecs import hookimpl
+from .platform_webhooks import PlatformDelivery
 from .settings import Setting, at_least, between, check_table, one_of
 from .triggers import Trigger, type_selected
 
@@ -42,6 +43,7 @@ __all__ = [
     "TurnLatency",
     "Metrics",
     "UnknownEvent",
+    "PlatformDelivery",
     "Trigger",
     "type_selected",
     "Setting",

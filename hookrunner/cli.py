@@ -14,6 +14,7 @@ import os
 import sys
 import tomllib
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import tomli_w
@@ -83,6 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
     simulate.add_argument("--api-key", default="sim-key", help="the bearer key clients must send (default: sim-key)")
     simulate.add_argument("--speed", type=float, default=1.0, help="play scripts this many times faster (default: 1)")
+    simulate.add_argument(
+        "--push-url", metavar="URL", help="POST signed pre-/post-conversation webhooks here (default: the script's)"
+    )
+    simulate.add_argument(
+        "--push-secret-env",
+        metavar="VAR",
+        help="sign webhooks with the secret in environment variable VAR (default: the script's push_secret)",
+    )
+    simulate.add_argument(
+        "--push-signature",
+        choices=("hex", "base64", "sha256=hex"),
+        help="X-Signature encoding of the HMAC-SHA256 (default: the script's, else hex)",
+    )
 
     redeliver = sub.add_parser(
         "redeliver", parents=[common], help="send the messages of a dead-letter file again (safe to rerun)"
@@ -139,8 +153,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     loaded = _prepare(config)
     calls = args.calls or list(config.calls)
-    if not calls:
-        raise ConfigError(f"{config.source}: runner.calls: no calls to subscribe (list call ids there or pass --call ID)")
+    if not calls and not config.service:
+        raise ConfigError(
+            f"{config.source}: runner.calls: no calls to subscribe (list call ids there, pass --call ID, or let the "
+            "runner find calls: discovery.poll or server.enabled)"
+        )
     api_key = config.api_key()
     runner = Runner(config, loaded, api_key=api_key, calls=calls)
     return trio.run(runner.run)
@@ -157,8 +174,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  api key: from ${config.api_key_env} ({state})", file=out)
     else:
         print("  api key: in the config file (prefer atoms.api_key_env)", file=out)
-    calls = ", ".join(config.calls) if config.calls else "none listed (pass --call ID to run)"
-    print(f"  calls: {calls}", file=out)
+    if config.calls:
+        calls = ", ".join(config.calls)
+    elif config.service:
+        calls = "none listed: found by the runner (below)"
+    else:
+        calls = "none listed (pass --call ID to run, or enable discovery.poll or server)"
+    print(f"  calls: {calls} (at most {config.max_calls} at once: runner.max_calls)", file=out)
+    for line in service_summary(config):
+        print(line, file=out)
     print(
         f"  runner: hook_timeout {config.hook_timeout:g} s, idle_timeout {config.idle_timeout:g} s, "
         f"shutdown_grace {config.shutdown_grace:g} s, buffer {config.buffer} events/call, reconnect "
@@ -170,6 +194,36 @@ def cmd_check(args: argparse.Namespace) -> int:
         hooks = ", ".join(info.hooks) or "-"
         print(f"  plugin {info.name} ({state}, {info.source}): {hooks}", file=out)
     return 0
+
+
+def service_summary(config: Config) -> list[str]:
+    """``check``'s lines about finding calls and the server, with the warnings an operator should see first."""
+    lines = []
+    discovery, server = config.discovery, config.server
+    if discovery.poll:
+        filters = [f"agents {', '.join(discovery.agent_ids)}"] if discovery.agent_ids else []
+        filters += [f"campaigns {', '.join(discovery.campaign_ids)}"] if discovery.campaign_ids else []
+        lines.append(
+            f"  discovery: listing {', '.join(discovery.statuses)} calls every {discovery.interval:g} s "
+            f"({1 / discovery.interval:.2g} requests/s, one more per extra page of {discovery.page_size}; the free "
+            f"plan allows about 10/s in all){'; ' + ', '.join(filters) if filters else ''}"
+        )
+    if server.enabled:
+        routes = ["GET /healthz", "GET /metrics"]
+        routes += ["POST /atoms/webhook"] if discovery.webhook_secret_env else []
+        routes += ["POST /calls"] if server.token_env else []
+        lines.append(f"  server: http://{server.host}:{server.port} ({', '.join(routes)})")
+        for key, env in (("discovery.webhook_secret_env", discovery.webhook_secret_env), ("server.token_env", server.token_env)):
+            if env and not os.environ.get(env):
+                lines.append(f"  warning: {key}: environment variable {env} is not set: `run` will refuse to start")
+        if not server.loopback and not server.behind_tls_proxy:
+            lines.append(
+                f"  warning: server.host: {server.host} is reachable from other machines over plain HTTP; put a "
+                "TLS-terminating proxy in front and set server.behind_tls_proxy = true (README: Run it as a service)"
+            )
+    elif discovery.webhook_secret_env:
+        lines.append("  warning: discovery.webhook_secret_env is set but server.enabled is false: nothing receives webhooks")
+    return lines
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -273,7 +327,16 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .simulator import run_simulator_cli
 
-    return run_simulator_cli(args.port, args.script, args.api_key, args.speed, host=args.host)
+    return run_simulator_cli(
+        args.port,
+        args.script,
+        args.api_key,
+        args.speed,
+        host=args.host,
+        push_url=args.push_url,
+        push_secret_env=args.push_secret_env,
+        push_signature=args.push_signature,
+    )
 
 
 def cmd_new_plugin(args: argparse.Namespace) -> int:
@@ -293,27 +356,53 @@ def cmd_redeliver(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .simulator import Simulator, load_script, default_script_path
+#: The demo's calls start this many seconds apart (before --speed), and the runner lists them this often.
+DEMO_STAGGER = 1.5
+DEMO_POLL_INTERVAL = 0.5
 
-    script = load_script(args.script or default_script_path())
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The example config against the built-in simulator, finding calls the way a service does: by listing
+    them as they start. Ends once every scripted call is over (or at Ctrl-C)."""
+    from .simulator import Simulator, default_script_path, load_script
+    from .simulator.script import staggered
+
+    script = staggered(load_script(args.script or default_script_path()), DEMO_STAGGER)
     api_key = "demo-key"
     simulator = Simulator(script, api_key=api_key, speed=args.speed)
     data = load_example_config()
+    data["discovery"] = {**data.get("discovery", {}), "poll": True, "interval": DEMO_POLL_INTERVAL}
     config = config_from_dict(data, source=f"{EXAMPLE_CONFIG.name} (demo)", base_dir=Path.cwd())
     loaded = _prepare(config)
-    calls = [call.id for call in script.calls]
 
     async def demo() -> int:
         async with trio.open_nursery() as nursery:
             base_url = await nursery.start(simulator.serve)
             demo_config = dataclasses.replace(config, base_url=base_url, api_key_env=None, api_key_inline=api_key)
-            print(f"demo: simulator on {base_url}, following {len(calls)} calls; Ctrl-C to stop", flush=True)
-            code = await Runner(demo_config, loaded, api_key=api_key, calls=calls).run()
+            runner = Runner(demo_config, loaded, api_key=api_key)
+            print(
+                f"demo: simulator on {base_url} with {len(script.calls)} calls starting {DEMO_STAGGER / args.speed:g} s "
+                f"apart; the runner lists calls every {DEMO_POLL_INTERVAL:g} s and follows each new one; Ctrl-C to stop",
+                flush=True,
+            )
+            nursery.start_soon(_stop_when_every_call_is_over, runner, simulator)
+            code = await runner.run()
             nursery.cancel_scope.cancel()
         return code
 
     return trio.run(demo)
+
+
+async def _stop_when_every_call_is_over(runner: Runner, simulator: Any) -> None:
+    ids = [call.id for call in simulator.script.calls]
+    while True:
+        await trio.sleep(0.1)
+        ends = [simulator.call_end(call_id) for call_id in ids]
+        elapsed = trio.current_time() - (simulator.started_at or trio.current_time())
+        over = all(end is not None and end < elapsed for end in ends)
+        if over and not runner.calls.active and not runner.calls.waiting:
+            runner.stop()
+            return
 
 
 def load_example_config() -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .settings import NON_NEGATIVE, POSITIVE, Setting, check_table, describe, suggest
+from .settings import NON_NEGATIVE, POSITIVE, Setting, between, check_table, describe, suggest
 
 DEFAULT_BASE_URL = "https://api.smallest.ai/atoms/v1"
 #: Not a default (``atoms.api_key_env`` must be given): the name the starter config and the example suggest.
@@ -64,6 +64,38 @@ RUNNER_SCHEMA = {
     "buffer": Setting("int", 64, check=_at_least_one, expected="a number of events"),
     "spool_file": Setting("str", "hookrunner-undispatched.jsonl", check=_non_empty, expected="a file path"),
     "reconnect": Setting("table", {}),
+    "max_calls": Setting("int", 500, check=_at_least_one, expected="a number of concurrent calls"),
+}
+#: Each listing is at least one request, and the free plan allows about 10 requests/s for everything the key does.
+MIN_POLL_INTERVAL = 0.5
+DISCOVERY_SCHEMA = {
+    "poll": Setting("bool", False, doc="list in-progress calls every interval and follow the new ones"),
+    "interval": Setting(
+        "number",
+        2.0,
+        check=lambda v: None
+        if v >= MIN_POLL_INTERVAL
+        else f"expected at least {MIN_POLL_INTERVAL:g} seconds (every listing is a request, and the free plan "
+        f"allows about 10 requests/s for everything the key does), got {describe(v)}",
+        doc="seconds between listings",
+    ),
+    "statuses": Setting("list[str]", ["in_progress", "active"], check=lambda v: None if v else "expected at least one status, got []"),
+    "agent_ids": Setting("list[str]", [], doc="only calls of these agents (all when empty)"),
+    "campaign_ids": Setting("list[str]", [], doc="only calls of these campaigns (all when empty)"),
+    "page_size": Setting("int", 500, check=between(1, 500), doc="calls per listing page (Atoms allows 500)"),
+    "timeout": Setting("number", 10.0, check=POSITIVE, expected="a number of seconds"),
+    "retry_delay": Setting("number", 1.0, check=POSITIVE, doc="first delay after a failed listing"),
+    "max_retry_delay": Setting("number", 30.0, check=POSITIVE, doc="longest delay between failed listings"),
+    "webhook_secret_env": Setting(
+        "str", None, check=_env_name, doc="variable holding the secret of Atoms' webhooks (for POST /atoms/webhook)"
+    ),
+}
+SERVER_SCHEMA = {
+    "enabled": Setting("bool", False, doc="serve /atoms/webhook, /calls, /healthz and /metrics"),
+    "host": Setting("str", "127.0.0.1", doc="loopback unless a TLS proxy forwards to it"),
+    "port": Setting("int", 8787, check=between(0, 65535), doc="0 picks a free port (logged)"),
+    "token_env": Setting("str", None, check=_env_name, doc="variable holding the bearer token of POST /calls"),
+    "behind_tls_proxy": Setting("bool", False, doc="a TLS-terminating proxy is in front (silences check's warning)"),
 }
 PLUGINS_SCHEMA = {
     "disable": Setting("list[str]", []),
@@ -73,6 +105,8 @@ TOP_SCHEMA = {
     "atoms": Setting("table", {}),
     "runner": Setting("table", {}),
     "plugins": Setting("table", {}),
+    "discovery": Setting("table", {}),
+    "server": Setting("table", {}),
 }
 
 
@@ -94,6 +128,8 @@ def default_config_table() -> dict[str, Any]:
         "atoms": defaults(ATOMS_SCHEMA),
         "runner": {**defaults(RUNNER_SCHEMA), "reconnect": defaults(RECONNECT_SCHEMA)},
         "plugins": defaults(PLUGINS_SCHEMA),
+        "discovery": defaults(DISCOVERY_SCHEMA),
+        "server": defaults(SERVER_SCHEMA),
     }
 
 
@@ -102,6 +138,42 @@ class ReconnectConfig:
     initial_delay: float
     max_delay: float
     max_attempts: int
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    poll: bool
+    interval: float
+    statuses: tuple[str, ...]
+    agent_ids: tuple[str, ...]
+    campaign_ids: tuple[str, ...]
+    page_size: int
+    timeout: float
+    retry_delay: float
+    max_retry_delay: float
+    webhook_secret_env: str | None
+
+    # BackoffPolicy's names, so failed listings share the subscriptions' full-jitter backoff
+    @property
+    def initial_delay(self) -> float:
+        return self.retry_delay
+
+    @property
+    def max_delay(self) -> float:
+        return self.max_retry_delay
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    enabled: bool
+    host: str
+    port: int
+    token_env: str | None
+    behind_tls_proxy: bool
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
 
 
 @dataclass(frozen=True)
@@ -128,6 +200,23 @@ class Config:
     base_dir: Path
     #: The config file (None for a config built in memory, like the demo's).
     path: Path | None
+    max_calls: int
+    discovery: DiscoveryConfig
+    server: ServerConfig
+
+    @property
+    def service(self) -> bool:
+        """Finding calls by itself (listing or pushes): the run lasts until a signal, not until the calls end."""
+        return self.discovery.poll or self.server.enabled
+
+    def secret(self, key_path: str, env: str | None) -> str | None:
+        """A secret from the environment variable a config key names; a ConfigError when the variable is unset."""
+        if env is None:
+            return None
+        value = os.environ.get(env, "")
+        if not value:
+            raise ConfigError(f"{self.source}: {key_path}: environment variable {env} is not set")
+        return value
 
     def api_key(self) -> str:
         """The API key, from the environment variable or the file; a ConfigError names what is missing."""
@@ -195,6 +284,15 @@ def config_from_dict(
     if len(set(calls)) != len(calls):
         duplicated = sorted({call_id for call_id in calls if calls.count(call_id) > 1})
         problems.append(f"runner.calls: each call id once, got {', '.join(duplicated)} more than once")
+    discovery, found = check_table(top["discovery"], DISCOVERY_SCHEMA, "discovery")
+    problems += found
+    if not found and discovery["max_retry_delay"] < discovery["retry_delay"]:
+        problems.append(
+            f"discovery.max_retry_delay: expected a number of at least retry_delay "
+            f"({describe(discovery['retry_delay'])}), got {describe(discovery['max_retry_delay'])}"
+        )
+    server, found = check_table(top["server"], SERVER_SCHEMA, "server")
+    problems += found
     plugins_table = top["plugins"]
     plugin_settings = {k: v for k, v in plugins_table.items() if k not in PLUGINS_SCHEMA}
     plugins, found = check_table(
@@ -236,4 +334,9 @@ def config_from_dict(
         plugin_settings=plugin_settings,
         base_dir=base_dir,
         path=path,
+        max_calls=runner["max_calls"],
+        discovery=DiscoveryConfig(
+            **{key: tuple(value) if isinstance(value, list) else value for key, value in discovery.items()}
+        ),
+        server=ServerConfig(**server),
     )

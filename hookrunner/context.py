@@ -13,6 +13,8 @@ import msgspec
 if TYPE_CHECKING:
     import httpx
 
+    from .metrics import RunnerMetrics
+    from .outbox import Outbox
     from .triggers import Trigger
 
 __all__ = ["Turn", "CallContext", "App"]
@@ -69,6 +71,7 @@ class App:
         start_soon: Callable[[str, Callable[..., Awaitable[Any]], tuple[Any, ...]], None],
         emit_trigger: Callable[[str, Trigger], None],
         shutdown_time_left: Callable[[], float] | None = None,
+        metrics: RunnerMetrics | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -80,6 +83,9 @@ class App:
         self._start_soon = start_soon
         self._emit_trigger = emit_trigger
         self._shutdown_time_left = shutdown_time_left
+        #: The runner's metrics (``GET /metrics`` when ``[server]`` is on): ``metrics.registry`` takes the plugin's
+        #: own ``prometheus_client`` metrics; ``metrics.track_outbox(outbox)`` shows an outbox's counts.
+        self.metrics = metrics
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` in the background, inside the runner's nursery.
@@ -88,6 +94,13 @@ class App:
         cancelled after ``on_shutdown`` returns: flush what must not be lost in ``on_shutdown``.
         """
         self._start_soon(self.name, fn, args)
+
+    def run_outbox(self, outbox: Outbox) -> None:
+        """Deliver an outbox's messages in the background (``start_soon(outbox.run)``) and show its delivered,
+        retried and dead-lettered counts on ``/metrics``, labelled with this plugin and the outbox's name."""
+        if self.metrics is not None:
+            self.metrics.track_outbox(outbox)
+        self.start_soon(outbox.run)
 
     def shutdown_time_left(self) -> float:
         """Seconds ``on_shutdown`` may still take before the runner cuts it: finish (or hand off) by then."""

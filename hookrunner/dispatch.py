@@ -32,6 +32,8 @@ class HookDispatcher:
         self.hook_timeout = hook_timeout
         self._stats = stats
         self._impls: dict[str, list[pluggy.HookImpl]] = {}
+        #: ``observe(plugin, hook, seconds)`` for every implementation that returned (the metrics' histogram).
+        self.observe: Callable[[str, str, float], None] | None = None
 
     def implementations(self, hook_name: str) -> list[pluggy.HookImpl]:
         """The implementations of ``hook_name`` in calling order (cached: plugins are fixed once running)."""
@@ -83,6 +85,9 @@ class HookDispatcher:
                         _where(impl.plugin_name, hook_name, call_id, event_id),
                         limit,
                     )
+                    return
+                if self.observe is not None:
+                    self.observe(impl.plugin_name, hook_name, time.monotonic() - started)
                 return
         except Exception as exc:
             self._stats.hook_errors[impl.plugin_name] += 1
@@ -91,6 +96,8 @@ class HookDispatcher:
             log.debug("%s: traceback", where, exc_info=True)
             return
         elapsed = time.monotonic() - started
+        if self.observe is not None:
+            self.observe(impl.plugin_name, hook_name, elapsed)
         if elapsed > limit:
             # A plain function cannot be interrupted: it held the event loop (every call) this long.
             self._stats.hook_timeouts[impl.plugin_name] += 1

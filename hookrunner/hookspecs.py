@@ -35,6 +35,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .context import App, CallContext
+    from .platform_webhooks import PlatformDelivery
     from .settings import Setting
     from .events import (
         CallEnd,
@@ -317,6 +318,24 @@ def on_event(event: Event, call: CallContext) -> None:
         def on_event(event, call):
             if isinstance(event, UnknownEvent):  # a type hookrunner has no class for yet: all of it is in raw
                 log.info("%s: new event type %s: %s", call.id, event.event_type, event.raw)
+    """
+
+
+@hookspec
+def on_platform_webhook(delivery: PlatformDelivery) -> None:
+    """Atoms sent one of its own webhooks to the runner's server (``POST /atoms/webhook``, signature verified).
+
+    ``delivery.kind`` is ``"pre-conversation"``, ``"post-conversation"``, ``"analytics-completed"`` ...;
+    ``delivery.call_id`` and ``delivery.agent_id`` come from its metadata, and ``delivery.body`` is the whole JSON
+    envelope. A pre-conversation delivery has already made the runner follow the call. Each delivery id arrives
+    here once (repeats are acknowledged and dropped), after Atoms got its answer, so a slow plugin costs nothing.
+
+    Example::
+
+        @hookimpl
+        async def on_platform_webhook(delivery):
+            if delivery.kind == "post-conversation":
+                await APP.http.post(APP.settings["crm_url"], json={"call": delivery.call_id, **delivery.body})
     """
 
 

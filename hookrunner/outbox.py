@@ -219,7 +219,8 @@ class Outbox:
     # --- delivery side ----------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Deliver until cancelled or closed. Run it with ``app.start_soon(outbox.run)``."""
+        """Deliver until cancelled or closed. Run it with ``app.run_outbox(outbox)`` (which also shows its counts on
+        ``/metrics``)."""
         try:
             with trio.CancelScope() as self._run_scope:
                 async with trio.open_nursery() as nursery:

@@ -14,6 +14,7 @@ import math
 import signal
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import httpx
@@ -22,9 +23,13 @@ import trio
 
 from . import __version__
 from .config import Config, load_config
+from .callbook import CallBook, Offer
 from .context import App, CallContext, Turn
+from .discovery import ListingPoller
+from .metrics import RunnerMetrics
+from .platform_webhooks import PlatformDelivery
 from .dispatch import HookDispatcher
-from .errors import AuthError, HookrunnerError
+from .errors import AuthError, ConfigError, HookrunnerError
 from .events import Event, TtsCompleted, UserTranscription
 from .plugins import LoadedPlugins, settings_with_defaults, validate_plugin_settings
 from .spool import spool_events
@@ -42,21 +47,42 @@ DRAIN, SUBSCRIPTION, FINAL = "drain", "subscription", "final"
 
 
 class Runner:
-    """Runs every configured call to its end; ``await runner.run()`` returns the process exit code.
+    """Follows calls to their end; ``await runner.run()`` returns the process exit code.
+
+    Calls come from the config (``calls``) and, in service mode (``discovery.poll`` or ``server.enabled``), from
+    listings, pushes and ``POST /calls``, all through ``follow``; a service runs until it is stopped, a runner with
+    only listed calls until they are over.
 
     A stop (``stop()``, SIGINT/SIGTERM, or a refused API key) ends every subscription at once, then gives the first
     half of ``runner.shutdown_grace`` to dispatching what was already received (and ``on_call_finished``), and
     the rest to ``on_shutdown``. A second signal cuts everything short.
     """
 
-    def __init__(self, config: Config, plugins: LoadedPlugins, *, api_key: str, calls: Sequence[str]) -> None:
+    def __init__(self, config: Config, plugins: LoadedPlugins, *, api_key: str, calls: Sequence[str] = ()) -> None:
         self.config = config
         self.plugins = plugins
         self.stats = Stats()
         self.dispatcher = HookDispatcher(plugins.pm, config.hook_timeout, self.stats)
         self._api_key = api_key
         self._call_ids = list(dict.fromkeys(calls))
+        self.calls = CallBook(config.max_calls)
+        self.metrics = RunnerMetrics(self.stats, self.calls)
+        if config.server.enabled:  # only a scraped histogram is worth its cost per hook call
+            self.dispatcher.observe = self.metrics.observe_hook
+        #: "starting", "serving" (following calls), "draining" (a stop began), "stopped": what /healthz reports.
+        self.state = "starting"
+        self._calls_nursery: trio.Nursery | None = None
+        self._stream_client: httpx.AsyncClient | None = None
+        self._over_capacity_logged: set[str] = set()
         self._auth_error: AuthError | None = None
+        self._fatal_error: HookrunnerError | None = None  # the runner cannot go on (the server cannot listen)
+        # Secrets are read before anything starts: a missing variable is a config error, not a failure at run time.
+        self._webhook_secret = self._token = None
+        if config.server.enabled:
+            self._webhook_secret = config.secret("discovery.webhook_secret_env", config.discovery.webhook_secret_env)
+            self._token = config.secret("server.token_env", config.server.token_env)
+        #: The server's base URL once it listens (``[server]``), e.g. ``http://127.0.0.1:8787``.
+        self.server_url: str | None = None
         # Every scope a stop must reach, with its kind: subscriptions are cancelled, the rest get deadlines.
         self._scopes: dict[trio.CancelScope, str] = {}
         self._stopping = False
@@ -74,10 +100,13 @@ class Runner:
             watcher.start_soon(self._watch_signals)
             await self._run_plugins_and_calls()
             watcher.cancel_scope.cancel()
+        self.state = "stopped"
         log.info("finished: %s", self.stats.summary())
-        if self._auth_error is not None:
-            log.error("%s", self._auth_error)
+        if self._auth_error is not None or self._fatal_error is not None:
+            log.error("%s", self._auth_error or self._fatal_error)
             return EXIT_USAGE
+        if self.config.service:
+            return EXIT_OK  # a service ends by a signal; calls that failed are in the log and the metrics
         if any(reason not in OK_REASONS for reason in self.stats.calls_finished.elements()):
             return EXIT_SOME_CALLS_FAILED
         return EXIT_OK
@@ -96,11 +125,22 @@ class Runner:
             settings = settings_with_defaults(self.config, self.plugins)
             self._apps = {name: self._make_app(name, plugin_http, settings) for name in self.plugins.active_names}
             await self.dispatcher.call("on_startup", lambda name: {"app": self._apps[name]})
+            if self.config.server.enabled:
+                await self._start_server(background)
             async with trio.open_nursery() as core:
                 core.start_soon(self._dispatch_triggers)
                 async with trio.open_nursery() as calls:
+                    self._calls_nursery, self._stream_client = calls, stream_client
+                    if not self._stopping:
+                        self.state = "serving"
                     for call_id in self._call_ids:
-                        calls.start_soon(self._follow_call, call_id, stream_client)
+                        self.follow(call_id, "config")
+                    if self.config.service:
+                        calls.start_soon(self._discover, stream_client)
+                self._calls_nursery = None
+                for call_id in self.calls.drop_waiting():
+                    self.stats.calls_never_followed += 1
+                    log.warning("%s: never followed: the runner stopped while it waited for a free slot", call_id)
                 self._trigger_send.close()  # no call can emit any more: the trigger queue drains and ends
             with self._stoppable(FINAL):
                 # on_shutdown flushes what plugins hold (outboxes): it gets shutdown_grace, or what a stop left of it
@@ -144,6 +184,7 @@ class Runner:
         if self._stopping:
             return
         self._stopping = True
+        self.state = "draining"
         now = trio.current_time()
         self._deadlines = {DRAIN: now + self.config.shutdown_grace / 2, FINAL: now + self.config.shutdown_grace}
         for scope, kind in self._scopes.items():
@@ -186,13 +227,93 @@ class Runner:
                     for scope in self._scopes:
                         scope.cancel()
 
+    # --- which calls ------------------------------------------------------------------------------------------
+
+    def follow(self, call_id: str, source: str) -> Offer | None:
+        """Follow ``call_id`` unless it is followed, over, or waiting already; ``source`` says who found it
+        (config, listing, push, api). Returns what was decided, or None when the runner no longer takes calls."""
+        if self._calls_nursery is None or self._stopping:
+            return None
+        offer = self.calls.offer(call_id)
+        if offer in (Offer.NEW, Offer.QUEUED):
+            self.stats.calls_discovered[source] += 1
+        if offer is Offer.NEW:
+            if source != "config":
+                log.info("%s: following (found by %s)", call_id, source)
+            self._calls_nursery.start_soon(self._follow_call, call_id)
+        elif offer is Offer.QUEUED:
+            self.stats.calls_over_capacity += 1
+            if call_id not in self._over_capacity_logged:
+                self._over_capacity_logged.add(call_id)
+                log.warning(
+                    "%s: waiting: runner.max_calls (%d) calls are followed already; it is followed when one ends "
+                    "(%d waiting)",
+                    call_id,
+                    self.config.max_calls,
+                    self.calls.waiting,
+                )
+        return offer
+
+    async def _discover(self, client: httpx.AsyncClient) -> None:
+        """Service mode: list calls (when configured) and keep the calls nursery open until a stop."""
+        with self._stoppable(SUBSCRIPTION):
+            if self.config.discovery.poll:
+                poller = ListingPoller(
+                    self.config.discovery,
+                    client=client,
+                    base_url=self.config.base_url,
+                    api_key=self._api_key,
+                    follow=self.follow,
+                    stats=self.stats,
+                )
+                try:
+                    await poller.run()
+                except AuthError as exc:
+                    self._on_auth_error(exc)
+            await trio.sleep_forever()
+
+    async def _start_server(self, nursery: trio.Nursery) -> None:
+        from .server import start_server
+
+        server = self.config.server
+        try:
+            self.server_url = await start_server(self, nursery, webhook_secret=self._webhook_secret, token=self._token)
+        except* OSError as failed:  # hypercorn binds inside nested nurseries: the error comes wrapped
+            exc = _first_leaf(failed)
+            self._fatal_error = ConfigError(
+                f"{self.config.source}: server: cannot listen on {server.host}:{server.port} "
+                f"({getattr(exc, 'strerror', None) or exc})"
+            )
+            self.stop()
+
+    def dispatch_platform_webhook(self, delivery: PlatformDelivery) -> None:
+        """Hand a verified Atoms webhook delivery to plugins' ``on_platform_webhook``, without waiting for them."""
+        if self._background is not None:
+            self._background.start_soon(
+                partial(self.dispatcher.call, "on_platform_webhook", {"delivery": delivery}, call_id=delivery.call_id)
+            )
+
     # --- one call ---------------------------------------------------------------------------------------------
 
-    async def _follow_call(self, call_id: str, client: httpx.AsyncClient) -> None:
+    async def _follow_call(self, call_id: str) -> None:
+        try:
+            await self._follow_one(call_id)
+        finally:
+            next_id = self.calls.finish(call_id)
+            if next_id is not None:
+                if self._calls_nursery is not None and not self._stopping:
+                    log.info("%s: a slot is free: following it", next_id)
+                    self._calls_nursery.start_soon(self._follow_call, next_id)
+                else:
+                    self.stats.calls_never_followed += 1
+                    log.warning("%s: never followed: the runner stopped while it waited for a free slot", next_id)
+
+    async def _follow_one(self, call_id: str) -> None:
+        assert self._stream_client is not None
         call = CallContext(call_id)
         subscription = Subscription(
             call_id,
-            client=client,
+            client=self._stream_client,
             base_url=self.config.base_url,
             api_key=self._api_key,
             connect_timeout=self.config.connect_timeout,
@@ -275,6 +396,7 @@ class Runner:
             start_soon=self._start_background,
             emit_trigger=self._emit_trigger,
             shutdown_time_left=self.shutdown_time_left,
+            metrics=self.metrics,
         )
 
     def _emit_trigger(self, plugin: str, trigger: Trigger) -> None:
@@ -314,3 +436,9 @@ class Runner:
                 log.exception("plugin %s: background task %s raised", plugin, getattr(fn, "__name__", fn))
 
         self._background.start_soon(guarded, name=f"{plugin}:{getattr(fn, '__name__', 'task')}")
+
+
+def _first_leaf(group: BaseException) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group

@@ -19,6 +19,14 @@ class Stats:
     triggers: int = 0
     triggers_lost: int = 0  # emitted but not dispatched before the grace ran out (each logged)
     events_spooled: int = 0  # received but not dispatched in time: written to runner.spool_file
+    # --- finding calls (service mode) ---
+    calls_discovered: Counter[str] = field(default_factory=Counter)  # new calls followed, by where they came from
+    calls_over_capacity: int = 0  # calls that had to wait for a slot (runner.max_calls), each logged once
+    calls_never_followed: int = 0  # still waiting for a slot when the runner stopped, each logged
+    listings: int = 0  # complete listings of active calls
+    listing_requests: int = 0  # pages requested
+    listing_failures: int = 0  # listings that failed (and were retried)
+    platform_webhooks: Counter[str] = field(default_factory=Counter)  # POST /atoms/webhook, by outcome
 
     def summary(self) -> str:
         """One line for the end of a run."""

@@ -71,7 +71,7 @@ class SeenEvents:
         return True
 
 
-def _error_body(response: httpx.Response) -> tuple[str, float | None]:
+def error_body(response: httpx.Response) -> tuple[str, float | None]:
     """The message of an Atoms error body (``{"status": false, "errors": ["..."]}``, or ``error``/``message``) and,
     for a 429, the ``retry_after`` seconds the body may carry when the header is missing."""
     try:
@@ -214,7 +214,7 @@ class Subscription:
 
     def _finish_for_status(self, response: httpx.Response) -> str:
         status = response.status_code
-        message, body_retry_after = _error_body(response)
+        message, body_retry_after = error_body(response)
         if status in (401, 403):
             raise AuthError(
                 f"Atoms refused the API key ({status}: {message}) for call {self.call_id}; "

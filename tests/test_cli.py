@@ -139,6 +139,9 @@ def test_demo_prints_the_transcript_of_every_scripted_call_and_exits_0(cli) -> N
         "!! service-problem fired (warning): no data",
         "!! service-problem fired (warning): three times what i normally pay",
     ]
+    # nothing told the runner the call ids: it found each call by listing the simulator's calls as they started
+    found = sorted(line.split(": following", 1)[0].rsplit(" ", 1)[-1] for line in err.splitlines() if "found by listing" in line)
+    assert found == sorted(call.id for call in calls)
 
 
 # -- run: how calls end, and the exit code ---------------------------------------------------------------------

@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 
 from hookrunner import cli
-from hookrunner.config import DEFAULT_API_KEY_ENV, Config, ReconnectConfig, config_from_dict, default_config_table
+from hookrunner.config import (
+    DEFAULT_API_KEY_ENV,
+    Config,
+    DiscoveryConfig,
+    ReconnectConfig,
+    ServerConfig,
+    config_from_dict,
+    default_config_table,
+)
 from hookrunner.errors import ConfigError, PluginLoadError
 from hookrunner.plugins import load_plugins
 
@@ -116,7 +124,7 @@ def test_config_example_toml_sets_every_key_to_its_schema_default() -> None:
     assert "# api_key = " in (REPO / "config.example.toml").read_text(encoding="utf-8")  # documented, not set
 
 
-@pytest.mark.parametrize("cls", [Config, ReconnectConfig])
+@pytest.mark.parametrize("cls", [Config, ReconnectConfig, DiscoveryConfig, ServerConfig])
 def test_config_classes_repeat_no_default_of_the_schemas(cls: type) -> None:
     with_defaults = [
         field.name
@@ -144,4 +152,7 @@ def test_run_without_calls_raises_a_config_error_for_main_to_print(tmp_path: Pat
     path.write_text(f'[atoms]\napi_key = "k"\n[plugins]\ndisable = [{disable}]\n', encoding="utf-8")
     with pytest.raises(ConfigError) as raised:
         cli.cmd_run(argparse.Namespace(config=str(path), calls=[]))
-    assert str(raised.value) == f"{path}: runner.calls: no calls to subscribe (list call ids there or pass --call ID)"
+    assert str(raised.value) == (
+        f"{path}: runner.calls: no calls to subscribe (list call ids there, pass --call ID, or let the runner find "
+        "calls: discovery.poll or server.enabled)"
+    )

@@ -1,13 +1,18 @@
-"""The simulator's ASGI app: the ``GET /events?callId=`` route and each call's timeline.
+"""The simulator's ASGI app: the ``GET /events?callId=`` route and its streams; ``GET /conversation`` is
+``listing.py``'s.
 
 A plain ASGI callable rather than a web framework, because the whole point is control over the bytes on the
 wire: SSE framing, keep-alive comments, malformed lines, a stall, and a connection cut mid-body. One trio task
 serves each connection (hypercorn starts it) and sleeps with ``trio.sleep_until`` on the call's clock between
 events, so 500 subscriptions cost 500 sleeping tasks and nothing else.
 
-A call's clock starts at its first successful subscription. Every connection replays the script from the start:
-what is already due is sent at once (as the real server may do after a reconnect), the rest on time. Faults hit
-the first connection(s) only, so a client that retries correctly always gets the whole call in the end.
+A call without a scripted ``start`` starts its clock at its first successful subscription, and every connection
+replays the script from the start: what is already due is sent at once (as the real server may do after a
+reconnect), the rest on time. A call with ``start`` runs on its own clock (``calls.py``): before its start it is
+not found (404); a subscriber that connects late gets sse_init and then only the events not yet due
+(``late_join = "live"``, the default, like the real service's live stream) or everything due so far at once
+(``late_join = "replay"``). Faults hit the first connection(s) only; faults keyed to an event count
+(``drop_after``...) count the script's events, sent or skipped by a late join.
 """
 
 from __future__ import annotations
@@ -15,34 +20,21 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
-import msgspec
 import trio
 
 from hookrunner.asgi import cancel_on_disconnect, lifespan
-from hookrunner.simulator.script import Script, SimCall, SimEvent
+from hookrunner.simulator.calls import Calls, CallState
+from hookrunner.simulator.listing import Listing
+from hookrunner.simulator.responses import Answer, encode, error_answer, errors, iso, send_json
+from hookrunner.simulator.script import Script, SimEvent
 
 __all__ = ["SimulatorApp"]
 
 _KEEPALIVE = b": keep-alive\n\n"
 _MALFORMED = (b"{this is not json", b'{"no_event_type": true}')
-_encode = msgspec.json.Encoder().encode
-
-
-@dataclass
-class _CallState:
-    """A call's clock and fault bookkeeping, shared by all its connections."""
-
-    call: SimCall
-    start: float | None = None  # trio clock at the first successful subscription
-    start_wall: float = 0.0  # time.time() at the same moment, for generated ids and timestamps
-    failed: int = 0  # answers given under fail_first
-    streams: int = 0  # successful subscriptions so far
 
 
 class _Ended(Exception):
@@ -53,7 +45,8 @@ class _Ended(Exception):
 
 
 class SimulatorApp:
-    """ASGI app over a script. ``connections`` and ``statuses`` record what clients asked and got, for tests."""
+    """ASGI app over a script. ``connections`` and ``statuses`` record what clients asked and got, for tests;
+    ``calls`` holds the clocks, ``listing`` the conversation listing and its request log."""
 
     def __init__(self, script: Script, *, api_key: str, speed: float, keepalive: float) -> None:
         self.script = script
@@ -62,7 +55,8 @@ class SimulatorApp:
         self.keepalive = keepalive
         self.connections: dict[str, int] = {}
         self.statuses: list[tuple[str, int]] = []
-        self._calls = {call.id: _CallState(call) for call in script.calls}
+        self.calls = Calls(script, speed)
+        self.listing = Listing(self.calls, script.listing_faults, script.listing_lag)
         self._prefix = b"event: message\ndata: " if script.framing == "event-message" else b"data: "
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -75,8 +69,12 @@ class SimulatorApp:
     # -- routing and status answers -------------------------------------------------------------------------
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.calls.begin()  # normally done by Simulator.serve before listening; this covers the app served alone
+        if scope["method"] == "GET" and scope["path"] == "/conversation":
+            await self.listing.handle(scope, receive, send, authorized=self._authorized(scope))
+            return
         if scope["path"] != "/events" or scope["method"] != "GET":
-            await _json(send, 404, {"status": False, "errors": ["Not found"]})
+            await send_json(send, 404, {"status": False, "errors": ["Not found"]})
             return
         call_id = parse_qs(scope["query_string"].decode("latin-1")).get("callId", [""])[0]
         if call_id:
@@ -84,34 +82,38 @@ class SimulatorApp:
         status, body, headers = self._admit(scope, call_id)
         self.statuses.append((call_id, status))
         if status != 200:
-            await _json(send, status, body, headers)
+            await send_json(send, status, body, headers)
             return
-        await self._stream(self._calls[call_id], receive, send)
+        await self._stream(self.calls.states[call_id], receive, send)
 
-    def _admit(self, scope: dict[str, Any], call_id: str) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
-        """Decide the answer to a subscription; starts the call's clock when it is a 200."""
+    def _authorized(self, scope: dict[str, Any]) -> bool:
         scheme, _, key = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
-        if scheme.lower() != b"bearer" or not secrets.compare_digest(key.strip(), self.api_key.encode()):
-            return 401, _errors("Unauthorized: invalid API key"), []
+        return scheme.lower() == b"bearer" and secrets.compare_digest(key.strip(), self.api_key.encode())
+
+    def _admit(self, scope: dict[str, Any], call_id: str) -> Answer:
+        """Decide the answer to a subscription. A 200 is recorded in the call's ``subscribed`` and starts the clock
+        of a call without ``start`` (both at the same moment)."""
+        if not self._authorized(scope):
+            return 401, errors("Unauthorized: invalid API key"), []
         if not call_id:
-            return 400, _errors("callId is required"), []
-        state = self._calls.get(call_id)
-        if state is None:
-            return 404, _errors("Call not found"), []
+            return 400, errors("callId is required"), []
+        state = self.calls.get(call_id)
+        if state is None or self.calls.phase(state) == "pending":  # a scripted start not reached: no such call yet
+            return 404, errors("Call not found"), []
         call = state.call
         if state.failed < call.fail_first:
             state.failed += 1
-            return _fault_answer(call)
+            return error_answer(call.fail_status, call.retry_after)
+        if self.calls.phase(state) == "completed":
+            return 400, errors("Only active calls can be subscribed to"), []
         now = trio.current_time()
-        if call.status == "completed" or (state.start is not None and now >= self.at_time(state, call.end_at)):
-            return 400, _errors("Only active calls can be subscribed to"), []
-        if state.start is None:
-            state.start, state.start_wall = now, time.time()
+        state.subscribed.append(now)
+        self.calls.start_on_subscription(state, now)
         return 200, None, []
 
     # -- the event stream ------------------------------------------------------------------------------------
 
-    async def _stream(self, state: _CallState, receive: Any, send: Any) -> None:
+    async def _stream(self, state: CallState, receive: Any, send: Any) -> None:
         first = state.streams == 0  # decided before any await: two racing connections cannot both be first
         state.streams += 1
         await send({
@@ -134,14 +136,14 @@ class SimulatorApp:
         # the chunked terminator, and the client sees an incomplete body, exactly like a proxy cutting a stream;
         # nothing is raised, so hypercorn logs no traceback.
 
-    def at_time(self, state: _CallState, offset: float) -> float:
+    def at_time(self, state: CallState, offset: float) -> float:
         """The trio time at which something scripted ``offset`` seconds into the call happens."""
-        return state.start + offset / self.speed
+        return self.calls.at_time(state, offset)
 
     def frame(self, payload: bytes) -> bytes:
         return self._prefix + payload + b"\n\n"
 
-    def event_frame(self, state: _CallState, index: int, event: SimEvent) -> bytes:
+    def event_frame(self, state: CallState, index: int, event: SimEvent) -> bytes:
         """The event as sent: script fields, with event_id, timestamp and call_id filled in when missing."""
         fields = event.fields
         out: dict[str, Any] = {"event_type": fields["event_type"]}
@@ -149,32 +151,32 @@ class SimulatorApp:
         out["timestamp"] = fields["timestamp"] if "timestamp" in fields else self._timestamp(state, event.at)
         out["call_id"] = fields.get("call_id") or state.call.id
         out.update((key, value) for key, value in fields.items() if key not in out)
-        return self.frame(_encode(out))
+        return self.frame(encode(out))
 
-    def close_frame(self, state: _CallState) -> bytes:
+    def close_frame(self, state: CallState) -> bytes:
         call = state.call
-        return self.frame(_encode({
+        return self.frame(encode({
             "event_type": "sse_close",
             "event_id": self._event_id(state, len(call.events), call.end_at),
             "call_id": call.id,
             "timestamp": self._timestamp(state, call.end_at),
         }))  # fmt: skip
 
-    def init_frame(self, state: _CallState) -> bytes:
+    def init_frame(self, state: CallState) -> bytes:
         # Like the vendor SDK documents: event_time, no event_id, so clients must cope with that.
-        payload = {"event_type": "sse_init", "event_time": _iso(round(time.time() * 1000)), "call_id": state.call.id}
-        return self.frame(_encode(payload))
+        payload = {"event_type": "sse_init", "event_time": iso(round(time.time() * 1000)), "call_id": state.call.id}
+        return self.frame(encode(payload))
 
-    def _event_id(self, state: _CallState, index: int, at: float) -> str:
+    def _event_id(self, state: CallState, index: int, at: float) -> str:
         """``{call_id}_{n}_{epoch_ms}``; epoch_ms is the event's scheduled time, so replays repeat the same id."""
         return f"{state.call.id}_{index}_{self._epoch_ms(state, at)}"
 
-    def _timestamp(self, state: _CallState, at: float) -> str | float:
+    def _timestamp(self, state: CallState, at: float) -> str | float:
         """The event's scheduled wall time: the sending time when live, the original time when replayed."""
         epoch_ms = self._epoch_ms(state, at)
-        return epoch_ms / 1000 if self.script.timestamp_format == "epoch" else _iso(epoch_ms)
+        return epoch_ms / 1000 if self.script.timestamp_format == "epoch" else iso(epoch_ms)
 
-    def _epoch_ms(self, state: _CallState, at: float) -> int:
+    def _epoch_ms(self, state: CallState, at: float) -> int:
         return round((state.start_wall + at / self.speed) * 1000)
 
 
@@ -184,16 +186,21 @@ class _Writer:
     Frames that are due together go out in one body message, so a replay is one write, not one per event.
     """
 
-    def __init__(self, app: SimulatorApp, state: _CallState, send: Any, *, faults: bool) -> None:
+    def __init__(self, app: SimulatorApp, state: CallState, send: Any, *, faults: bool) -> None:
         self.app, self.state, self.send, self.faults = app, state, send, faults
         self.buffer: list[bytes] = [app.init_frame(state)]
         self.last_write = trio.current_time()
+        live = state.call.start is not None and state.call.late_join == "live"
+        self.joined = self.last_write if live else -math.inf  # events due before this are skipped
 
     async def run(self) -> None:
         app, state, call = self.app, self.state, self.state.call
         for index, event in enumerate(call.events):
             await self._faults_before(index)
-            await self._wait_until(app.at_time(state, event.at))
+            due = app.at_time(state, event.at)
+            if due < self.joined:
+                continue
+            await self._wait_until(due)
             self.buffer.append(app.event_frame(state, index, event))
         await self._faults_before(len(call.events))
         await self._wait_until(app.at_time(state, call.end_at))
@@ -236,47 +243,3 @@ class _Writer:
             self.buffer.clear()
             await self.send({"type": "http.response.body", "body": body, "more_body": True})
             self.last_write = trio.current_time()
-
-
-def _fault_answer(call: SimCall) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
-    headers = []
-    if call.retry_after is not None:
-        headers.append((b"retry-after", f"{call.retry_after:g}".encode()))
-    if call.fail_status == 429:  # the shape Atoms documents for its rate limit
-        body = {
-            "status": False,
-            "error": "Too many requests (simulated)",
-            "code": 429,
-            "retry_after": call.retry_after,
-        }
-    else:
-        try:
-            phrase = HTTPStatus(call.fail_status).phrase
-        except ValueError:
-            phrase = "Error"
-        body = _errors(f"{phrase} (simulated)")
-    return call.fail_status, body, headers
-
-
-def _errors(message: str) -> dict[str, Any]:
-    return {"status": False, "errors": [message]}
-
-
-async def _json(send: Any, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    payload = _encode(body)
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-            *(headers or ()),
-        ],
-    })  # fmt: skip
-    await send({"type": "http.response.body", "body": payload})
-
-
-def _iso(epoch_ms: int) -> str:
-    """ISO 8601 UTC with milliseconds and ``Z``, from integer milliseconds (no float truncation surprises)."""
-    moment = datetime.fromtimestamp(epoch_ms // 1000, timezone.utc) + timedelta(milliseconds=epoch_ms % 1000)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -8,6 +8,26 @@ touching the simulator. Two formats are read:
 * JSONL, one event object a line as captured from a real stream (``/work/shared/fixtures``): events are grouped by
   ``call_id`` and timed by their own ``timestamp`` relative to the call's first line.
 
+Finding calls (for a runner that discovers calls by itself rather than being given their ids):
+
+* ``[[calls]] start``: seconds after the simulator starts serving (divided by ``speed``) at which the call starts.
+  Before then it does not exist (404, not listed); from then until ``start`` + its end time it is active (listed
+  ``in_progress``, its events play on that clock whoever subscribes); after, completed (400, listed ``completed``).
+  A late subscriber gets sse_init and only the events not yet due (``late_join = "live"``, like the real service)
+  or every event so far at once (``late_join = "replay"``). With ``repeat``, ``start_every`` spaces the copies.
+  A call without ``start`` keeps its clock at its first successful subscription and is listed ``in_progress``
+  from the moment the simulator serves until that clock reaches its end.
+* ``[[calls]] agent_id``, ``campaign_id``, ``conversation_type``, ``from_phone``, ``to_phone``: what the listing
+  and the webhook deliveries say about the call. ``agent_id`` and ``conversation_type`` default to the call's
+  ``call_start`` event's ``agent_id`` and ``direction``, else ``"sim-agent"`` and ``"inbound"``.
+* ``listing_lag``: seconds a call stays listed ``in_progress`` after its end (Atoms' status lags the stream).
+* ``[[listing_faults]]``: ``from`` and ``until`` (seconds after serving start, divided by ``speed``) during which
+  ``GET /conversation`` answers ``status`` (with ``retry_after``: a ``Retry-After`` header, and the rate-limit
+  body for 429), or with ``stall = true`` hangs until ``until`` and then answers ``status``, or normally when
+  ``status`` is not given.
+* ``push_url``, ``push_secret``, ``push_signature`` (``"hex"``, ``"base64"`` or ``"sha256=hex"``): signed
+  pre-/post-conversation webhook deliveries, see ``push.py``.
+
 Everything is checked at load time and a mistake becomes one ``ScriptError`` line naming the file and the key path
 or line number, so a typo in a fault key cannot silently produce a fault-free run. The result is immutable: one
 script can back many simulators and every connection of a call replays the same events.
@@ -15,6 +35,7 @@ script can back many simulators and every connection of a call replays the same 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import math
@@ -26,17 +47,38 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-__all__ = ["Script", "SimCall", "SimEvent", "ScriptError", "load_script", "parse_script", "default_script_path"]
+__all__ = [
+    "Script",
+    "SimCall",
+    "SimEvent",
+    "ListingFault",
+    "ScriptError",
+    "load_script",
+    "parse_script",
+    "default_script_path",
+    "staggered",
+]
 
 #: Event types the simulator generates itself on every connection; script lines of these types only set timing.
 LIFECYCLE_TYPES = frozenset({"sse_init", "sse_close"})
 
-_TOP_KEYS = ("api_key", "speed", "keepalive", "timestamp_format", "framing", "calls")
+#: How a webhook delivery's X-Signature header encodes the HMAC-SHA256 (Atoms does not document its encoding).
+SIGNATURE_ENCODINGS = ("hex", "base64", "sha256=hex")
+
+_TOP_KEYS = (
+    "api_key", "speed", "keepalive", "timestamp_format", "framing", "calls",
+    "listing_faults", "listing_lag", "push_url", "push_secret", "push_signature",
+)  # fmt: skip
 _CALL_KEYS = (
     "id", "status", "repeat", "events",
     "fail_first", "fail_status", "retry_after",
     "drop_after", "end_after", "malformed_after", "stall_after", "stall_seconds",
+    "start", "start_every", "late_join",
+    "agent_id", "campaign_id", "conversation_type", "from_phone", "to_phone",
 )  # fmt: skip
+_FAULT_KEYS = ("from", "until", "status", "retry_after", "stall")
+_DEFAULT_AGENT = "sim-agent"
+_DEFAULT_CONVERSATION_TYPE = "inbound"
 
 
 class ScriptError(ValueError):
@@ -71,6 +113,32 @@ class SimCall:
     malformed_after: int | None = None
     stall_after: int | None = None
     stall_seconds: float = 0.0
+    #: Seconds after the simulator starts serving (before ``speed``); None: the clock starts at the first
+    #: successful subscription instead, and the call is active (listed ``in_progress``) until then.
+    start: float | None = None
+    #: With ``start``: what a subscriber that connects after some events were due gets. "live": only the events
+    #: not yet due (the real service streams live events only); "replay": the past ones at once, then the rest.
+    late_join: Literal["live", "replay"] = "live"
+    agent_id: str = _DEFAULT_AGENT
+    campaign_id: str | None = None
+    conversation_type: str = _DEFAULT_CONVERSATION_TYPE
+    from_phone: str | None = None
+    to_phone: str | None = None
+
+
+@dataclass(frozen=True)
+class ListingFault:
+    """A window (seconds after serving start, before ``speed``) in which ``GET /conversation`` fails.
+
+    ``status`` with ``retry_after`` is answered at once; with ``stall`` the request hangs until ``until`` and is
+    then answered ``status``, or normally when ``status`` is None (only allowed with ``stall``).
+    """
+
+    start: float  # the script's ``from``
+    until: float
+    status: int | None
+    retry_after: float | None = None
+    stall: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +152,26 @@ class Script:
     timestamp_format: Literal["iso", "epoch"] = "iso"
     framing: Literal["data", "event-message"] = "data"
     source: str = "<script>"
+    listing_faults: tuple[ListingFault, ...] = ()
+    #: Seconds (before ``speed``) a call is still listed ``in_progress`` after its stream ended: Atoms updates a
+    #: call's status after the call, so a poller sees finished calls as in progress for a while.
+    listing_lag: float = 0.0
+    push_url: str | None = None  # where pre-/post-conversation deliveries go; None: no deliveries
+    push_secret: str | None = None  # the HMAC key (UTF-8); None: deliveries carry no X-Signature
+    push_signature: Literal["hex", "base64", "sha256=hex"] = "hex"
+
+
+def staggered(script: Script, every: float, late_join: str = "replay") -> Script:
+    """The script with each call that has no ``start`` starting ``every`` seconds after the previous one (the
+    first at once): calls that begin one after another, for a runner that finds them by itself. A runner finds a
+    call up to one listing interval after it started; ``late_join = "replay"`` still shows it the whole call."""
+    calls, next_start = [], 0.0
+    for call in script.calls:
+        if call.start is None and call.status != "completed":
+            call = dataclasses.replace(call, start=next_start, late_join=late_join)
+            next_start += every
+        calls.append(call)
+    return dataclasses.replace(script, calls=tuple(calls))
 
 
 def default_script_path() -> Path:
@@ -122,6 +210,14 @@ def parse_script(data: Mapping[str, Any], *, source: str = "<script>") -> Script
     calls: list[SimCall] = []
     for index, call_data in enumerate(calls_data):
         calls.extend(_parse_call(v, call_data, f"calls[{index}]"))
+    faults_data = data.get("listing_faults", [])
+    if not isinstance(faults_data, list):
+        v.fail("listing_faults", "expected an array of tables ([[listing_faults]])", faults_data)
+    if v.number(data, "listing_lag", "", default=0.0) < 0:
+        v.fail("listing_lag", "expected 0 or more seconds", data["listing_lag"])
+    push_url = v.string(data, "push_url", "", default=None)
+    if push_url is not None and not push_url.startswith(("http://", "https://")):
+        v.fail("push_url", "expected an http:// or https:// URL", push_url)
     return Script(
         calls=v.unique_ids(calls),
         api_key=v.string(data, "api_key", "", default="sim-key"),
@@ -130,7 +226,37 @@ def parse_script(data: Mapping[str, Any], *, source: str = "<script>") -> Script
         timestamp_format=v.choice(data, "timestamp_format", "", ("iso", "epoch"), default="iso"),
         framing=v.choice(data, "framing", "", ("data", "event-message"), default="data"),
         source=source,
+        listing_faults=tuple(
+            _parse_listing_fault(v, fault, f"listing_faults[{index}]") for index, fault in enumerate(faults_data)
+        ),
+        listing_lag=v.number(data, "listing_lag", "", default=0.0),
+        push_url=push_url,
+        push_secret=v.string(data, "push_secret", "", default=None),
+        push_signature=v.choice(data, "push_signature", "", SIGNATURE_ENCODINGS, default="hex"),
     )
+
+
+def _parse_listing_fault(v: _Validator, data: Any, where: str) -> ListingFault:
+    if not isinstance(data, Mapping):
+        v.fail(where, "expected a table", data)
+    p = where + "."
+    v.known_keys(data, _FAULT_KEYS, p)
+    if "until" not in data:
+        v.fail(p + "until", "required: seconds after serving start when the fault ends", None)
+    start = v.number(data, "from", p, default=0.0, unit="a number of seconds")
+    until = v.number(data, "until", p, default=None, unit="a number of seconds")
+    if until <= start:
+        v.fail(p + "until", f"expected a time after from ({start:g})", until)
+    stall = v.boolean(data, "stall", p, default=False)
+    if "status" not in data and not stall:
+        v.fail(p + "status", "required unless stall = true (the HTTP error status to answer)", None)
+    status = v.integer(data, "status", p, default=None)
+    if status is not None and not 400 <= status <= 599:
+        v.fail(p + "status", "expected an HTTP error status (400-599)", status)
+    retry_after = v.number(data, "retry_after", p, default=None, unit="a number of seconds")
+    if retry_after is not None and status is None:
+        v.fail(p + "retry_after", "only with status (it is sent with the error answer)", retry_after)
+    return ListingFault(start=start, until=until, status=status, retry_after=retry_after, stall=stall)
 
 
 def _parse_call(v: _Validator, data: Any, where: str) -> list[SimCall]:
@@ -175,22 +301,58 @@ def _parse_call(v: _Validator, data: Any, where: str) -> list[SimCall]:
     if not 400 <= fail_status <= 599:
         v.fail(p + "fail_status", "expected an HTTP error status (400-599)", fail_status)
     retry_after = v.number(data, "retry_after", p, default=None, unit="a number of seconds")
+    status = v.choice(data, "status", p, ("active", "completed"), default="active")
+    start = v.number(data, "start", p, default=None, unit="a number of seconds")
+    if start is not None and status == "completed":
+        v.fail(p + "start", 'cannot be combined with status = "completed" (a call with start completes by itself)', start)
+    if "late_join" in data and start is None:
+        v.fail(p + "late_join", "only with start (a call without start always replays to late subscribers)", None)
+    agent_id, conversation_type = _identity_defaults(events)
+    identity = dict(
+        late_join=v.choice(data, "late_join", p, ("live", "replay"), default="live"),
+        agent_id=v.string(data, "agent_id", p, default=agent_id, non_empty=True),
+        campaign_id=v.string(data, "campaign_id", p, default=None, non_empty=True),
+        conversation_type=v.string(data, "conversation_type", p, default=conversation_type, non_empty=True),
+        from_phone=v.string(data, "from_phone", p, default=None),
+        to_phone=v.string(data, "to_phone", p, default=None),
+    )
     template = dict(
         events=events,
         end_at=end_at,
-        status=v.choice(data, "status", p, ("active", "completed"), default="active"),
+        status=status,
         fail_first=v.integer(data, "fail_first", p, default=0),
         fail_status=fail_status,
         retry_after=retry_after,
         stall_seconds=v.number(data, "stall_seconds", p, default=0.0, unit="a number of seconds"),
         **counts,
+        **identity,
     )
     repeat = v.integer(data, "repeat", p, default=None, minimum=1)
+    every = v.number(data, "start_every", p, default=None, unit="a number of seconds")
+    if every is not None and (repeat is None or start is None):
+        v.fail(p + "start_every", "only with repeat and start (the n-th copy starts at start + n * start_every)", every)
     if repeat is None:
-        return [SimCall(id=call_id.replace("{n}", "0"), **template)]
+        return [SimCall(id=call_id.replace("{n}", "0"), start=start, **template)]
     if "{n}" not in call_id:
         v.fail(p + "id", "expected {n} in the id of a call with repeat", call_id)
-    return [SimCall(id=call_id.replace("{n}", str(n)), **template) for n in range(repeat)]
+    return [
+        SimCall(
+            id=call_id.replace("{n}", str(n)),
+            start=None if start is None else start + n * (every or 0.0),
+            **template,
+        )
+        for n in range(repeat)
+    ]
+
+
+def _identity_defaults(events: tuple[SimEvent, ...]) -> tuple[str, str]:
+    """agent_id and conversation_type from the call's call_start event (``agent_id``, ``direction``), if any."""
+    start = next((event.fields for event in events if event.event_type == "call_start"), {})
+    agent_id, direction = start.get("agent_id"), start.get("direction")
+    return (
+        agent_id if isinstance(agent_id, str) and agent_id else _DEFAULT_AGENT,
+        direction if isinstance(direction, str) and direction else _DEFAULT_CONVERSATION_TYPE,
+    )
 
 
 def _split_lifecycle(events: list[SimEvent]) -> tuple[tuple[SimEvent, ...], float]:
@@ -236,7 +398,10 @@ def _parse_jsonl(text: str, source: str) -> Script:
             previous = max(previous, moment - first)
             events.append(SimEvent(at=round(previous, 6), fields=MappingProxyType(event)))
         kept, end_at = _split_lifecycle(events)
-        calls.append(SimCall(id=call_id, events=kept, end_at=end_at))
+        agent_id, conversation_type = _identity_defaults(kept)
+        calls.append(
+            SimCall(id=call_id, events=kept, end_at=end_at, agent_id=agent_id, conversation_type=conversation_type)
+        )
     return Script(calls=tuple(calls), source=source)
 
 
@@ -297,11 +462,18 @@ class _Validator:
             self.fail(prefix + key, f"expected a whole number of at least {minimum}", value)
         return value
 
-    def string(self, data, key, prefix, *, default) -> Any:
+    def string(self, data, key, prefix, *, default, non_empty=False) -> Any:
         if key not in data:
             return default
-        if not isinstance(data[key], str):
-            self.fail(prefix + key, "expected a string", data[key])
+        if not isinstance(data[key], str) or (non_empty and not data[key]):
+            self.fail(prefix + key, "expected a non-empty string" if non_empty else "expected a string", data[key])
+        return data[key]
+
+    def boolean(self, data, key, prefix, *, default) -> Any:
+        if key not in data:
+            return default
+        if not isinstance(data[key], bool):
+            self.fail(prefix + key, "expected true or false", data[key])
         return data[key]
 
     def choice(self, data, key, prefix, choices, *, default) -> Any:

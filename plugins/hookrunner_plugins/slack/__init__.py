@@ -127,7 +127,7 @@ class SlackPlugin:
             entry = _Route(route, alerts, transcript)
             self._routes.append(entry)
             for outbox in entry.outboxes:
-                app.start_soon(outbox.run)
+                app.run_outbox(outbox)
             where = f"channel {route.channel}" if route.token else "an incoming webhook"
             log.info("slack %s: posting %s to %s", route.name, ", ".join(route.events), where)
 

@@ -157,7 +157,7 @@ class WebhookPlugin:
                 batch_max_wait=settings.batch_max_wait,
             )
             self._endpoints.append(_Endpoint(settings, outbox))
-            app.start_soon(outbox.run)
+            app.run_outbox(outbox)
             log.info("webhook %s: delivering %s to %s", settings.name, ", ".join(settings.events), settings.safe_url)
 
     def _submit(self, message_type: str, call_id: str, build: Any, id_parts: tuple[str | None, ...]) -> None:

@@ -1,0 +1,117 @@
+"""Atoms' own webhooks (pre-conversation, post-conversation, ...): checking their signature and reading them.
+
+A delivery is signed in ``X-Signature`` with HMAC-SHA256 of the raw body, keyed with the webhook's secret. How the
+digest is encoded is not documented, so hex and base64 (standard or URL-safe, padded or not) are accepted, with
+or without a ``sha256=`` prefix; the comparison is constant-time (``hmac.compare_digest``) whichever it is.
+Atoms waits 30 s and never retries, so a repeated delivery id can only be a replay or a duplicate: the
+``SeenDeliveries`` window acknowledges it without acting twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["signature_valid", "parse_delivery", "PlatformDelivery", "SeenDeliveries", "BadDelivery"]
+
+_DIGEST_SIZE = hashlib.sha256().digest_size
+
+
+def _decoded(signature: str) -> bytes | None:
+    """The digest bytes a signature header spells, in any accepted encoding; None if it spells none."""
+    text = signature.strip()
+    if text[:7].lower() == "sha256=":
+        text = text[7:].strip()
+    if len(text) == 2 * _DIGEST_SIZE:
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            pass
+    padded = text + "=" * (-len(text) % 4)
+    for decode in (base64.b64decode, base64.urlsafe_b64decode):
+        try:
+            raw = decode(padded.encode("ascii"))
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            continue
+        if len(raw) == _DIGEST_SIZE:
+            return raw
+    return None
+
+
+def signature_valid(body: bytes, header: str | None, secret: str) -> bool:
+    """Whether ``header`` is HMAC-SHA256(secret, body) in hex or base64, optionally prefixed ``sha256=``."""
+    if not header or not secret:
+        return False
+    expected = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).digest()
+    given = _decoded(header)
+    if given is None:
+        hmac.compare_digest(expected, expected)  # the same work for a malformed header as for a wrong one
+        return False
+    return hmac.compare_digest(expected, given)
+
+
+class BadDelivery(ValueError):
+    """A signed body that is not a delivery we can read; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class PlatformDelivery:
+    """One webhook delivery: ``kind`` is the part of ``event`` after the agent id (``pre-conversation``)."""
+
+    id: str
+    event: str
+    kind: str
+    call_id: str | None
+    agent_id: str | None
+    body: dict[str, Any]
+
+
+def parse_delivery(body: bytes) -> PlatformDelivery:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadDelivery("not JSON") from None
+    if not isinstance(data, dict):
+        raise BadDelivery("expected a JSON object")
+    delivery_id, event = data.get("id"), data.get("event")
+    if not isinstance(delivery_id, (str, int)) or isinstance(delivery_id, bool) or not str(delivery_id):
+        raise BadDelivery("no delivery id (id)")
+    if not isinstance(event, str) or not event:
+        raise BadDelivery("no event name (event)")
+    metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+    kind = event.rsplit(".", 1)[-1]
+    if isinstance(metadata.get("eventType"), str) and "." not in event:
+        kind = metadata["eventType"]
+    call_id = metadata.get("callId")
+    agent_id = metadata.get("agentId")
+    return PlatformDelivery(
+        id=str(delivery_id),
+        event=event,
+        kind=kind,
+        call_id=call_id if isinstance(call_id, str) and call_id.strip() else None,
+        agent_id=agent_id if isinstance(agent_id, str) else None,
+        body=data,
+    )
+
+
+class SeenDeliveries:
+    """Delivery ids already acted on, the most recent ``limit`` of them."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._limit = limit
+
+    def first_time(self, delivery_id: str) -> bool:
+        """True the first time an id is seen (and remembers it); False for a repeat."""
+        if delivery_id in self._ids:
+            return False
+        self._ids[delivery_id] = None
+        if len(self._ids) > self._limit:
+            self._ids.popitem(last=False)
+        return True

@@ -1,0 +1,197 @@
+"""The runner's own HTTP server (``[server]``): pushes of call ids in, health and metrics out.
+
+Routes:
+
+- ``POST /atoms/webhook``: Atoms' signed webhooks. A ``pre-conversation`` delivery is followed at once; every
+  verified delivery (post-conversation too) goes to plugins' ``on_platform_webhook`` in the background, so the
+  answer never waits on a plugin (Atoms gives up after 30 s and never retries).
+- ``POST /calls``: ``{"call_id": ...}`` with ``Authorization: Bearer <server.token_env>``, for the code that starts
+  outbound calls.
+- ``GET /healthz``: 200 while the runner follows calls, 503 once a stop began (a load balancer stops sending).
+- ``GET /metrics``: Prometheus text format.
+
+It is served by hypercorn on trio inside the runner's nursery (``hookrunner.asgi``), so handlers call the runner
+directly: no locks, no threads.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .asgi import lifespan, read_body, serve_asgi
+from .metrics import CONTENT_TYPE
+from .platform_webhooks import BadDelivery, SeenDeliveries, parse_delivery, signature_valid
+
+if TYPE_CHECKING:
+    from .runner import Runner
+
+log = logging.getLogger("hookrunner.server")
+
+MAX_BODY = 1024 * 1024  # a delivery is a few KiB; anything this big is not one
+PRE_CONVERSATION = "pre-conversation"
+
+
+class ServiceApp:
+    """The ASGI app. ``webhook_secret`` None turns ``/atoms/webhook`` off, ``token`` None turns ``/calls`` off."""
+
+    def __init__(self, runner: Runner, *, webhook_secret: str | None, token: str | None) -> None:
+        self.runner = runner
+        self._secret = webhook_secret
+        self._token = token
+        self._seen = SeenDeliveries()
+        self._routes = {
+            ("POST", "/atoms/webhook"): self._atoms_webhook,
+            ("POST", "/calls"): self._post_call,
+            ("GET", "/healthz"): self._healthz,
+            ("GET", "/metrics"): self._metrics,
+        }
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = scope["path"].rstrip("/") or "/"
+        handler = self._routes.get((scope["method"], path))
+        if handler is None:
+            if any(route_path == path for _, route_path in self._routes):
+                await _json(send, 405, _errors(f"{scope['method']} is not allowed on {path}"))
+            else:
+                await _json(send, 404, _errors(f"no such route: {path}"))
+            return
+        await handler(scope, receive, send)
+
+    # --- routes ---------------------------------------------------------------------------------------------
+
+    async def _healthz(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        state = self.runner.state
+        body = {"status": state, "calls_active": len(self.runner.calls.active), "calls_waiting": self.runner.calls.waiting}
+        await _json(send, 200 if state == "serving" else 503, body)
+
+    async def _metrics(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await _reply(send, 200, self.runner.metrics.render(), CONTENT_TYPE)
+
+    async def _atoms_webhook(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        outcomes = self.runner.stats.platform_webhooks
+        if self._secret is None:
+            await _json(send, 404, _errors("Atoms webhooks are off: set discovery.webhook_secret_env"))
+            return
+        body = await _body(receive, send)
+        if body is None:
+            return
+        if not signature_valid(body, _header(scope, b"x-signature"), self._secret):
+            outcomes["bad_signature"] += 1
+            log.warning("atoms webhook: refused a delivery with a missing or wrong X-Signature (%d bytes)", len(body))
+            await _json(send, 401, _errors("missing or wrong X-Signature"))
+            return
+        try:
+            delivery = parse_delivery(body)
+        except BadDelivery as exc:
+            outcomes["unreadable"] += 1
+            log.warning("atoms webhook: a signed delivery we cannot read: %s", exc)
+            await _json(send, 400, _errors(str(exc)))
+            return
+        if not self._seen.first_time(delivery.id):
+            outcomes["duplicate"] += 1
+            log.info("atoms webhook: delivery %s (%s) again: acknowledged, ignored", delivery.id, delivery.event)
+            await _json(send, 200, {"status": True, "duplicate": True})
+            return
+        answer: dict[str, Any] = {"status": True}
+        if delivery.kind == PRE_CONVERSATION:
+            if delivery.call_id is None:
+                outcomes["no_call_id"] += 1
+                log.warning("atoms webhook: pre-conversation delivery %s has no metadata.callId", delivery.id)
+            else:
+                offer = self.runner.follow(delivery.call_id, "push")
+                if offer is None:
+                    outcomes["refused_stopping"] += 1
+                    log.warning("%s: pushed while the runner is stopping: not followed", delivery.call_id)
+                    await _json(send, 503, _errors("the runner is stopping"))
+                    return
+                answer.update(call_id=delivery.call_id, result=offer.value)
+        outcomes[delivery.kind] += 1
+        self.runner.dispatch_platform_webhook(delivery)
+        await _json(send, 200, answer)
+
+    async def _post_call(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self._token is None:
+            await _json(send, 403, _errors("POST /calls is off: set server.token_env"))
+            return
+        given = _header(scope, b"authorization") or ""
+        scheme, _, credential = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), self._token.encode()):
+            await _json(send, 401, _errors("missing or wrong bearer token"), [(b"www-authenticate", b"Bearer")])
+            return
+        body = await _body(receive, send)
+        if body is None:
+            return
+        try:
+            data = json.loads(body)
+            call_id = data["call_id"]
+            if not isinstance(call_id, str) or not call_id.strip():
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            await _json(send, 400, _errors('expected a JSON body {"call_id": "CALL-..."}'))
+            return
+        offer = self.runner.follow(call_id.strip(), "api")
+        if offer is None:
+            await _json(send, 503, _errors("the runner is stopping"))
+            return
+        await _json(send, 202, {"status": True, "call_id": call_id.strip(), "result": offer.value})
+
+
+async def start_server(runner: Runner, nursery: trio.Nursery, *, webhook_secret: str | None, token: str | None) -> str:
+    """Listen on ``[server] host:port`` in ``nursery``; the base URL it listens on (port 0 picks a free one)."""
+    server = runner.config.server
+    app = ServiceApp(runner, webhook_secret=webhook_secret, token=token)
+    url = await nursery.start(partial(serve_asgi, app, server.host, server.port, log=log, graceful_timeout=1.0))
+    routes = ["GET /healthz", "GET /metrics"]
+    if webhook_secret is not None:
+        routes.append("POST /atoms/webhook")
+    if token is not None:
+        routes.append("POST /calls")
+    log.info("server: listening on %s (%s)", url, ", ".join(routes))
+    return url
+
+
+async def _body(receive: Any, send: Any) -> bytes | None:
+    body = await read_body(receive)
+    if body is not None and len(body) > MAX_BODY:
+        await _json(send, 413, _errors(f"body over {MAX_BODY} bytes"))
+        return None
+    return body
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _errors(message: str) -> dict[str, Any]:
+    return {"status": False, "errors": [message]}
+
+
+async def _json(send: Any, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await _reply(send, status, json.dumps(body).encode(), "application/json", headers)
+
+
+async def _reply(
+    send: Any, status: int, body: bytes, content_type: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()), *(headers or [])],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
