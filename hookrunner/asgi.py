@@ -14,7 +14,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-__all__ = ["serve_asgi", "lifespan", "cancel_on_disconnect", "read_body"]
+__all__ = ["serve_asgi", "lifespan", "cancel_on_disconnect", "read_body", "BodyTooLarge"]
 
 
 async def serve_asgi(
@@ -63,13 +63,23 @@ async def cancel_on_disconnect(receive: Any, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-async def read_body(receive: Any) -> bytes | None:
-    """The whole request body, or None when the client went away before sending it."""
+class BodyTooLarge(Exception):
+    """The request body is longer than the reader's limit (nothing past the limit was kept)."""
+
+
+async def read_body(receive: Any, limit: int | None = None) -> bytes | None:
+    """The whole request body, or None when the client went away before sending it; ``BodyTooLarge`` past
+    ``limit`` bytes."""
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise BodyTooLarge(size)
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

@@ -9,6 +9,7 @@ call that is over. ``max_calls`` caps concurrent subscriptions; calls beyond it 
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from enum import Enum
 
@@ -26,23 +27,27 @@ class Offer(str, Enum):
 
 
 class CallBook:
-    def __init__(self, max_calls: int, *, remember: int = 100_000) -> None:
+    def __init__(self, max_calls: int, *, remember: int = 100_000, retry_after: float = 30.0) -> None:
         self.max_calls = max_calls
         self.active: set[str] = set()
         self._waiting: deque[str] = deque()
         self._waiting_ids: set[str] = set()
-        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._finished: OrderedDict[str, float] = OrderedDict()  # id -> when it may be offered again (inf: never)
         self._remember = remember
+        self._retry_after = retry_after
 
     @property
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def offer(self, call_id: str) -> Offer:
+    def offer(self, call_id: str, now: float = 0.0) -> Offer:
         if call_id in self.active:
             return Offer.FOLLOWING
-        if call_id in self._finished:
-            return Offer.FINISHED
+        again_at = self._finished.get(call_id)
+        if again_at is not None:
+            if now < again_at:
+                return Offer.FINISHED
+            del self._finished[call_id]
         if call_id in self._waiting_ids:
             return Offer.WAITING
         if len(self.active) >= self.max_calls:
@@ -52,14 +57,15 @@ class CallBook:
         self.active.add(call_id)
         return Offer.NEW
 
-    def finish(self, call_id: str) -> str | None:
-        """Mark a followed call over; return the waiting call that takes its slot (now active), if any."""
+    def finish(self, call_id: str, *, final: bool = True, now: float = 0.0, promote: bool = True) -> str | None:
+        """Mark a followed call over (for good, or until ``retry_after`` when not ``final``); return the waiting
+        call that takes its slot (now active), if any and if ``promote``."""
         self.active.discard(call_id)
-        self._finished[call_id] = None
+        self._finished[call_id] = math.inf if final else now + self._retry_after
         self._finished.move_to_end(call_id)
         while len(self._finished) > self._remember:
             self._finished.popitem(last=False)
-        if self._waiting and len(self.active) < self.max_calls:
+        if promote and self._waiting and len(self.active) < self.max_calls:
             next_id = self._waiting.popleft()
             self._waiting_ids.discard(next_id)
             self.active.add(next_id)

@@ -208,6 +208,11 @@ def service_summary(config: Config) -> list[str]:
             f"({1 / discovery.interval:.2g} requests/s, one more per extra page of {discovery.page_size}; the free "
             f"plan allows about 10/s in all){'; ' + ', '.join(filters) if filters else ''}"
         )
+        if discovery.page_size < 100:
+            lines.append(
+                f"  warning: discovery.page_size: {discovery.page_size} calls a page: every listing of N calls makes "
+                f"N/{discovery.page_size} requests back to back (the free plan allows about 10/s); 500 is the most"
+            )
     if server.enabled:
         routes = ["GET /healthz", "GET /metrics"]
         routes += ["POST /atoms/webhook"] if discovery.webhook_secret_env else []

@@ -86,6 +86,12 @@ DISCOVERY_SCHEMA = {
     "timeout": Setting("number", 10.0, check=POSITIVE, expected="a number of seconds"),
     "retry_delay": Setting("number", 1.0, check=POSITIVE, doc="first delay after a failed listing"),
     "max_retry_delay": Setting("number", 30.0, check=POSITIVE, doc="longest delay between failed listings"),
+    "not_found_grace": Setting(
+        "number",
+        30.0,
+        check=NON_NEGATIVE,
+        doc="seconds a pushed call id answering 404 is retried (a webhook can come before the call's stream)",
+    ),
     "webhook_secret_env": Setting(
         "str", None, check=_env_name, doc="variable holding the secret of Atoms' webhooks (for POST /atoms/webhook)"
     ),
@@ -151,6 +157,7 @@ class DiscoveryConfig:
     timeout: float
     retry_delay: float
     max_retry_delay: float
+    not_found_grace: float
     webhook_secret_env: str | None
 
     # BackoffPolicy's names, so failed listings share the subscriptions' full-jitter backoff

@@ -28,7 +28,9 @@ log = logging.getLogger("hookrunner.discovery")
 #: A listing never reads more pages than this (500 calls each): a server that always says "more" cannot loop us.
 MAX_PAGES = 200
 #: Keys a listed call's id may come under (the reference says callId; be lenient about the spelling).
-ID_KEYS = ("callId", "call_id", "conversationId", "id")
+ID_KEYS = ("callId", "call_id", "conversationId")
+#: The longest a Retry-After may hold discovery back (beyond max_retry_delay): a wild value cannot stop it for good.
+MAX_RETRY_AFTER = 300.0
 
 
 @dataclass
@@ -62,38 +64,59 @@ class ListingPoller:
         while True:
             started = trio.current_time()
             try:
-                call_ids = await self.list_calls()
-            except ListingFailed as failed:
+                await self.list_calls()
+            except AuthError:
+                raise
+            except Exception as exc:  # a failed listing, or one we did not foresee: either way, keep discovering
+                failed = exc if isinstance(exc, ListingFailed) else ListingFailed(f"{type(exc).__name__}: {exc}")
+                if not isinstance(exc, ListingFailed):
+                    log.debug("discovery: unexpected error while listing calls", exc_info=True)
                 failures += 1
                 self._stats.listing_failures += 1
-                delay = max(self.config.interval, backoff_delay(failures, self.config, failed.retry_after))
-                log.warning(
-                    "discovery: listing calls failed (%s); calls already followed go on; next try in %.2f s",
-                    failed.why,
-                    delay,
-                )
-                await trio.sleep(delay)
+                await trio.sleep(self._retry_delay(failures, failed))
                 continue
             if failures:
                 log.info("discovery: listing calls works again after %d failed attempts", failures)
             failures = 0
             self._stats.listings += 1
-            for call_id in call_ids:
-                self._follow(call_id, "listing")
             await trio.sleep_until(started + self.config.interval)
 
+    def _retry_delay(self, failures: int, failed: ListingFailed) -> float:
+        """Full-jitter backoff, never sooner than the interval, never before a (bounded) Retry-After."""
+        retry_after = failed.retry_after
+        ceiling = max(self.config.max_retry_delay, MAX_RETRY_AFTER)
+        if retry_after is not None and retry_after > ceiling:
+            log.warning("discovery: Retry-After of %g s is more than %g s; waiting %g s", retry_after, ceiling, ceiling)
+            retry_after = ceiling
+        delay = max(self.config.interval, backoff_delay(failures, self.config, retry_after))
+        log.warning(
+            "discovery: listing calls failed (%s); calls already followed go on; next try in %.2f s", failed.why, delay
+        )
+        return delay
+
     async def list_calls(self) -> list[str]:
-        """Every page of the listing: the ids of the calls in one of ``statuses``, in the order listed."""
+        """Read every page of the listing, handing each call id to ``follow`` as its page arrives (so a failure on
+        a later page loses nothing already read); the ids found, in the order listed."""
         found: dict[str, None] = {}
+        statuses = {status.casefold() for status in self.config.statuses}
+        skipped = 0
         for page in range(1, MAX_PAGES + 1):
             logs, more = await self._page(page)
             for entry in logs:
                 call_id = _call_id(entry)
                 status = entry.get("status")
-                if call_id and (not isinstance(status, str) or status in self.config.statuses):
+                if call_id is None or (isinstance(status, str) and status.casefold() not in statuses):
+                    skipped += 1
+                    continue
+                if call_id not in found:
                     found[call_id] = None
+                    self._follow(call_id, "listing")
             if not more:
                 break
+        else:
+            log.warning("discovery: stopped reading the listing after %d pages (discovery.page_size %d)", MAX_PAGES, self.config.page_size)
+        if skipped:
+            log.debug("discovery: %d listed entries skipped (no call id, or a status not in discovery.statuses)", skipped)
         return list(found)
 
     async def _page(self, page: int) -> tuple[list[dict[str, Any]], bool]:
@@ -103,17 +126,21 @@ class ListingPoller:
         if self.config.campaign_ids:
             params["campaignIds"] = ",".join(self.config.campaign_ids)
         self._stats.listing_requests += 1
+        response = None
         try:
-            response = await self._client.get(
-                self._url,
-                params=params,
-                headers={"Authorization": f"Bearer {self._api_key}"},
-                timeout=self.config.timeout,
-            )
+            with trio.move_on_after(self.config.timeout):  # the whole request: httpx's timeouts are per phase
+                response = await self._client.get(
+                    self._url,
+                    params=params,
+                    headers={"Authorization": f"Bearer {self._api_key}"},
+                    timeout=self.config.timeout,
+                )
         except httpx.TimeoutException:
-            raise ListingFailed(f"no answer within {self.config.timeout:g} s (discovery.timeout)") from None
-        except httpx.TransportError as exc:
-            raise ListingFailed(f"connection failed ({type(exc).__name__}: {exc or 'no detail'})") from None
+            pass
+        except httpx.HTTPError as exc:  # connection failures, undecodable bodies, redirect loops...
+            raise ListingFailed(f"page {page}: request failed ({type(exc).__name__}: {exc or 'no detail'})") from None
+        if response is None:
+            raise ListingFailed(f"page {page}: no answer within {self.config.timeout:g} s (discovery.timeout)")
         if response.status_code != 200:
             message, body_retry_after = error_body(response)
             if response.status_code in (401, 403):
@@ -130,7 +157,7 @@ class ListingPoller:
             logs = data["logs"]
             if not isinstance(logs, list):
                 raise TypeError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, httpx.HTTPError):
             raise ListingFailed(f"page {page}: not a listing (expected {{\"data\": {{\"logs\": [...]}}}})") from None
         entries = [entry for entry in logs if isinstance(entry, dict)]
         return entries, _more(data.get("pagination"), page, len(logs), self.config.page_size)
@@ -145,12 +172,22 @@ def _call_id(entry: dict[str, Any]) -> str | None:
 
 
 def _more(pagination: Any, page: int, count: int, limit: int) -> bool:
-    """Whether another page follows: the pagination block when it says, else a full page means maybe."""
+    """Whether another page follows: the pagination block when it says (hasMore, totalPages, or total with the
+    limit the server applied, which may be lower than asked), else a full page means maybe."""
     if isinstance(pagination, dict):
         has_more = pagination.get("hasMore")
         if isinstance(has_more, bool):
             return has_more
-        pages = pagination.get("totalPages")
-        if isinstance(pages, int) and not isinstance(pages, bool):
+        pages = _whole(pagination.get("totalPages"))
+        if pages is not None:
             return page < pages
-    return count >= limit
+        total, applied = _whole(pagination.get("total")), _whole(pagination.get("limit"))
+        if total is not None:
+            return page * (applied or count or limit) < total
+        if applied:
+            limit = applied
+    return count > 0 and count >= limit
+
+
+def _whole(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None

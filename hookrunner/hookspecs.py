@@ -108,9 +108,12 @@ def validate_settings(settings: dict[str, Any]) -> list[str] | None:
 def on_startup(app: App) -> None:
     """The runner is starting, before any call is subscribed.
 
-    ``app`` is this plugin's view of the runner: ``app.settings`` (its ``[plugins.NAME]`` table), ``app.http``
-    (a shared ``httpx.AsyncClient``), ``app.config_dir``, ``app.start_soon(fn, *args)`` (a background task,
-    cancelled after ``on_shutdown``) and ``app.emit_trigger(trigger)``. Keep it: event hooks do not receive it.
+    ``app`` is this plugin's view of the runner: ``app.settings`` (its ``[plugins.NAME]`` table, defaults filled
+    in), ``app.http`` (a shared ``httpx.AsyncClient``), ``app.config_dir``, ``app.start_soon(fn, *args)`` (a
+    background task, cancelled after ``on_shutdown``), ``app.emit_trigger(trigger)``, ``app.run_outbox(outbox)``
+    (a ``hookrunner.outbox.Outbox`` delivering in the background, its counts on ``/metrics``) and
+    ``app.metrics.registry`` (for the plugin's own ``prometheus_client`` metrics). Keep it: event hooks do not
+    receive it.
 
     Example::
 
@@ -327,8 +330,11 @@ def on_platform_webhook(delivery: PlatformDelivery) -> None:
 
     ``delivery.kind`` is ``"pre-conversation"``, ``"post-conversation"``, ``"analytics-completed"`` ...;
     ``delivery.call_id`` and ``delivery.agent_id`` come from its metadata, and ``delivery.body`` is the whole JSON
-    envelope. A pre-conversation delivery has already made the runner follow the call. Each delivery id arrives
-    here once (repeats are acknowledged and dropped), after Atoms got its answer, so a slow plugin costs nothing.
+    envelope. A pre-conversation delivery has already made the runner follow the call. Deliveries are dispatched
+    one at a time in arrival order, after Atoms got its answer (a slow plugin delays later deliveries, never the
+    answer), and drained at a stop like triggers. A repeated delivery id is acknowledged and dropped, but the
+    runner remembers ids only in memory: after a restart a replayed delivery arrives again, so act idempotently
+    by ``delivery.id``.
 
     Example::
 

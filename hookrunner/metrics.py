@@ -34,6 +34,8 @@ class RunnerMetrics:
     """One runner's registry: its counters, hook durations, and the outboxes plugins asked it to track."""
 
     def __init__(self, stats: Stats, calls: CallBook) -> None:
+        # auto_describe: registering a collector collects it once, so a plugin's metric named like one of ours is
+        # refused at registration instead of breaking every scrape with a duplicate family
         self.registry = CollectorRegistry(auto_describe=True)
         self._outboxes: weakref.WeakSet[Outbox] = weakref.WeakSet()
         self.hook_duration = Histogram(
@@ -65,9 +67,6 @@ class _StatsCollector(Collector):
         self._stats = stats
         self._calls = calls
         self._outboxes = outboxes
-
-    def describe(self) -> list[Metric]:
-        return []  # families are produced at scrape time; nothing to pre-register
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats

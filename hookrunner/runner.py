@@ -14,7 +14,6 @@ import math
 import signal
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
 from typing import Any
 
 import httpx
@@ -40,10 +39,17 @@ from .triggers import Trigger
 log = logging.getLogger("hookrunner.runner")
 
 OK_REASONS = frozenset({ENDED, COMPLETED, SHUTDOWN})
+#: Sources of call ids that may name a call before its stream exists (a pre-conversation webhook, POST /calls).
+PUSHED = frozenset({"push", "api"})
+#: Ends after which a call is never followed again; after the others (not found, given up) a later listing or
+#: push may bring it back (CallBook's retry_after), since the call may still be live.
+FINAL_REASONS = frozenset({ENDED, COMPLETED, SHUTDOWN, AUTH_FAILED})
 EXIT_OK, EXIT_SOME_CALLS_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 DRAIN, SUBSCRIPTION, FINAL = "drain", "subscription", "final"
+#: Config fields SIGHUP applies (and those that only say where the config came from).
+RELOADED_FIELDS = frozenset({"plugin_settings", "source", "path", "base_dir"})
 
 
 class Runner:
@@ -73,7 +79,6 @@ class Runner:
         self.state = "starting"
         self._calls_nursery: trio.Nursery | None = None
         self._stream_client: httpx.AsyncClient | None = None
-        self._over_capacity_logged: set[str] = set()
         self._auth_error: AuthError | None = None
         self._fatal_error: HookrunnerError | None = None  # the runner cannot go on (the server cannot listen)
         # Secrets are read before anything starts: a missing variable is a config error, not a failure at run time.
@@ -88,6 +93,7 @@ class Runner:
         self._stopping = False
         self._deadlines = {DRAIN: math.inf, FINAL: math.inf}
         self._trigger_send, self._trigger_receive = trio.open_memory_channel[Trigger](math.inf)
+        self._platform_send, self._platform_receive = trio.open_memory_channel[PlatformDelivery](math.inf)
         self._background: trio.Nursery | None = None
         self._shutdown_deadline: float | None = None
         self._apps: dict[str, App] = {}
@@ -129,6 +135,7 @@ class Runner:
                 await self._start_server(background)
             async with trio.open_nursery() as core:
                 core.start_soon(self._dispatch_triggers)
+                core.start_soon(self._dispatch_platform_webhooks)
                 async with trio.open_nursery() as calls:
                     self._calls_nursery, self._stream_client = calls, stream_client
                     if not self._stopping:
@@ -142,6 +149,7 @@ class Runner:
                     self.stats.calls_never_followed += 1
                     log.warning("%s: never followed: the runner stopped while it waited for a free slot", call_id)
                 self._trigger_send.close()  # no call can emit any more: the trigger queue drains and ends
+                self._platform_send.close()  # deliveries from now on are refused (503): plugins are shutting down
             with self._stoppable(FINAL):
                 # on_shutdown flushes what plugins hold (outboxes): it gets shutdown_grace, or what a stop left of it
                 self._shutdown_deadline = trio.current_time() + self.config.shutdown_grace
@@ -171,6 +179,13 @@ class Runner:
             problems = str(exc).splitlines()
             log.error("%s: reload refused, the running settings stay: %s", path, "; ".join(problems))
             return False
+        ignored = [
+            item.name
+            for item in dataclasses.fields(config)
+            if item.name not in RELOADED_FIELDS and getattr(config, item.name) != getattr(self.config, item.name)
+        ]
+        if ignored:
+            log.warning("%s: reload applies [plugins.NAME] tables only; restart to apply: %s", path, ", ".join(ignored))
         settings = settings_with_defaults(config, self.plugins)
         for name, app in self._apps.items():
             app.settings = settings.get(name, {})
@@ -232,26 +247,24 @@ class Runner:
     def follow(self, call_id: str, source: str) -> Offer | None:
         """Follow ``call_id`` unless it is followed, over, or waiting already; ``source`` says who found it
         (config, listing, push, api). Returns what was decided, or None when the runner no longer takes calls."""
-        if self._calls_nursery is None or self._stopping:
-            return None
-        offer = self.calls.offer(call_id)
+        if self._calls_nursery is None or (self._stopping and source != "config"):
+            return None  # (listed calls still start during a stop, to end as "shutdown" as they always have)
+        offer = self.calls.offer(call_id, trio.current_time())
         if offer in (Offer.NEW, Offer.QUEUED):
             self.stats.calls_discovered[source] += 1
         if offer is Offer.NEW:
             if source != "config":
                 log.info("%s: following (found by %s)", call_id, source)
-            self._calls_nursery.start_soon(self._follow_call, call_id)
+            self._calls_nursery.start_soon(self._follow_call, call_id, source)
         elif offer is Offer.QUEUED:
-            self.stats.calls_over_capacity += 1
-            if call_id not in self._over_capacity_logged:
-                self._over_capacity_logged.add(call_id)
-                log.warning(
-                    "%s: waiting: runner.max_calls (%d) calls are followed already; it is followed when one ends "
-                    "(%d waiting)",
-                    call_id,
-                    self.config.max_calls,
-                    self.calls.waiting,
-                )
+            self.stats.calls_over_capacity += 1  # QUEUED comes once per id: later offers are WAITING
+            log.warning(
+                "%s: waiting: runner.max_calls (%d) calls are followed already; it is followed when one ends "
+                "(%d waiting)",
+                call_id,
+                self.config.max_calls,
+                self.calls.waiting,
+            )
         return offer
 
     async def _discover(self, client: httpx.AsyncClient) -> None:
@@ -286,29 +299,46 @@ class Runner:
             )
             self.stop()
 
-    def dispatch_platform_webhook(self, delivery: PlatformDelivery) -> None:
-        """Hand a verified Atoms webhook delivery to plugins' ``on_platform_webhook``, without waiting for them."""
-        if self._background is not None:
-            self._background.start_soon(
-                partial(self.dispatcher.call, "on_platform_webhook", {"delivery": delivery}, call_id=delivery.call_id)
-            )
+    def dispatch_platform_webhook(self, delivery: PlatformDelivery) -> bool:
+        """Queue a verified Atoms webhook delivery for plugins' ``on_platform_webhook`` (dispatched one at a time,
+        in arrival order, drained like triggers at a stop); False once the runner no longer dispatches them."""
+        try:
+            self._platform_send.send_nowait(delivery)
+        except trio.ClosedResourceError:
+            self.stats.platform_webhooks["not_dispatched"] += 1
+            log.warning("atoms webhook: delivery %s (%s) not dispatched: the runner is stopping", delivery.id, delivery.event)
+            return False
+        return True
+
+    async def _dispatch_platform_webhooks(self) -> None:
+        with self._stoppable(DRAIN):
+            async for delivery in self._platform_receive:
+                await self.dispatcher.call("on_platform_webhook", {"delivery": delivery}, call_id=delivery.call_id)
+        while True:
+            try:
+                delivery = self._platform_receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            self.stats.platform_webhooks["not_dispatched"] += 1
+            log.error("atoms webhook: delivery %s (%s) not dispatched before runner.shutdown_grace ran out", delivery.id, delivery.event)
 
     # --- one call ---------------------------------------------------------------------------------------------
 
-    async def _follow_call(self, call_id: str) -> None:
+    async def _follow_call(self, call_id: str, source: str) -> None:
+        reason = SHUTDOWN
         try:
-            await self._follow_one(call_id)
+            reason = await self._follow_one(call_id, source)
         finally:
-            next_id = self.calls.finish(call_id)
+            taking_calls = self._calls_nursery is not None and not self._stopping
+            next_id = self.calls.finish(
+                call_id, final=reason in FINAL_REASONS, now=trio.current_time(), promote=taking_calls
+            )
             if next_id is not None:
-                if self._calls_nursery is not None and not self._stopping:
-                    log.info("%s: a slot is free: following it", next_id)
-                    self._calls_nursery.start_soon(self._follow_call, next_id)
-                else:
-                    self.stats.calls_never_followed += 1
-                    log.warning("%s: never followed: the runner stopped while it waited for a free slot", next_id)
+                log.info("%s: a slot is free: following it", next_id)
+                self._calls_nursery.start_soon(self._follow_call, next_id, "waiting")  # type: ignore[union-attr]
 
-    async def _follow_one(self, call_id: str) -> None:
+    async def _follow_one(self, call_id: str, source: str) -> str:
+        """Follow one call to its end; the reason it ended."""
         assert self._stream_client is not None
         call = CallContext(call_id)
         subscription = Subscription(
@@ -320,6 +350,7 @@ class Runner:
             idle_timeout=self.config.idle_timeout,
             reconnect=self.config.reconnect,
             stats=self.stats,
+            not_found_grace=self.config.discovery.not_found_grace if source in PUSHED else 0.0,
         )
         send, receive = trio.open_memory_channel[Event | Subscribed](self.config.buffer)
         reason = SHUTDOWN
@@ -345,6 +376,7 @@ class Runner:
         self.stats.calls_finished[reason] += 1
         with self._stoppable(DRAIN):
             await self.dispatcher.call("on_call_finished", {"call": call, "reason": reason}, call_id=call_id)
+        return reason
 
     def _on_auth_error(self, exc: AuthError) -> None:
         if self._auth_error is None:

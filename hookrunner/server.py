@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .asgi import lifespan, read_body, serve_asgi
+from .asgi import BodyTooLarge, lifespan, read_body, serve_asgi
 from .metrics import CONTENT_TYPE
 from .platform_webhooks import BadDelivery, SeenDeliveries, parse_delivery, signature_valid
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hookrunner.server")
 
 MAX_BODY = 1024 * 1024  # a delivery is a few KiB; anything this big is not one
+BODY_TIMEOUT = 10.0  # seconds to receive a whole body
 PRE_CONVERSATION = "pre-conversation"
 
 
@@ -83,7 +84,7 @@ class ServiceApp:
         if self._secret is None:
             await _json(send, 404, _errors("Atoms webhooks are off: set discovery.webhook_secret_env"))
             return
-        body = await _body(receive, send)
+        body = await _body(scope, receive, send)
         if body is None:
             return
         if not signature_valid(body, _header(scope, b"x-signature"), self._secret):
@@ -116,8 +117,10 @@ class ServiceApp:
                     await _json(send, 503, _errors("the runner is stopping"))
                     return
                 answer.update(call_id=delivery.call_id, result=offer.value)
+        if not self.runner.dispatch_platform_webhook(delivery):
+            await _json(send, 503, _errors("the runner is stopping"))
+            return
         outcomes[delivery.kind] += 1
-        self.runner.dispatch_platform_webhook(delivery)
         await _json(send, 200, answer)
 
     async def _post_call(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -129,7 +132,7 @@ class ServiceApp:
         if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), self._token.encode()):
             await _json(send, 401, _errors("missing or wrong bearer token"), [(b"www-authenticate", b"Bearer")])
             return
-        body = await _body(receive, send)
+        body = await _body(scope, receive, send)
         if body is None:
             return
         try:
@@ -161,12 +164,25 @@ async def start_server(runner: Runner, nursery: trio.Nursery, *, webhook_secret:
     return url
 
 
-async def _body(receive: Any, send: Any) -> bytes | None:
-    body = await read_body(receive)
-    if body is not None and len(body) > MAX_BODY:
+async def _body(scope: dict[str, Any], receive: Any, send: Any) -> bytes | None:
+    """The request body, or None after answering 413 (too big: checked before and while reading, never buffered
+    past MAX_BODY) or 408 (not sent within BODY_TIMEOUT: a slow sender cannot hold a connection open)."""
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > MAX_BODY:
         await _json(send, 413, _errors(f"body over {MAX_BODY} bytes"))
         return None
-    return body
+    body: bytes | None = None
+    with trio.move_on_after(BODY_TIMEOUT):
+        try:
+            body = await read_body(receive, limit=MAX_BODY)
+        except BodyTooLarge:
+            await _json(send, 413, _errors(f"body over {MAX_BODY} bytes"))
+            return None
+        if body is None:
+            return None  # the client went away
+        return body
+    await _json(send, 408, _errors(f"body not received within {BODY_TIMEOUT:g} s"))
+    return None
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:

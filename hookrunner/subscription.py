@@ -12,6 +12,7 @@ on are recognised by ``event_id`` (or, for events without one, by their exact te
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -52,6 +53,7 @@ class _Retry(Exception):
 
     why: str
     retry_after: float | None = None
+    counts: bool = True  # False: not a failure of the connection (a pushed call not started yet)
 
 
 class SeenEvents:
@@ -90,7 +92,7 @@ def error_body(response: httpx.Response) -> tuple[str, float | None]:
                 message = body[key][:200]
                 break
     retry_after = body.get("retry_after")
-    if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)):
+    if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)) or not math.isfinite(retry_after):
         retry_after = None
     return message, None if retry_after is None else max(0.0, float(retry_after))
 
@@ -109,8 +111,12 @@ class Subscription:
         idle_timeout: float,
         reconnect: ReconnectConfig,
         stats: Stats,
+        not_found_grace: float = 0.0,
     ) -> None:
         self.call_id = call_id
+        #: Seconds from the first attempt during which a 404 is retried, not final: a pushed call id can arrive
+        #: (pre-conversation webhook, POST /calls) before the call's stream exists.
+        self._not_found_until = trio.current_time() + not_found_grace if not_found_grace else None
         self._client = client
         self._url = f"{base_url}/events"
         self._api_key = api_key
@@ -133,11 +139,18 @@ class Subscription:
         Raises ``AuthError`` on 401/403: the key is wrong for every call.
         """
         failures = 0  # failed connections in a row; one that delivered new events starts the count over
+        waits = 0  # 404s of a pushed call that has not started yet (within not_found_grace)
         while True:
             received_before = self.events_received
             try:
                 return await self._connect_once(send)
             except _Retry as retry:
+                if not retry.counts:
+                    waits += 1
+                    delay = backoff_delay(waits, self._reconnect, retry.retry_after)
+                    log.info("%s: %s; trying again in %.2f s", self.call_id, retry.why, delay)
+                    await trio.sleep(delay)
+                    continue
                 failures = 1 if self.events_received > received_before else failures + 1
                 limit = self._reconnect.max_attempts
                 if limit and failures > limit:
@@ -232,6 +245,9 @@ class Subscription:
             else:
                 log.info("%s: call already completed, nothing to subscribe (400: %s)", self.call_id, message)
             return COMPLETED
+        if status == 404 and not self._subscribed and self._not_found_until is not None:
+            if trio.current_time() < self._not_found_until:
+                raise _Retry(f"not found yet (404: {message}); the call may not have started", counts=False)
         if status == 404:
             log.error(
                 "%s: not found (404: %s) - check the call id and that the API key belongs to the same organisation",

@@ -181,3 +181,17 @@ def test_check_refuses_an_interval_below_the_floor(cli, tmp_path, interval) -> N
         f"error: {config}: discovery.interval: expected at least 0.5 seconds (every listing is a request, and the free "
         f"plan allows about 10 requests/s for everything the key does), got {interval}"
     )
+
+
+async def test_a_listing_that_hangs_past_discovery_timeout_is_a_failure_and_the_next_one_works() -> None:
+    calls = [{"id": "CALL-T", "start": 0.1, "events": call_events(30, 0.1)}]
+    top = {"listing_faults": [{"from": 0.0, "until": 1.5, "stall": True}]}
+    followed = Followed()
+    async with running_simulator(script(calls, **top)) as sim:
+        config = discovery_config(sim.base_url, interval=0.5, timeout=0.5, retry_delay=0.5, max_retry_delay=0.5)
+        runner = build_runner(config, [], followed)
+        await run_until(runner, lambda: "CALL-T" in followed.finished, timeout=10)
+        [subscribed] = sim.subscriptions["CALL-T"]
+    assert runner.stats.listing_failures >= 1  # the stalled listing timed out instead of holding discovery
+    assert 1.5 <= subscribed <= 1.5 + 1.5  # followed by the first listing after the stall window
+    assert followed.finished == {"CALL-T": "ended"}

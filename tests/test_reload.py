@@ -28,9 +28,9 @@ class Triggers:
         self.rules.append(trigger.rule)
 
 
-def write(path: Path, base_url: str, rules: list[dict[str, Any]], **runner: Any) -> None:
+def write(path: Path, base_url: str, rules: list[dict[str, Any]], extra: dict[str, Any] | None = None, **runner: Any) -> None:
     config = make_config(base_url, plugins={"disable": ["console", "webhook", "slack"], "keywords": {"rules": rules}}, **runner)
-    path.write_text(tomli_w.dumps(config), encoding="utf-8")
+    path.write_text(tomli_w.dumps({**config, **(extra or {})}), encoding="utf-8")
 
 
 CALL = [
@@ -46,7 +46,9 @@ CANCEL = {"name": "cancel", "phrases": ["cancel my plan"]}
 MANAGER = {"name": "manager", "phrases": ["speak to a manager"]}
 
 
-async def run_with_reload(tmp_path: Path, new_rules: list[dict[str, Any]] | str, caplog) -> tuple[Triggers, bool]:
+async def run_with_reload(
+    tmp_path: Path, new_rules: list[dict[str, Any]] | str, caplog, extra: dict[str, Any] | None = None
+) -> tuple[Triggers, bool]:
     path = tmp_path / "config.toml"
     triggers = Triggers()
     async with running_simulator(script(CALL)) as sim:
@@ -64,7 +66,7 @@ async def run_with_reload(tmp_path: Path, new_rules: list[dict[str, Any]] | str,
             if isinstance(new_rules, str):
                 path.write_text(new_rules, encoding="utf-8")
             else:
-                write(path, sim.base_url, new_rules)
+                write(path, sim.base_url, new_rules, extra)
             result["applied"] = await runner.reload()
     return triggers, result["applied"]
 
@@ -73,6 +75,14 @@ async def test_reload_applies_new_rules_to_live_calls(tmp_path: Path, caplog) ->
     triggers, applied = await run_with_reload(tmp_path, [MANAGER], caplog)
     assert applied
     assert triggers.rules == ["cancel", "manager"]  # "cancel" is gone from the second turn on; "manager" is new
+
+
+async def test_a_reload_says_which_other_changes_need_a_restart(tmp_path: Path, caplog) -> None:
+    extra = {"discovery": {"interval": 5.0}, "server": {"port": 9999}}
+    triggers, applied = await run_with_reload(tmp_path, [MANAGER], caplog, extra)
+    assert applied and triggers.rules == ["cancel", "manager"]
+    [warning] = [r.getMessage() for r in caplog.records if "restart to apply" in r.getMessage()]
+    assert warning.endswith("reload applies [plugins.NAME] tables only; restart to apply: discovery, server")
 
 
 async def test_an_invalid_reload_is_refused_in_one_line_and_the_old_rules_stay(tmp_path: Path, caplog) -> None:

@@ -99,6 +99,16 @@ def test_the_call_book_follows_each_id_once_caps_and_hands_slots_over_in_order()
     assert book.offer("A") is Offer.NEW  # only the last `remember` finished ids are kept
 
 
+def test_a_call_not_found_or_given_up_may_be_offered_again_after_retry_after_and_a_stop_promotes_nobody() -> None:
+    book = CallBook(max_calls=1, retry_after=30)
+    assert book.offer("LOST", now=0) is Offer.NEW and book.offer("NEXT", now=0) is Offer.QUEUED
+    assert book.finish("LOST", final=False, now=10, promote=False) is None  # stopping: NEXT is not made active
+    assert book.active == set() and book.waiting == 1
+    assert book.offer("LOST", now=39) is Offer.FINISHED
+    assert book.offer("LOST", now=40) is Offer.NEW  # it may have been live after all: a listing brings it back
+    assert book.drop_waiting() == ["NEXT"] and book.waiting == 0
+
+
 # --- the server inside a running runner ---------------------------------------------------------------------------
 
 
@@ -372,12 +382,20 @@ async def test_healthz_is_200_while_serving_and_503_while_draining_after_sigterm
                 with trio.fail_after(2):
                     while (draining := await client.get("/healthz")).status_code == 200:
                         await trio.sleep(0.02)
+                late_call = await client.post(
+                    "/calls", json={"call_id": "CALL-LATE"}, headers={"Authorization": f"Bearer {TOKEN}"}
+                )
+                body = pre_conversation("CALL-LATE", "dlv-late")
+                late_push = await client.post("/atoms/webhook", content=body, headers={"X-Signature": sign(body).hex()})
             code, _, err = await afinish(process, timeout=15)
         finally:
             if process.poll() is None:
                 process.kill()
     assert serving.status_code == 200 and serving.json()["status"] == "serving"
     assert draining.status_code == 503 and draining.json()["status"] == "draining"
+    # while draining, new calls are refused (503), not silently accepted
+    assert (late_call.status_code, late_push.status_code) == (503, 503)
+    assert "CALL-LATE" not in err.replace("CALL-LATE: pushed while the runner is stopping", "")
     assert code == 0, err
     assert "CALL-H: stopped by shutdown" in err
 
@@ -488,3 +506,86 @@ def test_check_describes_the_service_and_warns_about_a_public_plain_http_server(
     table["server"]["behind_tls_proxy"] = True
     code, out, err = finish(cli("check", str(write_config(tmp_path, table)), env={"HR_TEST_TOKEN": "t", "HR_TEST_WEBHOOK_SECRET": "x"}))
     assert code == 0 and "warning" not in out
+
+
+async def test_the_simulators_signed_pushes_make_the_runner_follow_each_call_as_it_starts() -> None:
+    starts = {"CALL-PUSHED-1": 0.5, "CALL-PUSHED-2": 1.0, "CALL-PUSHED-3": 1.6}
+    calls = [{"id": call_id, "start": at, "events": call_events(6, 0.1)} for call_id, at in starts.items()]
+    seen = Subscriptions()
+    # the runner's server port is known only once it listens: the simulator starts with a placeholder push URL,
+    # which is replaced before the first call starts (deliveries read the URL when they are sent)
+    placeholder = "http://127.0.0.1:9/atoms/webhook"
+    async with running_simulator(
+        script(calls), push_url=placeholder, push_secret=SECRET, push_signature="sha256=hex"
+    ) as sim, trio.open_nursery() as nursery:
+        runner = build_runner(service_config(sim.base_url), [], seen)
+        nursery.start_soon(runner.run)
+        with trio.fail_after(5):
+            while runner.server_url is None:
+                await trio.sleep(0.01)
+        assert trio.current_time() - sim.started_at < 0.5  # before the first call starts (and is pushed)
+        sim.pusher.url = f"{runner.server_url}/atoms/webhook"
+        with trio.fail_after(10):
+            while len(seen.finished) < len(calls):
+                await trio.sleep(0.02)
+        runner.stop()
+    for call_id, at in starts.items():
+        [subscribed] = sim.subscriptions[call_id]
+        assert 0 <= subscribed - at < 0.2, (call_id, at, subscribed)
+    assert seen.finished == {call_id: "ended" for call_id in starts}
+    pre = [push for push in sim.pushes if push.event.endswith(".pre-conversation")]
+    assert sorted(push.call_id for push in pre) == sorted(starts) and {push.status for push in pre} == {200}
+    assert runner.stats.calls_discovered == {"push": 3}
+
+
+async def test_a_call_pushed_before_its_stream_exists_is_followed_once_it_starts() -> None:
+    """Atoms sends pre-conversation before the call starts; the stream answers 404 until then."""
+    seen = Subscriptions()
+    calls = [{"id": "CALL-EARLY", "start": 1.0, "events": call_events(4, 0.1)}]
+    async with running_service(calls, seen) as (runner, client, sim):
+        answer = await client.post("/calls", json={"call_id": "CALL-EARLY"}, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert answer.json()["result"] == "new" and trio.current_time() - sim.started_at < 1.0
+        with trio.fail_after(5):
+            while "CALL-EARLY" not in seen.finished:
+                await trio.sleep(0.02)
+        [subscribed] = sim.subscriptions["CALL-EARLY"]
+    assert seen.finished == {"CALL-EARLY": "ended"}
+    assert 1.0 <= subscribed < 1.0 + 0.5  # reconnect backoff in the tests' config is at most 0.2 s
+    assert runner.stats.reconnects == 0  # waiting for a call to start is not a failing connection
+
+
+async def test_a_call_not_found_in_service_mode_is_logged_counted_and_the_exit_code_stays_0() -> None:
+    seen = Subscriptions()
+    async with running_simulator(script([long_call("CALL-REAL")])) as sim:
+        config = service_config(sim.base_url)
+        config["discovery"]["not_found_grace"] = 0.3
+        runner = build_runner(config, [], seen)
+        async with trio.open_nursery() as nursery:
+            result: list[int] = []
+
+            async def run() -> None:
+                result.append(await runner.run())
+
+            nursery.start_soon(run)
+            with trio.fail_after(5):
+                while runner.server_url is None:
+                    await trio.sleep(0.01)
+            async with httpx.AsyncClient(base_url=runner.server_url) as client:
+                await client.post("/calls", json={"call_id": "CALL-NOPE"}, headers={"Authorization": f"Bearer {TOKEN}"})
+                with trio.fail_after(5):
+                    while "CALL-NOPE" not in seen.finished:
+                        await trio.sleep(0.02)
+                # not found is not final: the same id may be followed again later (it may yet start)
+                assert runner.calls.offer("CALL-NOPE", trio.current_time() + 31) is Offer.NEW
+            runner.stop()
+    assert seen.finished == {"CALL-NOPE": "not_found"}
+    assert result == [0]
+    assert runner.stats.calls_finished["not_found"] == 1
+
+
+async def test_an_oversized_body_is_refused_with_413_before_it_is_read() -> None:
+    async with running_service([long_call("CALL-BIG")]) as (runner, client, _):
+        big = b"x" * (2 * 1024 * 1024)
+        answer = await client.post("/atoms/webhook", content=big, headers={"X-Signature": sign(big).hex()})
+        assert answer.status_code == 413
+        assert runner.stats.platform_webhooks == {}

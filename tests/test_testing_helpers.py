@@ -195,3 +195,12 @@ async def test_config_table_and_make_runner_build_what_hookrunner_run_and_check_
     assert plugin.settings == {} and plugin.shutdowns == 1
     assert runner.stats.calls_finished == {"ended": 1}
     assert runner.stats.triggers == 1  # from keywords, which enable= turned on
+
+
+def test_make_delivery_builds_what_on_platform_webhook_receives() -> None:
+    from hookrunner.testing import make_delivery
+
+    delivery = make_delivery("post-conversation", call_id="CALL-9", transcript=[{"role": "user", "text": "hi"}])
+    assert (delivery.kind, delivery.call_id, delivery.agent_id) == ("post-conversation", "CALL-9", "agent-test")
+    assert delivery.event == "agent-test.post-conversation"
+    assert delivery.body["metadata"]["transcript"] == [{"role": "user", "text": "hi"}]

@@ -17,6 +17,7 @@ test asks for one::
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -36,6 +37,7 @@ from ..runner import Runner
 from ..simulator import Simulator, running_simulator
 from ..simulator.script import Script, load_script, parse_script
 from ..stats import Stats
+from ..platform_webhooks import PlatformDelivery, parse_delivery
 from ..triggers import Trigger
 from .receiver import ReceivedRequest, Receiver, Reply, refusing_port, running_receiver
 
@@ -43,6 +45,7 @@ __all__ = [
     "TEST_API_KEY",
     "make_event",
     "make_trigger",
+    "make_delivery",
     "sim_call",
     "sim_script",
     "simulator",
@@ -76,6 +79,26 @@ def make_event(event_type: str, *, call_id: str = "CALL-TEST", **fields: Any) ->
 def make_trigger(*, type: str = "test", call_id: str = "CALL-TEST", rule: str = "rule", **fields: Any) -> Trigger:
     """A trigger as a detector would emit it."""
     return Trigger(type=type, call_id=call_id, rule=rule, **fields)
+
+
+def make_delivery(
+    kind: str = "post-conversation",
+    *,
+    call_id: str = "CALL-TEST",
+    agent_id: str = "agent-test",
+    delivery_id: str | None = None,
+    **metadata: Any,
+) -> PlatformDelivery:
+    """An Atoms webhook delivery as ``on_platform_webhook`` receives it, for unit tests of that hook; extra
+    ``metadata`` keys (``transcript=[...]``, ``fromPhone=...``) go into the envelope's metadata."""
+    body = {
+        "id": delivery_id or f"dlv-{kind}-{call_id}",
+        "event": f"{agent_id}.{kind}",
+        "url": "http://127.0.0.1/atoms/webhook",
+        "description": f"{kind} (hookrunner.testing)",
+        "metadata": {"callId": call_id, "agentId": agent_id, "eventType": kind, **metadata},
+    }
+    return parse_delivery(json.dumps(body).encode())
 
 
 def sim_call(
