@@ -36,6 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_runner import bench_arguments  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -463,16 +466,18 @@ def med(results: list[dict[str, Any]], *path: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5,000 events, one round (about 15 s)")
-    parser.add_argument("--events", type=int, help="transcript events per scenario (default 20,000; quick 5,000)")
-    parser.add_argument("--rounds", type=int, help="runs per scenario (default 3; quick 1)")
-    parser.add_argument("--json", metavar="FILE", help="also write every run's result to FILE")
-    parser.add_argument("--profile", action="store_true", help="also print a cProfile of the hooks per scenario")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child_main(json.loads(args.child))
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--events", type=int, help="transcript events per scenario (default 20,000; quick 5,000)")
+        parser.add_argument("--profile", action="store_true", help="also print a cProfile of the hooks per scenario")
+
+    args = bench_arguments(
+        __doc__,
+        child_main,
+        quick_help="5,000 events, one round (about 15 s)",
+        rounds_help="runs per scenario (default 3; quick 1)",
+        extra=options,
+    )
+    if args is None:
         return
 
     started = time.perf_counter()

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +251,10 @@ async def child_runner(spec: dict[str, Any], probe: Probe) -> dict[str, Any]:
     from hookrunner.runner import Runner
 
     delay = spec.get("sleep", 0.0)
+    # spec["config"]: tables merged over the benchmark's config (bench_service.py turns the server on with it).
+    config_table = bench_config(spec["base"], spec.get("config"))
+    service = bool(config_table.get("server", {}).get("enabled") or config_table.get("discovery", {}).get("poll"))
+    calls_left = [len(spec["calls"])]
 
     class NoOp:
         """The benchmark's plugin: counts, and sleeps when the scenario asks for a slow plugin."""
@@ -275,22 +280,47 @@ async def child_runner(spec: dict[str, Any], probe: Probe) -> dict[str, Any]:
             def on_event(self, event: Any, call: Any) -> None:
                 probe.hit()
 
-    config = config_from_dict(
-        {
-            "atoms": {"base_url": spec["base"], "api_key": KEY},
-            "runner": {"reconnect": {"max_attempts": 3}},
-            "plugins": {"disable": ["console"]},
-        },
-        source="<bench>",
-    )
+        if service:  # a service runs until stopped: stop it once every given call is over
+
+            @hookimpl
+            def on_call_finished(self, call: Any, reason: str) -> None:
+                calls_left[0] -= 1
+                if not calls_left[0]:
+                    runner.stop()
+
+    config = config_from_dict(config_table, source="<bench>")
     loaded = load_plugins(config)
     loaded.pm.register(NoOp(), name="bench")
     loaded.infos.append(PluginInfo("bench", "benchmark", None, active=True))
     validate_plugin_settings(config, loaded)
     runner = Runner(config, loaded, api_key=KEY, calls=spec["calls"])
+    if spec.get("histogram") is False:
+        runner.dispatcher.observe = None  # the server without its per-hook histogram
     code = await runner.run()
     errors = [] if code == 0 else [f"exit code {code}: {runner.stats.summary()}"]
-    return {"errors": errors, "stats": runner.stats.summary()}
+    outcome: dict[str, Any] = {"errors": errors, "stats": runner.stats.summary()}
+    if config.server.enabled:
+        outcome["hook_observations"] = sum(
+            sample.value
+            for family in runner.metrics.registry.collect()
+            if family.name == "hookrunner_hook_duration_seconds"
+            for sample in family.samples
+            if sample.name.endswith("_count")
+        )
+    return outcome
+
+
+def bench_config(base_url: str, overlay: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config table of every benchmark runner (console off, 3 reconnect attempts), with ``overlay``'s tables
+    merged over it key by key: ``{"server": {"enabled": True, "port": 0}}``."""
+    table: dict[str, Any] = {
+        "atoms": {"base_url": base_url, "api_key": KEY},
+        "runner": {"reconnect": {"max_attempts": 3}},
+        "plugins": {"disable": ["console"]},
+    }
+    for section, values in (overlay or {}).items():
+        table[section] = {**table.get(section, {}), **values}
+    return table
 
 
 async def child_bare(spec: dict[str, Any], probe: Probe) -> dict[str, Any]:
@@ -468,15 +498,38 @@ def median(results: list[dict[str, Any]], key: str) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller loads (about a minute)")
-    parser.add_argument("--rounds", type=int, help="runs per consumer and scenario (default: floods 2 quick, 3 full; paced 1 quick, 2 full)")
+def bench_arguments(
+    doc: str,
+    child_main: Callable[[dict[str, Any]], None],
+    *,
+    quick_help: str,
+    rounds_help: str,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace | None:
+    """The options every benchmark takes (``--quick``, ``--rounds``, ``--json``, and the hidden ``--child`` with
+    which a benchmark starts itself as a runner process); None once it ran as such a child."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--rounds", type=int, help=rounds_help)
     parser.add_argument("--json", metavar="FILE", help="also write every run's result to FILE")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args()
     if args.child:
         child_main(json.loads(args.child))
+        return None
+    return args
+
+
+def main() -> None:
+    args = bench_arguments(
+        __doc__,
+        child_main,
+        quick_help="smaller loads (about a minute)",
+        rounds_help="runs per consumer and scenario (default: floods 2 quick, 3 full; paced 1 quick, 2 full)",
+    )
+    if args is None:
         return
 
     started = time.perf_counter()

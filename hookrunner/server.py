@@ -154,7 +154,11 @@ async def start_server(runner: Runner, nursery: trio.Nursery, *, webhook_secret:
     """Listen on ``[server] host:port`` in ``nursery``; the base URL it listens on (port 0 picks a free one)."""
     server = runner.config.server
     app = ServiceApp(runner, webhook_secret=webhook_secret, token=token)
-    url = await nursery.start(partial(serve_asgi, app, server.host, server.port, log=log, graceful_timeout=1.0))
+    # a burst of pushes (every call of a campaign starting at once) must queue, not be refused: hypercorn's
+    # default listen backlog of 100 drops the rest, and Atoms never retries a delivery
+    url = await nursery.start(
+        partial(serve_asgi, app, server.host, server.port, log=log, graceful_timeout=1.0, backlog=1024)
+    )
     routes = ["GET /healthz", "GET /metrics"]
     if webhook_secret is not None:
         routes.append("POST /atoms/webhook")
