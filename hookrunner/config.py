@@ -83,6 +83,9 @@ DISCOVERY_SCHEMA = {
     "agent_ids": Setting("list[str]", [], doc="only calls of these agents (all when empty)"),
     "campaign_ids": Setting("list[str]", [], doc="only calls of these campaigns (all when empty)"),
     "page_size": Setting("int", 500, check=between(1, 500), doc="calls per listing page (Atoms allows 500)"),
+    "page_interval": Setting(
+        "number", 0.1, check=NON_NEGATIVE, doc="seconds between the pages of one listing (a long listing stays under the plan's rate)"
+    ),
     "timeout": Setting("number", 10.0, check=POSITIVE, expected="a number of seconds"),
     "retry_delay": Setting("number", 1.0, check=POSITIVE, doc="first delay after a failed listing"),
     "max_retry_delay": Setting("number", 30.0, check=POSITIVE, doc="longest delay between failed listings"),
@@ -154,6 +157,7 @@ class DiscoveryConfig:
     agent_ids: tuple[str, ...]
     campaign_ids: tuple[str, ...]
     page_size: int
+    page_interval: float
     timeout: float
     retry_delay: float
     max_retry_delay: float

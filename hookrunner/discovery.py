@@ -101,6 +101,8 @@ class ListingPoller:
         statuses = {status.casefold() for status in self.config.statuses}
         skipped = 0
         for page in range(1, MAX_PAGES + 1):
+            if page > 1:
+                await trio.sleep(self.config.page_interval)
             logs, more = await self._page(page)
             for entry in logs:
                 call_id = _call_id(entry)

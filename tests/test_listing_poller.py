@@ -129,3 +129,12 @@ def test_retry_after_is_bounded_and_never_infinite() -> None:
     assert listing._retry_delay(1, ListingFailed("429", retry_after=86_400)) == MAX_RETRY_AFTER
     assert listing._retry_delay(1, ListingFailed("429", retry_after=5)) >= 5
     assert 1.0 <= listing._retry_delay(1, ListingFailed("500")) < math.inf
+
+
+async def test_the_pages_of_one_listing_are_spaced_by_page_interval() -> None:
+    async with running_receiver() as receiver, httpx.AsyncClient() as client:
+        receiver.script("/conversation", [page(["A"], hasMore=True), page(["B"], hasMore=True), page(["C"], hasMore=False)])
+        found = await poller(receiver.base_url, client, [], page_size=1, page_interval=0.2).list_calls()
+    times = [request.arrived for request in receiver.at("/conversation")]
+    assert found == ["A", "B", "C"]
+    assert all(later - earlier >= 0.2 - 0.01 for earlier, later in zip(times, times[1:])), times

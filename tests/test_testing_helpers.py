@@ -127,7 +127,7 @@ async def test_leaving_the_start_plugins_block_early_stops_the_run_the_graceful_
 
 async def test_an_exception_in_the_start_plugins_block_cancels_the_run() -> None:
     plugin = Lifecycle()
-    with pytest.RaisesGroup(ValueError, flatten_subgroups=True):
+    with pytest.raises(ValueError, match="the test's own failure"):  # as itself, not in an ExceptionGroup
         async with start_plugins([plugin], [long_call("CALL-BROKEN")]) as run:
             await trio.sleep(0.3)
             raise ValueError("the test's own failure")
@@ -204,3 +204,19 @@ def test_make_delivery_builds_what_on_platform_webhook_receives() -> None:
     assert (delivery.kind, delivery.call_id, delivery.agent_id) == ("post-conversation", "CALL-9", "agent-test")
     assert delivery.event == "agent-test.post-conversation"
     assert delivery.body["metadata"]["transcript"] == [{"role": "user", "text": "hi"}]
+
+
+async def test_a_failing_assert_inside_the_helpers_blocks_reaches_pytest_as_itself() -> None:
+    import pytest
+
+    from hookrunner.testing import running_receiver, sim_call, simulator, start_plugins
+
+    with pytest.raises(AssertionError, match="the test's own"):
+        async with simulator([sim_call("CALL-E", user=["hi"])]):
+            raise AssertionError("the test's own")
+    with pytest.raises(AssertionError, match="inside a run"):
+        async with start_plugins([], [sim_call("CALL-E", user=["hi"])]):
+            raise AssertionError("inside a run")
+    with pytest.raises(KeyError):
+        async with running_receiver():
+            raise KeyError("x")

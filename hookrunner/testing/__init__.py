@@ -39,6 +39,7 @@ from ..simulator.script import Script, load_script, parse_script
 from ..stats import Stats
 from ..platform_webhooks import PlatformDelivery, parse_delivery
 from ..triggers import Trigger
+from .errors import plain_errors
 from .receiver import ReceivedRequest, Receiver, Reply, refusing_port, running_receiver
 
 __all__ = [
@@ -132,8 +133,9 @@ async def simulator(script: Script | str | Path | Sequence[dict[str, Any]], **kw
         script = load_script(script)
     elif not isinstance(script, Script):
         script = sim_script(script)
-    async with running_simulator(script, api_key=TEST_API_KEY, **kwargs) as sim:
-        yield sim
+    with plain_errors():
+        async with running_simulator(script, api_key=TEST_API_KEY, **kwargs) as sim:
+            yield sim
 
 
 @dataclass
@@ -295,18 +297,19 @@ async def start_plugins(
     (``runner.stop()``: what was received is dispatched, ``on_shutdown`` runs) and waits for it; an exception in
     the block cancels the run instead.
     """
-    async with _serving(script) as sim:
-        result = RunResult(exit_code=-1)
-        call_ids = list(calls) if calls is not None else [call.id for call in sim.script.calls]
-        table = config_table(sim.base_url, settings=settings, enable=enable, runner=runner)
-        built = _runner(table, [*_named(plugins), ("_Recorder", _Recorder(result))], call_ids, base_dir)
-        result.stats = built.stats
-        run = PluginRun(built, sim, result)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run._run)
-            yield run
-            if not run.over:
-                built.stop()
+    with plain_errors():
+        async with _serving(script) as sim:
+            result = RunResult(exit_code=-1)
+            call_ids = list(calls) if calls is not None else [call.id for call in sim.script.calls]
+            table = config_table(sim.base_url, settings=settings, enable=enable, runner=runner)
+            built = _runner(table, [*_named(plugins), ("_Recorder", _Recorder(result))], call_ids, base_dir)
+            result.stats = built.stats
+            run = PluginRun(built, sim, result)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run._run)
+                yield run
+                if not run.over:
+                    built.stop()
 
 
 async def run_plugins(

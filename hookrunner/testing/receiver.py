@@ -31,6 +31,7 @@ from typing import Any
 
 import trio
 
+from .errors import plain_errors
 from ..asgi import cancel_on_disconnect, lifespan, read_body, serve_asgi
 
 __all__ = ["Reply", "ReceivedRequest", "Receiver", "running_receiver", "refusing_port", "RefusingPort"]
@@ -200,12 +201,13 @@ class Receiver:
 async def running_receiver(default: Reply | int = 200, *, port: int = 0) -> AsyncIterator[Receiver]:
     """A receiver on 127.0.0.1 (a free port, or ``port``) for the ``async with`` block."""
     receiver = Receiver(default)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(partial(receiver.serve, port=port))
-        try:
-            yield receiver
-        finally:
-            nursery.cancel_scope.cancel()
+    with plain_errors():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(receiver.serve, port=port))
+            try:
+                yield receiver
+            finally:
+                nursery.cancel_scope.cancel()
 
 
 @dataclass
