@@ -27,7 +27,6 @@ from this process, so none of their CPU lands in the runner's; times across proc
 
 from __future__ import annotations
 
-import argparse
 import gc
 import hashlib
 import hmac

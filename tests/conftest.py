@@ -185,3 +185,15 @@ def finish(process: subprocess.Popen, timeout: float = 20) -> tuple[int, str, st
 async def afinish(process: subprocess.Popen, timeout: float = 20) -> tuple[int, str, str]:
     """``finish`` from an async test, in a thread, so the servers of the test keep serving meanwhile."""
     return await trio.to_thread.run_sync(finish, process, timeout)
+
+
+def assert_one_line_script_error(tmp_path: Path, text: str, message: str) -> None:
+    """``text`` as a script file is refused with one ScriptError line starting with ``message`` (file name first)."""
+    from hookrunner.simulator.script import ScriptError, load_script
+
+    path = tmp_path / "calls.toml"
+    path.write_text(text)
+    with pytest.raises(ScriptError) as caught:
+        load_script(path)
+    assert str(caught.value).replace(str(tmp_path) + os.sep, "").startswith(message)
+    assert "\n" not in str(caught.value)

@@ -30,22 +30,20 @@ Every request is recorded (``requests``): when it arrived, the route, the channe
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import trio
 
-from hookrunner.asgi import lifespan, read_body, serve_asgi
+from hookrunner.asgi import read_body
+from hookrunner.testing.receiver import LoopbackServer, serving
 
 __all__ = ["FakeSlack", "SlackRequest", "Scripted", "running_fake_slack", "TEXT_LIMIT", "SECTION_LIMIT", "BLOCK_LIMIT"]
 
-_log = logging.getLogger("tests.fake_slack")
 
 TEXT_LIMIT = 40_000
 SECTION_LIMIT = 3_000
@@ -193,7 +191,7 @@ def payload_problem(payload: Any) -> str | None:
     return None
 
 
-class FakeSlack:
+class FakeSlack(LoopbackServer):
     """The ASGI app and what it recorded; ``serve()`` puts it on a port (see ``running_fake_slack``)."""
 
     def __init__(
@@ -358,12 +356,6 @@ class FakeSlack:
 
     # --- ASGI -------------------------------------------------------------------------------------------------
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-        elif scope["type"] == "http":
-            await self._http(scope, receive, send)
-
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         body = await read_body(receive)
         if body is None:
@@ -394,25 +386,10 @@ class FakeSlack:
         except Exception:  # the client went away
             pass
 
-    # --- serving ------------------------------------------------------------------------------------------------
-
-    async def serve(
-        self, host: str = "127.0.0.1", port: int = 0, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Serve until cancelled; ``task_status.started(base_url)`` once listening (port 0 picks a free one)."""
-        async with trio.open_nursery() as nursery:
-            # a short graceful_timeout: requests held by a long delay are cut at the end of the test
-            self.base_url = await nursery.start(partial(serve_asgi, self, host, port, log=_log, graceful_timeout=0.2))
-            task_status.started(self.base_url)
 
 
 @asynccontextmanager
 async def running_fake_slack(*, port: int = 0, **kwargs: Any) -> AsyncIterator[FakeSlack]:
     """A fake Slack on 127.0.0.1 (a free port, or ``port``) for the ``async with`` block."""
-    slack = FakeSlack(**kwargs)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(partial(slack.serve, port=port))
-        try:
-            yield slack
-        finally:
-            nursery.cancel_scope.cancel()
+    async with serving(FakeSlack(**kwargs), port=port) as slack:
+        yield slack

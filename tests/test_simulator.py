@@ -29,6 +29,8 @@ from hookrunner.simulator import (
     running_simulator,
 )
 
+from conftest import assert_one_line_script_error
+
 ROOT = Path(__file__).resolve().parents[1]
 CAPTURE = [  # a captured stream, shaped like the real service's (event ids and timestamps of its own)
     {"event_type": "sse_init", "event_id": "c-1", "timestamp": "2026-11-24T10:00:12.000Z", "call_id": "CALL-J"},
@@ -457,12 +459,7 @@ async def test_a_jsonl_capture_streams_with_its_own_ids_and_timestamps(tmp_path:
     ],
 )
 def test_script_errors_name_the_file_and_the_key_path(tmp_path: Path, text: str, message: str) -> None:
-    path = tmp_path / "calls.toml"
-    path.write_text(text)
-    with pytest.raises(ScriptError) as caught:
-        load_script(path)
-    assert str(caught.value).replace(str(tmp_path) + os.sep, "").startswith(message)
-    assert "\n" not in str(caught.value)
+    assert_one_line_script_error(tmp_path, text, message)
 
 
 def test_jsonl_errors_name_the_line(tmp_path: Path) -> None:

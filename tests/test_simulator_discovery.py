@@ -18,10 +18,9 @@ import httpx
 import pytest
 import trio
 
-from conftest import hookrunner_process
+from conftest import assert_one_line_script_error, hookrunner_process
 from hookrunner.simulator import (
     Script,
-    ScriptError,
     Simulator,
     load_script,
     parse_script,
@@ -532,12 +531,7 @@ def test_simulate_refuses_an_unset_push_secret_variable(capsys: pytest.CaptureFi
     ],
 )
 def test_new_script_keys_are_checked_with_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
-    path = tmp_path / "calls.toml"
-    path.write_text(text)
-    with pytest.raises(ScriptError) as caught:
-        load_script(path)
-    assert str(caught.value).replace(str(tmp_path) + os.sep, "").startswith(message)
-    assert "\n" not in str(caught.value)
+    assert_one_line_script_error(tmp_path, text, message)
 
 
 def test_repeated_calls_with_start_every_start_one_after_another(tmp_path: Path) -> None:

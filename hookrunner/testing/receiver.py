@@ -27,14 +27,17 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from .errors import plain_errors
 from ..asgi import cancel_on_disconnect, lifespan, read_body, serve_asgi
 
-__all__ = ["Reply", "ReceivedRequest", "Receiver", "running_receiver", "refusing_port", "RefusingPort"]
+__all__ = [
+    "Reply", "ReceivedRequest", "Receiver", "running_receiver", "refusing_port", "RefusingPort", "LoopbackServer",
+    "serving",
+]  # fmt: skip
 
 _log = logging.getLogger("hookrunner.testing.receiver")
 
@@ -85,7 +88,47 @@ def _as_reply(value: Reply | int) -> Reply:
     return Reply(value) if isinstance(value, int) else value
 
 
-class Receiver:
+class LoopbackServer:
+    """An ASGI app (the subclass's ``_http`` answers each request) that serves itself on 127.0.0.1: ``serve()`` until cancelled, or
+    ``async with serving(server)``. ``base_url`` is set once it listens."""
+
+    base_url = ""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise NotImplementedError  # the subclass answers requests
+
+    async def serve(
+        self, host: str = "127.0.0.1", port: int = 0, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until cancelled; ``task_status.started(base_url)`` once listening (port 0 picks a free one)."""
+        async with trio.open_nursery() as nursery:
+            # a short graceful_timeout: requests held by a long delay are cut at the end of the test
+            self.base_url = await nursery.start(partial(serve_asgi, self, host, port, log=_log, graceful_timeout=0.2))
+            task_status.started(self.base_url)
+
+
+ServerT = TypeVar("ServerT", bound=LoopbackServer)
+
+
+@asynccontextmanager
+async def serving(server: ServerT, *, port: int = 0) -> AsyncIterator[ServerT]:
+    """``server`` listening on 127.0.0.1 (a free port, or ``port``) for the ``async with`` block."""
+    with plain_errors():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(server.serve, port=port))
+            try:
+                yield server
+            finally:
+                nursery.cancel_scope.cancel()
+
+
+class Receiver(LoopbackServer):
     """The ASGI app and what it recorded; ``serve()`` puts it on a port (see ``running_receiver``)."""
 
     def __init__(self, default: Reply | int = 200) -> None:
@@ -140,12 +183,6 @@ class Receiver:
 
     # --- ASGI -------------------------------------------------------------------------------------------------
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-        elif scope["type"] == "http":
-            await self._http(scope, receive, send)
-
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         body = await read_body(receive)
         if body is None:
@@ -185,29 +222,13 @@ class Receiver:
             request.answered = trio.current_time()
         self._changed.set()
 
-    # --- serving ------------------------------------------------------------------------------------------------
-
-    async def serve(
-        self, host: str = "127.0.0.1", port: int = 0, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Serve until cancelled; ``task_status.started(base_url)`` once listening (port 0 picks a free one)."""
-        async with trio.open_nursery() as nursery:
-            # a short graceful_timeout: requests held by a long delay are cut at the end of the test
-            self.base_url = await nursery.start(partial(serve_asgi, self, host, port, log=_log, graceful_timeout=0.2))
-            task_status.started(self.base_url)
 
 
 @asynccontextmanager
 async def running_receiver(default: Reply | int = 200, *, port: int = 0) -> AsyncIterator[Receiver]:
     """A receiver on 127.0.0.1 (a free port, or ``port``) for the ``async with`` block."""
-    receiver = Receiver(default)
-    with plain_errors():
-        async with trio.open_nursery() as nursery:
-            await nursery.start(partial(receiver.serve, port=port))
-            try:
-                yield receiver
-            finally:
-                nursery.cancel_scope.cancel()
+    async with serving(Receiver(default), port=port) as receiver:
+        yield receiver
 
 
 @dataclass
