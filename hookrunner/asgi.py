@@ -12,9 +12,15 @@ from typing import Any
 
 import hypercorn.config
 import hypercorn.trio
+import msgspec
 import trio
 
-__all__ = ["serve_asgi", "lifespan", "cancel_on_disconnect", "read_body", "BodyTooLarge"]
+_encode = msgspec.json.Encoder().encode
+
+__all__ = [
+    "serve_asgi", "lifespan", "cancel_on_disconnect", "read_body", "BodyTooLarge", "send_body", "send_json",
+    "errors", "header",
+]  # fmt: skip
 
 
 async def serve_asgi(
@@ -83,3 +89,37 @@ async def read_body(receive: Any, limit: int | None = None) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def errors(message: str) -> dict[str, Any]:
+    """Atoms' usual error body, ``{"status": false, "errors": [message]}``: the simulator and the runner's own
+    server answer in it."""
+    return {"status": False, "errors": [message]}
+
+
+def header(scope: dict[str, Any], name: bytes) -> str | None:
+    """A request header's value (``name`` lower-case), or None."""
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def send_body(
+    send: Any, status: int, body: bytes, content_type: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """A whole response: status, content type and length, ``headers``, then ``body``."""
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode()),
+            *(headers or ()),
+        ],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Any, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send_body(send, status, _encode(body), "application/json", headers)

@@ -143,7 +143,7 @@ class Runner:
                     for call_id in self._call_ids:
                         self.follow(call_id, "config")
                     if self.config.service:
-                        calls.start_soon(self._discover, stream_client)
+                        calls.start_soon(self._discover)
                 self._calls_nursery = None
                 for call_id in self.calls.drop_waiting():
                     self.stats.calls_never_followed += 1
@@ -267,13 +267,13 @@ class Runner:
             )
         return offer
 
-    async def _discover(self, client: httpx.AsyncClient) -> None:
+    async def _discover(self) -> None:
         """Service mode: list calls (when configured) and keep the calls nursery open until a stop."""
         with self._stoppable(SUBSCRIPTION):
             if self.config.discovery.poll:
                 poller = ListingPoller(
                     self.config.discovery,
-                    client=client,
+                    client=self._stream_client,
                     base_url=self.config.base_url,
                     api_key=self._api_key,
                     follow=self.follow,
@@ -314,11 +314,7 @@ class Runner:
         with self._stoppable(DRAIN):
             async for delivery in self._platform_receive:
                 await self.dispatcher.call("on_platform_webhook", {"delivery": delivery}, call_id=delivery.call_id)
-        while True:
-            try:
-                delivery = self._platform_receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
+        for delivery in _left_in(self._platform_receive):
             self.stats.platform_webhooks["not_dispatched"] += 1
             log.error("atoms webhook: delivery %s (%s) not dispatched before runner.shutdown_grace ran out", delivery.id, delivery.event)
 
@@ -396,13 +392,7 @@ class Runner:
                     current = None
             # Only reached with items left (or one half dispatched) when the grace ran out.
             left = [current] if current is not None else []
-            while True:
-                try:
-                    item = receive.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                if isinstance(item, Event):
-                    left.append(item)
+            left += [item for item in _left_in(receive) if isinstance(item, Event)]
         self.stats.events_spooled += spool_events(self.config.spool_file, call.id, left)
 
     async def _dispatch_event(self, call: CallContext, event: Event) -> None:
@@ -447,16 +437,9 @@ class Runner:
                 await self.dispatcher.call(
                     "on_trigger", {"trigger": trigger}, call_id=trigger.call_id, event_id=trigger.event_id
                 )
-        left = 0
-        while True:
-            try:
-                trigger = self._trigger_receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            left += 1
+        for trigger in _left_in(self._trigger_receive):
+            self.stats.triggers_lost += 1
             log.error("%s: trigger not dispatched before runner.shutdown_grace ran out: %s", trigger.call_id, trigger)
-        if left:
-            self.stats.triggers_lost += left
 
     def _start_background(self, plugin: str, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
         assert self._background is not None, "start_soon is available from on_startup on"
@@ -474,3 +457,13 @@ def _first_leaf(group: BaseException) -> BaseException:
     while isinstance(group, BaseExceptionGroup):
         group = group.exceptions[0]
     return group
+
+
+def _left_in(receive: trio.MemoryReceiveChannel[Any]) -> list[Any]:
+    """What is still queued in a channel, taken without waiting (a grace ran out before it was dispatched)."""
+    left = []
+    while True:
+        try:
+            left.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return left

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .asgi import BodyTooLarge, lifespan, read_body, serve_asgi
+from .asgi import BodyTooLarge, errors, header, lifespan, read_body, send_body, send_json, serve_asgi
 from .metrics import CONTENT_TYPE
 from .platform_webhooks import BadDelivery, SeenDeliveries, parse_delivery, signature_valid
 
@@ -63,9 +63,9 @@ class ServiceApp:
         handler = self._routes.get((scope["method"], path))
         if handler is None:
             if any(route_path == path for _, route_path in self._routes):
-                await _json(send, 405, _errors(f"{scope['method']} is not allowed on {path}"))
+                await send_json(send, 405, errors(f"{scope['method']} is not allowed on {path}"))
             else:
-                await _json(send, 404, _errors(f"no such route: {path}"))
+                await send_json(send, 404, errors(f"no such route: {path}"))
             return
         await handler(scope, receive, send)
 
@@ -74,35 +74,35 @@ class ServiceApp:
     async def _healthz(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         state = self.runner.state
         body = {"status": state, "calls_active": len(self.runner.calls.active), "calls_waiting": self.runner.calls.waiting}
-        await _json(send, 200 if state == "serving" else 503, body)
+        await send_json(send, 200 if state == "serving" else 503, body)
 
     async def _metrics(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await _reply(send, 200, self.runner.metrics.render(), CONTENT_TYPE)
+        await send_body(send, 200, self.runner.metrics.render(), CONTENT_TYPE)
 
     async def _atoms_webhook(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         outcomes = self.runner.stats.platform_webhooks
         if self._secret is None:
-            await _json(send, 404, _errors("Atoms webhooks are off: set discovery.webhook_secret_env"))
+            await send_json(send, 404, errors("Atoms webhooks are off: set discovery.webhook_secret_env"))
             return
         body = await _body(scope, receive, send)
         if body is None:
             return
-        if not signature_valid(body, _header(scope, b"x-signature"), self._secret):
+        if not signature_valid(body, header(scope, b"x-signature"), self._secret):
             outcomes["bad_signature"] += 1
             log.warning("atoms webhook: refused a delivery with a missing or wrong X-Signature (%d bytes)", len(body))
-            await _json(send, 401, _errors("missing or wrong X-Signature"))
+            await send_json(send, 401, errors("missing or wrong X-Signature"))
             return
         try:
             delivery = parse_delivery(body)
         except BadDelivery as exc:
             outcomes["unreadable"] += 1
             log.warning("atoms webhook: a signed delivery we cannot read: %s", exc)
-            await _json(send, 400, _errors(str(exc)))
+            await send_json(send, 400, errors(str(exc)))
             return
         if not self._seen.first_time(delivery.id):
             outcomes["duplicate"] += 1
             log.info("atoms webhook: delivery %s (%s) again: acknowledged, ignored", delivery.id, delivery.event)
-            await _json(send, 200, {"status": True, "duplicate": True})
+            await send_json(send, 200, {"status": True, "duplicate": True})
             return
         answer: dict[str, Any] = {"status": True}
         if delivery.kind == PRE_CONVERSATION:
@@ -114,23 +114,23 @@ class ServiceApp:
                 if offer is None:
                     outcomes["refused_stopping"] += 1
                     log.warning("%s: pushed while the runner is stopping: not followed", delivery.call_id)
-                    await _json(send, 503, _errors("the runner is stopping"))
+                    await send_json(send, 503, errors("the runner is stopping"))
                     return
                 answer.update(call_id=delivery.call_id, result=offer.value)
         if not self.runner.dispatch_platform_webhook(delivery):
-            await _json(send, 503, _errors("the runner is stopping"))
+            await send_json(send, 503, errors("the runner is stopping"))
             return
         outcomes[delivery.kind] += 1
-        await _json(send, 200, answer)
+        await send_json(send, 200, answer)
 
     async def _post_call(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if self._token is None:
-            await _json(send, 403, _errors("POST /calls is off: set server.token_env"))
+            await send_json(send, 403, errors("POST /calls is off: set server.token_env"))
             return
-        given = _header(scope, b"authorization") or ""
+        given = header(scope, b"authorization") or ""
         scheme, _, credential = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), self._token.encode()):
-            await _json(send, 401, _errors("missing or wrong bearer token"), [(b"www-authenticate", b"Bearer")])
+            await send_json(send, 401, errors("missing or wrong bearer token"), [(b"www-authenticate", b"Bearer")])
             return
         body = await _body(scope, receive, send)
         if body is None:
@@ -141,13 +141,13 @@ class ServiceApp:
             if not isinstance(call_id, str) or not call_id.strip():
                 raise TypeError
         except (ValueError, KeyError, TypeError):
-            await _json(send, 400, _errors('expected a JSON body {"call_id": "CALL-..."}'))
+            await send_json(send, 400, errors('expected a JSON body {"call_id": "CALL-..."}'))
             return
         offer = self.runner.follow(call_id.strip(), "api")
         if offer is None:
-            await _json(send, 503, _errors("the runner is stopping"))
+            await send_json(send, 503, errors("the runner is stopping"))
             return
-        await _json(send, 202, {"status": True, "call_id": call_id.strip(), "result": offer.value})
+        await send_json(send, 202, {"status": True, "call_id": call_id.strip(), "result": offer.value})
 
 
 async def start_server(runner: Runner, nursery: trio.Nursery, *, webhook_secret: str | None, token: str | None) -> str:
@@ -171,47 +171,19 @@ async def start_server(runner: Runner, nursery: trio.Nursery, *, webhook_secret:
 async def _body(scope: dict[str, Any], receive: Any, send: Any) -> bytes | None:
     """The request body, or None after answering 413 (too big: checked before and while reading, never buffered
     past MAX_BODY) or 408 (not sent within BODY_TIMEOUT: a slow sender cannot hold a connection open)."""
-    declared = _header(scope, b"content-length")
+    declared = header(scope, b"content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > MAX_BODY:
-        await _json(send, 413, _errors(f"body over {MAX_BODY} bytes"))
+        await send_json(send, 413, errors(f"body over {MAX_BODY} bytes"))
         return None
     body: bytes | None = None
     with trio.move_on_after(BODY_TIMEOUT):
         try:
             body = await read_body(receive, limit=MAX_BODY)
         except BodyTooLarge:
-            await _json(send, 413, _errors(f"body over {MAX_BODY} bytes"))
+            await send_json(send, 413, errors(f"body over {MAX_BODY} bytes"))
             return None
         if body is None:
             return None  # the client went away
         return body
-    await _json(send, 408, _errors(f"body not received within {BODY_TIMEOUT:g} s"))
+    await send_json(send, 408, errors(f"body not received within {BODY_TIMEOUT:g} s"))
     return None
-
-
-def _header(scope: dict[str, Any], name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
-
-
-def _errors(message: str) -> dict[str, Any]:
-    return {"status": False, "errors": [message]}
-
-
-async def _json(send: Any, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await _reply(send, status, json.dumps(body).encode(), "application/json", headers)
-
-
-async def _reply(
-    send: Any, status: int, body: bytes, content_type: str, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()), *(headers or [])],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

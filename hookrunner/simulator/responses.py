@@ -8,17 +8,14 @@ from typing import Any
 
 import msgspec
 
+from hookrunner.asgi import errors, send_json
+
 __all__ = ["Answer", "errors", "error_answer", "send_json", "iso", "encode"]
 
 #: (status, JSON body, extra headers) as a route decides it, before anything is sent.
 Answer = tuple[int, Any, list[tuple[bytes, bytes]]]
 
 encode = msgspec.json.Encoder().encode
-
-
-def errors(message: str) -> dict[str, Any]:
-    """Atoms' usual error body: ``{"status": false, "errors": [message]}``."""
-    return {"status": False, "errors": [message]}
 
 
 def error_answer(status: int, retry_after: float | None) -> Answer:
@@ -36,20 +33,6 @@ def error_answer(status: int, retry_after: float | None) -> Answer:
             phrase = "Error"
         body = errors(f"{phrase} (simulated)")
     return status, body, headers
-
-
-async def send_json(send: Any, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    payload = encode(body)
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-            *(headers or ()),
-        ],
-    })  # fmt: skip
-    await send({"type": "http.response.body", "body": payload})
 
 
 def iso(epoch_ms: int) -> str:

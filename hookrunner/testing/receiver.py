@@ -22,6 +22,7 @@ import json
 import logging
 import socket
 import time
+from abc import ABC, abstractmethod
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -88,7 +89,7 @@ def _as_reply(value: Reply | int) -> Reply:
     return Reply(value) if isinstance(value, int) else value
 
 
-class LoopbackServer:
+class LoopbackServer(ABC):
     """An ASGI app (the subclass's ``_http`` answers each request) that serves itself on 127.0.0.1: ``serve()`` until cancelled, or
     ``async with serving(server)``. ``base_url`` is set once it listens."""
 
@@ -100,8 +101,9 @@ class LoopbackServer:
         elif scope["type"] == "http":
             await self._http(scope, receive, send)
 
+    @abstractmethod
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        raise NotImplementedError  # the subclass answers requests
+        """Answer one HTTP request (what the subclass is for)."""
 
     async def serve(
         self, host: str = "127.0.0.1", port: int = 0, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
