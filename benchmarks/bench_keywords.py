@@ -2,14 +2,16 @@
 """What the bundled ``keywords`` plugin costs per event, for ten rules and for ten thousand phrases.
 
     .venv/bin/python benchmarks/bench_keywords.py [--quick] [--events N] [--rounds N] [--json FILE] [--profile]
+        [--fixtures DIR]
 
-In-process, no server: the fixtures' calls (``../shared/fixtures/*.jsonl``, decoded once with ``decode_event``)
-are replayed, repeated under fresh call ids, into the real ``KeywordsPlugin`` hooks, the way the runner calls them
-(``on_startup`` with a stand-in ``App``, ``on_call_subscribed``, the transcript hooks, ``on_call_finished``). The
-stand-in's ``emit_trigger`` records ``time.perf_counter_ns()``, so arrival -> trigger is the time from entering the
-hook to the trigger being handed to the runner (the runner's own dispatch, and the notifier, come after). Each
-scenario runs in a fresh child process (this script with ``--child``), so the build's RSS and the GC state are its
-own; scenarios alternate in rotating order over rounds, and the table shows the median of the rounds.
+In-process, no server: the example streams' calls (``tests/streams/*.jsonl``, or ``--fixtures DIR``; decoded once
+with ``decode_event``) are replayed, repeated under fresh call ids, into the real ``KeywordsPlugin`` hooks, the way
+the runner calls them (``on_startup`` with a stand-in ``App``, ``on_call_subscribed``, the transcript hooks,
+``on_call_finished``). The stand-in's ``emit_trigger`` records ``time.perf_counter_ns()``, so arrival -> trigger is
+the time from entering the hook to the trigger being handed to the runner (the runner's own dispatch, and the
+notifier, come after). Each scenario runs in a fresh child process (this script with ``--child``), so the build's
+RSS and the GC state are its own; scenarios alternate in rotating order over rounds, and the table shows the median
+of the rounds.
 
 Per scenario:
   build   ``parse_rules`` and ``PhraseMatcher`` timed alone; the memory they hold (tracemalloc, which sees
@@ -37,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runner import bench_arguments  # noqa: E402
+from bench_runner import bench_arguments, fixtures_argument, stream_lines  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+FIXTURES = ROOT / "tests" / "streams"  # the project's example streams; --fixtures DIR reads others
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 # --- the rules -----------------------------------------------------------------------------------------------
@@ -168,13 +170,13 @@ SCENARIOS = {
 
 
 def fixture_lines() -> list[tuple[str, list[str]]]:
-    """(call id, its JSON lines) per fixture file."""
+    """(call id, its JSON lines) per example stream file in ``FIXTURES``."""
+    stream_lines(FIXTURES)  # exits if there are none
     calls = []
     for path in sorted(FIXTURES.glob("*.jsonl")):
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        calls.append((json.loads(lines[0]).get("call_id") or path.stem, lines))
-    if not calls:
-        raise SystemExit(f"no fixtures in {FIXTURES}")
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if lines:
+            calls.append((json.loads(lines[0]).get("call_id") or path.stem, lines))
     return calls
 
 
@@ -248,6 +250,8 @@ def child_main(spec: dict[str, Any]) -> None:
     from hookrunner_plugins.keywords.settings import parse_rules
     from rapidfuzz import fuzz
 
+    global FIXTURES
+    FIXTURES = Path(spec.get("fixtures", FIXTURES))  # before scenario(): its generated phrases use the streams' words
     rules_settings, share = scenario(spec["scenario"])
     settings = {"rules": rules_settings}
     n_events = max(1000, int(spec["events"] * share))
@@ -256,7 +260,8 @@ def child_main(spec: dict[str, Any]) -> None:
     calls = []
     for call_id, lines in fixture_lines():
         events = [decode_event(line, call_id, None) for line in lines]
-        calls.append((call_id, [event for event in events if hasattr(KeywordsPlugin, type(event).HOOK)]))
+        hooked = [event for event in events if type(event).HOOK and hasattr(KeywordsPlugin, type(event).HOOK)]
+        calls.append((call_id, hooked))  # an event type without a class (HOOK None) reaches only on_event
     per_pass = sum(len(events) for _, events in calls)
     passes = math.ceil(n_events / per_pass)
     stream = [event for _ in range(passes) for _, events in calls for event in events]
@@ -412,6 +417,7 @@ def child_main(spec: dict[str, Any]) -> None:
         "rss_delta_mib": rss_delta,
         "events": len(hook_ns),
         "events_per_pass": per_pass,
+        "calls_per_pass": len(calls),
         "wall_s": wall,
         "events_per_s": len(hook_ns) / wall,
         "hook_us": _percentiles_us(hook_ns),
@@ -469,6 +475,7 @@ def main() -> None:
     def options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--events", type=int, help="transcript events per scenario (default 20,000; quick 5,000)")
         parser.add_argument("--profile", action="store_true", help="also print a cProfile of the hooks per scenario")
+        fixtures_argument(parser)
 
     args = bench_arguments(
         __doc__,
@@ -479,6 +486,7 @@ def main() -> None:
     )
     if args is None:
         return
+    stream_lines(Path(args.fixtures))  # exits at once, not in the first child, if the directory holds no streams
 
     started = time.perf_counter()
     events = args.events or (5000 if args.quick else 20000)
@@ -491,14 +499,16 @@ def main() -> None:
     for rnd in range(rounds):
         shift = rnd % len(names)
         for name in names[shift:] + names[:shift]:
-            result = run_child({"scenario": name, "events": events, "profile": args.profile and rnd == 0})
+            result = run_child({"scenario": name, "events": events, "profile": args.profile and rnd == 0,
+                                "fixtures": args.fixtures})  # fmt: skip
             runs[name].append(result)
             print(f"  .. {name:<16} {result['events']:>6} events {result['wall_s']:6.2f} s "
                   f"{result['hook_us']['mean']:8.1f} us/ev", file=sys.stderr, flush=True)  # fmt: skip
 
     first = {name: results[0] for name, results in runs.items()}
     r0 = first[names[0]]
-    print(f"\nfixtures: {r0['events_per_pass']} transcript events per pass of the 3 calls (user interim, user final, "
+    print(f"\nexample streams: {r0['events_per_pass']} transcript events per pass of the {r0['calls_per_pass']} calls "
+          f"in {args.fixtures} (user interim, user final, "
           f"tts_completed), replayed under fresh call ids; hooks called directly (no runner, no decode)")  # fmt: skip
     for name in names:
         print(f"  {name:<16} {SCENARIOS[name]}")
@@ -541,7 +551,7 @@ def main() -> None:
               f"{med(results, 'split_us', 'rule filter'):9.1f} "
               f"{r['automaton_hits_per_event']:5.2f}/{r['word_hits_per_event']:.2f}")  # fmt: skip
 
-    print("\ntriggers per pass of the fixtures (first pass), by rule")
+    print("\ntriggers per pass of the example streams (first pass), by rule")
     for name in names:
         fired = first[name]["fired_per_pass"]
         listed = ", ".join(f"{rule} {n}" for rule, n in sorted(fired.items())) or "none"

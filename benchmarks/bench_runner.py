@@ -1,17 +1,18 @@
 #!/usr/bin/env python3
 """What the runner costs next to a bare consumer, measured in one run against one simulator.
 
-    .venv/bin/python benchmarks/bench_runner.py [--quick] [--rounds N] [--json FILE]
+    .venv/bin/python benchmarks/bench_runner.py [--quick] [--rounds N] [--json FILE] [--fixtures DIR]
 
 The server is the project's own simulator started once as a ``hookrunner simulate`` subprocess, so its CPU is
 never counted in a consumer's. Every consumer run is a fresh child process (this script with ``--child``), so
 CPU (``time.process_time``), peak RSS (``ru_maxrss``) and the RSS marks belong to that consumer alone. Runs
 alternate in rotating order (see ``CONSUMERS``) because these machines drift by tens of per cent between minutes.
 
-  a. decode cost per line over the fixtures' lines: ``decode_event`` vs ``json.loads`` vs ``msgspec`` to dict;
+  a. decode cost per line over the example streams' lines (``tests/streams/*.jsonl``, or ``--fixtures DIR``):
+     ``decode_event`` vs ``json.loads`` vs ``msgspec`` to dict;
   b. flood (every event at at=0): the Runner with a no-op plugin vs a bare trio + httpx + httpx-sse + json.loads
-     consumer, once with its pool sized to the calls (as /work/shared/bench/bare_consumer.py) and once with the
-     runner's pool limits: CPU us/event of the consumer process, events/s, peak RSS;
+     consumer (no framework), once with its pool sized to the calls and once with the runner's pool limits: CPU
+     us/event of the consumer process, events/s, peak RSS;
   c. a slow plugin (``trio.sleep`` per event) on a flood: RSS at 10 %, 50 % and 100 % of the events;
   d. paced calls (R events/s each, calls out of step): p50/p99 of plugin-receive time minus the simulator's
      ``timestamp`` (the event's scheduled send time, ISO with ms).
@@ -35,12 +36,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+FIXTURES = ROOT / "tests" / "streams"  # the project's example streams; --fixtures DIR reads others
 KEY = "bench-key"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK = os.sysconf("SC_CLK_TCK")
-#: The consumers, in rotating order: the runner; the bare consumer with its pool sized to the calls, as
-#: /work/shared/bench/bare_consumer.py has it; the same bare consumer with the runner's pool limits (no cap,
+#: The consumers, in rotating order: the runner; the bare consumer with its pool sized to the calls, as a plain
+#: trio + httpx + httpx-sse client would have it; the same bare consumer with the runner's pool limits (no cap,
 #: 20 kept alive), which tells the runner's own cost apart from httpcore's pool bookkeeping.
 CONSUMERS = ("runner", "bare", "bare-k20")
 
@@ -324,7 +325,7 @@ def bench_config(base_url: str, overlay: dict[str, Any] | None = None) -> dict[s
 
 
 async def child_bare(spec: dict[str, Any], probe: Probe) -> dict[str, Any]:
-    """Like /work/shared/bench/bare_consumer.py: one AsyncClient sized to the calls, aconnect_sse, json.loads."""
+    """A plain consumer, no framework: one AsyncClient sized to the calls, aconnect_sse, json.loads."""
     import httpx
     import trio
     from httpx_sse import aconnect_sse
@@ -427,18 +428,26 @@ def _epoch(value: Any) -> float:
 # --- a. decode cost ------------------------------------------------------------------------------------------
 
 
-def decode_cost(quick: bool) -> tuple[list[tuple[str, float]], str]:
+def stream_lines(directory: Path) -> list[str]:
+    """Every non-blank line of the ``*.jsonl`` example streams in ``directory``; exits if there are none."""
+    lines = [
+        line
+        for path in sorted(directory.glob("*.jsonl"))
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    if not lines:
+        raise SystemExit(f"no *.jsonl stream lines in {directory}")
+    return lines
+
+
+def decode_cost(quick: bool, fixtures: Path = FIXTURES) -> tuple[list[tuple[str, float]], str]:
     import msgspec
 
     from hookrunner.events import decode_event
 
-    if FIXTURES.is_dir():
-        lines = [line for path in sorted(FIXTURES.glob("*.jsonl")) for line in path.read_text().splitlines() if line.strip()]
-        source = f"{len(lines)} fixture lines"
-    else:
-        lines = [json.dumps({"event_type": e.pop("event_type"), "event_id": f"x_{i}", "call_id": "CALL-X",
-                             "timestamp": "2026-11-24T10:00:07.000Z", **e}) for i, e in enumerate(event_mix(60, 1))]  # fmt: skip
-        source = f"{len(lines)} generated lines ({FIXTURES} absent)"
+    lines = stream_lines(fixtures)
+    source = f"{len(lines)} example stream lines"
     msgspec_decode = msgspec.json.Decoder().decode
     candidates = {
         "decode_event (typed Event)": lambda line: decode_event(line, "CALL-X", None),
@@ -522,12 +531,23 @@ def bench_arguments(
     return args
 
 
+def fixtures_argument(parser: argparse.ArgumentParser) -> None:
+    """``--fixtures DIR``: the ``*.jsonl`` example streams a benchmark reads (default: the repository's own)."""
+    parser.add_argument(
+        "--fixtures",
+        metavar="DIR",
+        default=str(FIXTURES),
+        help="directory of *.jsonl example streams to read (default: tests/streams)",
+    )
+
+
 def main() -> None:
     args = bench_arguments(
         __doc__,
         child_main,
         quick_help="smaller loads (about a minute)",
         rounds_help="runs per consumer and scenario (default: floods 2 quick, 3 full; paced 1 quick, 2 full)",
+        extra=fixtures_argument,
     )
     if args is None:
         return
@@ -537,7 +557,7 @@ def main() -> None:
     print(f"hookrunner benchmark ({'quick' if args.quick else 'full'}), {os.cpu_count()} CPUs, "
           f"Python {sys.version.split()[0]}", flush=True)  # fmt: skip
 
-    decode, source = decode_cost(args.quick)
+    decode, source = decode_cost(args.quick, Path(args.fixtures))
     print(f"\n(a) decode cost per line, {source}, median of repetitions")
     base = dict(decode)["json.loads (dict)"]
     for name, us in decode:

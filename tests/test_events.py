@@ -1,8 +1,9 @@
 """The decoder as a specification: what every shape of stream line becomes.
 
-The shapes come from /work/shared/atoms-events.md: the documented reference, and "what real streams look like"
-(epoch-number timestamps, float latencies, ``event_time``, lifecycle events without ids, extra fields, about
-twenty event types). The recorded example streams in ``../shared/fixtures`` must decode line for line.
+The shapes come from the vendor's event reference (the documented stream format) and from what real streams look
+like beside it (epoch-number timestamps, float latencies, ``event_time``, lifecycle events without ids, extra
+fields, about twenty event types). The project's example streams in ``tests/streams`` carry those shapes and must
+decode line for line.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from hookrunner import (
 )
 from hookrunner.events import MalformedEvent, decode_event
 
-FIXTURES = Path(__file__).parents[2] / "shared" / "fixtures"
+STREAMS = Path(__file__).resolve().parent / "streams"  # the project's example streams, one JSON event a line
 SUBSCRIBED = "CALL-1758124225863-80752e"  # the call id the subscription was opened for
 RECEIVED_AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 UTC = timezone.utc
@@ -66,33 +67,47 @@ def ev(event_type: str, **fields: Any) -> dict[str, Any]:
     }
 
 
-# --- the recorded example streams --------------------------------------------------------------------------------
+# --- the example streams ---------------------------------------------------------------------------------------
+
+LIFECYCLE = ("sse_init", "sse_close")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _fixture_lines() -> list[Any]:
-    if not FIXTURES.is_dir():
-        reason = f"{FIXTURES} is absent (CI checks out ../shared beside the repository)"
-        return [pytest.param("", marks=pytest.mark.skip(reason=reason), id="no-fixtures")]
+def _stream_lines() -> list[Any]:
     lines = [
         pytest.param(line, id=f"{path.stem}:{number}")
-        for path in sorted(FIXTURES.glob("*.jsonl"))
+        for path in sorted(STREAMS.glob("*.jsonl"))
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
         if line.strip()
     ]
-    assert lines, f"{FIXTURES} holds no *.jsonl lines"
+    assert lines, f"{STREAMS} holds no *.jsonl lines"  # a collection error, never a skip
     return lines
 
 
-@pytest.mark.parametrize("line", _fixture_lines())
-def test_every_fixture_line_decodes_to_its_class_with_raw_equal_to_the_json(line: str) -> None:
+STREAM_LINES = _stream_lines()
+
+
+def _recorded_moment(raw: dict[str, Any]) -> datetime:
+    """The line's own time, read here without the decoder: ``timestamp``, else ``event_time``; ISO 8601 (naive is
+    UTC) or Unix epoch seconds. Anything else in a stream line is a mistake in the stream."""
+    value = raw["timestamp"] if "timestamp" in raw else raw["event_time"]
+    if isinstance(value, str):
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    assert isinstance(value, (int, float)) and not isinstance(value, bool), value
+    return EPOCH + timedelta(seconds=value)
+
+
+@pytest.mark.parametrize("line", STREAM_LINES)
+def test_every_example_stream_line_decodes_to_its_class_with_raw_equal_to_the_json(line: str) -> None:
     expected = json.loads(line)
     event = decode_event(line, "CALL-OF-THE-SUBSCRIPTION", RECEIVED_AT)
     assert type(event) is KNOWN.get(expected["event_type"], UnknownEvent)
     assert event.raw == expected
     assert event.event_type == expected["event_type"]
-    assert event.event_id == expected["event_id"]
-    assert event.call_id == expected["call_id"]  # the event's own call id wins over the subscription's
-    assert event.timestamp == datetime.fromisoformat(expected["timestamp"].replace("Z", "+00:00"))
+    assert event.event_id == expected.get("event_id")  # None for a lifecycle line without one
+    assert event.call_id == expected.get("call_id", "CALL-OF-THE-SUBSCRIPTION")  # its own call id wins
+    assert event.timestamp == _recorded_moment(expected)  # never the moment of receipt: every line has a time
     assert event.timestamp.utcoffset() == timedelta(0)
     if isinstance(event, UserTranscription):
         assert event.text == expected["user_transcription_text"]
@@ -100,6 +115,59 @@ def test_every_fixture_line_decodes_to_its_class_with_raw_equal_to_the_json(line
         assert event.text == expected["interim_transcription_text"]
     elif isinstance(event, TtsCompleted):
         assert (event.text, event.latency_ms) == (expected["tts_text"], expected.get("tts_latency"))
+    elif isinstance(event, CallStart):
+        assert event.telephony_id == expected.get("telephony_id")
+    elif isinstance(event, CallEnd):
+        assert event.metadata == expected.get("metadata", {})
+    elif isinstance(event, TurnLatency):
+        assert (event.turn_index, event.total_turn_ms) == (expected.get("turn_index"), expected.get("total_turn_ms"))
+    elif isinstance(event, Metrics):
+        assert event.metrics == expected.get("metrics", [])
+
+
+def test_the_example_streams_carry_every_shape_real_streams_have() -> None:
+    """The streams are the evidence that real traffic decodes, so each shape real streams carry beyond the vendor's
+    reference is on at least one of their lines: trimming a stream cannot quietly drop one."""
+    raws = [json.loads(param.values[0]) for param in STREAM_LINES]
+    common = {"event_type", "event_id", "timestamp", "call_id"}
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    shapes = {
+        "every typed class": set(KNOWN) <= {raw["event_type"] for raw in raws},
+        "a type without a class": any(raw["event_type"] not in KNOWN for raw in raws),
+        "an ISO 8601 timestamp": any(isinstance(raw.get("timestamp"), str) for raw in raws),
+        "an epoch-number timestamp": any(
+            number(raw.get("timestamp")) and raw["event_type"] not in LIFECYCLE for raw in raws
+        ),
+        "a fractional float tts_latency": any(
+            isinstance(raw.get("tts_latency"), float) and not raw["tts_latency"].is_integer() for raw in raws
+        ),
+        "an integral float tts_latency": any(
+            isinstance(raw.get("tts_latency"), float) and raw["tts_latency"].is_integer() for raw in raws
+        ),
+        "a null tts_latency": any("tts_latency" in raw and raw["tts_latency"] is None for raw in raws),
+        "a tts_completed without tts_latency": any(
+            raw["event_type"] == "tts_completed" and "tts_latency" not in raw for raw in raws
+        ),
+        "a lifecycle event without event_id": any(
+            raw["event_type"] in LIFECYCLE and "event_id" not in raw for raw in raws
+        ),
+        "a lifecycle event with event_time and no timestamp": any(
+            raw["event_type"] in LIFECYCLE and "event_time" in raw and "timestamp" not in raw for raw in raws
+        ),
+        "an epoch-number event_time": any(number(raw.get("event_time")) for raw in raws),
+        "extra fields on a transcript event": any(
+            raw["event_type"] in ("user_transcription", "user_interim_transcription", "tts_completed")
+            and set(raw) - common - set(ALL_22_TYPES[raw["event_type"]])
+            for raw in raws
+        ),
+        "an id shaped {call_id}_{n}_{epoch_ms}": any(
+            str(raw.get("event_id", "")).startswith(f"{raw['call_id']}_") for raw in raws
+        ),
+    }
+    assert [shape for shape, present in shapes.items() if not present] == []
 
 
 # --- timestamps: ISO 8601 or epoch numbers, always aware UTC ---------------------------------------------------
@@ -233,7 +301,7 @@ def test_unknown_event_type_is_an_unknown_event_with_everything_in_raw() -> None
     assert event.raw == payload
 
 
-#: One example of each of the 22 types named in atoms-events.md, with the fields listed there.
+#: One example of each of the 22 types named in the vendor's event reference, with the fields listed there.
 ALL_22_TYPES: dict[str, dict[str, Any]] = {
     "sse_init": {"event_time": "2025-09-17T15:50:26.537Z"},
     "sse_close": {"event_time": "2025-09-17T15:50:26.537Z"},
@@ -406,7 +474,8 @@ def test_trigger_is_immutable_and_its_full_type_is_trigger_dot_type() -> None:
 def test_json_that_msgspec_refuses_but_the_stdlib_reads_is_still_an_event() -> None:
     # A transcription cut inside an emoji leaves a lone surrogate; an absurd number overflows float.
     cut = decode_event('{"event_type": "user_transcription", "user_transcription_text": "ok \\ud83d"}', "CALL-1")
-    assert isinstance(cut, UserTranscription) and cut.text == "ok \ud83d"
+    assert isinstance(cut, UserTranscription) and cut.text == "ok \ufffd"  # every sink can write it
+    assert cut.raw["user_transcription_text"] == "ok \ufffd"
     huge = decode_event('{"event_type": "metrics", "metrics": [{"value": 1e400}]}', "CALL-1")
     assert huge.raw["metrics"][0]["value"] == float("inf")
 

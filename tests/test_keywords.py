@@ -5,7 +5,8 @@ loopback receiver).
 The matcher is also exercised directly (``PhraseMatcher``), where a table of texts says more than a call would:
 normalisation, word boundaries, numbers, fuzzy thresholds and patterns. Everything else runs the real runner
 against the real simulator on 127.0.0.1 with ``hookrunner.testing``, as a third-party plugin's tests would, on the
-shared fixtures' calls (replayed faster with ``speed``) or on small scripted calls whose timing a test controls.
+project's example streams in ``tests/streams`` (replayed faster with ``speed``) or on small scripted calls whose
+timing a test controls.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ from hookrunner_plugins.webhook import verify
 from conftest import hookrunner_process
 from hookrunner.testing.receiver import running_receiver
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-SUPPORT = FIXTURES / "support-cancel-intent.jsonl"
+STREAMS = Path(__file__).resolve().parent / "streams"  # the project's own example streams (JSONL)
+SUPPORT = STREAMS / "support-cancel-intent.jsonl"
 SUPPORT_CALL = "CALL-1764000000000-a1b2c3"
-BANK = FIXTURES / "bank-fraud-escalation.jsonl"
+BANK = STREAMS / "bank-fraud-escalation.jsonl"
 BANK_CALL = "CALL-1764000000123-d4e5f6"
-FAST = 20  # fixture replay speed: the 33 s support call takes 1.65 s
+FAST = 20  # example stream replay speed: the 33 s support call takes 1.65 s
 
 UNREACHABLE = "http://127.0.0.1:9"  # for configs that `check` refuses before anything connects
 
@@ -90,7 +91,7 @@ async def run_keywords(
     source: Any, call_ids: list[str], rules: list[dict[str, Any]], *, speed: float | None = None
 ) -> TriggerRecorder:
     """Run the runner with the keywords plugin and ``rules`` on a simulator of ``source`` (a list of scripted
-    calls or a fixture path) to the end, following ``call_ids``."""
+    calls or an example stream's path) to the end, following ``call_ids``."""
     recorder = TriggerRecorder()
     async with simulator(source, speed=speed) as sim:
         result = await run_plugins(
@@ -316,7 +317,7 @@ def test_patterns_match_the_original_text_case_insensitively_and_report_its_span
     assert find(None, text, patterns=(pattern,)) == [found]
 
 
-# -- the fixtures' calls ---------------------------------------------------------------------------------------
+# -- the example streams' calls --------------------------------------------------------------------------------
 
 
 async def test_the_support_call_fires_cancel_my_subscription_exactly_once_with_its_turn_and_span() -> None:
