@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import os
 import sys
 import tomllib
@@ -21,14 +22,49 @@ import tomli_w
 import trio
 
 from . import __version__
+from .callids import call_id_problem
 from .config import DEFAULT_API_KEY_ENV, Config, config_from_dict, default_config_table, load_config
-from .errors import ConfigError, HookrunnerError, PluginLoadError
+from .errors import ConfigError, HookrunnerError, PluginLoadError, UsageError
 from .logs import LEVELS, setup_logging
-from .settings import suggest
+from .settings import suggest, url_problem
+from .text import shown
 from .plugins import LoadedPlugins, load_plugins, plugin_schemas, validate_plugin_settings
 from .runner import EXIT_USAGE, Runner
 
 EXAMPLE_CONFIG = Path(__file__).with_name("config.example.toml")
+
+
+# -- argument types: a bad value is argparse's one `error:` line and exit 2, never a traceback --------------------
+
+
+def speed_factor(text: str) -> float:
+    """``--speed``: a finite number greater than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number greater than 0 (like 2 or 0.5), got {shown(text)}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """``--port``: 0 (a free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 (any free one) to 65535, got {shown(text)}")
+    return value
+
+
+def url_argument(text: str) -> str:
+    """A URL option: parsed and checked like the config's URLs."""
+    problem = url_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{problem}, got {shown(text)}")
+    return text
 
 
 def _common_options(defaults: bool) -> argparse.ArgumentParser:
@@ -80,12 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = sub.add_parser("simulate", parents=[common], help="serve a local simulator of the Atoms events API")
     simulate.add_argument("script", nargs="?", metavar="SCRIPT", help="a TOML or JSONL script (default: built-in calls)")
-    simulate.add_argument("--port", type=int, default=8765, help="default: 8765")
+    simulate.add_argument("--port", type=port_number, default=8765, help="0 picks a free port (default: 8765)")
     simulate.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
     simulate.add_argument("--api-key", default="sim-key", help="the bearer key clients must send (default: sim-key)")
-    simulate.add_argument("--speed", type=float, default=1.0, help="play scripts this many times faster (default: 1)")
     simulate.add_argument(
-        "--push-url", metavar="URL", help="POST signed pre-/post-conversation webhooks here (default: the script's)"
+        "--speed", type=speed_factor, default=1.0, help="play scripts this many times faster (default: 1)"
+    )
+    simulate.add_argument(
+        "--push-url",
+        metavar="URL",
+        type=url_argument,
+        help="POST signed pre-/post-conversation webhooks here (default: the script's)",
     )
     simulate.add_argument(
         "--push-secret-env",
@@ -116,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", parents=[common], help="run the example config against a built-in simulator")
     demo.add_argument("script", nargs="?", metavar="SCRIPT", help="a simulator script (default: built-in calls)")
-    demo.add_argument("--speed", type=float, default=1.0, help="play the calls this many times faster (default: 1)")
+    demo.add_argument("--speed", type=speed_factor, default=1.0, help="play the calls this many times faster (default: 1)")
     return parser
 
 
@@ -150,6 +191,9 @@ def _prepare(config: Config) -> LoadedPlugins:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    problems = [f"--call: {problem}" for problem in map(call_id_problem, args.calls) if problem]
+    if problems:
+        raise UsageError("\n".join(problems))
     config = load_config(args.config)
     loaded = _prepare(config)
     calls = args.calls or list(config.calls)
@@ -166,6 +210,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     loaded = _prepare(config)
+    problems = config.secret_problems()  # what `run` would refuse at start, never quoting a secret
+    if problems:
+        raise ConfigError("\n".join(problems))
     out = sys.stdout
     print(f"{config.source}: OK", file=out)
     print(f"  atoms: {config.base_url}", file=out)
@@ -347,7 +394,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from .scaffold import write_plugin
 
-    root = write_plugin(args.name, Path(args.dir))
+    try:
+        root = write_plugin(args.name, Path(args.dir))
+    except OSError as exc:
+        raise UsageError(f"new-plugin: {exc.filename or args.dir}: cannot write ({exc.strerror or exc})") from None
     print(f"wrote {root}; next: cd {root} && pip install -e '.[test]' && pytest -q && hookrunner plugins")
     return 0
 
@@ -370,9 +420,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The example config against the built-in simulator, finding calls the way a service does: by listing
     them as they start. Ends once every scripted call is over (or at Ctrl-C)."""
     from .simulator import Simulator, default_script_path, load_script
-    from .simulator.script import staggered
+    from .simulator.script import ScriptError, staggered
 
-    script = staggered(load_script(args.script or default_script_path()), DEMO_STAGGER)
+    try:
+        script = staggered(load_script(args.script or default_script_path()), DEMO_STAGGER)
+    except ScriptError as exc:
+        raise UsageError(str(exc)) from None
     api_key = "demo-key"
     simulator = Simulator(script, api_key=api_key, speed=args.speed)
     data = load_example_config()

@@ -6,6 +6,7 @@ engineer fixes a config in one pass rather than one error per run.
 
 from __future__ import annotations
 
+import collections
 import copy
 import os
 import tomllib
@@ -13,18 +14,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .callids import call_id_problem
 from .errors import ConfigError
-from .settings import NON_NEGATIVE, POSITIVE, Setting, between, check_table, describe, suggest
+from .settings import (
+    NON_NEGATIVE,
+    POSITIVE,
+    Setting,
+    at_least,
+    between,
+    check_table,
+    describe,
+    http_url,
+    key_text,
+    secret_problem,
+    suggest,
+)
 
 DEFAULT_BASE_URL = "https://api.smallest.ai/atoms/v1"
 #: Not a default (``atoms.api_key_env`` must be given): the name the starter config and the example suggest.
 DEFAULT_API_KEY_ENV = "ATOMS_API_KEY"
-
-
-def _http_url(value: str) -> str | None:
-    if value.startswith(("http://", "https://")) and len(value.split("://", 1)[1]) > 0:
-        return None
-    return f"expected an http:// or https:// URL, got {describe(value)}"
 
 
 def _env_name(value: str) -> str | None:
@@ -33,8 +41,22 @@ def _env_name(value: str) -> str | None:
     return f"expected the name of an environment variable (like {DEFAULT_API_KEY_ENV}), got {describe(value)}"
 
 
-def _non_empty(value: str) -> str | None:
-    return None if value.strip() else "expected a file path, got an empty string"
+def _file_path(value: str) -> str | None:
+    if not value.strip():
+        return "expected a file path, got an empty string"
+    return "expected a file path without a NUL character" if "\0" in value else None
+
+
+def _paths_or_modules(values: list[str]) -> str | None:
+    for index, value in enumerate(values):
+        if not value.strip() or "\0" in value:
+            return f"expected paths of .py files or module names, got {describe(value)} (entry {index + 1})"
+    return None
+
+
+def _inline_api_key(value: str) -> str | None:
+    problem = secret_problem(value)
+    return f"the key {problem}" if problem else None
 
 
 def _at_least_one(value: int) -> str | None:
@@ -46,15 +68,18 @@ def _max_attempts(value: int) -> str | None:
 
 
 ATOMS_SCHEMA = {
-    "base_url": Setting("str", DEFAULT_BASE_URL, check=_http_url, doc="Atoms API base URL"),
+    "base_url": Setting("str", DEFAULT_BASE_URL, check=http_url, doc="Atoms API base URL"),
     "api_key_env": Setting("str", None, check=_env_name, doc="environment variable holding the API key"),
-    "api_key": Setting("str", None, doc="the API key itself (prefer api_key_env)"),
+    "api_key": Setting("str", None, check=_inline_api_key, doc="the API key itself (prefer api_key_env)"),
     "connect_timeout": Setting("number", 10.0, check=POSITIVE),
 }
 RECONNECT_SCHEMA = {
     "initial_delay": Setting("number", 1.0, check=POSITIVE),
     "max_delay": Setting("number", 30.0, check=POSITIVE),
     "max_attempts": Setting("int", 10, check=_max_attempts),
+    "max_retry_after": Setting(
+        "number", 300.0, check=POSITIVE, expected="a number of seconds", doc="longest a server's Retry-After holds a reconnect"
+    ),
 }
 RUNNER_SCHEMA = {
     "calls": Setting("list[str]", []),
@@ -62,9 +87,12 @@ RUNNER_SCHEMA = {
     "idle_timeout": Setting("number", 120.0, check=POSITIVE, expected="a number of seconds"),
     "shutdown_grace": Setting("number", 10.0, check=NON_NEGATIVE, expected="a number of seconds"),
     "buffer": Setting("int", 64, check=_at_least_one, expected="a number of events"),
-    "spool_file": Setting("str", "hookrunner-undispatched.jsonl", check=_non_empty, expected="a file path"),
+    "spool_file": Setting("str", "hookrunner-undispatched.jsonl", check=_file_path, expected="a file path"),
     "reconnect": Setting("table", {}),
     "max_calls": Setting("int", 500, check=_at_least_one, expected="a number of concurrent calls"),
+    "max_event_bytes": Setting(
+        "int", 4 * 1024 * 1024, check=at_least(1024), expected="a number of bytes", doc="longest stream line or event accepted"
+    ),
 }
 #: Each listing is at least one request, and the free plan allows about 10 requests/s for everything the key does.
 MIN_POLL_INTERVAL = 0.5
@@ -89,6 +117,9 @@ DISCOVERY_SCHEMA = {
     "timeout": Setting("number", 10.0, check=POSITIVE, expected="a number of seconds"),
     "retry_delay": Setting("number", 1.0, check=POSITIVE, doc="first delay after a failed listing"),
     "max_retry_delay": Setting("number", 30.0, check=POSITIVE, doc="longest delay between failed listings"),
+    "max_retry_after": Setting(
+        "number", 300.0, check=POSITIVE, expected="a number of seconds", doc="longest a server's Retry-After holds a listing"
+    ),
     "not_found_grace": Setting(
         "number",
         30.0,
@@ -105,10 +136,16 @@ SERVER_SCHEMA = {
     "port": Setting("int", 8787, check=between(0, 65535), doc="0 picks a free port (logged)"),
     "token_env": Setting("str", None, check=_env_name, doc="variable holding the bearer token of POST /calls"),
     "behind_tls_proxy": Setting("bool", False, doc="a TLS-terminating proxy is in front (silences check's warning)"),
+    "max_connections": Setting(
+        "int", 1000, check=_at_least_one, expected="a number of connections", doc="client connections open at once"
+    ),
+    "idle_timeout": Setting(
+        "number", 30.0, check=POSITIVE, expected="a number of seconds", doc="seconds an idle client connection is kept"
+    ),
 }
 PLUGINS_SCHEMA = {
     "disable": Setting("list[str]", []),
-    "load": Setting("list[str]", []),
+    "load": Setting("list[str]", [], check=_paths_or_modules),
 }
 TOP_SCHEMA = {
     "atoms": Setting("table", {}),
@@ -147,6 +184,7 @@ class ReconnectConfig:
     initial_delay: float
     max_delay: float
     max_attempts: int
+    max_retry_after: float
 
 
 @dataclass(frozen=True)
@@ -163,6 +201,7 @@ class DiscoveryConfig:
     max_retry_delay: float
     not_found_grace: float
     webhook_secret_env: str | None
+    max_retry_after: float
 
     # BackoffPolicy's names, so failed listings share the subscriptions' full-jitter backoff
     @property
@@ -181,6 +220,8 @@ class ServerConfig:
     port: int
     token_env: str | None
     behind_tls_proxy: bool
+    max_connections: int
+    idle_timeout: float
 
     @property
     def loopback(self) -> bool:
@@ -212,6 +253,8 @@ class Config:
     #: The config file (None for a config built in memory, like the demo's).
     path: Path | None
     max_calls: int
+    #: The longest stream line or event accepted (``runner.max_event_bytes``); a longer one is skipped.
+    max_event_bytes: int
     discovery: DiscoveryConfig
     server: ServerConfig
 
@@ -221,19 +264,40 @@ class Config:
         return self.discovery.poll or self.server.enabled
 
     def secret(self, key_path: str, env: str | None) -> str | None:
-        """A secret from the environment variable a config key names; a ConfigError when the variable is unset."""
+        """A secret from the environment variable a config key names; a ConfigError when the variable is unset or
+        its value has surrounding whitespace or a character that is not printable ASCII (never quoted)."""
         if env is None:
             return None
         value = os.environ.get(env, "")
         if not value:
             raise ConfigError(f"{self.source}: {key_path}: environment variable {env} is not set")
+        problem = secret_problem(value)
+        if problem:
+            raise ConfigError(f"{self.source}: {key_path}: the value of {env} {problem}")
         return value
 
+    def secret_problems(self) -> list[str]:
+        """``check``'s view of the secrets `run` reads: a line for each variable that is set to a value `run`
+        would refuse (an unset one is only a warning of ``check``'s); the values are never quoted."""
+        named = [("atoms.api_key_env", self.api_key_env)]
+        if self.server.enabled:
+            named += [("discovery.webhook_secret_env", self.discovery.webhook_secret_env), ("server.token_env", self.server.token_env)]
+        lines = []
+        for key_path, env in named:
+            value = os.environ.get(env, "") if env else ""
+            problem = secret_problem(value) if value else None
+            if problem:
+                lines.append(f"{self.source}: {key_path}: the value of {env} {problem}")
+        return lines
+
     def api_key(self) -> str:
-        """The API key, from the environment variable or the file; a ConfigError names what is missing."""
+        """The API key, from the environment variable or the file; a ConfigError names what is missing or wrong."""
         if self.api_key_env:
             key = os.environ.get(self.api_key_env, "")
             if key:
+                problem = secret_problem(key)
+                if problem:
+                    raise ConfigError(f"{self.source}: atoms.api_key_env: the value of {self.api_key_env} {problem}")
                 return key
             if not self.api_key_inline:
                 raise ConfigError(
@@ -249,22 +313,37 @@ def load_config(path: str | Path) -> Config:
     """Read and validate a config file; raise ``ConfigError`` carrying every problem, one line each."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file (create one with `hookrunner init {path}`)") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start + 1}, on line {line}); save it as UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{path}: not valid TOML: {_one_line(str(exc))}") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits (int()'s limit)
+        raise ConfigError(f"{path}: not usable TOML: {_one_line(str(exc))}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not usable TOML: nested too deeply") from None
     return config_from_dict(data, source=str(path), base_dir=path.resolve().parent, path=path.resolve())
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def config_from_dict(
     data: dict[str, Any], source: str = "<config>", base_dir: Path = Path("."), path: Path | None = None
 ) -> Config:
     """Validate an already-parsed config table (used by ``load_config`` and by the demo's built-in config)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a table of settings, got {describe(data)}")
     problems: list[str] = []
     top, found = check_table(data, TOP_SCHEMA)
     problems += found
@@ -290,11 +369,14 @@ def config_from_dict(
         )
     calls = runner["calls"]
     for index, call_id in enumerate(calls):
-        if not call_id.strip():
-            problems.append(f"runner.calls[{index}]: expected a call id, got an empty string")
+        problem = call_id_problem(call_id)
+        if problem:
+            problems.append(f"runner.calls[{index}]: {problem}")
     if len(set(calls)) != len(calls):
-        duplicated = sorted({call_id for call_id in calls if calls.count(call_id) > 1})
-        problems.append(f"runner.calls: each call id once, got {', '.join(duplicated)} more than once")
+        counts = collections.Counter(calls)
+        duplicated = sorted(call_id for call_id, count in counts.items() if count > 1 and not call_id_problem(call_id))
+        if duplicated:
+            problems.append(f"runner.calls: each call id once, got {', '.join(duplicated)} more than once")
     discovery, found = check_table(top["discovery"], DISCOVERY_SCHEMA, "discovery")
     problems += found
     if not found and discovery["max_retry_delay"] < discovery["retry_delay"]:
@@ -311,15 +393,17 @@ def config_from_dict(
     )
     problems += found
     for name, table in plugin_settings.items():
-        if isinstance(table, dict):
+        shown = key_text(name)
+        if any(ch.isspace() or not ch.isprintable() for ch in name):  # no plugin is named so; keeps errors one line
+            problems.append(f"plugins.{shown}: expected a plugin's name, without spaces or control characters")
+        elif isinstance(table, dict):
             continue
-        near = suggest(name, PLUGINS_SCHEMA)
-        if near:  # `lod = [...]`, `disabled = [...]`: a misspelled key, not a plugin given a value
-            problems.append(f"plugins.{name}: unknown key{near}")
+        elif suggest(name, PLUGINS_SCHEMA):  # `lod = [...]`, `disabled = [...]`: a misspelled key, not a plugin's
+            problems.append(f"plugins.{shown}: unknown key{suggest(name, PLUGINS_SCHEMA)}")
         else:
             problems.append(
-                f"plugins.{name}: expected {' or '.join(PLUGINS_SCHEMA)}, or a [plugins.{name}] table of "
-                f"plugin {name}'s settings, got {describe(table)}"
+                f"plugins.{shown}: expected {' or '.join(PLUGINS_SCHEMA)}, or a [plugins.{shown}] table of "
+                f"plugin {shown}'s settings, got {describe(table)}"
             )
     if problems:
         raise ConfigError("\n".join(f"{source}: {problem}" for problem in problems))
@@ -339,6 +423,7 @@ def config_from_dict(
             initial_delay=float(reconnect["initial_delay"]),
             max_delay=float(reconnect["max_delay"]),
             max_attempts=reconnect["max_attempts"],
+            max_retry_after=float(reconnect["max_retry_after"]),
         ),
         disable=tuple(plugins["disable"]),
         load=tuple(plugins["load"]),
@@ -346,6 +431,7 @@ def config_from_dict(
         base_dir=base_dir,
         path=path,
         max_calls=runner["max_calls"],
+        max_event_bytes=runner["max_event_bytes"],
         discovery=DiscoveryConfig(
             **{key: tuple(value) if isinstance(value, list) else value for key, value in discovery.items()}
         ),

@@ -13,6 +13,10 @@ class ConfigError(HookrunnerError):
     """The config file (or a plugin's settings table) is missing, unreadable or invalid; one line per problem."""
 
 
+class UsageError(HookrunnerError):
+    """A command-line argument or a file it names is unusable (a bad ``--call`` id, a script that cannot be read)."""
+
+
 class PluginLoadError(HookrunnerError):
     """A plugin could not be imported or registered, or implements a hook that does not exist."""
 

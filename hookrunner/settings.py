@@ -6,38 +6,84 @@ One checker for everything means every error, the core's or a plugin's, reads th
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import httpx
 
 __all__ = [
     "Setting",
     "check_table",
     "describe",
+    "key_text",
     "suggest",
     "at_least",
     "between",
     "one_of",
+    "http_url",
+    "url_problem",
+    "secret_problem",
     "POSITIVE",
     "NON_NEGATIVE",
 ]
 
+#: How many characters of a found value (or a key) an error shows.
+SHOWN = 60
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escaped(ch: str) -> str:
+    if ch in _ESCAPES:
+        return _ESCAPES[ch]
+    if ch.isprintable():
+        return ch
+    return f"\\u{ord(ch):04X}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08X}"
+
+
+def _quoted(text: str) -> str:
+    """``text`` as a TOML basic string, every character that is not printable escaped: an error stays one line."""
+    return '"' + "".join(_escaped(ch) for ch in text[: SHOWN * 2]) + '"'
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= SHOWN else text[: SHOWN - 3] + "..."
+
 
 def describe(value: Any) -> str:
-    """How a found value is shown in an error: its TOML spelling, shortened."""
+    """How a found value is shown in an error: its TOML spelling, escaped and shortened (always one line)."""
     if isinstance(value, str):
-        text = f'"{value}"'
+        text = _quoted(value)
     elif isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, dict):
         text = "a table"
     elif isinstance(value, list):
         text = "a list"
+    elif isinstance(value, int) and value.bit_length() > 190:  # beyond 57 digits, and str() refuses 4,300
+        text = f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
     else:
         text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return _cut(text)
+
+
+def key_text(key: str) -> str:
+    """A key as a key path shows it: bare when TOML allows, else quoted and escaped (``plugins."my plugin"``)."""
+    return key if _BARE_KEY.fullmatch(key) else _cut(_quoted(key))
+
+
+def _finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float's range
+        return False
 
 
 @dataclass(frozen=True)
@@ -65,7 +111,7 @@ class Setting:
             "str": isinstance(value, str),
             "bool": isinstance(value, bool),
             "int": isinstance(value, int) and not isinstance(value, bool),
-            "number": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+            "number": _finite_number(value),
             "list[str]": isinstance(value, list) and all(isinstance(item, str) for item in value),
             "str|list[str]": isinstance(value, str)
             or (isinstance(value, list) and all(isinstance(item, str) for item in value)),
@@ -121,6 +167,47 @@ def between(low: float, high: float) -> Callable[[float], str | None]:
     return check
 
 
+def url_problem(value: str) -> str | None:
+    """Why ``value`` is not an http(s) URL hookrunner can connect to, without quoting it (the URL may be a
+    secret, like a Slack webhook's), or None when it is one."""
+    expected = "expected an http:// or https:// URL"
+    for position, ch in enumerate(value):
+        if ch.isspace() or not ch.isprintable():
+            return f"{expected} without spaces or control characters (character {position + 1} is one)"
+    try:
+        url = httpx.URL(value)
+        scheme, host, port = url.scheme, url.host, url.port
+    except (httpx.InvalidURL, ValueError, UnicodeError):
+        return f"{expected} (it cannot be parsed)"
+    if scheme not in ("http", "https") or not value.lower().startswith(f"{scheme}://"):
+        return expected
+    if not host or "%" in host:
+        return f"{expected} with a host"
+    if port is not None and not 1 <= port <= 65535:
+        return f"{expected} with a port from 1 to 65535"
+    return None
+
+
+def http_url(value: str) -> str | None:
+    """A ``check`` for http:// and https:// URLs: parsed (by httpx, which will connect to it), with a host and a
+    port from 1 to 65535, and no space or control character."""
+    problem = url_problem(value)
+    return f"{problem}, got {describe(value)}" if problem else None
+
+
+def secret_problem(value: str) -> str | None:
+    """What is wrong with a secret (an API key, a token), never quoting it: the rest of a sentence like "the
+    value of VAR ...", or None when it looks usable (no surrounding whitespace, printable ASCII only)."""
+    if value != value.strip():
+        if value[-1:].isspace():
+            return "ends with whitespace (a newline from a file?); strip it"
+        return "starts with whitespace; strip it"
+    for position, ch in enumerate(value, 1):
+        if not " " <= ch <= "~":
+            return f"holds a character that is not printable ASCII (character {position}); check how it was copied"
+    return None
+
+
 def one_of(*choices: str) -> Callable[[str], str | None]:
     """A ``check`` for strings that must be one of ``choices``."""
 
@@ -138,7 +225,9 @@ def check_table(
     """Check ``table`` against ``schema``; return the table with defaults filled in, and the problems found.
 
     Each problem is one line starting with the dotted key path (prefixed by ``path``). Unknown keys are
-    problems, with the nearest known name suggested, unless ``open_keys`` is set.
+    problems, with the nearest known name suggested, unless ``open_keys`` is set. A key that is missing or whose
+    value has a problem holds its default in the returned table (None for a required key), so a caller's further
+    checks can read every key whatever was wrong.
     """
     prefix = f"{path}." if path else ""
     values: dict[str, Any] = {}
@@ -147,11 +236,13 @@ def check_table(
         setting = schema.get(key)
         if setting is None:
             if not open_keys:
-                problems.append(f"{prefix}{key}: unknown key{suggest(key, schema)}")
+                problems.append(f"{prefix}{key_text(key)}: unknown key{suggest(key, schema)}")
             continue
         problem = setting.problem(value)
         if problem:
             problems.append(f"{prefix}{key}: {problem}")
+            # the default stands in, so the checks that read this key still run and report everything at once
+            values[key] = copy.deepcopy(setting.default)
         else:
             values[key] = value
     for key, setting in schema.items():
@@ -159,8 +250,7 @@ def check_table(
             continue
         if setting.required:
             problems.append(f"{prefix}{key}: missing required key ({setting.expected or _KIND_WORDS[setting.kind]})")
-        else:
-            values[key] = setting.default
+        values[key] = copy.deepcopy(setting.default)
     return values, problems
 
 

@@ -9,7 +9,7 @@ from hookrunner.config import ReconnectConfig
 from hookrunner.backoff import backoff_delay, parse_retry_after
 from hookrunner.subscription import SeenEvents
 
-POLICY = ReconnectConfig(initial_delay=1.0, max_delay=8.0, max_attempts=0)
+POLICY = ReconnectConfig(initial_delay=1.0, max_delay=8.0, max_attempts=0, max_retry_after=300.0)
 
 
 def test_backoff_is_full_jitter_under_an_exponential_ceiling_capped_by_max_delay() -> None:

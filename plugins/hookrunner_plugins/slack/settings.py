@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hookrunner import Setting, at_least, check_table, type_selected
+from hookrunner.settings import http_url, secret_problem, url_problem
 from hookrunner.triggers import SEVERITIES
 
 from .formatting import DEFAULT_TEMPLATE, template_problem
@@ -18,7 +19,7 @@ def _severities(values: list[str]) -> str | None:
 
 
 SETTINGS = {
-    "api_base_url": Setting("str", "https://slack.com/api", doc="Slack's Web API (tests point it at a fake)"),
+    "api_base_url": Setting("str", "https://slack.com/api", check=http_url, doc="Slack's Web API (tests point it at a fake)"),
     "dead_letter": Setting("str", "hookrunner-dead-letters.jsonl"),
     "pace": Setting("number", 1.0, check=at_least(0), expected="seconds between two messages to one channel"),
     "group_wait": Setting("number", 0.5, check=at_least(0), expected="seconds to gather triggers into one message"),
@@ -28,6 +29,10 @@ SETTINGS = {
     "max_retry_time": Setting("number", 600.0, check=at_least(0), expected="a number of seconds"),
     "retry_initial_delay": Setting("number", 1.0, check=at_least(0.001), expected="a number of seconds"),
     "retry_max_delay": Setting("number", 60.0, check=at_least(0.001), expected="a number of seconds"),
+    "max_retry_after": Setting(
+        "number", 300.0, check=at_least(0.001), expected="a number of seconds",
+        doc="the longest a Retry-After from Slack (a 429) may hold a channel",
+    ),  # fmt: skip
     "max_queue": Setting("int", 1000, check=at_least(1)),
     "routes": Setting("list[table]", []),
 }
@@ -83,6 +88,7 @@ class SlackSettings:
     max_retry_time: float
     retry_initial_delay: float
     retry_max_delay: float
+    max_retry_after: float
     max_queue: int
     routes: tuple[RouteSettings, ...]
 
@@ -130,7 +136,7 @@ def parse_settings(settings: dict[str, Any]) -> tuple[SlackSettings, list[str]]:
         dead_letter=str(values.get("dead_letter") or SETTINGS["dead_letter"].default),
         **{key: values.get(key, SETTINGS[key].default) for key in (
             "pace", "group_wait", "group_max", "timeout", "max_attempts", "max_retry_time",
-            "retry_initial_delay", "retry_max_delay", "max_queue",
+            "retry_initial_delay", "retry_max_delay", "max_retry_after", "max_queue",
         )},  # fmt: skip
         routes=tuple(routes),
     )
@@ -150,8 +156,10 @@ def _destination(fields: dict[str, Any], where: str, name: str) -> tuple[str | N
     key = "webhook_url_env" if webhook_env else "token_env"
     if not value:
         return None, None, [f"{where}.{key}: route {name}: environment variable {env} is not set"]
-    if webhook_env and not value.startswith(("https://", "http://")):
-        return None, None, [f"{where}.{key}: route {name}: the value of {env} is not a URL"]
+    # both are secrets: the line says what is wrong with the value, never what it is
+    problem = url_problem(value) if webhook_env else secret_problem(value)
+    if problem:
+        return None, None, [f"{where}.{key}: route {name}: the value of {env}: {problem}"]
     return (value, None, []) if webhook_env else (None, value, [])
 
 

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from hookrunner import Setting, at_least, check_table, type_selected
 from hookrunner.events import EVENT_CLASSES
+from hookrunner.settings import http_url
 
 from .signing import secret_problem
 
@@ -22,13 +23,6 @@ DEFAULT_EVENTS = ["user_transcription", "tts_completed", "trigger.*"]
 RESERVED_HEADERS = {"content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature"}
 
 
-def _http_url(value: str) -> str | None:
-    parts = urlsplit(value)
-    if parts.scheme in ("http", "https") and parts.hostname:
-        return None
-    return "expected an http:// or https:// URL"
-
-
 SETTINGS = {
     "dead_letter": Setting("str", "hookrunner-dead-letters.jsonl", doc="JSONL file of undeliverable messages"),
     "endpoints": Setting("list[table]", [], doc="[[plugins.webhook.endpoints]]"),
@@ -36,7 +30,7 @@ SETTINGS = {
 
 ENDPOINT = {
     "name": Setting("str", required=True, expected="a unique name for logs and errors"),
-    "url": Setting("str", required=True, check=_http_url),
+    "url": Setting("str", required=True, check=http_url),
     "secret_env": Setting("str|list[str]", None, expected="the name of the variable holding the whsec_ secret"),
     "secret": Setting("str|list[str]", None, expected="a whsec_ secret (prefer secret_env)"),
     "events": Setting("list[str]", DEFAULT_EVENTS),
@@ -47,6 +41,10 @@ ENDPOINT = {
     "max_retry_time": Setting("number", 3600.0, check=at_least(0), expected="a number of seconds"),
     "retry_initial_delay": Setting("number", 1.0, check=at_least(0.001), expected="a number of seconds"),
     "retry_max_delay": Setting("number", 300.0, check=at_least(0.001), expected="a number of seconds"),
+    "max_retry_after": Setting(
+        "number", 300.0, check=at_least(0.001), expected="a number of seconds",
+        doc="the longest a Retry-After from the receiver may hold a message back",
+    ),  # fmt: skip
     "max_in_flight": Setting("int", 10, check=at_least(1)),
     "max_queue": Setting("int", 10_000, check=at_least(1)),
     "batch_max_events": Setting("int", 1, check=at_least(1)),
@@ -68,6 +66,7 @@ class EndpointSettings:
     max_retry_time: float
     retry_initial_delay: float
     retry_max_delay: float
+    max_retry_after: float
     max_in_flight: int
     max_queue: int
     batch_max_events: int
@@ -139,6 +138,7 @@ def parse_settings(
                 max_retry_time=float(fields["max_retry_time"]),
                 retry_initial_delay=float(fields["retry_initial_delay"]),
                 retry_max_delay=float(fields["retry_max_delay"]),
+                max_retry_after=float(fields["max_retry_after"]),
                 max_in_flight=fields["max_in_flight"],
                 max_queue=fields["max_queue"],
                 batch_max_events=fields["batch_max_events"],
