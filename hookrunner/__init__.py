@@ -21,6 +21,7 @@ from .events import (
     UserTranscription,
 )
 from .hookspecs import hookimpl
+from .logs import redact_in_logs
 from .platform_webhooks import PlatformDelivery
 from .settings import Setting, at_least, between, check_table, one_of
 from .triggers import Trigger, type_selected
@@ -29,6 +30,7 @@ __all__ = [
     "__version__",
     "HOOKRUNNER_API_VERSION",
     "hookimpl",
+    "redact_in_logs",
     "App",
     "CallContext",
     "Turn",

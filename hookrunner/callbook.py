@@ -24,6 +24,7 @@ class Offer(str, Enum):
     FINISHED = "finished"  # followed before and over
     WAITING = "waiting"  # already waiting for a slot
     QUEUED = "queued"  # over max_calls: now waiting for a slot
+    REFUSED = "refused"  # not a call id (hookrunner.callids): never followed
 
 
 class CallBook:

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
 
+from .text import json_line
+
 if TYPE_CHECKING:
     from .outbox import OutboxMessage
 
@@ -38,9 +40,12 @@ class DeadLetterFile:
     def __init__(self, path: Path, *, config_path: Path | None = None) -> None:
         self.path = path
         self._config_path = config_path
-        self._encoder = msgspec.json.Encoder()
 
-    def append(self, plugin: str, endpoint: str, messages: Iterable[OutboxMessage], reason: str) -> None:
+    def append(
+        self, plugin: str, endpoint: str, messages: Iterable[OutboxMessage], reason: str, *, quiet: bool = False
+    ) -> None:
+        """Write ``messages`` with ``reason``; one warning per write unless ``quiet`` (an endpoint stopped for the
+        run says so once, then its messages are only counted). Never raises: a failed write goes to the log."""
         now = _iso(datetime.now(timezone.utc))
         records = [
             {
@@ -62,7 +67,7 @@ class DeadLetterFile:
         ]
         if not records:
             return
-        data = b"".join(self._encoder.encode(record) + b"\n" for record in records)
+        data = b"".join(json_line(record) for record in records)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with _locked_append(self.path) as handle:
@@ -72,10 +77,11 @@ class DeadLetterFile:
         except OSError as exc:
             # The last place left: the log, whole, so the messages can still be recovered by hand.
             log.error("%s: cannot write the dead-letter file %s (%s); the messages follow", endpoint, self.path, exc.strerror)
-            for line in data.decode().splitlines():
+            for line in data.decode("utf-8", "replace").splitlines():
                 log.error("dead letter: %s", line)
             return
-        log.warning("%s: %d message(s) written to the dead-letter file %s (%s)", endpoint, len(records), self.path, reason)
+        if not quiet:
+            log.warning("%s: %d message(s) written to the dead-letter file %s (%s)", endpoint, len(records), self.path, reason)
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Finding live calls by listing them: ``GET {base}/conversation?statusFilter=...`` every ``discovery.interval``.
 
 Every page of every listing is read, and each call id goes to the runner's ``follow``, which alone decides what
-is new (a call stays in the listing for as long as Atoms thinks it in progress, often after our stream ended). A
-failed listing (5xx, 429, a timeout, a body we cannot read) is logged and retried with the subscriptions'
+is new (a call stays in the listing for as long as Atoms thinks it in progress, often after our stream ended) and
+refuses, counting them, ids that are not call ids. A failed listing (5xx, 429, a timeout, a body we cannot read) is logged and retried with the subscriptions'
 full-jitter backoff, never sooner than the interval and never before a ``Retry-After``; it touches nothing else,
 so calls already followed go on undisturbed. A refused key (401/403) stops the runner, as it does for streams.
 """
@@ -18,10 +18,12 @@ import httpx
 import trio
 
 from .backoff import backoff_delay, parse_retry_after
+from .bounded_http import request, truncated
 from .config import DiscoveryConfig
 from .errors import AuthError
 from .stats import Stats
 from .subscription import error_body
+from .text import one_line
 
 log = logging.getLogger("hookrunner.discovery")
 
@@ -29,8 +31,8 @@ log = logging.getLogger("hookrunner.discovery")
 MAX_PAGES = 200
 #: Keys a listed call's id may come under (the reference says callId; be lenient about the spelling).
 ID_KEYS = ("callId", "call_id", "conversationId")
-#: The longest a Retry-After may hold discovery back (beyond max_retry_delay): a wild value cannot stop it for good.
-MAX_RETRY_AFTER = 300.0
+#: The most of one listing page read (500 calls are a few hundred KiB): a runaway answer cannot fill the memory.
+MAX_PAGE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -84,10 +86,14 @@ class ListingPoller:
     def _retry_delay(self, failures: int, failed: ListingFailed) -> float:
         """Full-jitter backoff, never sooner than the interval, never before a (bounded) Retry-After."""
         retry_after = failed.retry_after
-        ceiling = max(self.config.max_retry_delay, MAX_RETRY_AFTER)
+        ceiling = self.config.max_retry_after
         if retry_after is not None and retry_after > ceiling:
-            log.warning("discovery: Retry-After of %g s is more than %g s; waiting %g s", retry_after, ceiling, ceiling)
-            retry_after = ceiling
+            log.warning(
+                "discovery: Retry-After of %g s is more than %g s (discovery.max_retry_after); waiting %g s",
+                retry_after,
+                ceiling,
+                ceiling,
+            )
         delay = max(self.config.interval, backoff_delay(failures, self.config, retry_after))
         log.warning(
             "discovery: listing calls failed (%s); calls already followed go on; next try in %.2f s", failed.why, delay
@@ -128,21 +134,24 @@ class ListingPoller:
         if self.config.campaign_ids:
             params["campaignIds"] = ",".join(self.config.campaign_ids)
         self._stats.listing_requests += 1
-        response = None
         try:
-            with trio.move_on_after(self.config.timeout):  # the whole request: httpx's timeouts are per phase
-                response = await self._client.get(
-                    self._url,
-                    params=params,
-                    headers={"Authorization": f"Bearer {self._api_key}"},
-                    timeout=self.config.timeout,
-                )
+            response = await request(  # the whole request: httpx's timeouts are per phase
+                self._client,
+                "GET",
+                self._url,
+                params=params,
+                headers={"Authorization": f"Bearer {self._api_key}"},
+                timeout=self.config.timeout,
+                max_body=MAX_PAGE_BYTES,
+            )
         except httpx.TimeoutException:
-            pass
+            raise ListingFailed(f"page {page}: no answer within {self.config.timeout:g} s (discovery.timeout)") from None
         except httpx.HTTPError as exc:  # connection failures, undecodable bodies, redirect loops...
-            raise ListingFailed(f"page {page}: request failed ({type(exc).__name__}: {exc or 'no detail'})") from None
-        if response is None:
-            raise ListingFailed(f"page {page}: no answer within {self.config.timeout:g} s (discovery.timeout)")
+            raise ListingFailed(
+                f"page {page}: request failed ({type(exc).__name__}: {one_line(str(exc) or 'no detail', 200)})"
+            ) from None
+        if truncated(response):
+            raise ListingFailed(f"page {page}: an answer over {MAX_PAGE_BYTES} bytes; not a listing")
         if response.status_code != 200:
             message, body_retry_after = error_body(response)
             if response.status_code in (401, 403):

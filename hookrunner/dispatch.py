@@ -4,6 +4,10 @@
 here in the order pluggy would call them (last registered first, ``tryfirst``/``trylast`` respected), each
 called with the subset of arguments it asks for, and awaited when it returns an awaitable (datasette's
 ``await_me_maybe`` pattern).
+
+Anything a plugin raises is that plugin's failure, ``BaseException`` included (``sys.exit()`` in a hook, a
+``KeyboardInterrupt`` raised by hand): it is counted and logged, and the runner goes on. Only trio's own
+cancellation passes through, since it is how the runner stops and times out hooks.
 """
 
 from __future__ import annotations
@@ -18,10 +22,25 @@ import pluggy
 import trio
 
 from .stats import Stats
+from .text import one_line
 
 log = logging.getLogger("hookrunner.dispatch")
 
 KwargsFor = Mapping[str, Any] | Callable[[str], Mapping[str, Any]]
+
+
+def first_leaf(exc: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups: the one worth naming in a log line."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is trio cancelling the code (alone or in a group): the one exception not to catch."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(trio.Cancelled) is not None
 
 
 class HookDispatcher:
@@ -89,10 +108,12 @@ class HookDispatcher:
                 if self.observe is not None:
                     self.observe(impl.plugin_name, hook_name, time.monotonic() - started)
                 return
-        except Exception as exc:
+        except BaseException as exc:
+            if is_cancellation(exc):
+                raise
             self._stats.hook_errors[impl.plugin_name] += 1
             where = _where(impl.plugin_name, hook_name, call_id, event_id)
-            log.error("%s raised %s: %s%s", where, type(exc).__name__, exc, _origin(exc))
+            log.error("%s raised %s: %s%s", where, type(exc).__name__, one_line(str(exc), 500), _origin(exc))
             log.debug("%s: traceback", where, exc_info=True)
             return
         elapsed = time.monotonic() - started
@@ -114,9 +135,9 @@ def _where(plugin: str, hook: str, call_id: str | None, event_id: str | None) ->
     """``plugin NAME: HOOK, call ID, event ID``: the place named in every failure line."""
     where = f"plugin {plugin}: {hook}"
     if call_id:
-        where += f", call {call_id}"
-    if event_id:
-        where += f", event {event_id}"
+        where += f", call {one_line(call_id, 130)}"
+    if event_id:  # from the stream: any length, any characters
+        where += f", event {one_line(event_id, 100)}"
     return where
 
 

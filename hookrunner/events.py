@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from .text import encodable
+
 __all__ = [
     "Event",
     "SseInit",
@@ -30,6 +32,8 @@ __all__ = [
     "Metrics",
     "UnknownEvent",
     "EVENT_CLASSES",
+    "KNOWN_EVENT_TYPES",
+    "type_label",
     "MalformedEvent",
     "decode_event",
 ]
@@ -164,6 +168,21 @@ EVENT_CLASSES: dict[str, type[Event]] = {
 }
 
 
+#: Every type the vendor documents (typed classes or not). Counters and metrics labels use these names and fold
+#: any other ``event_type`` into ``"other"``: a stream of made-up types cannot grow them without limit.
+KNOWN_EVENT_TYPES: frozenset[str] = frozenset(EVENT_CLASSES) | {
+    "agent_error", "agent_log", "agent_node_state", "hopping", "knowledgebase", "variable_extraction",
+    "pre_call_api", "post_call_api", "tool_call_start", "tool_call_end", "tool_call_error", "call_cancelled",
+    "call_recording", "llm_full_response_end", "generic_call_error",
+}  # fmt: skip
+OTHER_TYPE = "other"
+
+
+def type_label(event_type: str) -> str:
+    """``event_type`` when it is a known type, else ``"other"``: the name a counter or metrics label may use."""
+    return event_type if event_type in KNOWN_EVENT_TYPES else OTHER_TYPE
+
+
 def _as_datetime(value: Any) -> datetime | None:
     if isinstance(value, str):
         try:
@@ -272,10 +291,11 @@ def decode_event(data: str | bytes, call_id: str, received_at: datetime | None =
 
 def _lenient_json(data: str | bytes, error: msgspec.DecodeError) -> Any:
     """msgspec refuses some JSON that the stdlib reads (a lone surrogate from text cut inside an emoji, a number
-    beyond float range); such a line is still a real event, so it gets a second, slower chance."""
+    beyond float range); such a line is still a real event, so it gets a second, slower chance. A lone surrogate
+    becomes U+FFFD here, in ``raw`` too, so every sink can write the event (see ``hookrunner.text``)."""
     try:
-        return json.loads(data)
-    except ValueError:
+        return encodable(json.loads(data))
+    except (ValueError, RecursionError):
         raise MalformedEvent(f"not JSON ({error})", _line_text(data)) from None
 
 

@@ -104,6 +104,12 @@ class _StatsCollector(Collector):
         yield CounterMetricFamily(
             "hookrunner_discovery_listing_failures", "Listings that failed and were retried", value=stats.listing_failures
         )
+        yield CounterMetricFamily(
+            "hookrunner_oversized_events", "Events skipped for a line over runner.max_event_bytes", value=stats.oversized_events
+        )
+        yield _labelled(
+            "hookrunner_call_ids_refused", "Ids that are not call ids, by where they came from", "source", stats.call_ids_refused
+        )
         yield _labelled(
             "hookrunner_platform_webhooks", "Atoms webhook deliveries received, by outcome", "outcome", stats.platform_webhooks
         )

@@ -29,8 +29,10 @@ from typing import Any
 
 import trio
 
+from .backoff import DEFAULT_MAX_RETRY_AFTER, backoff_delay
 from .dead_letters import DeadLetterFile
-from .backoff import backoff_delay
+from .dispatch import first_leaf, is_cancellation
+from .text import one_line
 
 __all__ = ["Outbox", "OutboxMessage", "Outcome", "RetryPolicy", "Deliverer", "OutboxStats"]
 
@@ -38,6 +40,8 @@ log = logging.getLogger("hookrunner.outbox")
 
 #: Seconds close() lets cancelled deliveries unwind (cut requests end at once; this only bounds a stuck one).
 UNWIND_WAIT = 0.2
+#: Failures in a row of the delivery loop itself after which the endpoint is stopped for the run.
+MAX_RESTARTS = 5
 #: Seconds a group of refused messages (queue full, endpoint gone) gathers before one write and fsync.
 REFUSED_WRITE_INTERVAL = 0.1
 
@@ -95,6 +99,8 @@ class RetryPolicy:
     max_retry_time: float = 3600.0
     initial_delay: float = 1.0
     max_delay: float = 300.0
+    #: The longest a receiver's Retry-After may hold a message back.
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
 
 
 @dataclass
@@ -139,6 +145,7 @@ class Outbox:
         self._deliver = deliver
         self._dead_letters = dead_letters
         self._policy = policy
+        self._max_in_flight = max_in_flight
         self._slots = trio.Semaphore(max_in_flight)
         self._max_queue = max_queue
         self._batch_max_events = batch_max_events
@@ -152,6 +159,7 @@ class Outbox:
         self._idle = trio.Event()
         self._idle.set()
         self._gone: str | None = None
+        self._after_stop = 0  # messages dead-lettered since the endpoint stopped (logged once, at close)
         self._closed = False
         self._refused: list[tuple[OutboxMessage, str]] = []  # to dead-letter, waiting to be written as a group
         self._refused_waiting = trio.Event()
@@ -220,21 +228,56 @@ class Outbox:
 
     async def run(self) -> None:
         """Deliver until cancelled or closed. Run it with ``app.run_outbox(outbox)`` (which also shows its counts on
-        ``/metrics``)."""
+        ``/metrics``).
+
+        A failure of the delivery loop itself (a bug, not a failed delivery) is the endpoint's, not the run's: the
+        messages it was delivering are dead-lettered, the loop starts again on the rest, and after
+        ``MAX_RESTARTS`` failures in a row the endpoint is stopped and everything goes to the dead-letter file.
+        """
+        restarts, delivered = 0, 0
         try:
             with trio.CancelScope() as self._run_scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_refused_in_groups)
-                    while True:
-                        # Work first, then a slot: a retry that gave its slot back while waiting must get one again
-                        # rather than find it held by this loop idling for new work.
-                        await self._wait_ready()
-                        await self._slots.acquire()
-                        batch = await self._next_batch()
-                        nursery.start_soon(self._deliver_batch, batch)
+                while True:
+                    try:
+                        await self._deliver_until_cancelled()
+                    except BaseException as exc:
+                        if is_cancellation(exc):
+                            raise
+                        # in a row: a loop that delivered something since the last failure starts the count over
+                        restarts = 1 if self.stats.delivered > delivered else restarts + 1
+                        delivered = self.stats.delivered
+                        await self._recover(exc, restarts)
         finally:
             self._flush_refused()
             self._stopped.set()
+
+    async def _deliver_until_cancelled(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_refused_in_groups)
+            while True:
+                # Work first, then a slot: a retry that gave its slot back while waiting must get one again
+                # rather than find it held by this loop idling for new work.
+                await self._wait_ready()
+                await self._slots.acquire()
+                batch = await self._next_batch()
+                nursery.start_soon(self._deliver_batch, batch)
+
+    async def _recover(self, exc: BaseException, restarts: int) -> None:
+        """After the delivery loop failed (every delivery task has ended): dead-letter what was in flight, then
+        start over, or stop the endpoint when it keeps failing."""
+        stranded = [message for batch in self._in_flight.values() for message in batch]
+        self._in_flight.clear()
+        self._busy.clear()
+        self._ready = deque(key for key, queue in self._queues.items() if queue)
+        self._slots = trio.Semaphore(self._max_in_flight)  # no task holds the old one now
+        leaf = first_leaf(exc)
+        what = f"{type(leaf).__name__}: {one_line(str(leaf), 200)}"
+        log.error("%s: the delivery task failed (%s); %d in-flight messages dead-lettered", self.name, what, len(stranded))
+        log.debug("%s: traceback", self.name, exc_info=exc)
+        self._dead_letter(stranded, f"delivery task failed: {what}")
+        if restarts >= MAX_RESTARTS:
+            self._stop_endpoint(Outcome.gone(f"the delivery task failed {restarts} times"))
+        await trio.sleep(min(1.0, 0.05 * 2**restarts))  # a failure that repeats at once must not spin
 
     async def _write_refused_in_groups(self) -> None:
         while True:
@@ -341,8 +384,10 @@ class Outbox:
             message.last_attempt = now
         try:
             outcome = await self._deliver(batch)
-        except Exception as exc:  # a deliverer's bug must not kill the outbox: treat it as a failed attempt
-            log.error("%s: deliverer raised %s: %s", self.name, type(exc).__name__, exc)
+        except BaseException as exc:  # a deliverer's bug must not kill the outbox: treat it as a failed attempt
+            if is_cancellation(exc):
+                raise
+            log.error("%s: deliverer raised %s: %s", self.name, type(exc).__name__, one_line(str(exc), 500))
             outcome = Outcome.retry(f"deliverer raised {type(exc).__name__}")
         for message in batch:
             message.last_status = outcome.status
@@ -365,7 +410,13 @@ class Outbox:
         if self._gone is not None:
             return
         self._gone = outcome.why
-        log.error("%s: endpoint stopped for this run: %s", self.name, outcome.why)
+        log.error(
+            "%s: endpoint stopped for this run: %s; its messages go to the dead-letter file %s, counted, not logged "
+            "one by one",
+            self.name,
+            outcome.why,
+            self._dead_letters.path,
+        )
         queued = [message for queue in self._queues.values() for message in queue]
         self._queues.clear()
         self._ready.clear()
@@ -376,7 +427,10 @@ class Outbox:
         if not messages:
             return
         self.stats.dead_lettered += len(messages)
-        self._dead_letters.append(self.plugin, self.name, messages, reason)
+        quiet = self._gone is not None  # a stopped endpoint said so once: its later letters are only counted
+        if quiet:
+            self._after_stop += len(messages)
+        self._dead_letters.append(self.plugin, self.name, messages, reason, quiet=quiet)
 
     # --- shutdown ---------------------------------------------------------------------------------------------
 
@@ -404,3 +458,11 @@ class Outbox:
             self._queued = 0
             self._flush_refused()
             self._dead_letter(left, "not delivered before shutdown")
+            if self._after_stop:
+                log.warning(
+                    "%s: %d messages went to the dead-letter file %s after the endpoint stopped (%s)",
+                    self.name,
+                    self._after_stop,
+                    self._dead_letters.path,
+                    self._gone,
+                )

@@ -18,9 +18,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from .text import encodable
+
 __all__ = ["signature_valid", "parse_delivery", "PlatformDelivery", "SeenDeliveries", "BadDelivery"]
 
 _DIGEST_SIZE = hashlib.sha256().digest_size
+#: The longest delivery id or event name accepted (Atoms' are a few dozen characters); the replay window holds ids.
+MAX_ID_LENGTH = 256
 
 
 def _decoded(signature: str) -> bytes | None:
@@ -74,16 +78,20 @@ class PlatformDelivery:
 
 def parse_delivery(body: bytes) -> PlatformDelivery:
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data = encodable(json.loads(body))  # a lone surrogate becomes U+FFFD: plugins and the spool can write it
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadDelivery("not JSON") from None
     if not isinstance(data, dict):
         raise BadDelivery("expected a JSON object")
     delivery_id, event = data.get("id"), data.get("event")
     if not isinstance(delivery_id, (str, int)) or isinstance(delivery_id, bool) or not str(delivery_id):
         raise BadDelivery("no delivery id (id)")
+    if len(str(delivery_id)) > MAX_ID_LENGTH:
+        raise BadDelivery(f"id: longer than {MAX_ID_LENGTH} characters")
     if not isinstance(event, str) or not event:
         raise BadDelivery("no event name (event)")
+    if len(event) > MAX_ID_LENGTH:
+        raise BadDelivery(f"event: longer than {MAX_ID_LENGTH} characters")
     metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
     kind = event.rsplit(".", 1)[-1]
     if isinstance(metadata.get("eventType"), str) and "." not in event:

@@ -23,17 +23,21 @@ import trio
 from . import __version__
 from .config import Config, load_config
 from .callbook import CallBook, Offer
+from .callids import call_id_problem
 from .context import App, CallContext, Turn
 from .discovery import ListingPoller
+from .limits import raise_open_file_limit
+from .logs import redact_in_logs
 from .metrics import RunnerMetrics
 from .platform_webhooks import PlatformDelivery
-from .dispatch import HookDispatcher
+from .dispatch import HookDispatcher, first_leaf, is_cancellation
 from .errors import AuthError, ConfigError, HookrunnerError
-from .events import Event, TtsCompleted, UserTranscription
+from .events import Event, TtsCompleted, UserTranscription, type_label
 from .plugins import LoadedPlugins, settings_with_defaults, validate_plugin_settings
-from .spool import spool_events
+from .spool import spool_events, spool_platform_webhooks
 from .stats import Stats
-from .subscription import AUTH_FAILED, COMPLETED, ENDED, SHUTDOWN, Subscribed, Subscription
+from .subscription import AUTH_FAILED, COMPLETED, ENDED, FAILED, SHUTDOWN, Subscribed, Subscription
+from .text import one_line, shown
 from .triggers import Trigger
 
 log = logging.getLogger("hookrunner.runner")
@@ -86,6 +90,8 @@ class Runner:
         if config.server.enabled:
             self._webhook_secret = config.secret("discovery.webhook_secret_env", config.discovery.webhook_secret_env)
             self._token = config.secret("server.token_env", config.server.token_env)
+        for secret in (api_key, self._webhook_secret, self._token):
+            redact_in_logs(secret)
         #: The server's base URL once it listens (``[server]``), e.g. ``http://127.0.0.1:8787``.
         self.server_url: str | None = None
         # Every scope a stop must reach, with its kind: subscriptions are cancelled, the rest get deadlines.
@@ -102,6 +108,7 @@ class Runner:
 
     async def run(self) -> int:
         """Start plugins, follow every call until it is over (or a stop), stop plugins; return the exit code."""
+        raise_open_file_limit()  # every call's stream and every server connection holds a file descriptor
         async with trio.open_nursery() as watcher:  # signals are watched from on_startup to on_shutdown
             watcher.start_soon(self._watch_signals)
             await self._run_plugins_and_calls()
@@ -249,6 +256,10 @@ class Runner:
         (config, listing, push, api). Returns what was decided, or None when the runner no longer takes calls."""
         if self._calls_nursery is None or (self._stopping and source != "config"):
             return None  # (listed calls still start during a stop, to end as "shutdown" as they always have)
+        problem = call_id_problem(call_id)
+        if problem is not None:  # every intake checks first; this is the guard behind them
+            self.refuse_call_id(source, problem)
+            return Offer.REFUSED
         offer = self.calls.offer(call_id, trio.current_time())
         if offer in (Offer.NEW, Offer.QUEUED):
             self.stats.calls_discovered[source] += 1
@@ -266,6 +277,13 @@ class Runner:
                 self.calls.waiting,
             )
         return offer
+
+    def refuse_call_id(self, source: str, problem: str) -> None:
+        """Count a call id refused at an intake (``source``); the first of each intake is logged, the rest counted
+        (``hookrunner_call_ids_refused``), so a sender repeating a bad id cannot grow the log."""
+        self.stats.call_ids_refused[source] += 1
+        if self.stats.call_ids_refused[source] == 1:
+            log.warning("%s: refused a call id (%s); further ones are only counted", source, problem)
 
     async def _discover(self) -> None:
         """Service mode: list calls (when configured) and keep the calls nursery open until a stop."""
@@ -292,7 +310,7 @@ class Runner:
         try:
             self.server_url = await start_server(self, nursery, webhook_secret=self._webhook_secret, token=self._token)
         except* OSError as failed:  # hypercorn binds inside nested nurseries: the error comes wrapped
-            exc = _first_leaf(failed)
+            exc = first_leaf(failed)
             self._fatal_error = ConfigError(
                 f"{self.config.source}: server: cannot listen on {server.host}:{server.port} "
                 f"({getattr(exc, 'strerror', None) or exc})"
@@ -306,7 +324,9 @@ class Runner:
             self._platform_send.send_nowait(delivery)
         except trio.ClosedResourceError:
             self.stats.platform_webhooks["not_dispatched"] += 1
-            log.warning("atoms webhook: delivery %s (%s) not dispatched: the runner is stopping", delivery.id, delivery.event)
+            log.warning(
+                "atoms webhook: delivery %s (%s) refused (503): the runner is stopping", shown(delivery.id), shown(delivery.event)
+            )
             return False
         return True
 
@@ -314,9 +334,9 @@ class Runner:
         with self._stoppable(DRAIN):
             async for delivery in self._platform_receive:
                 await self.dispatcher.call("on_platform_webhook", {"delivery": delivery}, call_id=delivery.call_id)
-        for delivery in _left_in(self._platform_receive):
-            self.stats.platform_webhooks["not_dispatched"] += 1
-            log.error("atoms webhook: delivery %s (%s) not dispatched before runner.shutdown_grace ran out", delivery.id, delivery.event)
+        left = _left_in(self._platform_receive)
+        self.stats.platform_webhooks["not_dispatched"] += len(left)
+        spool_platform_webhooks(self.config.spool_file, left)
 
     # --- one call ---------------------------------------------------------------------------------------------
 
@@ -324,6 +344,11 @@ class Runner:
         reason = SHUTDOWN
         try:
             reason = await self._follow_one(call_id, source)
+        except BaseException as exc:  # a failure while following one call is that call's, never the runner's
+            if is_cancellation(exc):
+                raise
+            reason = self._call_failed(call_id, exc)
+            self.stats.calls_finished[reason] += 1
         finally:
             taking_calls = self._calls_nursery is not None and not self._stopping
             next_id = self.calls.finish(
@@ -332,6 +357,12 @@ class Runner:
             if next_id is not None:
                 log.info("%s: a slot is free: following it", next_id)
                 self._calls_nursery.start_soon(self._follow_call, next_id, "waiting")  # type: ignore[union-attr]
+
+    def _call_failed(self, call_id: str, exc: BaseException) -> str:
+        leaf = first_leaf(exc)
+        log.error("%s: failed: %s: %s", call_id, type(leaf).__name__, one_line(str(leaf), 300))
+        log.debug("%s: traceback", call_id, exc_info=exc)
+        return FAILED
 
     async def _follow_one(self, call_id: str, source: str) -> str:
         """Follow one call to its end; the reason it ended."""
@@ -347,6 +378,7 @@ class Runner:
             reconnect=self.config.reconnect,
             stats=self.stats,
             not_found_grace=self.config.discovery.not_found_grace if source in PUSHED else 0.0,
+            max_event_size=self.config.max_event_bytes,
         )
         send, receive = trio.open_memory_channel[Event | Subscribed](self.config.buffer)
         reason = SHUTDOWN
@@ -358,6 +390,10 @@ class Runner:
                         reason = await subscription.run(send)
                     except AuthError as exc:
                         self._on_auth_error(exc)
+                    except BaseException as exc:  # what was received is still dispatched, and the call finished
+                        if is_cancellation(exc):
+                            raise
+                        reason = self._call_failed(call_id, exc)
                 if subscription.pending is not None:  # a stop caught the stream waiting on a full buffer
                     with self._stoppable(DRAIN):
                         await send.send(subscription.pending)
@@ -396,7 +432,7 @@ class Runner:
         self.stats.events_spooled += spool_events(self.config.spool_file, call.id, left)
 
     async def _dispatch_event(self, call: CallContext, event: Event) -> None:
-        self.stats.events_by_type[event.event_type] += 1
+        self.stats.events_by_type[type_label(event.event_type)] += 1
         if isinstance(event, (UserTranscription, TtsCompleted)):
             speaker = "user" if isinstance(event, UserTranscription) else "agent"
             call.turns.append(Turn(speaker=speaker, text=event.text, event_id=event.event_id, timestamp=event.timestamp))
@@ -447,16 +483,20 @@ class Runner:
         async def guarded() -> None:
             try:
                 await fn(*args)
-            except Exception:
-                log.exception("plugin %s: background task %s raised", plugin, getattr(fn, "__name__", fn))
+            except BaseException as exc:  # a plugin's failure, sys.exit() included, is never the runner's
+                if is_cancellation(exc):
+                    raise
+                self.stats.hook_errors[plugin] += 1
+                log.error(
+                    "plugin %s: background task %s raised %s: %s",
+                    plugin,
+                    getattr(fn, "__name__", fn),
+                    type(exc).__name__,
+                    one_line(str(exc), 500),
+                    exc_info=exc,
+                )
 
         self._background.start_soon(guarded, name=f"{plugin}:{getattr(fn, '__name__', 'task')}")
-
-
-def _first_leaf(group: BaseException) -> BaseException:
-    while isinstance(group, BaseExceptionGroup):
-        group = group.exceptions[0]
-    return group
 
 
 def _left_in(receive: trio.MemoryReceiveChannel[Any]) -> list[Any]:

@@ -19,14 +19,17 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import resource
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .asgi import BodyTooLarge, errors, header, lifespan, read_body, send_body, send_json, serve_asgi
+from .callids import call_id_problem
 from .metrics import CONTENT_TYPE
 from .platform_webhooks import BadDelivery, SeenDeliveries, parse_delivery, signature_valid
+from .text import one_line, shown
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -36,6 +39,8 @@ log = logging.getLogger("hookrunner.server")
 MAX_BODY = 1024 * 1024  # a delivery is a few KiB; anything this big is not one
 BODY_TIMEOUT = 10.0  # seconds to receive a whole body
 PRE_CONVERSATION = "pre-conversation"
+#: The delivery kinds counted by name on /metrics; any other is counted as "other".
+PLATFORM_KINDS = frozenset({PRE_CONVERSATION, "post-conversation"})
 
 
 class ServiceApp:
@@ -96,13 +101,19 @@ class ServiceApp:
             delivery = parse_delivery(body)
         except BadDelivery as exc:
             outcomes["unreadable"] += 1
-            log.warning("atoms webhook: a signed delivery we cannot read: %s", exc)
+            log.warning("atoms webhook: a signed delivery we cannot read: %s", one_line(str(exc), 200))
             await send_json(send, 400, errors(str(exc)))
             return
         if not self._seen.first_time(delivery.id):
             outcomes["duplicate"] += 1
-            log.info("atoms webhook: delivery %s (%s) again: acknowledged, ignored", delivery.id, delivery.event)
+            log.info("atoms webhook: delivery %s (%s) again: acknowledged, ignored", shown(delivery.id), shown(delivery.event))
             await send_json(send, 200, {"status": True, "duplicate": True})
+            return
+        problem = None if delivery.call_id is None else call_id_problem(delivery.call_id)
+        if problem is not None:
+            outcomes["bad_call_id"] += 1
+            self.runner.refuse_call_id("push", f"delivery {shown(delivery.id)}: metadata.callId: {problem}")
+            await send_json(send, 400, errors(f"metadata.callId: {problem}"))
             return
         answer: dict[str, Any] = {"status": True}
         if delivery.kind == PRE_CONVERSATION:
@@ -120,7 +131,7 @@ class ServiceApp:
         if not self.runner.dispatch_platform_webhook(delivery):
             await send_json(send, 503, errors("the runner is stopping"))
             return
-        outcomes[delivery.kind] += 1
+        outcomes[delivery.kind if delivery.kind in PLATFORM_KINDS else "other"] += 1  # labels stay bounded
         await send_json(send, 200, answer)
 
     async def _post_call(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -143,22 +154,33 @@ class ServiceApp:
         except (ValueError, KeyError, TypeError):
             await send_json(send, 400, errors('expected a JSON body {"call_id": "CALL-..."}'))
             return
-        offer = self.runner.follow(call_id.strip(), "api")
+        call_id = call_id.strip()
+        problem = call_id_problem(call_id)
+        if problem is not None:
+            self.runner.refuse_call_id("api", f"call_id: {problem}")
+            await send_json(send, 400, errors(f"call_id: {problem}"))
+            return
+        offer = self.runner.follow(call_id, "api")
         if offer is None:
             await send_json(send, 503, errors("the runner is stopping"))
             return
-        await send_json(send, 202, {"status": True, "call_id": call_id.strip(), "result": offer.value})
+        await send_json(send, 202, {"status": True, "call_id": call_id, "result": offer.value})
 
 
 async def start_server(runner: Runner, nursery: trio.Nursery, *, webhook_secret: str | None, token: str | None) -> str:
     """Listen on ``[server] host:port`` in ``nursery``; the base URL it listens on (port 0 picks a free one)."""
     server = runner.config.server
+    max_connections = _connections_that_fit(server.max_connections)
     app = ServiceApp(runner, webhook_secret=webhook_secret, token=token)
     # a burst of pushes (every call of a campaign starting at once) must queue, not be refused: hypercorn's
-    # default listen backlog of 100 drops the rest, and Atoms never retries a delivery
-    url = await nursery.start(
-        partial(serve_asgi, app, server.host, server.port, log=log, graceful_timeout=1.0, backlog=1024)
-    )
+    # default listen backlog of 100 drops the rest, and Atoms never retries a delivery. A flood of idle
+    # connections must not take the file descriptors the calls' streams need: at most max_connections are open
+    # (one more closes the quietest), and one that sends no request for idle_timeout is closed.
+    serve = partial(
+        serve_asgi, app, server.host, server.port, log=log, graceful_timeout=1.0, backlog=1024,
+        max_connections=max_connections, idle_timeout=server.idle_timeout,
+    )  # fmt: skip
+    url = await nursery.start(serve)
     routes = ["GET /healthz", "GET /metrics"]
     if webhook_secret is not None:
         routes.append("POST /atoms/webhook")
@@ -166,6 +188,23 @@ async def start_server(runner: Runner, nursery: trio.Nursery, *, webhook_secret:
         routes.append("POST /calls")
     log.info("server: listening on %s (%s)", url, ", ".join(routes))
     return url
+
+
+def _connections_that_fit(wanted: int) -> int:
+    """``server.max_connections``, or half the open-file limit when that is less: the server's clients must leave
+    file descriptors for the calls' streams and the plugins' deliveries."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or wanted <= soft // 2:
+        return wanted
+    fitted = max(1, soft // 2)
+    log.warning(
+        "server.max_connections: %d is more than half the open-file limit (%d); serving at most %d connections "
+        "(raise LimitNOFILE / ulimit -n)",
+        wanted,
+        soft,
+        fitted,
+    )
+    return fitted
 
 
 async def _body(scope: dict[str, Any], receive: Any, send: Any) -> bytes | None:

@@ -11,7 +11,8 @@ class Stats:
     events_received: int = 0  # new events read from streams (not counting duplicates)
     events_by_type: Counter[str] = field(default_factory=Counter)
     duplicates_skipped: int = 0
-    malformed_lines: int = 0
+    malformed_lines: int = 0  # stream events that were not events (oversized ones included)
+    oversized_events: int = 0  # events skipped for a line or data over runner.max_event_bytes
     reconnects: int = 0
     hook_errors: Counter[str] = field(default_factory=Counter)  # by plugin name
     hook_timeouts: Counter[str] = field(default_factory=Counter)  # by plugin name
@@ -27,6 +28,7 @@ class Stats:
     listing_requests: int = 0  # pages requested
     listing_failures: int = 0  # listings that failed (and were retried)
     platform_webhooks: Counter[str] = field(default_factory=Counter)  # POST /atoms/webhook, by outcome
+    call_ids_refused: Counter[str] = field(default_factory=Counter)  # ids that are not call ids, by intake
 
     def summary(self) -> str:
         """One line for the end of a run."""

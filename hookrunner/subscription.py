@@ -11,6 +11,7 @@ on are recognised by ``event_id`` (or, for events without one, by their exact te
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections import OrderedDict
@@ -22,10 +23,13 @@ import httpx_sse
 import trio
 
 from .backoff import backoff_delay, parse_retry_after
+from .bounded_http import ERROR_BODY_LIMIT, read_response
 from .config import ReconnectConfig
 from .errors import AuthError
 from .events import MalformedEvent, SseInit, decode_event, Event
+from .sse import SseReader, Oversized
 from .stats import Stats
+from .text import one_line, shown
 
 log = logging.getLogger("hookrunner.subscription")
 
@@ -35,9 +39,12 @@ NOT_FOUND = "not_found"
 GAVE_UP = "gave_up"
 SHUTDOWN = "shutdown"
 AUTH_FAILED = "auth_failed"
+FAILED = "failed"  # something unforeseen went wrong while following the call (logged in one line)
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 SEEN_IDS_KEPT = 50_000
+#: The longest stream line or event accepted unless ``runner.max_event_bytes`` says otherwise.
+DEFAULT_MAX_EVENT_SIZE = 4 * 1024 * 1024
 
 
 class Subscribed:
@@ -85,11 +92,11 @@ def error_body(response: httpx.Response) -> tuple[str, float | None]:
     message = response.reason_phrase or "no message"
     errors = body.get("errors")
     if isinstance(errors, list) and errors:
-        message = str(errors[0])[:200]
+        message = one_line(str(errors[0]), 200)
     else:
         for key in ("error", "message"):
             if isinstance(body.get(key), str):
-                message = body[key][:200]
+                message = one_line(body[key], 200)
                 break
     retry_after = body.get("retry_after")
     if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)) or not math.isfinite(retry_after):
@@ -112,6 +119,7 @@ class Subscription:
         reconnect: ReconnectConfig,
         stats: Stats,
         not_found_grace: float = 0.0,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
         self.call_id = call_id
         #: Seconds from the first attempt during which a 404 is retried, not final: a pushed call id can arrive
@@ -124,6 +132,8 @@ class Subscription:
         # never while the stream waits for slow plugins, and httpx's 5 s default would cut calls where people think.
         self._timeout = httpx.Timeout(connect=connect_timeout, read=idle_timeout, write=connect_timeout, pool=None)
         self._idle_timeout = idle_timeout
+        self._connect_timeout = connect_timeout
+        self._max_event_size = max_event_size
         self._reconnect = reconnect
         self._stats = stats
         self._seen = SeenEvents()
@@ -175,32 +185,47 @@ class Subscription:
 
     async def _connect_once(self, send: trio.MemorySendChannel[Event | Subscribed]) -> str:
         headers = {"Authorization": f"Bearer {self._api_key}"}  # fresh per request: aconnect_sse adds to it
-        try:
-            async with httpx_sse.aconnect_sse(
-                self._client, "GET", self._url, params={"callId": self.call_id}, headers=headers, timeout=self._timeout
-            ) as source:
-                response = source.response
-                status = response.status_code
-                if status != 200:
-                    await response.aread()
-                    return self._finish_for_status(response)
-                if not self._subscribed:
-                    self._subscribed = True
-                    await send.send(SUBSCRIBED)
-                async for sse in source.aiter_sse():
-                    if not sse.data:
-                        continue  # an event of only comments or fields: nothing to decode
-                    if await self._pass_on(sse.data, send):
-                        return ENDED
-        except httpx.ReadTimeout:
-            raise _Retry(f"no byte for {self._idle_timeout:g} s (runner.idle_timeout)") from None
-        except httpx_sse.SSEError as exc:
-            raise _Retry(f"not an event stream ({exc})") from None
-        except (httpx.TransportError, httpx.StreamError) as exc:
-            raise _Retry(f"connection failed ({type(exc).__name__}: {exc or 'no detail'})") from None
+        # Until the answer's headers are in, the whole exchange has connect_timeout (a server trickling its
+        # headers cannot hold the call); from then on only the idle timeout applies, since calls are long.
+        with trio.CancelScope(deadline=trio.current_time() + self._connect_timeout) as opening:
+            try:
+                async with httpx_sse.aconnect_sse(
+                    self._client, "GET", self._url, params={"callId": self.call_id}, headers=headers, timeout=self._timeout
+                ) as source:
+                    opening.deadline = math.inf
+                    response = source.response
+                    if response.status_code != 200:
+                        return self._finish_for_status(await read_response(response, ERROR_BODY_LIMIT))
+                    if not _is_event_stream(response):
+                        raise _Retry(f"not an event stream (Content-Type {shown(response.headers.get('content-type'))})")
+                    if not self._subscribed:
+                        self._subscribed = True
+                        await send.send(SUBSCRIBED)
+                    reader = SseReader(self._max_event_size)
+                    async for chunk in response.aiter_bytes():
+                        for data in reader.feed(chunk):
+                            if isinstance(data, Oversized):
+                                self._skip_oversized()
+                            elif data and await self._pass_on(data, send):
+                                return ENDED
+            except httpx.ReadTimeout:
+                raise _Retry(f"no byte for {self._idle_timeout:g} s (runner.idle_timeout)") from None
+            except (httpx.TransportError, httpx.StreamError) as exc:
+                raise _Retry(f"connection failed ({type(exc).__name__}: {one_line(str(exc) or 'no detail', 200)})") from None
+        if opening.cancelled_caught:
+            raise _Retry(f"no answer within {self._connect_timeout:g} s (atoms.connect_timeout)")
         if self._saw_call_end:
             return ENDED  # official clients stop at call_end too: the call is over, there is nothing to resume
         raise _Retry("stream ended without sse_close")
+
+    def _skip_oversized(self) -> None:
+        self._stats.malformed_lines += 1
+        self._stats.oversized_events += 1
+        log.warning(
+            "%s: skipped an event over %d characters (runner.max_event_bytes); the stream goes on",
+            self.call_id,
+            self._max_event_size,
+        )
 
     async def _pass_on(self, data: str, send: trio.MemorySendChannel[Event | Subscribed]) -> bool:
         """Decode one event and send it on unless already seen; True when it is the call's ``sse_close``."""
@@ -208,12 +233,12 @@ class Subscription:
             event = decode_event(data, self.call_id, datetime.now(timezone.utc))
         except MalformedEvent as exc:
             self._stats.malformed_lines += 1
-            log.warning("%s: skipped a malformed line (%s): %.80r", self.call_id, exc.reason, exc.line)
+            log.warning("%s: skipped a malformed line (%s): %s", self.call_id, exc.reason, shown(exc.line))
             return False
         if isinstance(event, SseInit):
             if not self._seen.add("sse_init"):
                 return False  # plugins see one sse_init per call: the first one received
-        elif not self._seen.add(event.event_id if event.event_id is not None else "\0" + data):
+        elif not self._seen.add(_dedupe_key(event, data)):
             self._stats.duplicates_skipped += 1
             return False
         self.events_received += 1
@@ -262,3 +287,23 @@ class Subscription:
             raise _Retry(f"server answered {status} ({message})", retry_after)
         log.error("%s: server answered %d (%s); not retrying", self.call_id, status, message)
         return GAVE_UP
+
+
+def _is_event_stream(response: httpx.Response) -> bool:
+    """``Content-Type: text/event-stream`` (any parameters; a ``charset`` is ignored: streams are UTF-8)."""
+    content_type = response.headers.get("content-type", "")
+    return content_type.partition(";")[0].strip().lower() == "text/event-stream"
+
+
+#: Events without an id are recognised by their text; past this length, by a digest of it (the set stays small).
+_KEY_TEXT_LIMIT = 256
+
+
+def _dedupe_key(event: Event, data: str) -> str:
+    if event.event_id is not None:
+        return event.event_id if len(event.event_id) <= _KEY_TEXT_LIMIT else _digest(event.event_id)
+    return "\0" + (data if len(data) <= _KEY_TEXT_LIMIT else _digest(data))
+
+
+def _digest(text: str) -> str:
+    return "#" + hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=16).hexdigest()

@@ -14,7 +14,7 @@ import trio
 
 from hookrunner.backoff import parse_retry_after
 from hookrunner.config import config_from_dict
-from hookrunner.discovery import MAX_RETRY_AFTER, ListingFailed, ListingPoller
+from hookrunner.discovery import ListingFailed, ListingPoller
 from hookrunner.errors import AuthError
 from hookrunner.stats import Stats
 from hookrunner.testing import Reply, running_receiver
@@ -126,8 +126,12 @@ def test_retry_after_is_bounded_and_never_infinite() -> None:
     assert parse_retry_after("12") == 12.0
     listing = ListingPoller.__new__(ListingPoller)
     listing.config = config_from_dict({"atoms": {"api_key": "k"}, "discovery": {"interval": 1}}).discovery
-    assert listing._retry_delay(1, ListingFailed("429", retry_after=86_400)) == MAX_RETRY_AFTER
-    assert listing._retry_delay(1, ListingFailed("429", retry_after=5)) >= 5
+    assert listing._retry_delay(1, ListingFailed("429", retry_after=86_400)) == 300.0  # discovery.max_retry_after
+    listing.config = config_from_dict(
+        {"atoms": {"api_key": "k"}, "discovery": {"interval": 1, "max_retry_after": 2.5}}
+    ).discovery
+    assert listing._retry_delay(1, ListingFailed("429", retry_after=86_400)) == 2.5
+    assert listing._retry_delay(1, ListingFailed("429", retry_after=2)) >= 2
     assert 1.0 <= listing._retry_delay(1, ListingFailed("500")) < math.inf
 
 

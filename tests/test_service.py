@@ -589,3 +589,60 @@ async def test_an_oversized_body_is_refused_with_413_before_it_is_read() -> None
         answer = await client.post("/atoms/webhook", content=big, headers={"X-Signature": sign(big).hex()})
         assert answer.status_code == 413
         assert runner.stats.platform_webhooks == {}
+
+
+# --- every intake checks call ids (issue 12) --------------------------------------------------------------------
+
+HUGE_ID = "CALL-" + "9" * 70_000
+
+
+async def test_a_huge_or_malformed_call_id_is_a_400_at_the_server_and_the_service_goes_on(caplog) -> None:
+    seen = Subscriptions()
+    async with running_service([long_call("CALL-OK")], seen) as (runner, client, _):
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        for bad_id in (HUGE_ID, "CALL-1\nforged log line", "CALL 1", "CALL/../x"):
+            answer = await client.post("/calls", json={"call_id": bad_id}, headers=auth)
+            assert answer.status_code == 400, answer.text
+            (error,) = answer.json()["errors"]
+            assert error.startswith("call_id: expected a call id") and "\n" not in error and len(error) < 300
+        body = pre_conversation(HUGE_ID, "dlv-huge")
+        pushed = await client.post("/atoms/webhook", content=body, headers={"X-Signature": sign(body).hex()})
+        assert pushed.status_code == 400 and pushed.json()["errors"][0].startswith("metadata.callId: expected a call id")
+        good = await client.post("/calls", json={"call_id": "CALL-OK"}, headers=auth)
+        assert good.status_code == 202
+        with trio.fail_after(5):
+            while "CALL-OK" not in seen.finished:
+                await trio.sleep(0.02)
+        assert (await client.get("/healthz")).status_code == 200
+        metrics = (await client.get("/metrics")).text
+    assert seen.finished == {"CALL-OK": "ended"}
+    assert runner.stats.call_ids_refused == {"api": 4, "push": 1}
+    assert 'hookrunner_call_ids_refused_total{source="api"} 4.0' in metrics
+    assert [d.id for d in seen.deliveries] == []  # a refused push is not handed to plugins
+    refused_lines = [r for r in caplog.records if "refused a call id" in r.getMessage()]
+    assert len(refused_lines) == 2  # the first of each intake; the rest only counted
+    assert all(len(r.getMessage()) < 400 and "\n" not in r.getMessage() for r in refused_lines)
+
+
+async def test_a_listing_entry_with_a_huge_id_is_skipped_and_the_other_calls_are_followed() -> None:
+    from hookrunner.testing import Reply, running_receiver
+
+    logs = [{"callId": HUGE_ID, "status": "in_progress"}, {"callId": "CALL-L", "status": "in_progress"}]
+    listing = json.dumps({"status": True, "data": {"logs": logs}}).encode()
+    seen = Subscriptions()
+    async with running_receiver() as atoms:  # plays Atoms: the listing above, and 404 for every stream
+        atoms.script("/conversation", [], then=Reply(200, {"content-type": "application/json"}, body=listing))
+        atoms.script("/events", [], then=Reply(404, {"content-type": "application/json"}, body=b'{"status":false}'))
+        config = make_config(atoms.base_url)
+        config["discovery"] = {"poll": True, "interval": 0.5}
+        runner = build_runner(config, [], seen)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runner.run)
+            with trio.fail_after(5):
+                while "CALL-L" not in seen.finished or len(atoms.at("/conversation")) < 2:
+                    await trio.sleep(0.02)
+            runner.stop()
+    assert seen.finished == {"CALL-L": "not_found"}  # followed (and over), while the huge id never was
+    assert [request.query for request in atoms.at("/events")] == ["callId=CALL-L"]
+    assert runner.stats.call_ids_refused["listing"] >= 2  # every listing shows it again: counted each time
+    assert runner.stats.listing_failures == 0

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import trio
 
-from hookrunner import App, CallContext, Event, Trigger, hookimpl
+from hookrunner import App, CallContext, Event, Trigger, hookimpl, redact_in_logs
 from hookrunner.dead_letters import DeadLetterFile
 from hookrunner.outbox import Deliverer, Outbox, OutboxMessage, Outcome, RetryPolicy
 
@@ -94,9 +94,13 @@ class SlackPlugin:
         pacers: dict[str, Pacer] = {}
         posters = {}
         for route in settings.routes:
+            redact_in_logs(route.webhook_url)  # a library's exception text must not show them either
+            redact_in_logs(route.token)
             channel_key = f"channel:{route.channel}" if route.token else f"webhook:{route.name}"
             pacer = pacers.setdefault(channel_key, Pacer(settings.pace))
-            posters[route.name] = Poster(route, http, settings.api_base_url, settings.timeout, pacer)
+            posters[route.name] = Poster(
+                route, http, settings.api_base_url, settings.timeout, pacer, max_retry_after=settings.max_retry_after
+            )
         return posters
 
     @hookimpl
@@ -108,6 +112,7 @@ class SlackPlugin:
             max_retry_time=settings.max_retry_time,
             initial_delay=settings.retry_initial_delay,
             max_delay=settings.retry_max_delay,
+            max_retry_after=settings.max_retry_after,
         )
         posters = self._posters(settings, app.http)
         self._routes = []

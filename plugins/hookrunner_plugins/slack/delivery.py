@@ -15,8 +15,10 @@ from typing import Any
 import httpx
 import trio
 
-from hookrunner.backoff import parse_retry_after
+from hookrunner.backoff import DEFAULT_MAX_RETRY_AFTER, parse_retry_after
+from hookrunner.bounded_http import request, truncated
 from hookrunner.outbox import Outcome
+from hookrunner.text import json_bytes, one_line
 
 from .settings import RouteSettings
 
@@ -30,6 +32,8 @@ STOPPING_ERRORS = frozenset(
         "ekm_access_denied", "org_login_required",
     }
 )  # fmt: skip
+#: The most of Slack's answer read: it echoes the posted message (50 blocks of 3,000 characters at most).
+MAX_ANSWER = 1024 * 1024
 RETRYABLE_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"})
 
 
@@ -54,13 +58,24 @@ class Pacer:
 class Poster:
     """Sends one payload for one route; returns what it came to, and Slack's answer (for the thread's ``ts``)."""
 
-    def __init__(self, route: RouteSettings, http: httpx.AsyncClient, api_base_url: str, timeout: float, pacer: Pacer) -> None:
+    def __init__(
+        self,
+        route: RouteSettings,
+        http: httpx.AsyncClient,
+        api_base_url: str,
+        timeout: float,
+        pacer: Pacer,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
+    ) -> None:
         self.route = route
+        self._max_retry_after = max_retry_after
         self._http = http
         self._timeout = timeout
         self._pacer = pacer
         self._url = route.webhook_url or f"{api_base_url}/chat.postMessage"
-        self._headers = {"Authorization": f"Bearer {route.token}"} if route.token else {}
+        self._headers = {"content-type": "application/json; charset=utf-8"}
+        if route.token:
+            self._headers["Authorization"] = f"Bearer {route.token}"
 
     async def post(self, payload: dict[str, Any], thread_ts: str | None = None) -> tuple[Outcome, dict[str, Any]]:
         body = dict(payload)
@@ -70,7 +85,16 @@ class Poster:
                 body["thread_ts"] = thread_ts
         await self._pacer.wait_turn()
         try:
-            response = await self._http.post(self._url, json=body, headers=self._headers, timeout=self._timeout)
+            # the whole exchange within the timeout; Slack's answer echoes the message, so it may be long, not huge
+            response = await request(
+                self._http,
+                "POST",
+                self._url,
+                content=json_bytes(body),  # always encodable, unlike httpx's json= (a lone surrogate fails it)
+                headers=self._headers,
+                timeout=self._timeout,
+                max_body=MAX_ANSWER,
+            )
         except httpx.TimeoutException:
             return Outcome.retry(f"Slack did not answer within {self._timeout:g} s"), {}
         except httpx.TransportError as exc:
@@ -78,6 +102,7 @@ class Poster:
         status = response.status_code
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("retry-after")) or 1.0
+            retry_after = min(retry_after, self._max_retry_after)  # Retry-After: 100000 must not hold it a day
             self._pacer.hold(retry_after)
             return Outcome.retry(f"rate limited by Slack (429, Retry-After {retry_after:g} s)", 429, retry_after), {}
         if status >= 500:
@@ -89,7 +114,7 @@ class Poster:
     @staticmethod
     def _webhook_outcome(response: httpx.Response) -> Outcome:
         status = response.status_code
-        text = response.text.strip()[:100] or response.reason_phrase
+        text = one_line(response.text.strip(), 100) if response.text.strip() else response.reason_phrase
         if 200 <= status < 300:
             return Outcome.delivered(status)
         if status in (403, 404, 410):  # action_prohibited, channel_not_found / no_service, channel_is_archived
@@ -100,14 +125,15 @@ class Poster:
     def _api_outcome(response: httpx.Response) -> tuple[Outcome, dict[str, Any]]:
         status = response.status_code
         try:
-            data = response.json()
+            data = None if truncated(response) else response.json()
         except ValueError:
             data = None
         if not isinstance(data, dict):
-            return Outcome.reject(f"Slack answered {status} without a JSON body", status), {}
+            what = f"an answer over {MAX_ANSWER} bytes" if truncated(response) else "no JSON body"
+            return Outcome.reject(f"Slack answered {status} with {what}", status), {}
         if data.get("ok") is True:
             return Outcome.delivered(status), data
-        error = str(data.get("error") or f"HTTP {status}")
+        error = str(data.get("error") or f"HTTP {status}")[:100]
         if error in STOPPING_ERRORS:
             return Outcome.gone(f"Slack refused: {error}", status), data
         if error in RETRYABLE_ERRORS:

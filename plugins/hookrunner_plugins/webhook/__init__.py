@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,10 @@ import httpx
 import msgspec
 import trio
 
-from hookrunner import App, CallContext, Event, Trigger, __version__, hookimpl
+from hookrunner import App, CallContext, Event, Trigger, __version__, hookimpl, redact_in_logs
 from hookrunner.backoff import parse_retry_after
+from hookrunner.bounded_http import request
+from hookrunner.text import json_bytes
 from hookrunner.dead_letters import DeadLetterFile
 from hookrunner.outbox import Deliverer, Outbox, OutboxMessage, Outcome, RetryPolicy
 
@@ -28,8 +31,9 @@ from .signing import Signer, WebhookVerificationError, verify
 __all__ = ["plugin", "verify", "WebhookVerificationError", "WebhookPlugin"]
 
 log = logging.getLogger("hookrunner.plugins.webhook")
-_encoder = msgspec.json.Encoder()
 
+#: Header names whose values are credentials, kept out of every log line.
+_CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|signature|cookie|session|password", re.IGNORECASE)
 #: Seconds kept back from on_shutdown's time for writing what is left to the dead-letter file.
 SHUTDOWN_MARGIN = 0.1
 
@@ -68,14 +72,15 @@ def make_deliverer(endpoint: EndpointSettings, http: httpx.AsyncClient) -> Deliv
     async def deliver(batch: list[OutboxMessage]) -> Outcome:
         if endpoint.batch_max_events > 1:
             # each item carries its message id: the batch's own id changes with its make-up, the items' never do
-            body = _encoder.encode([{"id": message.id, **message.body} for message in batch])
+            body = json_bytes([{"id": message.id, **message.body} for message in batch])
             batch_id = batch[0].id if len(batch) == 1 else message_id(*(message.id for message in batch))
         else:
-            body = _encoder.encode(batch[0].body)
+            body = json_bytes(batch[0].body)
             batch_id = batch[0].id
         headers = {**static, **signer.headers(batch_id, body)}
         try:
-            response = await http.post(endpoint.url, content=body, headers=headers, timeout=endpoint.timeout)
+            # the whole exchange within the timeout (a receiver trickling bytes cannot hold it), its answer cut
+            response = await request(http, "POST", endpoint.url, content=body, headers=headers, timeout=endpoint.timeout)
         except httpx.TimeoutException:
             return Outcome.retry(f"no answer within {endpoint.timeout:g} s")
         except httpx.TransportError as exc:
@@ -140,25 +145,41 @@ class WebhookPlugin:
         dead_letters = DeadLetterFile(app.config_dir / dead_letter, config_path=app.config_path)
         self._endpoints = []
         for settings in endpoints:
-            outbox = Outbox(
-                settings.name,
-                make_deliverer(settings, app.http),
-                dead_letters,
-                plugin=app.name,
-                policy=RetryPolicy(
-                    max_attempts=settings.max_attempts,
-                    max_retry_time=settings.max_retry_time,
-                    initial_delay=settings.retry_initial_delay,
-                    max_delay=settings.retry_max_delay,
-                ),
-                max_in_flight=settings.max_in_flight,
-                max_queue=settings.max_queue,
-                batch_max_events=settings.batch_max_events,
-                batch_max_wait=settings.batch_max_wait,
-            )
-            self._endpoints.append(_Endpoint(settings, outbox))
-            app.run_outbox(outbox)
-            log.info("webhook %s: delivering %s to %s", settings.name, ", ".join(settings.events), settings.safe_url)
+            try:
+                self._endpoints.append(self._start_endpoint(app, settings, dead_letters))
+            except Exception as exc:  # one endpoint that cannot start never takes the others with it
+                log.error(
+                    "webhook %s: cannot start, nothing is delivered to it this run: %s: %s",
+                    settings.name,
+                    type(exc).__name__,
+                    exc,
+                )
+
+    @staticmethod
+    def _start_endpoint(app: App, settings: EndpointSettings, dead_letters: DeadLetterFile) -> _Endpoint:
+        credentials = [value for name, value in settings.headers.items() if _CREDENTIAL_HEADER.search(name)]
+        for secret in (*settings.secrets, *credentials):
+            redact_in_logs(secret)
+        outbox = Outbox(
+            settings.name,
+            make_deliverer(settings, app.http),
+            dead_letters,
+            plugin=app.name,
+            policy=RetryPolicy(
+                max_attempts=settings.max_attempts,
+                max_retry_time=settings.max_retry_time,
+                initial_delay=settings.retry_initial_delay,
+                max_delay=settings.retry_max_delay,
+                max_retry_after=settings.max_retry_after,
+            ),
+            max_in_flight=settings.max_in_flight,
+            max_queue=settings.max_queue,
+            batch_max_events=settings.batch_max_events,
+            batch_max_wait=settings.batch_max_wait,
+        )
+        app.run_outbox(outbox)
+        log.info("webhook %s: delivering %s to %s", settings.name, ", ".join(settings.events), settings.safe_url)
+        return _Endpoint(settings, outbox)
 
     def _submit(self, message_type: str, call_id: str, build: Any, id_parts: tuple[str | None, ...]) -> None:
         body = msg_id = None

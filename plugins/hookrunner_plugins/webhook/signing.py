@@ -62,6 +62,13 @@ def verify(payload: bytes | str, headers: Mapping[str, str], secret: str) -> Any
     """Check a delivery from hookrunner and return its parsed JSON body.
 
     ``payload`` is the raw request body, ``headers`` the request headers (any case), ``secret`` the endpoint's
-    ``whsec_...`` secret. Raises ``WebhookVerificationError`` when the signature or timestamp is wrong.
+    ``whsec_...`` secret. Raises ``WebhookVerificationError`` for anything that is not a valid delivery (a wrong
+    or malformed signature, a missing header, a timestamp out of tolerance, a body that is not UTF-8 JSON), so a
+    receiver answers 400 for every bad request by catching that one exception.
     """
-    return Webhook(secret).verify(payload, dict(headers))
+    try:
+        return Webhook(secret).verify(payload, dict(headers))
+    except WebhookVerificationError:
+        raise
+    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeError, OverflowError) as exc:
+        raise WebhookVerificationError(f"not a valid delivery ({type(exc).__name__})") from None
