@@ -21,6 +21,7 @@ from .backoff import backoff_delay, parse_retry_after
 from .bounded_http import request, truncated
 from .config import DiscoveryConfig
 from .errors import AuthError
+from .logs import logged_at
 from .stats import Stats
 from .subscription import error_body
 from .text import one_line
@@ -95,8 +96,12 @@ class ListingPoller:
                 ceiling,
             )
         delay = max(self.config.interval, backoff_delay(failures, self.config, retry_after))
-        log.warning(
-            "discovery: listing calls failed (%s); calls already followed go on; next try in %.2f s", failed.why, delay
+        log.log(
+            logging.WARNING if logged_at(failures) else logging.DEBUG,
+            "discovery: listing calls failed (%s); calls already followed go on; next try in %.2f s (failure %d)",
+            failed.why,
+            delay,
+            failures,
         )
         return delay
 

@@ -15,8 +15,9 @@ Rules that hold for every hook:
   (``trio.to_thread.run_sync`` for blocking libraries) or in a background task (``app.start_soon``).
 - An implementation may accept any subset of a hook's arguments, so new arguments can be added later without
   breaking plugins.
-- Each implementation runs isolated: an exception or a run longer than ``runner.hook_timeout`` is logged with the
-  plugin's name, the call id and the event id, counted, and never stops other plugins, the call or the runner.
+- Each implementation runs isolated: an exception (any ``BaseException`` but trio's cancellation, ``sys.exit()``
+  included) or a run longer than ``runner.hook_timeout`` is logged with the plugin's name, the call id and
+  the event id, counted, and never stops other plugins, the call or the runner.
 - For one call, a plugin sees events in stream order and never two of that call's events at once; different
   calls run concurrently. Implementations run in pluggy's order (``tryfirst``/``trylast`` are respected).
 - Return values are ignored, except where a hook says otherwise.

@@ -13,11 +13,19 @@ import logging
 import sys
 from datetime import datetime, timezone
 
+from .text import encodable
+
 LEVELS = ("debug", "info", "warning", "error")
 REDACTED = "[redacted]"
 #: Secrets shorter than this are not searched for: they would blank out ordinary words, and no key is this short.
 MIN_SECRET_LENGTH = 6
 _secrets: set[str] = set()
+
+
+def logged_at(count: int) -> bool:
+    """Whether the ``count``-th occurrence of one repeating problem gets a log line: the first three, then the
+    8th, 16th, 32nd...; so an outage of hours or a stream of garbage adds a few dozen lines, not one per try."""
+    return count <= 3 or count & (count - 1) == 0
 
 
 def redact_in_logs(secret: str | None) -> None:
@@ -30,7 +38,9 @@ def redact_in_logs(secret: str | None) -> None:
 
 
 def redacted(text: str) -> str:
-    """``text`` with every registered secret replaced by ``[redacted]`` (longest first, so none shows in part)."""
+    """``text`` with every registered secret replaced by ``[redacted]`` (longest first, so none shows in part),
+    and encodable: a lone surrogate in a plugin's message must not make the handler fail on the whole line."""
+    text = encodable(text)
     for secret in sorted(_secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, REDACTED)

@@ -102,6 +102,18 @@ class RetryPolicy:
     #: The longest a receiver's Retry-After may hold a message back.
     max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> RetryPolicy:
+        """The policy a notifier's settings spell with the bundled plugins' key names (``max_attempts``,
+        ``max_retry_time``, ``retry_initial_delay``, ``retry_max_delay``, ``max_retry_after``)."""
+        return cls(
+            max_attempts=settings.max_attempts,
+            max_retry_time=settings.max_retry_time,
+            initial_delay=settings.retry_initial_delay,
+            max_delay=settings.retry_max_delay,
+            max_retry_after=settings.max_retry_after,
+        )
+
 
 @dataclass
 class OutboxStats:

@@ -27,6 +27,7 @@ from .bounded_http import ERROR_BODY_LIMIT, read_response
 from .config import ReconnectConfig
 from .errors import AuthError
 from .events import MalformedEvent, SseInit, decode_event, Event
+from .logs import logged_at
 from .sse import SseReader, Oversized
 from .stats import Stats
 from .text import one_line, shown
@@ -140,6 +141,7 @@ class Subscription:
         self._subscribed = False
         self._saw_call_end = False
         self.events_received = 0
+        self._skipped = 0  # malformed or oversized events of this call (logged at logs.logged_at counts)
         #: An event received but not yet accepted by the call's buffer (set while ``run`` waits on a full buffer).
         self.pending: Event | None = None
 
@@ -173,7 +175,8 @@ class Subscription:
                     return GAVE_UP
                 delay = backoff_delay(failures, self._reconnect, retry.retry_after)
                 self._stats.reconnects += 1
-                log.warning(
+                log.log(
+                    logging.WARNING if logged_at(failures) else logging.DEBUG,
                     "%s: %s; reconnecting in %.2f s (attempt %d%s)",
                     self.call_id,
                     retry.why,
@@ -221,11 +224,15 @@ class Subscription:
     def _skip_oversized(self) -> None:
         self._stats.malformed_lines += 1
         self._stats.oversized_events += 1
-        log.warning(
-            "%s: skipped an event over %d characters (runner.max_event_bytes); the stream goes on",
-            self.call_id,
-            self._max_event_size,
-        )
+        self._skipped += 1
+        if logged_at(self._skipped):
+            log.warning(
+                "%s: skipped an event over %d characters (runner.max_event_bytes); the stream goes on (%d skipped "
+                "on this call)",
+                self.call_id,
+                self._max_event_size,
+                self._skipped,
+            )
 
     async def _pass_on(self, data: str, send: trio.MemorySendChannel[Event | Subscribed]) -> bool:
         """Decode one event and send it on unless already seen; True when it is the call's ``sse_close``."""
@@ -233,7 +240,15 @@ class Subscription:
             event = decode_event(data, self.call_id, datetime.now(timezone.utc))
         except MalformedEvent as exc:
             self._stats.malformed_lines += 1
-            log.warning("%s: skipped a malformed line (%s): %s", self.call_id, exc.reason, shown(exc.line))
+            self._skipped += 1
+            if logged_at(self._skipped):
+                log.warning(
+                    "%s: skipped a malformed line (%s): %s (%d skipped on this call)",
+                    self.call_id,
+                    exc.reason,
+                    shown(exc.line),
+                    self._skipped,
+                )
             return False
         if isinstance(event, SseInit):
             if not self._seen.add("sse_init"):

@@ -53,8 +53,12 @@ def json_bytes(value: Any) -> bytes:
     and an object JSON has no type for becomes its repr, rather than failing the write or the delivery."""
     try:
         return _encode(value)
-    except (UnicodeEncodeError, msgspec.EncodeError, TypeError, ValueError, OverflowError):
+    except (UnicodeEncodeError, msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError):
+        pass
+    try:
         return _encode_anything(encodable(value))
+    except RecursionError:  # nested past what any JSON reader takes (a plugin's bug): the write still happens
+        return _encode({"unencodable": f"a {type(value).__name__} nested too deep for JSON"})
 
 
 def json_line(value: Any) -> bytes:

@@ -265,3 +265,14 @@ async def test_a_failing_delivery_loop_dead_letters_its_in_flight_messages_and_d
     assert delivered == ["m1", "m2", "m3"]
     assert [letter.record["id"] for letter in read_dead_letters(tmp_path / "dead.jsonl")] == ["m0"]
     assert "delivery task failed: OverflowError" in read_dead_letters(tmp_path / "dead.jsonl")[0].record["reason"]
+
+
+async def test_a_long_outage_logs_a_few_dozen_reconnect_lines_not_one_per_attempt(caplog) -> None:
+    caplog.set_level(logging.INFO)
+    calls = [{"id": "CALL-LONG", "events": call_events(2), "fail_first": 1_000}]
+    async with running_simulator(script(calls)) as sim:
+        config = make_config(sim.base_url, reconnect={"initial_delay": 0.0001, "max_delay": 0.0002, "max_attempts": 0})
+        code, runner = await run_runner(config, ["CALL-LONG"])
+    assert code == 0 and runner.stats.reconnects == 1_000
+    lines = [r for r in caplog.records if "reconnecting in" in r.getMessage() and r.levelno >= logging.WARNING]
+    assert [int(r.getMessage().split("(attempt ")[1].rstrip(")")) for r in lines] == [1, 2, 3, 4, 8, 16, 32, 64, 128, 256, 512]

@@ -107,13 +107,7 @@ class SlackPlugin:
     def on_startup(self, app: App) -> None:
         settings = self._parse(app)
         dead_letters = DeadLetterFile(app.config_dir / settings.dead_letter, config_path=app.config_path)
-        policy = RetryPolicy(
-            max_attempts=settings.max_attempts,
-            max_retry_time=settings.max_retry_time,
-            initial_delay=settings.retry_initial_delay,
-            max_delay=settings.retry_max_delay,
-            max_retry_after=settings.max_retry_after,
-        )
+        policy = RetryPolicy.from_settings(settings)
         posters = self._posters(settings, app.http)
         self._routes = []
         for route in settings.routes:

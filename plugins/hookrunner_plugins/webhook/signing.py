@@ -70,5 +70,5 @@ def verify(payload: bytes | str, headers: Mapping[str, str], secret: str) -> Any
         return Webhook(secret).verify(payload, dict(headers))
     except WebhookVerificationError:
         raise
-    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeError, OverflowError) as exc:
+    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeError, OverflowError, RecursionError) as exc:
         raise WebhookVerificationError(f"not a valid delivery ({type(exc).__name__})") from None
