@@ -57,6 +57,8 @@ async def request(
     (``truncated(response)`` says whether there was more). Raises ``DeadlineExceeded`` (an
     ``httpx.TimeoutException``) past the deadline, and httpx's own errors otherwise, as ``client.request`` would.
     """
+    # identity: a small compressed answer could inflate far past max_body before the cut
+    kwargs["headers"] = {"Accept-Encoding": "identity", **(kwargs.get("headers") or {})}
     with trio.move_on_after(timeout):
         async with client.stream(method, url, timeout=timeout, **kwargs) as streamed:
             return await read_response(streamed, max_body)

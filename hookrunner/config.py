@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import collections
 import copy
+import ipaddress
+import re
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -33,6 +35,22 @@ from .settings import (
 DEFAULT_BASE_URL = "https://api.smallest.ai/atoms/v1"
 #: Not a default (``atoms.api_key_env`` must be given): the name the starter config and the example suggest.
 DEFAULT_API_KEY_ENV = "ATOMS_API_KEY"
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _host(value: str) -> str | None:
+    """An address to listen on: an IP address, or a host name of letters, digits, dots and hyphens."""
+    try:
+        ipaddress.ip_address(value)
+        return None
+    except ValueError:
+        pass
+    labels = value.split(".")
+    if 0 < len(value) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return None
+    return f"expected an IP address or a host name, got {describe(value)}"
 
 
 def _env_name(value: str) -> str | None:
@@ -86,12 +104,18 @@ RUNNER_SCHEMA = {
     "hook_timeout": Setting("number", 10.0, check=POSITIVE, expected="a number of seconds"),
     "idle_timeout": Setting("number", 120.0, check=POSITIVE, expected="a number of seconds"),
     "shutdown_grace": Setting("number", 10.0, check=NON_NEGATIVE, expected="a number of seconds"),
-    "buffer": Setting("int", 64, check=_at_least_one, expected="a number of events"),
+    "buffer": Setting("int", 64, check=between(1, 100_000), expected="a number of events"),
     "spool_file": Setting("str", "hookrunner-undispatched.jsonl", check=_file_path, expected="a file path"),
     "reconnect": Setting("table", {}),
     "max_calls": Setting("int", 500, check=_at_least_one, expected="a number of concurrent calls"),
     "max_event_bytes": Setting(
-        "int", 4 * 1024 * 1024, check=at_least(1024), expected="a number of bytes", doc="longest stream line or event accepted"
+        "int",
+        4 * 1024 * 1024,
+        check=lambda v: None
+        if 1024 <= v <= 1024**3
+        else f"expected a number of bytes from 1024 to 1073741824 (1 GiB), got {describe(v)}",
+        expected="a number of bytes",
+        doc="the most one stream line or event may hold",
     ),
 }
 #: Each listing is at least one request, and the free plan allows about 10 requests/s for everything the key does.
@@ -132,7 +156,7 @@ DISCOVERY_SCHEMA = {
 }
 SERVER_SCHEMA = {
     "enabled": Setting("bool", False, doc="serve /atoms/webhook, /calls, /healthz and /metrics"),
-    "host": Setting("str", "127.0.0.1", doc="loopback unless a TLS proxy forwards to it"),
+    "host": Setting("str", "127.0.0.1", check=_host, doc="loopback unless a TLS proxy forwards to it"),
     "port": Setting("int", 8787, check=between(0, 65535), doc="0 picks a free port (logged)"),
     "token_env": Setting("str", None, check=_env_name, doc="variable holding the bearer token of POST /calls"),
     "behind_tls_proxy": Setting("bool", False, doc="a TLS-terminating proxy is in front (silences check's warning)"),

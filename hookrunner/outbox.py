@@ -243,22 +243,23 @@ class Outbox:
         ``/metrics``).
 
         A failure of the delivery loop itself (a bug, not a failed delivery) is the endpoint's, not the run's: the
-        messages it was delivering are dead-lettered, the loop starts again on the rest, and after
-        ``MAX_RESTARTS`` failures in a row the endpoint is stopped and everything goes to the dead-letter file.
+        messages it was delivering go back to the front of their keys, the loop starts again, and after
+        ``MAX_RESTARTS`` failures in a row (no delivery in between) the endpoint is stopped and everything goes
+        to the dead-letter file.
         """
         restarts, delivered = 0, 0
         try:
             with trio.CancelScope() as self._run_scope:
-                while True:
+                while self._gone is None:
                     try:
                         await self._deliver_until_cancelled()
                     except BaseException as exc:
                         if is_cancellation(exc):
                             raise
-                        # in a row: a loop that delivered something since the last failure starts the count over
                         restarts = 1 if self.stats.delivered > delivered else restarts + 1
                         delivered = self.stats.delivered
                         await self._recover(exc, restarts)
+                await self._write_refused_in_groups()  # stopped: only dead letters from now on
         finally:
             self._flush_refused()
             self._stopped.set()
@@ -275,21 +276,28 @@ class Outbox:
                 nursery.start_soon(self._deliver_batch, batch)
 
     async def _recover(self, exc: BaseException, restarts: int) -> None:
-        """After the delivery loop failed (every delivery task has ended): dead-letter what was in flight, then
-        start over, or stop the endpoint when it keeps failing."""
+        """After the delivery loop failed (every delivery task has ended): put what was in flight back at the
+        front of its keys (same ids: a receiver drops a copy that did arrive), or stop the endpoint when the loop
+        keeps failing."""
         stranded = [message for batch in self._in_flight.values() for message in batch]
         self._in_flight.clear()
         self._busy.clear()
+        for message in reversed(stranded):
+            self._queues.setdefault(message.key, deque()).appendleft(message)
+        self._queued += len(stranded)
         self._ready = deque(key for key, queue in self._queues.items() if queue)
         self._slots = trio.Semaphore(self._max_in_flight)  # no task holds the old one now
         leaf = first_leaf(exc)
         what = f"{type(leaf).__name__}: {one_line(str(leaf), 200)}"
-        log.error("%s: the delivery task failed (%s); %d in-flight messages dead-lettered", self.name, what, len(stranded))
         log.debug("%s: traceback", self.name, exc_info=exc)
-        self._dead_letter(stranded, f"delivery task failed: {what}")
         if restarts >= MAX_RESTARTS:
-            self._stop_endpoint(Outcome.gone(f"the delivery task failed {restarts} times"))
-        await trio.sleep(min(1.0, 0.05 * 2**restarts))  # a failure that repeats at once must not spin
+            log.error("%s: the delivery task failed %d times in a row (last: %s)", self.name, restarts, what)
+            self._stop_endpoint(Outcome.gone(f"the delivery task failed {restarts} times ({what})"))
+        else:
+            log.error("%s: the delivery task failed (%s); starting it again with %d messages", self.name, what, self._queued)
+            await trio.sleep(min(1.0, 0.05 * 2**restarts))  # a failure that repeats at once must not spin
+        if not self._queued and not self._in_flight:
+            self._idle.set()
 
     async def _write_refused_in_groups(self) -> None:
         while True:

@@ -30,6 +30,9 @@ from .errors import ConfigError, PluginLoadError
 from .settings import Setting, check_table, describe, suggest
 
 log = logging.getLogger("hookrunner.plugins")
+#: What a plugin's own code may raise while it is loaded or asked for its settings: any exception, and
+#: ``sys.exit()`` (a real Ctrl-C, KeyboardInterrupt, still stops the command).
+PLUGIN_FAILURES = (Exception, SystemExit)
 
 ENTRY_POINT_GROUP = "hookrunner"
 
@@ -207,7 +210,7 @@ def _dist_label(ep: importlib.metadata.EntryPoint, version: bool = True) -> str:
 def _load_entry_point(ep: importlib.metadata.EntryPoint) -> Any:
     try:
         return ep.load()
-    except Exception as exc:  # a plugin's own bug: name it, keep the details for --log-level debug
+    except PLUGIN_FAILURES as exc:  # a plugin's own bug: name it, keep the details for --log-level debug
         log.debug("loading plugin %s failed", ep.name, exc_info=True)
         raise PluginLoadError(f"cannot be loaded: {type(exc).__name__}: {_one_line(str(exc))}") from None
 
@@ -252,7 +255,7 @@ def _import_local(spec: str, base_dir: Path) -> ModuleType:
         sys.modules[module_name] = module  # dataclasses, pickling and typing look the module up by name
         try:
             module_spec.loader.exec_module(module)
-        except Exception as exc:
+        except PLUGIN_FAILURES as exc:
             sys.modules.pop(module_name, None)
             log.debug("importing %s failed", path, exc_info=True)
             raise PluginLoadError(f"importing {path} failed: {type(exc).__name__}: {_one_line(str(exc))}") from None
@@ -263,7 +266,7 @@ def _import_local(spec: str, base_dir: Path) -> ModuleType:
         if exc.name and spec.startswith(exc.name):
             raise PluginLoadError(f"no module named {spec!r} (a module name on sys.path, or a path to a .py file)") from None
         raise PluginLoadError(f"importing {spec} failed: {type(exc).__name__}: {exc}") from None
-    except Exception as exc:
+    except PLUGIN_FAILURES as exc:
         log.debug("importing %s failed", spec, exc_info=True)
         raise PluginLoadError(f"importing {spec} failed: {type(exc).__name__}: {_one_line(str(exc))}") from None
 
@@ -368,7 +371,7 @@ def plugin_schemas(loaded: LoadedPlugins) -> dict[str, dict[str, Setting] | str]
     for impl in loaded.pm.hook.settings_schema.get_hookimpls():
         try:
             schema = impl.function()
-        except Exception as exc:
+        except PLUGIN_FAILURES as exc:
             schemas[impl.plugin_name] = f"settings_schema raised {type(exc).__name__}: {_one_line(str(exc))}"
             continue
         if not isinstance(schema, dict) or not all(isinstance(value, Setting) for value in schema.values()):
@@ -395,7 +398,7 @@ def _call_validate_settings(name: str, impl: pluggy.HookImpl, table: dict[str, A
         if not isinstance(result, (list, tuple)):
             return [f"plugin {name}: validate_settings must return a list of problems (strings), got {_shown(result)}"]
         found = list(result)
-    except Exception as exc:
+    except PLUGIN_FAILURES as exc:
         log.debug("plugin %s: validate_settings raised", name, exc_info=True)
         return [f"plugin {name}: validate_settings raised {type(exc).__name__}: {_one_line(str(exc))}"]
     for item in found:

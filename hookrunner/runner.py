@@ -27,7 +27,7 @@ from .callids import call_id_problem
 from .context import App, CallContext, Turn
 from .discovery import ListingPoller
 from .limits import raise_open_file_limit
-from .logs import redact_in_logs
+from .logs import logged_at, redact_in_logs
 from .metrics import RunnerMetrics
 from .platform_webhooks import PlatformDelivery
 from .dispatch import HookDispatcher, first_leaf, is_cancellation
@@ -47,7 +47,7 @@ OK_REASONS = frozenset({ENDED, COMPLETED, SHUTDOWN})
 PUSHED = frozenset({"push", "api"})
 #: Ends after which a call is never followed again; after the others (not found, given up) a later listing or
 #: push may bring it back (CallBook's retry_after), since the call may still be live.
-FINAL_REASONS = frozenset({ENDED, COMPLETED, SHUTDOWN, AUTH_FAILED})
+FINAL_REASONS = frozenset({ENDED, COMPLETED, SHUTDOWN, AUTH_FAILED, FAILED})  # (failed: again would replay it)
 EXIT_OK, EXIT_SOME_CALLS_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -282,8 +282,9 @@ class Runner:
         """Count a call id refused at an intake (``source``); the first of each intake is logged, the rest counted
         (``hookrunner_call_ids_refused``), so a sender repeating a bad id cannot grow the log."""
         self.stats.call_ids_refused[source] += 1
-        if self.stats.call_ids_refused[source] == 1:
-            log.warning("%s: refused a call id (%s); further ones are only counted", source, problem)
+        count = self.stats.call_ids_refused[source]
+        if logged_at(count):
+            log.warning("%s: refused a call id (%s); %d refused from %s so far", source, problem, count, source)
 
     async def _discover(self) -> None:
         """Service mode: list calls (when configured) and keep the calls nursery open until a stop."""
@@ -418,18 +419,21 @@ class Runner:
     async def _dispatch_call(self, call: CallContext, receive: trio.MemoryReceiveChannel[Event | Subscribed]) -> None:
         current: Event | None = None
         async with receive:
-            with self._stoppable(DRAIN):
-                async for item in receive:
-                    if isinstance(item, Subscribed):
-                        await self.dispatcher.call("on_call_subscribed", {"call": call}, call_id=call.id)
-                        continue
-                    current = item
-                    await self._dispatch_event(call, item)
-                    current = None
-            # Only reached with items left (or one half dispatched) when the grace ran out.
-            left = [current] if current is not None else []
-            left += [item for item in _left_in(receive) if isinstance(item, Event)]
-        self.stats.events_spooled += spool_events(self.config.spool_file, call.id, left)
+            try:
+                with self._stoppable(DRAIN):
+                    async for item in receive:
+                        if isinstance(item, Subscribed):
+                            await self.dispatcher.call("on_call_subscribed", {"call": call}, call_id=call.id)
+                            continue
+                        current = item
+                        await self._dispatch_event(call, item)
+                        current = None
+            finally:
+                # Items are left (or one half dispatched) only when the grace ran out, or a stop at once, or a
+                # bug cut this task: in every case they are written where they can be replayed from.
+                left = [current] if current is not None else []
+                left += [item for item in _left_in(receive) if isinstance(item, Event)]
+                self.stats.events_spooled += spool_events(self.config.spool_file, call.id, left)
 
     async def _dispatch_event(self, call: CallContext, event: Event) -> None:
         self.stats.events_by_type[type_label(event.event_type)] += 1

@@ -28,7 +28,9 @@ import trio
 from .asgi import BodyTooLarge, errors, header, lifespan, read_body, send_body, send_json, serve_asgi
 from .callids import call_id_problem
 from .metrics import CONTENT_TYPE
+from .logs import logged_at
 from .platform_webhooks import BadDelivery, SeenDeliveries, parse_delivery, signature_valid
+from .spool import spool_platform_webhooks
 from .text import one_line, shown
 
 if TYPE_CHECKING:
@@ -94,7 +96,12 @@ class ServiceApp:
             return
         if not signature_valid(body, header(scope, b"x-signature"), self._secret):
             outcomes["bad_signature"] += 1
-            log.warning("atoms webhook: refused a delivery with a missing or wrong X-Signature (%d bytes)", len(body))
+            if logged_at(outcomes["bad_signature"]):
+                log.warning(
+                    "atoms webhook: refused a delivery with a missing or wrong X-Signature (%d bytes; %d refused so far)",
+                    len(body),
+                    outcomes["bad_signature"],
+                )
             await send_json(send, 401, errors("missing or wrong X-Signature"))
             return
         try:
@@ -113,6 +120,8 @@ class ServiceApp:
         if problem is not None:
             outcomes["bad_call_id"] += 1
             self.runner.refuse_call_id("push", f"delivery {shown(delivery.id)}: metadata.callId: {problem}")
+            # signed, so Atoms' own: it never retries, so it is kept where a person can see it
+            spool_platform_webhooks(self.runner.config.spool_file, [delivery], why="refused for its metadata.callId")
             await send_json(send, 400, errors(f"metadata.callId: {problem}"))
             return
         answer: dict[str, Any] = {"status": True}
@@ -151,7 +160,7 @@ class ServiceApp:
             call_id = data["call_id"]
             if not isinstance(call_id, str) or not call_id.strip():
                 raise TypeError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             await send_json(send, 400, errors('expected a JSON body {"call_id": "CALL-..."}'))
             return
         call_id = call_id.strip()

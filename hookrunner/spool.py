@@ -51,19 +51,16 @@ def spool_events(path: Path, call_id: str, events: Iterable[Event]) -> int:
     return len(lines)
 
 
-def spool_platform_webhooks(path: Path, deliveries: Iterable[PlatformDelivery]) -> int:
-    """Append accepted platform webhook deliveries that no plugin received; return how many were kept."""
+def spool_platform_webhooks(
+    path: Path, deliveries: Iterable[PlatformDelivery], *, why: str = "not dispatched before runner.shutdown_grace ran out"
+) -> int:
+    """Append signed platform webhook deliveries that no plugin received (``why``); return how many were kept."""
     lines = [
-        json_line({PLATFORM_WEBHOOK_KEY: delivery.body, "delivery_id": delivery.id, "call_id": delivery.call_id})
+        json_line({PLATFORM_WEBHOOK_KEY: delivery.body, "delivery_id": delivery.id, "call_id": delivery.call_id, "why": why})
         for delivery in deliveries
     ]
-    if lines and _append(path, lines, f"atoms webhook: {len(lines)} accepted deliveries"):
-        log.error(
-            "atoms webhook: %d accepted deliveries were not dispatched before runner.shutdown_grace ran out; "
-            "written to %s",
-            len(lines),
-            path,
-        )
+    if lines and _append(path, lines, f"atoms webhook: {len(lines)} signed deliveries"):
+        log.error("atoms webhook: %d signed deliveries %s; written to %s", len(lines), why, path)
     return len(lines)
 
 

@@ -11,15 +11,21 @@ decoders are private, so the few lines of parsing live here, where the bounds ca
 - lines end in CRLF, LF or CR; a line starting with ``:`` is a comment (a keep-alive); ``data`` lines are joined
   with ``\\n``; a blank line ends the event; an event left unfinished when the stream ends is discarded (as the
   standard says); Atoms sends no ``event``, ``id`` or ``retry`` fields, and they are ignored;
-- a line or an event's data longer than ``max_size`` characters is not kept: the event is skipped, reported as
-  ``OVERSIZED`` once, and the stream goes on with the next event.
+- what one event may hold is bounded by ``max_size``: its characters plus ``LINE_COST`` for every data line
+  (what Python spends on each string), so a million one-character lines are as bounded as one long one; a line
+  still arriving is gathered in one buffer, so how the network cuts it into chunks changes nothing. An event past it is skipped, reported as ``OVERSIZED`` once, and the stream goes
+  on with the next event; a comment line past it is dropped alone.
 """
 
 from __future__ import annotations
 
 import codecs
+import io
 
-__all__ = ["SseReader", "OVERSIZED", "Oversized"]
+__all__ = ["SseReader", "OVERSIZED", "Oversized", "LINE_COST"]
+
+#: What a kept data line costs beyond its characters (a str object and its list slot), counted against max_size.
+LINE_COST = 64
 
 
 class Oversized:
@@ -41,8 +47,9 @@ class SseReader:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._started = False  # whether the first character (a possible BOM) was seen
         self._cr = False  # the last chunk ended in CR: a LF starting the next one belongs to that line end
-        self._pending: list[str] = []  # pieces of the line not ended yet
+        self._pending = io.StringIO()  # the line not ended yet (appending to it is amortised O(1))
         self._pending_size = 0
+        self._pending_comment = False
         self._discarding = False  # inside the rest of a line already over max_size
         self._data: list[str] = []
         self._data_size = 0
@@ -57,6 +64,7 @@ class SseReader:
                 text = text[1:]
         if self._cr and text[:1] == "\n":
             text = text[1:]  # the LF of a CRLF cut between two chunks: its line already ended at the CR
+        self._cr = False
         if not text:
             return []
         self._cr = text[-1] == "\r"  # (a line ending in CR is passed on now, not when the next byte comes)
@@ -78,26 +86,31 @@ class SseReader:
     def _extend_pending(self, piece: str) -> None:
         if self._discarding or not piece:
             return
+        if not self._pending_size:
+            self._pending_comment = piece[0] == ":"
         self._pending_size += len(piece)
         if self._pending_size > self.max_size:
-            self._pending.clear()
-            self._pending_size = 0
+            self._reset_pending()
             self._discarding = True
-            self._skip_event()
+            if not self._pending_comment:  # a keep-alive comment past the bound is dropped alone, not its event
+                self._skip_event()
         else:
-            self._pending.append(piece)
+            self._pending.write(piece)
+
+    def _reset_pending(self) -> None:
+        self._pending = io.StringIO()
+        self._pending_size = 0
 
     def _finish_pending(self, piece: str) -> str | None:
         """The line that ``piece`` ends, or None when it was over the bound (already reported)."""
         if self._discarding:
             self._discarding = False
             return None
-        if not self._pending:
+        if not self._pending_size:
             return piece
-        self._pending.append(piece)
-        line = "".join(self._pending)
-        self._pending.clear()
-        self._pending_size = 0
+        self._pending.write(piece)
+        line = self._pending.getvalue()
+        self._reset_pending()
         return line
 
     def _skip_event(self) -> None:
@@ -115,17 +128,17 @@ class SseReader:
                 self._data = []
                 self._data_size = 0
             return
+        if line[0] == ":" or self._oversized:
+            return  # a comment, or a line of an event being skipped
         if len(line) > self.max_size:
             self._skip_event()
             return
-        if line[0] == ":" or self._oversized:
-            return  # a comment, or a line of an event being skipped
         name, colon, value = line.partition(":")
         if name != "data":
             return
         if value[:1] == " ":
             value = value[1:]
-        self._data_size += len(value) + 1
+        self._data_size += len(value) + LINE_COST
         if self._data_size > self.max_size:
             self._skip_event()
         else:

@@ -187,7 +187,8 @@ class Subscription:
                 await trio.sleep(delay)
 
     async def _connect_once(self, send: trio.MemorySendChannel[Event | Subscribed]) -> str:
-        headers = {"Authorization": f"Bearer {self._api_key}"}  # fresh per request: aconnect_sse adds to it
+        # fresh per request (aconnect_sse adds to it); identity: a compressed chunk could inflate past every bound
+        headers = {"Authorization": f"Bearer {self._api_key}", "Accept-Encoding": "identity"}
         # Until the answer's headers are in, the whole exchange has connect_timeout (a server trickling its
         # headers cannot hold the call); from then on only the idle timeout applies, since calls are long.
         with trio.CancelScope(deadline=trio.current_time() + self._connect_timeout) as opening:
@@ -195,12 +196,12 @@ class Subscription:
                 async with httpx_sse.aconnect_sse(
                     self._client, "GET", self._url, params={"callId": self.call_id}, headers=headers, timeout=self._timeout
                 ) as source:
-                    opening.deadline = math.inf
                     response = source.response
-                    if response.status_code != 200:
+                    if response.status_code != 200:  # its body, too, within connect_timeout
                         return self._finish_for_status(await read_response(response, ERROR_BODY_LIMIT))
                     if not _is_event_stream(response):
                         raise _Retry(f"not an event stream (Content-Type {shown(response.headers.get('content-type'))})")
+                    opening.deadline = math.inf
                     if not self._subscribed:
                         self._subscribed = True
                         await send.send(SUBSCRIBED)
@@ -212,6 +213,8 @@ class Subscription:
                             elif data and await self._pass_on(data, send):
                                 return ENDED
             except httpx.ReadTimeout:
+                if opening.deadline != math.inf:  # still waiting for the answer itself
+                    raise _Retry(f"no answer within {self._idle_timeout:g} s (runner.idle_timeout)") from None
                 raise _Retry(f"no byte for {self._idle_timeout:g} s (runner.idle_timeout)") from None
             except (httpx.TransportError, httpx.StreamError) as exc:
                 raise _Retry(f"connection failed ({type(exc).__name__}: {one_line(str(exc) or 'no detail', 200)})") from None

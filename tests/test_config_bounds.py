@@ -299,7 +299,7 @@ def test_a_demo_script_or_plugin_directory_that_cannot_be_used_is_one_error_line
 
 
 NEW_SETTINGS = {
-    "runner.max_event_bytes": (4194304, 100, "expected 1024 or more, got 100"),
+    "runner.max_event_bytes": (4194304, 100, "expected a number of bytes from 1024 to 1073741824 (1 GiB), got 100"),
     "runner.reconnect.max_retry_after": (300.0, 0, "expected a number greater than 0, got 0"),
     "discovery.max_retry_after": (300.0, -1.5, "expected a number greater than 0, got -1.5"),
     "server.max_connections": (1000, 0, "expected an integer of 1 or more, got 0"),
@@ -336,3 +336,32 @@ def test_the_new_limits_have_their_defaults_in_the_config_and_check_refuses_bad_
     assert err.splitlines() == [
         f"error: {config_path}: {path}: {message}" for path, (_, _, message) in NEW_SETTINGS.items()
     ]
+
+
+# review follow-ups: what check let through that run then failed on -------------------------------------------------
+
+
+def test_webhook_headers_that_httpx_would_refuse_and_a_host_that_cannot_be_bound_are_refused_by_check(
+    cli, tmp_path: Path
+) -> None:
+    secret_env = "HR_TEST_BOUNDS_WHSEC"
+    endpoint = {"name": "crm", "url": "https://example.com/in", "secret_env": secret_env, "headers": {"X-Key": "tökén-value"}}
+    config = config_file(tmp_path, config_table(UNREACHABLE, enable=["webhook"], settings={"webhook": {"endpoints": [endpoint]}}))
+    code, out, err = finish(cli("check", str(config), env={secret_env: "whsec_" + "QUJD" * 11}))
+    assert code == 2
+    line = assert_one_error_line(out, err, "plugins.webhook.endpoints[0].headers.X-Key: expected printable ASCII")
+    assert "tökén" not in line  # a header value may be a credential: never shown
+
+    table = base_table()
+    table["server"] = {"enabled": True, "host": "no such host!", "port": 0}
+    code, out, err = finish(cli("check", str(config_file(tmp_path, table))))
+    assert code == 2
+    assert_one_error_line(out, err, 'server.host: expected an IP address or a host name, got "no such host!"')
+
+
+def test_a_buffer_or_event_size_past_any_sense_is_refused() -> None:
+    from hookrunner.errors import ConfigError
+
+    for runner in ({"buffer": 10**20}, {"max_event_bytes": 10**20}):
+        with pytest.raises(ConfigError, match="expected a number (of bytes )?from"):
+            config_from_dict(base_table(**runner))

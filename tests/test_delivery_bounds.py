@@ -518,9 +518,19 @@ async def test_one_webhook_endpoint_failing_to_start_is_logged_once_and_the_next
 # -- 7. Slack's Retry-After is capped ----------------------------------------------------------------------------------
 
 
-async def test_slack_429_retry_after_100000_holds_the_channel_only_the_posters_max_retry_after() -> None:
-    """The Slack plugin has no setting for the cap (plugins/hookrunner_plugins/slack/settings.py has no
-    max_retry_after): the Poster, built here as the plugin builds it, takes it as an argument (300 s by default)."""
+async def test_slack_429_retry_after_100000_holds_the_channel_only_the_posters_max_retry_after(monkeypatch) -> None:
+    """``plugins.slack.max_retry_after`` (300 s by default) reaches the Poster, and the Poster holds the channel
+    only that long whatever the 429 says."""
+    from hookrunner_plugins.slack import SlackPlugin
+    from hookrunner_plugins.slack.settings import parse_settings
+
+    monkeypatch.setenv("HR_TEST_SLACK_TOKEN", TOKEN)
+    routes = [{"name": "ops", "token_env": "HR_TEST_SLACK_TOKEN", "channel": OPS}]
+    settings, problems = parse_settings({"max_retry_after": 0.3, "routes": routes})
+    assert problems == []
+    async with httpx.AsyncClient() as http:
+        assert SlackPlugin()._posters(settings, http)["ops"]._max_retry_after == 0.3  # the setting is wired
+    assert parse_settings({"routes": routes})[0].max_retry_after == 300.0
     route = RouteSettings(
         name="ops", webhook_url=None, token=TOKEN, channel=OPS, events=("trigger.*",), severities=frozenset(),
         labels={}, transcript=False, template=DEFAULT_TEMPLATE, mention="", mention_severities=frozenset(),

@@ -134,6 +134,9 @@ async def test_an_unforeseen_error_in_one_calls_stream_finishes_that_call_as_fai
     assert recorder.finished == {"CALL-BAD": "failed", "CALL-GOOD": "ended"}
     assert len(recorder.events["CALL-BAD"]) == 4 and len(recorder.events["CALL-GOOD"]) == 8  # received: dispatched
     assert code == 1  # a listed call failed: the exit code says so
+    from hookrunner.callbook import Offer
+
+    assert runner.calls.offer("CALL-BAD", 10**9) is Offer.FINISHED  # never followed again (it would replay)
     (line,) = [r.getMessage() for r in caplog.records if "failed: RuntimeError" in r.getMessage()]
     assert line.startswith("CALL-BAD: failed: RuntimeError:") and "\n" not in line
 
@@ -172,6 +175,25 @@ async def test_an_api_key_quoted_by_httpx_in_an_exception_never_reaches_a_format
     assert "5ecret" not in _Redacting("%(message)s").format(record)
     assert "5ecret" not in JsonFormatter().format(record)
     assert "[redacted]" in redacted(str(raised.value))
+
+
+def test_the_runner_keeps_its_api_key_out_of_every_log_line() -> None:
+    from conftest import build_runner
+    from hookrunner.testing import TEST_API_KEY
+
+    build_runner(make_config("http://127.0.0.1:9"), ["CALL-1"])  # registers the key, before anything connects
+    assert redacted(f"Illegal header value b'Bearer {TEST_API_KEY}'") == "Illegal header value b'Bearer [redacted]'"
+
+
+def test_a_plugin_calling_sys_exit_as_it_is_imported_is_one_error_line(cli, tmp_path: Path) -> None:
+    from conftest import finish, write_config
+
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(3)\n", encoding="utf-8")
+    config = write_config(tmp_path, make_config("http://127.0.0.1:9", plugins={"load": ["exits.py"]}))
+    code, out, err = finish(cli("check", str(config)))
+    assert code == 2 and "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert "exits.py" in line and "SystemExit" in line
 
 
 # --- what cannot be dispatched is written out -------------------------------------------------------------------
@@ -223,35 +245,44 @@ async def test_when_the_spool_cannot_be_written_the_platform_webhooks_go_whole_i
 # --- an endpoint's delivery task that fails is restarted, its messages kept --------------------------------------
 
 
-async def test_a_failing_delivery_loop_dead_letters_its_in_flight_messages_and_delivers_the_rest(
-    tmp_path: Path, monkeypatch
-) -> None:
-    """The old failure: backoff arithmetic overflowing inside the delivery task killed it, silently, and every
-    later message of the endpoint waited for ever. Any failure of the loop now costs the messages in flight."""
+def _overflowing_backoff(monkeypatch, times: float) -> list[int]:
+    """Make the outbox's backoff arithmetic raise ``times`` times, as 2.0 ** 1025 did: a failure of the delivery
+    loop itself, not of a delivery."""
     from hookrunner import outbox as outbox_module
-    from hookrunner.dead_letters import DeadLetterFile, read_dead_letters
-    from hookrunner.outbox import Outbox, OutboxMessage, Outcome
 
     real_backoff = outbox_module.backoff_delay
-    blown = []
+    blown: list[int] = []
 
     def overflowing(attempt: int, policy: Any, retry_after: Any = None) -> float:
-        if not blown:
+        if len(blown) < times:
             blown.append(attempt)
             raise OverflowError("(34, 'Numerical result out of range')")
         return real_backoff(attempt, policy, retry_after)
 
     monkeypatch.setattr(outbox_module, "backoff_delay", overflowing)
+    return blown
+
+
+async def test_a_failing_delivery_loop_starts_again_and_loses_no_message(tmp_path: Path, monkeypatch) -> None:
+    """The old failure: backoff arithmetic overflowing inside the delivery task killed it, silently, and every
+    later message of the endpoint waited for ever."""
+    from hookrunner.dead_letters import DeadLetterFile, read_dead_letters
+    from hookrunner.outbox import Outbox, OutboxMessage, Outcome
+
+    blown = _overflowing_backoff(monkeypatch, times=1)
     delivered: list[str] = []
+    tries: dict[str, int] = {}
 
     async def deliver(batch: list[OutboxMessage]) -> Outcome:
-        if batch[0].id == "m0":
+        tries[batch[0].id] = tries.get(batch[0].id, 0) + 1
+        if batch[0].id == "m0" and tries["m0"] == 1:
             return Outcome.retry("503")  # its retry meets the overflow
         delivered.extend(message.id for message in batch)
         return Outcome.delivered(200)
 
-    letters = DeadLetterFile(tmp_path / "dead.jsonl")
-    outbox = Outbox("ep", deliver, letters, plugin="test", policy=RetryPolicy(initial_delay=0.01, max_delay=0.02))
+    outbox = Outbox(
+        "ep", deliver, DeadLetterFile(tmp_path / "dead.jsonl"), plugin="test", policy=RetryPolicy(initial_delay=0.01, max_delay=0.02)
+    )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(outbox.run)
         outbox.submit(OutboxMessage(id="m0", key="CALL-A", body={}))
@@ -259,12 +290,44 @@ async def test_a_failing_delivery_loop_dead_letters_its_in_flight_messages_and_d
         for index in range(1, 4):
             outbox.submit(OutboxMessage(id=f"m{index}", key="CALL-A", body={}))
         with trio.fail_after(5):
-            while len(delivered) < 3:
+            while len(delivered) < 4:
                 await trio.sleep(0.01)
-        await outbox.close(1.0)
-    assert delivered == ["m1", "m2", "m3"]
-    assert [letter.record["id"] for letter in read_dead_letters(tmp_path / "dead.jsonl")] == ["m0"]
-    assert "delivery task failed: OverflowError" in read_dead_letters(tmp_path / "dead.jsonl")[0].record["reason"]
+        started = trio.current_time()
+        await outbox.close(3.0)
+        assert trio.current_time() - started < 1.0  # nothing pending: close does not wait out its timeout
+    assert blown and delivered == ["m0", "m1", "m2", "m3"]  # m0 again after the restart, then the rest in order
+    assert not (tmp_path / "dead.jsonl").exists() or read_dead_letters(tmp_path / "dead.jsonl") == []
+
+
+async def test_a_delivery_loop_that_keeps_failing_stops_the_endpoint_and_dead_letters_everything(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    from hookrunner.dead_letters import DeadLetterFile, read_dead_letters
+    from hookrunner.outbox import MAX_RESTARTS, Outbox, OutboxMessage, Outcome
+
+    blown = _overflowing_backoff(monkeypatch, times=float("inf"))
+
+    async def deliver(batch: list[OutboxMessage]) -> Outcome:
+        return Outcome.retry("503")
+
+    outbox = Outbox("ep", deliver, DeadLetterFile(tmp_path / "dead.jsonl"), plugin="test")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(outbox.run)
+        for index in range(3):
+            outbox.submit(OutboxMessage(id=f"m{index}", key=f"CALL-{index}", body={}))
+        with trio.fail_after(5):
+            while not any("endpoint stopped" in r.getMessage() for r in caplog.records):
+                await trio.sleep(0.01)
+        await trio.sleep(0.3)
+        outbox.submit(OutboxMessage(id="late", key="CALL-9", body={}))  # after the stop: straight to dead letters
+        started = trio.current_time()
+        await outbox.close(3.0)
+        assert trio.current_time() - started < 1.0
+    letters = read_dead_letters(tmp_path / "dead.jsonl")
+    assert sorted(letter.record["id"] for letter in letters) == ["late", "m0", "m1", "m2"]
+    failures = [r for r in caplog.records if r.getMessage().startswith("ep: the delivery task failed")]
+    assert len(failures) == MAX_RESTARTS  # stopped: the loop is not started again
+    assert blown
 
 
 async def test_a_long_outage_logs_a_few_dozen_reconnect_lines_not_one_per_attempt(caplog) -> None:

@@ -133,8 +133,8 @@ class Subscriptions:
         self.deliveries.append(delivery)
 
 
-def service_config(base_url: str, **server: Any) -> dict[str, Any]:
-    config = make_config(base_url)
+def service_config(base_url: str, spool: Path | None = None, **server: Any) -> dict[str, Any]:
+    config = make_config(base_url, **({"spool_file": str(spool)} if spool else {}))
     config["server"] = {"enabled": True, "port": 0, "token_env": "HR_TEST_TOKEN", **server}
     config["discovery"] = {"webhook_secret_env": "HR_TEST_WEBHOOK_SECRET"}
     return config
@@ -142,11 +142,11 @@ def service_config(base_url: str, **server: Any) -> dict[str, Any]:
 
 @asynccontextmanager
 async def running_service(
-    calls: list[dict[str, Any]], *plugins: Any, **server: Any
+    calls: list[dict[str, Any]], *plugins: Any, spool: Path | None = None, **server: Any
 ) -> AsyncIterator[tuple[Runner, httpx.AsyncClient, Any]]:
     """A simulator with ``calls`` and a runner in service mode (no call listed) with its server on a free port."""
     async with running_simulator(script(calls)) as sim, trio.open_nursery() as nursery:
-        runner = build_runner(service_config(sim.base_url, **server), [], *plugins)
+        runner = build_runner(service_config(sim.base_url, spool, **server), [], *plugins)
         done = trio.Event()
 
         async def run() -> None:
@@ -596,9 +596,10 @@ async def test_an_oversized_body_is_refused_with_413_before_it_is_read() -> None
 HUGE_ID = "CALL-" + "9" * 70_000
 
 
-async def test_a_huge_or_malformed_call_id_is_a_400_at_the_server_and_the_service_goes_on(caplog) -> None:
+async def test_a_huge_or_malformed_call_id_is_a_400_at_the_server_and_the_service_goes_on(caplog, tmp_path: Path) -> None:
     seen = Subscriptions()
-    async with running_service([long_call("CALL-OK")], seen) as (runner, client, _):
+    spool = tmp_path / "spool.jsonl"
+    async with running_service([long_call("CALL-OK")], seen, spool=spool) as (runner, client, _):
         auth = {"Authorization": f"Bearer {TOKEN}"}
         for bad_id in (HUGE_ID, "CALL-1\nforged log line", "CALL 1", "CALL/../x"):
             answer = await client.post("/calls", json={"call_id": bad_id}, headers=auth)
@@ -618,9 +619,11 @@ async def test_a_huge_or_malformed_call_id_is_a_400_at_the_server_and_the_servic
     assert seen.finished == {"CALL-OK": "ended"}
     assert runner.stats.call_ids_refused == {"api": 4, "push": 1}
     assert 'hookrunner_call_ids_refused_total{source="api"} 4.0' in metrics
-    assert [d.id for d in seen.deliveries] == []  # a refused push is not handed to plugins
+    assert [d.id for d in seen.deliveries] == []  # a refused push is not handed to plugins ...
+    (kept,) = [json.loads(line) for line in spool.read_text(encoding="utf-8").splitlines()]
+    assert kept["delivery_id"] == "dlv-huge" and kept["platform_webhook"]["metadata"]["callId"] == HUGE_ID  # ... but kept
     refused_lines = [r for r in caplog.records if "refused a call id" in r.getMessage()]
-    assert len(refused_lines) == 2  # the first of each intake; the rest only counted
+    assert len(refused_lines) == 5  # 4 from api, 1 push: each intake logs its 1st-4th, then the 8th, 16th...
     assert all(len(r.getMessage()) < 400 and "\n" not in r.getMessage() for r in refused_lines)
 
 

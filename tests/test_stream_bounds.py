@@ -69,7 +69,7 @@ def test_a_line_that_never_ends_is_not_kept_in_memory() -> None:
     reader = SseReader(1000)
     for _ in range(1000):  # 10 MB with no newline
         assert reader.feed(b"y" * 10_000) == []
-    assert reader._pending_size == 0 and not reader._pending  # nothing of it kept past the bound
+    assert reader._pending_size == 0 and reader._pending.getvalue() == ""  # nothing of it kept past the bound
     assert reader.feed(b"\n\ndata: after\n\n") == [OVERSIZED, "after"]
 
 
@@ -87,6 +87,39 @@ def test_any_bytes_in_any_chunks_read_the_same_within_the_bound(data: bytes, cut
     assert chunked == whole
     for item in whole:
         assert item is OVERSIZED or (isinstance(item, str) and 0 < len(item) <= max_size)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pieces=st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b":", b"data", b": ", b"x", b"\xef\xbb\xbf", b"\xc3"]), max_size=60),
+    cuts=st.lists(st.integers(0, 200), max_size=40),
+)
+def test_sse_framing_read_the_same_however_the_chunks_fall(pieces: list[bytes], cuts: list[int]) -> None:
+    """Arbitrary bytes rarely spell SSE; these do: line ends, colons and field names in every order, cut anywhere
+    (a CR in one chunk and its LF alone in the next included)."""
+    data = b"".join(pieces)
+    cut_points = [cut for cut in cuts if cut < len(data)]
+    assert read_all(data, 50, cut_points) == read_all(data, 50)
+    assert read_all(data, 50, list(range(len(data)))) == read_all(data, 50)
+
+
+def test_a_crlf_whose_lf_arrives_alone_ends_one_line_only() -> None:
+    reader = SseReader(100)
+    assert reader.feed(b"data: a\r") == [] and reader.feed(b"\n") == [] and reader.feed(b"\ndata: b\n\n") == ["a", "b"]
+
+
+def test_a_million_short_data_lines_are_bounded_like_one_long_one() -> None:
+    reader = SseReader(64 * 1024)
+    for _ in range(100):
+        assert reader.feed(b"data:x\n" * 10_000) == []
+    assert len(reader._data) * 64 <= 64 * 1024  # what it holds is bounded by the setting, objects included
+    assert reader.feed(b"\n") == [OVERSIZED]
+
+
+def test_an_oversized_comment_line_is_dropped_alone_and_its_event_kept() -> None:
+    data = b"data: kept\n:" + b"k" * 5000 + b"\n\n"
+    assert read_all(data, 200) == ["kept"]
+    assert read_all(data, 200, cuts=list(range(0, len(data), 100))) == ["kept"]
 
 
 @settings(max_examples=200, deadline=None)

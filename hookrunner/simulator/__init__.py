@@ -23,6 +23,7 @@ import trio
 
 from hookrunner.asgi import serve_asgi
 from hookrunner.simulator.app import SimulatorApp
+from hookrunner.simulator.calls import SentFrame
 from hookrunner.simulator.listing import ListingRequest
 from hookrunner.simulator.push import Delivery, Pusher, PushResult
 from hookrunner.simulator.script import (
@@ -43,6 +44,7 @@ __all__ = [
     "SimEvent",
     "ListingFault",
     "ListingRequest",
+    "SentFrame",
     "Delivery",
     "PushResult",
     "load_script",
@@ -129,6 +131,21 @@ class Simulator:
         if calls.serving_start is None:
             return {state.call.id: [] for state in calls}
         return {state.call.id: [calls.since_serving(t) for t in state.subscribed] for state in calls}
+
+    @property
+    def sent(self) -> dict[str, list[SentFrame]]:
+        """Per call id (every call of the script): each frame its connections wrote, in order (``SentFrame``:
+        connection, kind, size, event type and id), keep-alive comments left out. A frame counts once the server
+        took it, which is when a client that stays connected reads it."""
+        return {state.call.id: list(state.sent) for state in self.app.calls}
+
+    @property
+    def ends(self) -> dict[str, dict[int, str]]:
+        """Per call id: how each of its streams ended, by connection number (1 = the first): ``"closed"``
+        (sse_close written, body finished), ``"ended"`` (``end_after``), ``"cut"`` (``drop_after``,
+        ``partial_after``) or ``"client"`` (the client went away first, so it may not have read the last frames
+        written: an idle timeout, or a client that stopped). A stream still open is not listed."""
+        return {state.call.id: dict(state.ends) for state in self.app.calls}
 
     def call_start(self, call_id: str) -> float | None:
         """When the call started: its scripted ``start`` / speed, or its first successful subscription; None if

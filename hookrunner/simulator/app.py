@@ -2,9 +2,10 @@
 ``listing.py``'s.
 
 A plain ASGI callable rather than a web framework, because the whole point is control over the bytes on the
-wire: SSE framing, keep-alive comments, malformed lines, a stall, and a connection cut mid-body. One trio task
-serves each connection (hypercorn starts it) and sleeps with ``trio.sleep_until`` on the call's clock between
-events, so 500 subscriptions cost 500 sleeping tasks and nothing else.
+wire: SSE framing, keep-alive comments, malformed and oversized lines, a stall, half a line, and a connection cut
+mid-body. One trio task serves each connection (hypercorn starts it) and sleeps with ``trio.sleep_until`` on the
+call's clock between events, so 500 subscriptions cost 500 sleeping tasks and nothing else. Every frame written
+is noted in the call's ``sent`` (``SentFrame``), so tests can hold a client to what really went out.
 
 A call without a scripted ``start`` starts its clock at its first successful subscription, and every connection
 replays the script from the start: what is already due is sent at once (as the real server may do after a
@@ -17,6 +18,7 @@ not found (404); a subscriber that connects late gets sse_init and then only the
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 import time
@@ -26,7 +28,7 @@ from urllib.parse import parse_qs
 import trio
 
 from hookrunner.asgi import cancel_on_disconnect, lifespan
-from hookrunner.simulator.calls import Calls, CallState
+from hookrunner.simulator.calls import Calls, CallState, SentFrame
 from hookrunner.simulator.listing import Listing
 from hookrunner.simulator.responses import Answer, encode, error_answer, errors, iso, send_json
 from hookrunner.simulator.script import Script, SimEvent
@@ -40,8 +42,9 @@ _MALFORMED = (b"{this is not json", b'{"no_event_type": true}')
 class _Ended(Exception):
     """Internal: how a stream's writer tells the handler whether to finish the body or cut the connection."""
 
-    def __init__(self, clean: bool) -> None:
+    def __init__(self, clean: bool, how: str) -> None:
         self.clean = clean
+        self.how = how  # what ``CallState.ends`` records
 
 
 class SimulatorApp:
@@ -104,6 +107,9 @@ class SimulatorApp:
         if state.failed < call.fail_first:
             state.failed += 1
             return error_answer(call.fail_status, call.retry_after)
+        if state.streams and state.refailed < call.fail_reconnects:  # a stream was served: this is a reconnect
+            state.refailed += 1
+            return error_answer(call.fail_status, call.retry_after)
         if self.calls.phase(state) == "completed":
             return 400, errors("Only active calls can be subscribed to"), []
         now = trio.current_time()
@@ -116,20 +122,22 @@ class SimulatorApp:
     async def _stream(self, state: CallState, receive: Any, send: Any) -> None:
         first = state.streams == 0  # decided before any await: two racing connections cannot both be first
         state.streams += 1
+        connection = state.streams
         await send({
             "type": "http.response.start",
             "status": 200,
             "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
         })  # fmt: skip
-        clean = True
+        clean, how = True, "closed"
         with trio.CancelScope() as disconnected:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(cancel_on_disconnect, receive, disconnected)
                 try:
-                    await _Writer(self, state, send, faults=first).run()
+                    await _Writer(self, state, send, connection, faults=first).run()
                 except _Ended as ended:
-                    clean = ended.clean
+                    clean, how = ended.clean, ended.how
                 nursery.cancel_scope.cancel()
+        state.ends[connection] = "client" if disconnected.cancel_called else how
         if clean and not disconnected.cancel_called:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         # Not clean (drop_after): return with the body unfinished. Hypercorn then closes the connection without
@@ -145,22 +153,42 @@ class SimulatorApp:
 
     def event_frame(self, state: CallState, index: int, event: SimEvent) -> bytes:
         """The event as sent: script fields, with event_id, timestamp and call_id filled in when missing."""
+        return self.frame(_encode_event(self.event_fields(state, index, event)))
+
+    def event_fields(self, state: CallState, index: int, event: SimEvent) -> dict[str, Any]:
         fields = event.fields
         out: dict[str, Any] = {"event_type": fields["event_type"]}
         out["event_id"] = fields.get("event_id") or self._event_id(state, index, event.at)
         out["timestamp"] = fields["timestamp"] if "timestamp" in fields else self._timestamp(state, event.at)
         out["call_id"] = fields.get("call_id") or state.call.id
         out.update((key, value) for key, value in fields.items() if key not in out)
-        return self.frame(encode(out))
+        return out
 
     def close_frame(self, state: CallState) -> bytes:
+        return self.frame(encode(self.close_fields(state)))
+
+    def close_fields(self, state: CallState) -> dict[str, Any]:
         call = state.call
-        return self.frame(encode({
+        return {
             "event_type": "sse_close",
             "event_id": self._event_id(state, len(call.events), call.end_at),
             "call_id": call.id,
             "timestamp": self._timestamp(state, call.end_at),
-        }))  # fmt: skip
+        }
+
+    def oversized_fields(self, state: CallState, index: int) -> dict[str, Any]:
+        """``oversized_after``'s event: an agent turn whose text makes the line ``oversized_bytes`` long."""
+        call = state.call
+        at = call.events[index - 1].at if index else 0.0
+        out = {
+            "event_type": "tts_completed",
+            "event_id": f"{call.id}_oversized_{index}",
+            "timestamp": self._timestamp(state, at),
+            "call_id": call.id,
+            "tts_text": "",
+        }
+        out["tts_text"] = "x" * max(0, call.oversized_bytes - len(self.frame(encode(out))))
+        return out
 
     def init_frame(self, state: CallState) -> bytes:
         # Like the vendor SDK documents: event_time, no event_id, so clients must cope with that.
@@ -186,9 +214,12 @@ class _Writer:
     Frames that are due together go out in one body message, so a replay is one write, not one per event.
     """
 
-    def __init__(self, app: SimulatorApp, state: CallState, send: Any, *, faults: bool) -> None:
+    def __init__(self, app: SimulatorApp, state: CallState, send: Any, connection: int, *, faults: bool) -> None:
         self.app, self.state, self.send, self.faults = app, state, send, faults
-        self.buffer: list[bytes] = [app.init_frame(state)]
+        self.connection = connection
+        self.buffer: list[bytes] = []
+        self.noted: list[SentFrame] = []  # what the buffer holds, recorded in ``state.sent`` once written
+        self._note(app.init_frame(state), "event", "sse_init")
         self.last_write = trio.current_time()
         live = state.call.start is not None and state.call.late_join == "live"
         self.joined = self.last_write if live else -math.inf  # events due before this are skipped
@@ -201,11 +232,18 @@ class _Writer:
             if due < self.joined:
                 continue
             await self._wait_until(due)
-            self.buffer.append(app.event_frame(state, index, event))
+            self._add_event(app.event_fields(state, index, event))
         await self._faults_before(len(call.events))
         await self._wait_until(app.at_time(state, call.end_at))
-        self.buffer.append(app.close_frame(state))
+        self._add_event(app.close_fields(state))
         await self._flush()
+
+    def _note(self, frame: bytes, kind: str, event_type: str | None = None, event_id: str | None = None) -> None:
+        self.buffer.append(frame)
+        self.noted.append(SentFrame(self.connection, kind, len(frame), event_type, event_id))  # type: ignore[arg-type]
+
+    def _add_event(self, fields: dict[str, Any], kind: str = "event") -> None:
+        self._note(self.app.frame(_encode_event(fields)), kind, fields["event_type"], fields["event_id"])
 
     async def _faults_before(self, index: int) -> None:
         """Apply the first-connection faults that trigger after ``index`` script events."""
@@ -213,17 +251,28 @@ class _Writer:
             return
         call = self.state.call
         if call.malformed_after == index:
-            self.buffer.extend(self.app.frame(payload) for payload in _MALFORMED)
+            for payload in _MALFORMED:
+                self._note(self.app.frame(payload), "malformed")
+        if call.oversized_after == index:
+            self._add_event(self.app.oversized_fields(self.state, index), "oversized")
         if call.stall_after == index:
             await self._flush()
             await trio.sleep(call.stall_seconds)  # wall seconds, and deliberately no keep-alive
             self.last_write = trio.current_time()
         if call.end_after == index:
             await self._flush()
-            raise _Ended(clean=True)
+            raise _Ended(clean=True, how="ended")
         if call.drop_after == index:
             await self._flush()
-            raise _Ended(clean=False)
+            raise _Ended(clean=False, how="cut")
+        if call.partial_after == index:
+            if index < len(call.events):
+                line = self.app.event_frame(self.state, index, call.events[index])
+            else:
+                line = self.app.close_frame(self.state)
+            self._note(line[: len(line) // 2], "partial")  # no newline: the client holds an unfinished line
+            await self._flush()
+            raise _Ended(clean=False, how="cut")
 
     async def _wait_until(self, deadline: float) -> None:
         """Sleep until ``deadline`` on the call's clock, sending keep-alives after ``keepalive`` s of silence."""
@@ -240,6 +289,16 @@ class _Writer:
     async def _flush(self) -> None:
         if self.buffer:
             body = b"".join(self.buffer)
+            noted, self.noted = self.noted, []
             self.buffer.clear()
             await self.send({"type": "http.response.body", "body": body, "more_body": True})
+            self.state.sent.extend(noted)
             self.last_write = trio.current_time()
+
+
+def _encode_event(fields: dict[str, Any]) -> bytes:
+    """Compact JSON; a string with a lone surrogate (which UTF-8 cannot carry) goes out as its ``\\ud83d`` escape."""
+    try:
+        return encode(fields)
+    except UnicodeEncodeError:
+        return json.dumps(fields, separators=(",", ":")).encode()

@@ -17,11 +17,27 @@ import trio
 
 from hookrunner.simulator.script import Script, SimCall
 
-__all__ = ["CallState", "Calls", "Phase"]
+__all__ = ["CallState", "Calls", "Phase", "SentFrame"]
 
 #: pending: a scripted start not reached (the call does not exist yet); active: may be subscribed to;
 #: completed: over, or declared ``status = "completed"``.
 Phase = Literal["pending", "active", "completed"]
+
+
+@dataclass(frozen=True)
+class SentFrame:
+    """One frame a connection wrote (handed to the server, before the client read it), for tests.
+
+    ``connection`` is the call's successful subscription it went out on (1 = the first); ``kind`` is ``"event"``
+    (sse_init, a script event, sse_close), or a fault's: ``"malformed"``, ``"oversized"`` (an event too, with its
+    id), ``"partial"`` (half a line); ``size`` is its length in bytes, framing included.
+    """
+
+    connection: int
+    kind: Literal["event", "malformed", "oversized", "partial"]
+    size: int
+    event_type: str | None = None
+    event_id: str | None = None  # None for sse_init, which has none on the wire either
 
 
 @dataclass
@@ -32,8 +48,12 @@ class CallState:
     start: float | None = None  # trio time the call's clock starts (None: no subscription yet, no scripted start)
     start_wall: float = 0.0  # time.time() at the same moment, for generated ids and timestamps
     failed: int = 0  # answers given under fail_first
+    refailed: int = 0  # answers given under fail_reconnects
     streams: int = 0  # successful subscriptions so far
     subscribed: list[float] = field(default_factory=list)  # trio time of each successful subscription
+    sent: list[SentFrame] = field(default_factory=list)  # every frame written, all connections, in order
+    #: How each successful subscription's stream ended, by connection number (see ``Simulator.ends``).
+    ends: dict[int, str] = field(default_factory=dict)
     clock_started: trio.Event = field(default_factory=trio.Event)  # set once ``start`` is known
 
 

@@ -5,8 +5,29 @@ touching the simulator. Two formats are read:
 
 * TOML, written by hand: top-level settings, ``[[calls]]`` with fault keys, ``[[calls.events]]`` each with ``at``
   (seconds from the call's start) and ``event_type`` plus any fields, sent unchanged.
-* JSONL, one event object a line as captured from a real stream (``/work/shared/fixtures``): events are grouped by
-  ``call_id`` and timed by their own ``timestamp`` relative to the call's first line.
+* JSONL, one event object a line as captured from a real stream (the project's example streams in
+  ``tests/streams`` are such files): events are grouped by ``call_id`` and timed by their own ``timestamp`` (else
+  ``event_time``) relative to the call's first line.
+
+Faults of a call's stream (``[[calls]]`` keys). Counts (``*_after``) are script events sent or skipped so far, and
+every fault hits the call's first connection only, so a client that reconnects gets the whole stream:
+
+* ``fail_first`` (with ``fail_status``, default 503, and ``retry_after``): the first N subscriptions are answered
+  that error, with a ``Retry-After`` header (and the rate-limit body for 429) when ``retry_after`` is given;
+  ``fail_reconnects``: as many of the subscriptions after the first stream ended (a drop, a stall, a clean end)
+  are answered the same way, a storm meeting the reconnect.
+* ``drop_after``: the connection is cut (no chunked terminator, like a proxy); ``end_after``: the body ends
+  cleanly without ``sse_close``; ``partial_after``: the first half of the next line is sent, with no newline,
+  then the connection is cut.
+* ``stall_after`` with ``stall_seconds`` (wall seconds): silence, not even keep-alives, then the stream goes on.
+* ``malformed_after``: two lines that are not events (not JSON; JSON without ``event_type``);
+  ``oversized_after``: one valid ``tts_completed`` event (id ``{call id}_oversized_{n}``) whose line is at least
+  ``oversized_bytes`` long (default 8 MiB), to see that a client bounds what it buffers.
+* Duplicates need no key: two script events with the same ``event_id`` are both sent. A string field holding a
+  lone surrogate (text cut inside an emoji, as captured streams have) is sent as its ``\\ud83d`` JSON escape.
+
+What each connection wrote is recorded per call (``Simulator.sent``), and how it ended (``Simulator.ends``), so a
+test can compare what a client passed on with what the server really sent.
 
 Finding calls (for a runner that discovers calls by itself rather than being given their ids):
 
@@ -71,14 +92,17 @@ _TOP_KEYS = (
 )  # fmt: skip
 _CALL_KEYS = (
     "id", "status", "repeat", "events",
-    "fail_first", "fail_status", "retry_after",
+    "fail_first", "fail_status", "retry_after", "fail_reconnects",
     "drop_after", "end_after", "malformed_after", "stall_after", "stall_seconds",
+    "oversized_after", "oversized_bytes", "partial_after",
     "start", "start_every", "late_join",
     "agent_id", "campaign_id", "conversation_type", "from_phone", "to_phone",
 )  # fmt: skip
 _FAULT_KEYS = ("from", "until", "status", "retry_after", "stall")
 _DEFAULT_AGENT = "sim-agent"
 _DEFAULT_CONVERSATION_TYPE = "inbound"
+#: How long an ``oversized_after`` line is unless ``oversized_bytes`` says otherwise.
+DEFAULT_OVERSIZED_BYTES = 8 * 1024 * 1024
 
 
 class ScriptError(ValueError):
@@ -113,6 +137,10 @@ class SimCall:
     malformed_after: int | None = None
     stall_after: int | None = None
     stall_seconds: float = 0.0
+    fail_reconnects: int = 0
+    oversized_after: int | None = None
+    oversized_bytes: int = DEFAULT_OVERSIZED_BYTES
+    partial_after: int | None = None
     #: Seconds after the simulator starts serving (before ``speed``); None: the clock starts at the first
     #: successful subscription instead, and the call is active (listed ``in_progress``) until then.
     start: float | None = None
@@ -290,13 +318,15 @@ def _parse_call(v: _Validator, data: Any, where: str) -> list[SimCall]:
 
     p = where + "."
     counts = {}
-    for key in ("drop_after", "end_after", "malformed_after", "stall_after"):
+    for key in ("drop_after", "end_after", "malformed_after", "stall_after", "oversized_after", "partial_after"):
         count = v.integer(data, key, p, default=None)
         if count is not None and count > len(events):
             v.fail(p + key, f"expected at most the call's {len(events)} events", count)
         counts[key] = count
     if counts["stall_after"] is not None and "stall_seconds" not in data:
         v.fail(p + "stall_seconds", "required with stall_after (wall seconds of silence)", None)
+    if "oversized_bytes" in data and counts["oversized_after"] is None:
+        v.fail(p + "oversized_bytes", "only with oversized_after (the size of that line)", data["oversized_bytes"])
     fail_status = v.integer(data, "fail_status", p, default=503)
     if not 400 <= fail_status <= 599:
         v.fail(p + "fail_status", "expected an HTTP error status (400-599)", fail_status)
@@ -321,6 +351,8 @@ def _parse_call(v: _Validator, data: Any, where: str) -> list[SimCall]:
         end_at=end_at,
         status=status,
         fail_first=v.integer(data, "fail_first", p, default=0),
+        fail_reconnects=v.integer(data, "fail_reconnects", p, default=0),
+        oversized_bytes=v.integer(data, "oversized_bytes", p, default=DEFAULT_OVERSIZED_BYTES, minimum=1),
         fail_status=fail_status,
         retry_after=retry_after,
         stall_seconds=v.number(data, "stall_seconds", p, default=0.0, unit="a number of seconds"),
@@ -380,6 +412,8 @@ def _parse_jsonl(text: str, source: str) -> Script:
             raise ScriptError(f"{where}: invalid JSON: {error.msg} (column {error.colno})") from None
         if not isinstance(event, dict):
             raise ScriptError(f"{where}: expected a JSON object, got {_show(event)}")
+        if "platform_webhook" in event:
+            continue  # a spooled Atoms webhook delivery (hookrunner.spool), not a stream event
         for key in ("event_type", "call_id"):
             if not isinstance(event.get(key), str) or not event[key]:
                 raise ScriptError(f"{where}: {key}: expected a non-empty string, got {_show(event.get(key))}")

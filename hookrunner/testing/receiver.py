@@ -4,7 +4,9 @@ served by hypercorn on trio, on 127.0.0.1. ``from hookrunner.testing import runn
 It records every request (path, query, headers, raw body bytes, when it arrived) and answers as the test scripts
 it, per path: a list of replies given in order, then a default; or a function of the request. A reply has a
 status, headers (``Retry-After``...), a body and a delay before answering; a client that gives up during the delay
-is noted on the request (``disconnected``), so a test can tell an answer the sender saw from one it did not.
+is noted on the request (``disconnected``), so a test can tell an answer the sender saw from one it did not. A reply
+with ``drop=True`` sends its status line and headers and then closes the connection mid-answer (``dropped``), as a
+crashing endpoint or a proxy does: the sender sees a connection error, not the status.
 
 ``refusing_port()`` holds a loopback port that refuses connections (bound, not listening); serve a receiver on that
 same port later (``running_receiver(port=...)``) to play an endpoint that was down and came back.
@@ -45,12 +47,14 @@ _log = logging.getLogger("hookrunner.testing.receiver")
 
 @dataclass(frozen=True)
 class Reply:
-    """One answer: ``status`` and ``headers`` after ``delay`` seconds, with ``body``."""
+    """One answer: ``status`` and ``headers`` after ``delay`` seconds, with ``body``; with ``drop``, the connection
+    is closed after the headers instead of sending the body."""
 
     status: int = 200
     headers: Mapping[str, str] = field(default_factory=dict)
     delay: float = 0.0
     body: bytes = b""
+    drop: bool = False
 
 
 @dataclass
@@ -68,6 +72,7 @@ class ReceivedRequest:
     reply: Reply | None = None
     answered: float | None = None  # trio.current_time() when the answer was sent
     disconnected: bool = False  # the client went away before the answer was sent
+    dropped: bool = False  # the reply was ``drop``: the connection was closed mid-answer
 
     @property
     def status(self) -> int | None:
@@ -214,6 +219,16 @@ class Receiver(LoopbackServer):
                 self._changed.set()
                 return
         headers = [(name.lower().encode("latin-1"), str(value).encode("latin-1")) for name, value in reply.headers.items()]
+        if reply.drop:
+            # Returning with the body unfinished makes hypercorn close the connection: the sender reads the
+            # headers, then an incomplete body.
+            request.dropped = True
+            try:
+                await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+            except Exception:  # the client went away just now
+                request.disconnected = True
+            self._changed.set()
+            return
         headers.append((b"content-length", str(len(reply.body)).encode()))
         try:
             await send({"type": "http.response.start", "status": reply.status, "headers": headers})

@@ -133,7 +133,7 @@ class Poster:
             return Outcome.reject(f"Slack answered {status} with {what}", status), {}
         if data.get("ok") is True:
             return Outcome.delivered(status), data
-        error = str(data.get("error") or f"HTTP {status}")[:100]
+        error = one_line(str(data.get("error") or f"HTTP {status}"), 100)
         if error in STOPPING_ERRORS:
             return Outcome.gone(f"Slack refused: {error}", status), data
         if error in RETRYABLE_ERRORS:

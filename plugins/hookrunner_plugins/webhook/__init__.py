@@ -32,6 +32,8 @@ __all__ = ["plugin", "verify", "WebhookVerificationError", "WebhookPlugin"]
 
 log = logging.getLogger("hookrunner.plugins.webhook")
 
+#: Message types whose filter result is kept (the known ones and then some; a made-up type is matched each time).
+TYPE_CACHE_SIZE = 256
 #: Header names whose values are credentials, kept out of every log line.
 _CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|signature|cookie|session|password", re.IGNORECASE)
 #: Seconds kept back from on_shutdown's time for writing what is left to the dead-letter file.
@@ -116,7 +118,9 @@ class _Endpoint:
             return False
         wanted = self._type_wanted.get(message_type)
         if wanted is None:
-            wanted = self._type_wanted[message_type] = self.settings.wants_type(message_type)
+            wanted = self.settings.wants_type(message_type)
+            if len(self._type_wanted) < TYPE_CACHE_SIZE:  # types come from outside: the cache stays bounded
+                self._type_wanted[message_type] = wanted
         return wanted
 
 

@@ -6,6 +6,7 @@ import difflib
 import ipaddress
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,16 @@ from urllib.parse import urlsplit
 
 from hookrunner import Setting, at_least, check_table, type_selected
 from hookrunner.events import EVENT_CLASSES
-from hookrunner.settings import http_url
+from hookrunner.settings import http_url, key_text
 
 from .signing import secret_problem
 
 log = logging.getLogger("hookrunner.plugins.webhook")
 
 DEFAULT_EVENTS = ["user_transcription", "tts_completed", "trigger.*"]
+#: What an HTTP header name and value may hold (RFC 9110 tokens; visible ASCII, spaces and tabs).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")
 RESERVED_HEADERS = {"content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature"}
 
 
@@ -116,9 +120,13 @@ def parse_settings(
         seen_names.add(name)
         secrets, found = _secrets(fields, where)
         problems += found
-        for header in fields["headers"]:
-            if header.lower() in RESERVED_HEADERS:
+        for header, value in fields["headers"].items():
+            if not _HEADER_NAME.fullmatch(header):
+                problems.append(f"{where}.headers: expected header names of letters, digits and -, got {key_text(header)}")
+            elif header.lower() in RESERVED_HEADERS:
                 problems.append(f"{where}.headers.{header}: set by hookrunner itself; remove it")
+            elif not _HEADER_VALUE.fullmatch(value):  # httpx would refuse it on every attempt; never shown: a credential
+                problems.append(f"{where}.headers.{header}: expected printable ASCII text (no line breaks)")
         if fields["retry_max_delay"] < fields["retry_initial_delay"]:
             problems.append(f"{where}.retry_max_delay: expected at least retry_initial_delay")
         if warn:

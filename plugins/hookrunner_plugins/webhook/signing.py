@@ -66,8 +66,9 @@ def verify(payload: bytes | str, headers: Mapping[str, str], secret: str) -> Any
     or malformed signature, a missing header, a timestamp out of tolerance, a body that is not UTF-8 JSON), so a
     receiver answers 400 for every bad request by catching that one exception.
     """
+    webhook = Webhook(secret)  # a malformed secret is the receiver's mistake: its own error, not a bad delivery
     try:
-        return Webhook(secret).verify(payload, dict(headers))
+        return webhook.verify(payload, dict(headers))
     except WebhookVerificationError:
         raise
     except (ValueError, TypeError, KeyError, binascii.Error, UnicodeError, OverflowError, RecursionError) as exc:
