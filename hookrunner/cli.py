@@ -228,6 +228,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         calls = "none listed (pass --call ID to run, or enable discovery.poll or server)"
     print(f"  calls: {calls} (at most {config.max_calls} at once: runner.max_calls)", file=out)
+    if config.state.path is not None:
+        state = f"journal {config.state.path} (undelivered messages survive a kill; commits every {config.state.commit_interval:g} s)"
+    else:
+        state = 'in memory only (state.path = ""): undelivered messages are lost if the process is killed'
+    print(f"  state: {state}", file=out)
     for line in service_summary(config):
         print(line, file=out)
     print(
@@ -430,6 +435,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     simulator = Simulator(script, api_key=api_key, speed=args.speed)
     data = load_example_config()
     data["discovery"] = {**data.get("discovery", {}), "poll": True, "interval": DEMO_POLL_INTERVAL}
+    data["state"] = {"path": ""}  # the demo's calls are new every time: nothing to resume, no file to leave
     config = config_from_dict(data, source=f"{EXAMPLE_CONFIG.name} (demo)", base_dir=Path.cwd())
     loaded = _prepare(config)
 

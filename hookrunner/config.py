@@ -171,12 +171,23 @@ PLUGINS_SCHEMA = {
     "disable": Setting("list[str]", []),
     "load": Setting("list[str]", [], check=_paths_or_modules),
 }
+STATE_SCHEMA = {
+    "path": Setting(
+        "str",
+        "hookrunner-state.db",
+        doc='the journal (SQLite), relative to the config file\'s folder; "" keeps everything in memory only',
+    ),
+    "commit_interval": Setting(
+        "number", 0.05, check=between(0.001, 10), doc="seconds the journal gathers writes into one commit (one fsync)"
+    ),
+}
 TOP_SCHEMA = {
     "atoms": Setting("table", {}),
     "runner": Setting("table", {}),
     "plugins": Setting("table", {}),
     "discovery": Setting("table", {}),
     "server": Setting("table", {}),
+    "state": Setting("table", {}),
 }
 
 
@@ -200,7 +211,15 @@ def default_config_table() -> dict[str, Any]:
         "plugins": defaults(PLUGINS_SCHEMA),
         "discovery": defaults(DISCOVERY_SCHEMA),
         "server": defaults(SERVER_SCHEMA),
+        "state": defaults(STATE_SCHEMA),
     }
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    #: The journal file, or None when ``[state] path = ""`` keeps everything in memory (lost with the process).
+    path: Path | None
+    commit_interval: float
 
 
 @dataclass(frozen=True)
@@ -281,6 +300,7 @@ class Config:
     max_event_bytes: int
     discovery: DiscoveryConfig
     server: ServerConfig
+    state: StateConfig
 
     @property
     def service(self) -> bool:
@@ -410,6 +430,10 @@ def config_from_dict(
         )
     server, found = check_table(top["server"], SERVER_SCHEMA, "server")
     problems += found
+    state, found = check_table(top["state"], STATE_SCHEMA, "state")
+    problems += found
+    if isinstance(state["path"], str) and "\0" in state["path"]:
+        problems.append("state.path: expected a file path, got a NUL character")
     plugins_table = top["plugins"]
     plugin_settings = {k: v for k, v in plugins_table.items() if k not in PLUGINS_SCHEMA}
     plugins, found = check_table(
@@ -460,4 +484,8 @@ def config_from_dict(
             **{key: tuple(value) if isinstance(value, list) else value for key, value in discovery.items()}
         ),
         server=ServerConfig(**server),
+        state=StateConfig(
+            path=base_dir / state["path"] if state["path"] else None,
+            commit_interval=float(state["commit_interval"]),
+        ),
     )

@@ -13,6 +13,7 @@ import msgspec
 if TYPE_CHECKING:
     import httpx
 
+    from .journal import Journal
     from .metrics import RunnerMetrics
     from .outbox import Outbox
     from .triggers import Trigger
@@ -72,6 +73,7 @@ class App:
         emit_trigger: Callable[[str, Trigger], None],
         shutdown_time_left: Callable[[], float] | None = None,
         metrics: RunnerMetrics | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -86,6 +88,7 @@ class App:
         #: The runner's metrics (``GET /metrics`` when ``[server]`` is on): ``metrics.registry`` takes the plugin's
         #: own ``prometheus_client`` metrics; ``metrics.track_outbox(outbox)`` shows an outbox's counts.
         self.metrics = metrics
+        self._journal = journal
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` in the background, inside the runner's nursery.
@@ -97,9 +100,13 @@ class App:
 
     def run_outbox(self, outbox: Outbox) -> None:
         """Deliver an outbox's messages in the background (``start_soon(outbox.run)``) and show its delivered,
-        retried and dead-lettered counts on ``/metrics``, labelled with this plugin and the outbox's name."""
+        retried and dead-lettered counts on ``/metrics``, labelled with this plugin and the outbox's name. With the
+        journal on (``[state] path``), every message it accepts is kept there until delivered or dead-lettered, and
+        what a killed run left is sent first."""
         if self.metrics is not None:
             self.metrics.track_outbox(outbox)
+        if self._journal is not None:  # [state] path: what it has not delivered survives a kill, and resumes
+            outbox.attach_journal(self._journal.for_outbox(self.name, outbox.name))
         self.start_soon(outbox.run)
 
     def shutdown_time_left(self) -> float:

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -33,6 +33,9 @@ from .backoff import DEFAULT_MAX_RETRY_AFTER, backoff_delay
 from .dead_letters import DeadLetterFile
 from .dispatch import first_leaf, is_cancellation
 from .text import one_line
+
+if TYPE_CHECKING:
+    from .journal import OutboxJournal
 
 __all__ = ["Outbox", "OutboxMessage", "Outcome", "RetryPolicy", "Deliverer", "OutboxStats"]
 
@@ -59,6 +62,8 @@ class OutboxMessage:
     last_attempt: datetime | None = None
     last_status: int | None = None
     last_error: str | None = None
+    #: Its row in the journal (``[state] path``) while it is neither delivered nor dead-lettered.
+    journal_handle: str | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,7 @@ class Outbox:
         self._idle = trio.Event()
         self._idle.set()
         self._gone: str | None = None
+        self._journal: OutboxJournal | None = None
         self._after_stop = 0  # messages dead-lettered since the endpoint stopped (logged once, at close)
         self._closed = False
         self._refused: list[tuple[OutboxMessage, str]] = []  # to dead-letter, waiting to be written as a group
@@ -189,6 +195,30 @@ class Outbox:
         if self._queued >= self._max_queue:
             self._overflow(message)
             return
+        if self._journal is not None and message.journal_handle is None:
+            message.journal_handle = self._journal.add(message)
+        self._enqueue(message)
+
+    def attach_journal(self, journal: OutboxJournal) -> None:
+        """Keep every accepted message in ``journal`` until it is delivered or dead-lettered, and queue first what a
+        previous run left there (same ids, same order, attempts counted on). ``App.run_outbox`` does this."""
+        self._journal = journal
+        left = journal.pending()
+        for row in left:
+            self._enqueue(
+                OutboxMessage(
+                    id=row.id,
+                    key=row.key,
+                    body=row.body,
+                    attempts=row.attempts,
+                    first_attempt=row.first_attempt,
+                    journal_handle=row.handle,
+                )
+            )
+        if left:
+            log.info("%s: %d messages a previous run did not deliver are sent first (from the journal)", self.name, len(left))
+
+    def _enqueue(self, message: OutboxMessage) -> None:
         queue = self._queues.get(message.key)
         if queue is None:
             queue = self._queues[message.key] = deque()
@@ -343,6 +373,7 @@ class Outbox:
                 outcome = await self._attempt(batch)
                 if outcome.kind == "delivered":
                     now = time.monotonic()
+                    self._forget(batch)
                     self.stats.delivered += len(batch)
                     self.stats.latencies.extend(now - message.created for message in batch)
                     finished = True
@@ -402,6 +433,8 @@ class Outbox:
             message.attempts += 1
             message.first_attempt = message.first_attempt or now
             message.last_attempt = now
+            if self._journal is not None:
+                self._journal.attempted(message)
         try:
             outcome = await self._deliver(batch)
         except BaseException as exc:  # a deliverer's bug must not kill the outbox: treat it as a failed attempt
@@ -447,10 +480,20 @@ class Outbox:
         if not messages:
             return
         self.stats.dead_lettered += len(messages)
+        self._forget(messages)
         quiet = self._gone is not None  # a stopped endpoint said so once: its later letters are only counted
         if quiet:
             self._after_stop += len(messages)
         self._dead_letters.append(self.plugin, self.name, messages, reason, quiet=quiet)
+
+    def _forget(self, messages: list[OutboxMessage]) -> None:
+        """Delivered or dead-lettered: out of the journal."""
+        if self._journal is None:
+            return
+        for message in messages:
+            if message.journal_handle is not None:
+                self._journal.finished(message.journal_handle)
+                message.journal_handle = None
 
     # --- shutdown ---------------------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from .callbook import CallBook, Offer
 from .callids import call_id_problem
 from .context import App, CallContext, Turn
 from .discovery import ListingPoller
+from .journal import Journal
 from .limits import raise_open_file_limit
 from .logs import logged_at, redact_in_logs
 from .metrics import RunnerMetrics
@@ -103,16 +104,24 @@ class Runner:
         self._background: trio.Nursery | None = None
         self._shutdown_deadline: float | None = None
         self._apps: dict[str, App] = {}
+        self._journal: Journal | None = None  # opened by run(): [state] path
 
     # --- the whole run ----------------------------------------------------------------------------------------
 
     async def run(self) -> int:
         """Start plugins, follow every call until it is over (or a stop), stop plugins; return the exit code."""
         raise_open_file_limit()  # every call's stream and every server connection holds a file descriptor
-        async with trio.open_nursery() as watcher:  # signals are watched from on_startup to on_shutdown
-            watcher.start_soon(self._watch_signals)
-            await self._run_plugins_and_calls()
-            watcher.cancel_scope.cancel()
+        if self.config.state.path is not None:
+            state = self.config.state
+            self._journal = Journal(state.path, state.commit_interval, source=f"{self.config.source}: state.path")
+        try:
+            async with trio.open_nursery() as watcher:  # signals are watched from on_startup to on_shutdown
+                watcher.start_soon(self._watch_signals)
+                await self._run_plugins_and_calls()
+                watcher.cancel_scope.cancel()
+        finally:
+            if self._journal is not None:
+                self._journal.close()  # what the last interval gathered (deliveries, dead letters at close)
         self.state = "stopped"
         log.info("finished: %s", self.stats.summary())
         if self._auth_error is not None or self._fatal_error is not None:
@@ -135,6 +144,8 @@ class Runner:
             trio.open_nursery() as background,
         ):
             self._background = background
+            if self._journal is not None:
+                background.start_soon(self._journal.run)
             settings = settings_with_defaults(self.config, self.plugins)
             self._apps = {name: self._make_app(name, plugin_http, settings) for name in self.plugins.active_names}
             await self.dispatcher.call("on_startup", lambda name: {"app": self._apps[name]})
@@ -459,6 +470,7 @@ class Runner:
             emit_trigger=self._emit_trigger,
             shutdown_time_left=self.shutdown_time_left,
             metrics=self.metrics,
+            journal=self._journal,
         )
 
     def _emit_trigger(self, plugin: str, trigger: Trigger) -> None:

@@ -204,6 +204,7 @@ def config_table(
             **(runner or {}),
         },
         "plugins": {"disable": sorted(installed - set(enable)), **(settings or {})},
+        "state": {"path": ""},  # no journal: one test's undelivered messages must not reach the next
     }
 
 

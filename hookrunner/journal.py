@@ -1,0 +1,204 @@
+"""The journal (``[state] path``): what the runner must not forget when it is killed, in one SQLite file.
+
+Today it holds every outbox message from ``submit`` until it is delivered or dead-lettered, with its attempt
+count, so ``hookrunner run`` after a kill -9, the OOM killer or a reboot sends each one again with its original
+id (receivers deduplicate on it), in its key's order. (Calls followed, dedupe ids, undispatched events and
+platform webhook ids are the next slices of the same file.)
+
+Writes never wait on the disk inside a hook: they are gathered for ``[state] commit_interval`` and written in
+one transaction from a worker thread (group commit: one fsync per interval, not per message). A message
+submitted and delivered within one interval never touches the disk at all. The bound this gives: a kill loses at
+most what was submitted in the last ``commit_interval``. SQLite runs in WAL mode with ``synchronous=NORMAL``,
+which survives the process being killed at any instruction (a power cut may lose the last commits).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import trio
+
+from .errors import ConfigError
+from .text import json_bytes
+
+if TYPE_CHECKING:
+    from .outbox import OutboxMessage
+
+__all__ = ["Journal", "OutboxJournal", "JournaledMessage"]
+
+log = logging.getLogger("hookrunner.journal")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    handle TEXT PRIMARY KEY,
+    plugin TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_attempt TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_by_endpoint ON outbox (plugin, endpoint, seq);
+"""
+
+
+@dataclass(frozen=True)
+class JournaledMessage:
+    """A message found in the journal at start: not delivered nor dead-lettered by the run that submitted it."""
+
+    handle: str
+    id: str
+    key: str
+    body: Any
+    attempts: int
+    first_attempt: datetime | None
+
+
+class Journal:
+    """One journal file; ``run`` (in the runner's nursery) writes what was gathered, ``close`` writes the rest."""
+
+    def __init__(self, path: Path, commit_interval: float, *, source: str = "state.path") -> None:
+        self.path = path
+        self.commit_interval = commit_interval
+        self._lock = threading.Lock()  # the worker thread's commit and close's last one never overlap
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
+        except (sqlite3.Error, OSError) as exc:
+            raise ConfigError(f"{source}: cannot open the journal {path} ({exc})") from None
+        self._adds: dict[str, tuple[Any, ...]] = {}  # handle -> row, in submission order
+        self._done: list[str] = []
+        self._attempts: dict[str, tuple[int, str | None]] = {}
+        self._wanted = trio.Event()
+        self.closed = False
+
+    # --- what the outboxes say -------------------------------------------------------------------------------
+
+    def for_outbox(self, plugin: str, endpoint: str) -> OutboxJournal:
+        return OutboxJournal(self, plugin, endpoint)
+
+    def _add(self, plugin: str, endpoint: str, message: OutboxMessage) -> str:
+        handle = uuid.uuid4().hex
+        self._seq += 1
+        self._adds[handle] = (handle, plugin, endpoint, self._seq, message.id, message.key, json_bytes(message.body))
+        self._wake()
+        return handle
+
+    def _finished(self, handle: str) -> None:
+        self._attempts.pop(handle, None)
+        if self._adds.pop(handle, None) is None:  # (submitted and finished within one interval: never written)
+            self._done.append(handle)
+            self._wake()
+
+    def _attempted(self, handle: str, attempts: int, first_attempt: datetime | None) -> None:
+        self._attempts[handle] = (attempts, None if first_attempt is None else first_attempt.isoformat())
+        self._wake()
+
+    def _wake(self) -> None:
+        self._wanted.set()
+
+    def pending(self, plugin: str, endpoint: str) -> list[JournaledMessage]:
+        """What a previous run left for this outbox, oldest first."""
+        rows = self._db.execute(
+            "SELECT handle, id, key, body, attempts, first_attempt FROM outbox WHERE plugin = ? AND endpoint = ? "
+            "ORDER BY seq",
+            (plugin, endpoint),
+        ).fetchall()
+        return [
+            JournaledMessage(
+                handle=handle,
+                id=message_id,
+                key=key,
+                body=msgspec.json.decode(body),
+                attempts=attempts,
+                first_attempt=None if first is None else datetime.fromisoformat(first),
+            )
+            for handle, message_id, key, body, attempts, first in rows
+        ]
+
+    # --- writing -----------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Commit what was gathered, every ``commit_interval`` while there is something to write."""
+        while True:
+            await self._wanted.wait()
+            await trio.sleep(self.commit_interval)
+            self._wanted = trio.Event()
+            batch = self._take()
+            await trio.to_thread.run_sync(self._commit, batch)  # not abandoned on cancel: it finishes
+
+    def _take(self) -> tuple[list[tuple[Any, ...]], list[str], dict[str, tuple[int, str | None]]]:
+        adds, done, attempts = list(self._adds.values()), self._done, self._attempts
+        self._adds, self._done, self._attempts = {}, [], {}
+        return adds, done, attempts
+
+    def _commit(self, batch: tuple[list[tuple[Any, ...]], list[str], dict[str, tuple[int, str | None]]]) -> None:
+        adds, done, attempts = batch
+        if not (adds or done or attempts):
+            return
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO outbox (handle, plugin, endpoint, seq, id, key, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    adds,
+                )
+                self._db.executemany(
+                    "UPDATE outbox SET attempts = ?, first_attempt = ? WHERE handle = ?",
+                    [(count, first, handle) for handle, (count, first) in attempts.items()],
+                )
+                self._db.executemany("DELETE FROM outbox WHERE handle = ?", [(handle,) for handle in done])
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:  # the disk is full, the file went away: the run goes on, in memory
+                log.error("journal %s: a commit failed (%s); %d messages are only in memory", self.path, exc, len(adds))
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+
+    def close(self) -> None:
+        """Write what is still gathered and close the file (at the end of the run)."""
+        self._commit(self._take())
+        with self._lock:
+            self.closed = True
+            self._db.close()
+
+
+class OutboxJournal:
+    """One outbox's view of the journal (its plugin and endpoint name are the key of its rows)."""
+
+    def __init__(self, journal: Journal, plugin: str, endpoint: str) -> None:
+        self._journal = journal
+        self.plugin = plugin
+        self.endpoint = endpoint
+
+    def add(self, message: OutboxMessage) -> str:
+        """Journal a message just accepted; its handle."""
+        return self._journal._add(self.plugin, self.endpoint, message)
+
+    def finished(self, handle: str) -> None:
+        """The message was delivered or dead-lettered: forget it."""
+        self._journal._finished(handle)
+
+    def attempted(self, message: OutboxMessage) -> None:
+        if message.journal_handle is not None:
+            self._journal._attempted(message.journal_handle, message.attempts, message.first_attempt)
+
+    def pending(self) -> list[JournaledMessage]:
+        return self._journal.pending(self.plugin, self.endpoint)

@@ -1,0 +1,110 @@
+"""The journal (``[state] path``): undelivered outbox messages survive a kill -9 and are sent on restart.
+
+The acceptance test kills a real ``hookrunner run`` process while its webhook endpoint answers 503 and starts it
+again with the endpoint healthy; the simulator and the receiver run in the test, on loopback.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from hookrunner.journal import Journal
+from hookrunner.outbox import OutboxMessage
+from hookrunner.simulator import running_simulator
+from hookrunner.testing import config_table
+from hookrunner.testing.receiver import Reply, running_receiver
+
+from conftest import afinish, hookrunner_process, script, write_config
+
+SECRET_ENV = "HR_TEST_JOURNAL_SECRET"
+SECRET = "whsec_" + base64.b64encode(b"journal-test-secret-32-bytes-ok!").decode()
+
+
+def finals(n: int) -> list[dict[str, Any]]:
+    return [{"at": 0, "event_type": "user_transcription", "user_transcription_text": f"turn {i}"} for i in range(n)]
+
+
+def journal_config(base_url: str, hook_url: str, tmp_path: Path, **state: Any) -> Path:
+    endpoint = {
+        "name": "crm", "url": hook_url, "secret_env": SECRET_ENV, "events": ["user_transcription"],
+        "timeout": 1.0, "retry_initial_delay": 0.2, "retry_max_delay": 0.3, "max_attempts": 1000,
+    }  # fmt: skip
+    table = config_table(
+        base_url,
+        enable=["webhook"],
+        settings={"webhook": {"endpoints": [endpoint], "dead_letter": str(tmp_path / "dead.jsonl")}},
+        runner={"shutdown_grace": 30.0},  # the first run is still retrying when it is killed
+    )
+    table["state"] = state
+    return write_config(tmp_path, table)
+
+
+async def test_messages_pending_at_a_kill_9_are_all_delivered_after_a_restart_with_their_ids_and_order(
+    tmp_path: Path,
+) -> None:
+    env = {SECRET_ENV: SECRET}
+    async with running_simulator(script([{"id": "CALL-KILL", "events": finals(30)}])) as sim, running_receiver() as hook:
+        hook.script("/hook", [], then=Reply(503))
+        config = journal_config(sim.base_url, hook.url("/hook"), tmp_path, path="state.db")
+        first = hookrunner_process("run", str(config), "--call", "CALL-KILL", env=env)
+        try:
+            await hook.wait_for(3, path="/hook", timeout=10)  # the first message retried: all 30 were submitted
+            await trio.sleep(0.3)  # past state.commit_interval
+        finally:
+            os.kill(first.pid, signal.SIGKILL)
+            await afinish(first)
+        assert first.returncode == -signal.SIGKILL
+        before = {request.headers["webhook-id"] for request in hook.at("/hook")}
+        assert len(before) == 1  # one call: its messages go one after another, the first held by the 503s
+
+        hook.script("/hook", [], then=Reply(200))
+        second = hookrunner_process("run", str(config), "--call", "CALL-KILL", env=env)
+        code, out, err = await afinish(second)
+    assert code == 0, err
+    delivered = [request for request in hook.at("/hook") if request.succeeded]
+    texts = [request.json()["data"]["user_transcription_text"] for request in delivered]
+    assert texts == [f"turn {i}" for i in range(30)], texts  # every one, once, in the call's order
+    ids = [request.headers["webhook-id"] for request in delivered]
+    assert ids[0] in before and len(set(ids)) == 30  # the id the receiver saw before the kill, kept
+    assert not (tmp_path / "dead.jsonl").exists() or (tmp_path / "dead.jsonl").read_text() == ""
+    assert "30 messages a previous run did not deliver are sent first" in err
+
+
+async def test_with_state_path_empty_nothing_is_written_and_check_says_so(tmp_path: Path, cli) -> None:
+    from conftest import finish
+
+    async with running_simulator(script([{"id": "CALL-MEM", "events": finals(2)}])) as sim, running_receiver() as hook:
+        config = journal_config(sim.base_url, hook.url("/hook"), tmp_path, path="")
+        code, out, err = await afinish(hookrunner_process("run", str(config), "--call", "CALL-MEM", env={SECRET_ENV: SECRET}))
+        assert code == 0, err
+        assert len([request for request in hook.at("/hook") if request.succeeded]) == 2
+    assert list(tmp_path.glob("*.db*")) == []
+    code, out, _ = finish(cli("check", str(config), env={SECRET_ENV: SECRET}))
+    assert code == 0 and 'state: in memory only (state.path = "")' in out
+    config = journal_config("http://127.0.0.1:9", "http://127.0.0.1:9/hook", tmp_path, path="state.db")
+    code, out, _ = finish(cli("check", str(config), env={SECRET_ENV: SECRET}))
+    assert code == 0 and f"state: journal {tmp_path / 'state.db'}" in out
+
+
+def test_what_is_delivered_within_one_commit_interval_never_reaches_the_file_and_the_rest_survives(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.db", 0.05)
+    crm = journal.for_outbox("webhook", "crm")
+    quick, slow = OutboxMessage(id="m-quick", key="C", body={"n": 1}), OutboxMessage(id="m-slow", key="C", body={"n": "ñ \ud83d"})
+    quick.journal_handle, slow.journal_handle = crm.add(quick), crm.add(slow)
+    crm.finished(quick.journal_handle)
+    slow.attempts = 3
+    crm.attempted(slow)
+    journal.close()
+    reopened = Journal(tmp_path / "j.db", 0.05)
+    (left,) = reopened.for_outbox("webhook", "crm").pending()
+    assert (left.id, left.key, left.body, left.attempts) == ("m-slow", "C", {"n": "ñ \ufffd"}, 3)
+    assert reopened.for_outbox("webhook", "other").pending() == []
+    reopened.close()
+    assert json.loads(json.dumps(left.body)) == left.body
