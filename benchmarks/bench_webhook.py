@@ -18,8 +18,9 @@ Besides this one, three processes, so that each one's CPU is its own:
 Endpoint variants (``max_in_flight = 50``, and ``max_queue`` raised so that a backlog is measured, not
 dead-lettered): ``unbatched`` (every event, ``batch_max_events = 1``), ``batched`` (every event,
 ``batch_max_events = 50``, ``batch_max_wait = 0.05``), ``finals`` (the default selection: user_transcription,
-tts_completed, triggers; unbatched). ``runner only`` (webhook plugin disabled) gives the runner's own CPU, to
-subtract. Runs rotate order between rounds.
+tts_completed, triggers; unbatched). Every variant runs with the journal on (``[state] path``, the default)
+except ``unbatched, no journal``: the pair is what writing each message down costs. ``runner only`` (webhook
+plugin disabled) gives the runner's own CPU, to subtract. Runs rotate order between rounds.
 
   1. paced: 500 calls at R events/s each (default 5, calls out of step) for 20 s (quick: 8 s);
   2. flood: 100 calls x 500 events (quick: 200) at once: delivered messages per second;
@@ -49,15 +50,18 @@ from bench_runner import KEY, CallIds, Server, _epoch, _percentiles, event_mix, 
 
 SECRET_ENV = "BENCH_WEBHOOK_SECRET"
 UNBOUNDED = {"max_in_flight": 50, "max_queue": 10_000_000}
+JOURNAL_OFF = "_journal_off"  # a variant's marker, not an endpoint setting
 #: name -> the endpoint's settings; None: the webhook plugin disabled (the runner's own cost)
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "runner only": None,
     "unbatched": {"events": ["*"], "batch_max_events": 1, **UNBOUNDED},
+    # the same without the journal ([state] path = ""): what writing every message down costs
+    "unbatched, no journal": {"events": ["*"], "batch_max_events": 1, **UNBOUNDED, JOURNAL_OFF: True},
     "batched": {"events": ["*"], "batch_max_events": 50, "batch_max_wait": 0.05, **UNBOUNDED},
     "finals": {"batch_max_events": 1, **UNBOUNDED},  # default events: user_transcription, tts_completed, trigger.*
 }
-PACED_VARIANTS = ("runner only", "unbatched", "batched", "finals")
-FLOOD_VARIANTS = ("runner only", "unbatched", "batched")
+PACED_VARIANTS = ("runner only", "unbatched", "unbatched, no journal", "batched", "finals")
+FLOOD_VARIANTS = ("runner only", "unbatched", "unbatched, no journal", "batched")
 PHASES = 10  # paced calls out of step: ten groups, each shifted by a tenth of the interval
 YARDSTICK_CONCURRENCY = (1, 10, 50)
 
@@ -249,7 +253,8 @@ def child_main(spec: dict[str, Any]) -> None:
 
     setup_logging("warning")
     workdir = Path(spec["workdir"])
-    endpoint = spec["endpoint"]
+    endpoint = dict(spec["endpoint"]) if spec["endpoint"] is not None else None
+    journal_off = endpoint is not None and endpoint.pop(JOURNAL_OFF, False)
     dead_letter = workdir / f"dead-letters-{spec['run']}.jsonl"
     # Only the webhook plugin (none at all for "runner only"): every other installed plugin is disabled.
     installed = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
@@ -264,6 +269,7 @@ def child_main(spec: dict[str, Any]) -> None:
             "atoms": {"base_url": spec["base"], "api_key": KEY},
             "runner": {"reconnect": {"max_attempts": 3}, **spec["runner"]},
             "plugins": plugins,
+            "state": {"path": "" if journal_off else f"state-{spec['run']}.db"},
         },
         source="<bench>",
         base_dir=workdir,

@@ -2,8 +2,9 @@
 
 Today it holds every outbox message from ``submit`` until it is delivered or dead-lettered, with its attempt
 count, so ``hookrunner run`` after a kill -9, the OOM killer or a reboot sends each one again with its original
-id (receivers deduplicate on it), in its key's order. (Calls followed, dedupe ids, undispatched events and
-platform webhook ids are the next slices of the same file.)
+id (receivers deduplicate on it), in its key's order; and the delivery ids of accepted Atoms webhooks for a day,
+so a signed push replayed after a restart is still recognised. (Calls followed, dedupe ids and undispatched
+events are the next slices of the same file.)
 
 Writes never wait on the disk inside a hook: they are gathered for ``[state] commit_interval`` and written in
 one transaction from a worker thread (group commit: one fsync per interval, not per message). A message
@@ -17,11 +18,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 import trio
@@ -49,7 +51,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     first_attempt TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_by_endpoint ON outbox (plugin, endpoint, seq);
+CREATE TABLE IF NOT EXISTS deliveries (id TEXT PRIMARY KEY, seen REAL NOT NULL);
 """
+#: How long an accepted platform webhook's delivery id is remembered (a replay within it is acknowledged, ignored).
+DELIVERY_WINDOW = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ class Journal:
         self._adds: dict[str, tuple[Any, ...]] = {}  # handle -> row, in submission order
         self._done: list[str] = []
         self._attempts: dict[str, tuple[int, str | None]] = {}
+        self._deliveries: list[tuple[str, float]] = []
         self._wanted = trio.Event()
         self.closed = False
 
@@ -110,6 +116,20 @@ class Journal:
 
     def _wake(self) -> None:
         self._wanted.set()
+
+    def delivery_accepted(self, delivery_id: str) -> None:
+        """Remember an accepted platform webhook's id (for ``DELIVERY_WINDOW``)."""
+        self._deliveries.append((delivery_id, time.time()))
+        self._wake()
+
+    def accepted_deliveries(self, limit: int) -> list[str]:
+        """The ids of platform webhooks accepted within ``DELIVERY_WINDOW``, oldest first, at most ``limit``."""
+        since = time.time() - DELIVERY_WINDOW
+        self._db.execute("DELETE FROM deliveries WHERE seen < ?", (since,))
+        rows = self._db.execute(
+            "SELECT id FROM (SELECT id, seen FROM deliveries ORDER BY seen DESC LIMIT ?) ORDER BY seen", (limit,)
+        ).fetchall()
+        return [row[0] for row in rows]
 
     def pending(self, plugin: str, endpoint: str) -> list[JournaledMessage]:
         """What a previous run left for this outbox, oldest first."""
@@ -141,14 +161,14 @@ class Journal:
             batch = self._take()
             await trio.to_thread.run_sync(self._commit, batch)  # not abandoned on cancel: it finishes
 
-    def _take(self) -> tuple[list[tuple[Any, ...]], list[str], dict[str, tuple[int, str | None]]]:
-        adds, done, attempts = list(self._adds.values()), self._done, self._attempts
-        self._adds, self._done, self._attempts = {}, [], {}
-        return adds, done, attempts
+    def _take(self) -> _Batch:
+        batch = _Batch(list(self._adds.values()), self._done, self._attempts, self._deliveries)
+        self._adds, self._done, self._attempts, self._deliveries = {}, [], {}, []
+        return batch
 
-    def _commit(self, batch: tuple[list[tuple[Any, ...]], list[str], dict[str, tuple[int, str | None]]]) -> None:
-        adds, done, attempts = batch
-        if not (adds or done or attempts):
+    def _commit(self, batch: _Batch) -> None:
+        adds, done, attempts, deliveries = batch
+        if not (adds or done or attempts or deliveries):
             return
         with self._lock:
             if self.closed:
@@ -164,6 +184,7 @@ class Journal:
                     [(count, first, handle) for handle, (count, first) in attempts.items()],
                 )
                 self._db.executemany("DELETE FROM outbox WHERE handle = ?", [(handle,) for handle in done])
+                self._db.executemany("INSERT OR REPLACE INTO deliveries (id, seen) VALUES (?, ?)", deliveries)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:  # the disk is full, the file went away: the run goes on, in memory
                 log.error("journal %s: a commit failed (%s); %d messages are only in memory", self.path, exc, len(adds))
@@ -178,6 +199,15 @@ class Journal:
         with self._lock:
             self.closed = True
             self._db.close()
+
+
+class _Batch(NamedTuple):
+    """What one commit writes."""
+
+    adds: list[tuple[Any, ...]]
+    done: list[str]
+    attempts: dict[str, tuple[int, str | None]]
+    deliveries: list[tuple[str, float]]
 
 
 class OutboxJournal:

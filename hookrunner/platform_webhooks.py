@@ -16,9 +16,12 @@ import hmac
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .text import encodable
+
+if TYPE_CHECKING:
+    from .journal import Journal
 
 __all__ = ["signature_valid", "parse_delivery", "PlatformDelivery", "SeenDeliveries", "BadDelivery"]
 
@@ -111,15 +114,20 @@ def parse_delivery(body: bytes) -> PlatformDelivery:
 class SeenDeliveries:
     """Delivery ids already acted on, the most recent ``limit`` of them."""
 
-    def __init__(self, limit: int = 100_000) -> None:
+    def __init__(self, limit: int = 100_000, *, journal: Journal | None = None) -> None:
         self._ids: OrderedDict[str, None] = OrderedDict()
         self._limit = limit
+        self._journal = journal  # with one, the window survives a restart
+        if journal is not None:
+            self._ids.update((delivery_id, None) for delivery_id in journal.accepted_deliveries(limit))
 
     def first_time(self, delivery_id: str) -> bool:
         """True the first time an id is seen (and remembers it); False for a repeat."""
         if delivery_id in self._ids:
             return False
         self._ids[delivery_id] = None
+        if self._journal is not None:
+            self._journal.delivery_accepted(delivery_id)
         if len(self._ids) > self._limit:
             self._ids.popitem(last=False)
         return True

@@ -178,6 +178,11 @@ class Runner:
                 )
             background.cancel_scope.cancel()
 
+    @property
+    def journal(self) -> Journal | None:
+        """The journal (``[state] path``) while the runner runs; None when it is off."""
+        return self._journal
+
     def shutdown_time_left(self) -> float:
         """Seconds ``on_shutdown`` may still take (``shutdown_grace`` until it starts)."""
         if self._shutdown_deadline is None:

@@ -52,7 +52,7 @@ class ServiceApp:
         self.runner = runner
         self._secret = webhook_secret
         self._token = token
-        self._seen = SeenDeliveries()
+        self._seen = SeenDeliveries(journal=runner.journal)  # a replay after a restart is still one
         self._routes = {
             ("POST", "/atoms/webhook"): self._atoms_webhook,
             ("POST", "/calls"): self._post_call,

@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from hookrunner import hookimpl
 from hookrunner.journal import Journal
 from hookrunner.outbox import OutboxMessage
 from hookrunner.simulator import running_simulator
@@ -108,3 +109,51 @@ def test_what_is_delivered_within_one_commit_interval_never_reaches_the_file_and
     assert reopened.for_outbox("webhook", "other").pending() == []
     reopened.close()
     assert json.loads(json.dumps(left.body)) == left.body
+
+
+async def test_a_signed_push_replayed_after_a_restart_is_acknowledged_and_ignored(tmp_path: Path, monkeypatch) -> None:
+    import hashlib
+    import hmac
+
+    import httpx
+
+    from conftest import build_runner, make_config
+
+    secret, token = "atoms-webhook-secret", "service-token"
+    monkeypatch.setenv("HR_TEST_JOURNAL_WEBHOOK", secret)
+    monkeypatch.setenv("HR_TEST_JOURNAL_TOKEN", token)
+    body = json.dumps(
+        {"id": "dlv-once", "event": "agent-1.post-conversation", "metadata": {"callId": "CALL-P", "eventType": "post-conversation"}}
+    ).encode()
+    signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+    class Deliveries:
+        def __init__(self) -> None:
+            self.ids: list[str] = []
+
+        @hookimpl
+        def on_platform_webhook(self, delivery: Any) -> None:
+            self.ids.append(delivery.id)
+
+    async def push_once_to_a_new_runner() -> tuple[dict[str, Any], list[str]]:
+        config = make_config("http://127.0.0.1:9")
+        config["server"] = {"enabled": True, "port": 0, "token_env": "HR_TEST_JOURNAL_TOKEN"}
+        config["discovery"] = {"webhook_secret_env": "HR_TEST_JOURNAL_WEBHOOK"}
+        config["state"] = {"path": str(tmp_path / "state.db"), "commit_interval": 0.01}
+        seen = Deliveries()
+        runner = build_runner(config, [], seen)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runner.run)
+            with trio.fail_after(5):
+                while runner.server_url is None:
+                    await trio.sleep(0.01)
+            async with httpx.AsyncClient(base_url=runner.server_url) as client:
+                answer = await client.post("/atoms/webhook", content=body, headers={"X-Signature": signature})
+            await trio.sleep(0.1)
+            runner.stop()
+        return answer.json(), seen.ids
+
+    first, first_ids = await push_once_to_a_new_runner()
+    again, again_ids = await push_once_to_a_new_runner()  # a new process would read the same file
+    assert first == {"status": True} and first_ids == ["dlv-once"]
+    assert again == {"status": True, "duplicate": True} and again_ids == []
