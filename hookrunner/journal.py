@@ -2,9 +2,10 @@
 
 Today it holds every outbox message from ``submit`` until it is delivered or dead-lettered, with its attempt
 count, so ``hookrunner run`` after a kill -9, the OOM killer or a reboot sends each one again with its original
-id (receivers deduplicate on it), in its key's order; and the delivery ids of accepted Atoms webhooks for a day,
-so a signed push replayed after a restart is still recognised. (Calls followed, dedupe ids and undispatched
-events are the next slices of the same file.)
+id (receivers deduplicate on it), in its key's order; the delivery ids of accepted Atoms webhooks for a day, so a
+signed push replayed after a restart is still recognised; and the calls being followed with the ids of the events
+already dispatched, so a restart follows them again without dispatching those twice (events received but not
+yet dispatched are the next slice).
 
 Writes never wait on the disk inside a hook: they are gathered for ``[state] commit_interval`` and written in
 one transaction from a worker thread (group commit: one fsync per interval, not per message). A message
@@ -52,6 +53,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_by_endpoint ON outbox (plugin, endpoint, seq);
 CREATE TABLE IF NOT EXISTS deliveries (id TEXT PRIMARY KEY, seen REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS calls (call_id TEXT PRIMARY KEY, source TEXT NOT NULL, since REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS dispatched (call_id TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (call_id, key));
 """
 #: How long an accepted platform webhook's delivery id is remembered (a replay within it is acknowledged, ignored).
 DELIVERY_WINDOW = 24 * 3600.0
@@ -89,6 +92,9 @@ class Journal:
         self._done: list[str] = []
         self._attempts: dict[str, tuple[int, str | None]] = {}
         self._deliveries: list[tuple[str, float]] = []
+        self._calls: list[tuple[str, str, float]] = []
+        self._dispatched: list[tuple[str, str]] = []
+        self._calls_over: list[str] = []
         self._wanted = trio.Event()
         self.closed = False
 
@@ -121,6 +127,29 @@ class Journal:
         """Remember an accepted platform webhook's id (for ``DELIVERY_WINDOW``)."""
         self._deliveries.append((delivery_id, time.time()))
         self._wake()
+
+    def call_followed(self, call_id: str, source: str) -> None:
+        """A call is being followed: a restart follows it again unless it is over by then."""
+        self._calls.append((call_id, source, time.time()))
+        self._wake()
+
+    def event_dispatched(self, call_id: str, key: str) -> None:
+        """An event of a followed call reached every plugin: a restart does not dispatch it again."""
+        self._dispatched.append((call_id, key))
+        self._wake()
+
+    def call_over(self, call_id: str) -> None:
+        """The call ended for good: forget it and its events."""
+        self._calls_over.append(call_id)
+        self._wake()
+
+    def followed_calls(self) -> list[str]:
+        """The calls a previous run was following when it stopped, oldest first."""
+        return [row[0] for row in self._db.execute("SELECT call_id FROM calls ORDER BY since").fetchall()]
+
+    def dispatched_keys(self, call_id: str) -> list[str]:
+        """The dedupe keys of the events of ``call_id`` already dispatched (by a previous run too)."""
+        return [row[0] for row in self._db.execute("SELECT key FROM dispatched WHERE call_id = ?", (call_id,)).fetchall()]
 
     def accepted_deliveries(self, limit: int) -> list[str]:
         """The ids of platform webhooks accepted within ``DELIVERY_WINDOW``, oldest first, at most ``limit``."""
@@ -162,13 +191,17 @@ class Journal:
             await trio.to_thread.run_sync(self._commit, batch)  # not abandoned on cancel: it finishes
 
     def _take(self) -> _Batch:
-        batch = _Batch(list(self._adds.values()), self._done, self._attempts, self._deliveries)
+        batch = _Batch(
+            list(self._adds.values()), self._done, self._attempts, self._deliveries, self._calls, self._dispatched,
+            self._calls_over,
+        )  # fmt: skip
         self._adds, self._done, self._attempts, self._deliveries = {}, [], {}, []
+        self._calls, self._dispatched, self._calls_over = [], [], []
         return batch
 
     def _commit(self, batch: _Batch) -> None:
-        adds, done, attempts, deliveries = batch
-        if not (adds or done or attempts or deliveries):
+        adds, done, attempts, deliveries, calls, dispatched, calls_over = batch
+        if not any(batch):
             return
         with self._lock:
             if self.closed:
@@ -185,6 +218,11 @@ class Journal:
                 )
                 self._db.executemany("DELETE FROM outbox WHERE handle = ?", [(handle,) for handle in done])
                 self._db.executemany("INSERT OR REPLACE INTO deliveries (id, seen) VALUES (?, ?)", deliveries)
+                self._db.executemany("INSERT OR IGNORE INTO calls (call_id, source, since) VALUES (?, ?, ?)", calls)
+                self._db.executemany("INSERT OR IGNORE INTO dispatched (call_id, key) VALUES (?, ?)", dispatched)
+                over = [(call_id,) for call_id in calls_over]
+                self._db.executemany("DELETE FROM calls WHERE call_id = ?", over)
+                self._db.executemany("DELETE FROM dispatched WHERE call_id = ?", over)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:  # the disk is full, the file went away: the run goes on, in memory
                 log.error("journal %s: a commit failed (%s); %d messages are only in memory", self.path, exc, len(adds))
@@ -208,6 +246,9 @@ class _Batch(NamedTuple):
     done: list[str]
     attempts: dict[str, tuple[int, str | None]]
     deliveries: list[tuple[str, float]]
+    calls: list[tuple[str, str, float]]
+    dispatched: list[tuple[str, str]]
+    calls_over: list[str]
 
 
 class OutboxJournal:

@@ -37,7 +37,7 @@ from .events import Event, TtsCompleted, UserTranscription, type_label
 from .plugins import LoadedPlugins, settings_with_defaults, validate_plugin_settings
 from .spool import spool_events, spool_platform_webhooks
 from .stats import Stats
-from .subscription import AUTH_FAILED, COMPLETED, ENDED, FAILED, SHUTDOWN, Subscribed, Subscription
+from .subscription import AUTH_FAILED, COMPLETED, ENDED, FAILED, SHUTDOWN, Subscribed, Subscription, event_key
 from .text import one_line, shown
 from .triggers import Trigger
 
@@ -160,6 +160,8 @@ class Runner:
                         self.state = "serving"
                     for call_id in self._call_ids:
                         self.follow(call_id, "config")
+                    for call_id in self._journal.followed_calls() if self._journal is not None else ():
+                        self.follow(call_id, "journal")  # followed when the last run stopped: still live?
                     if self.config.service:
                         calls.start_soon(self._discover)
                 self._calls_nursery = None
@@ -279,6 +281,8 @@ class Runner:
         offer = self.calls.offer(call_id, trio.current_time())
         if offer in (Offer.NEW, Offer.QUEUED):
             self.stats.calls_discovered[source] += 1
+            if self._journal is not None and source != "journal":
+                self._journal.call_followed(call_id, source)
         if offer is Offer.NEW:
             if source != "config":
                 log.info("%s: following (found by %s)", call_id, source)
@@ -367,6 +371,8 @@ class Runner:
             reason = self._call_failed(call_id, exc)
             self.stats.calls_finished[reason] += 1
         finally:
+            if self._journal is not None and reason != SHUTDOWN:  # a stop leaves it for the next run to resume
+                self._journal.call_over(call_id)
             taking_calls = self._calls_nursery is not None and not self._stopping
             next_id = self.calls.finish(
                 call_id, final=reason in FINAL_REASONS, now=trio.current_time(), promote=taking_calls
@@ -396,6 +402,7 @@ class Runner:
             stats=self.stats,
             not_found_grace=self.config.discovery.not_found_grace if source in PUSHED else 0.0,
             max_event_size=self.config.max_event_bytes,
+            seen_before=self._journal.dispatched_keys(call_id) if self._journal is not None else (),
         )
         send, receive = trio.open_memory_channel[Event | Subscribed](self.config.buffer)
         reason = SHUTDOWN
@@ -461,6 +468,10 @@ class Runner:
             await self.dispatcher.call(event.HOOK, arguments, call_id=call.id, event_id=event.event_id)
         await self.dispatcher.call("on_event", arguments, call_id=call.id, event_id=event.event_id)
         call.events_dispatched += 1
+        if self._journal is not None:
+            key = event_key(event)
+            if key is not None:
+                self._journal.event_dispatched(call.id, key)
 
     # --- triggers and plugins' background work ------------------------------------------------------------
 

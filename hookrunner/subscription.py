@@ -15,6 +15,7 @@ import hashlib
 import logging
 import math
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -121,6 +122,7 @@ class Subscription:
         stats: Stats,
         not_found_grace: float = 0.0,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        seen_before: Iterable[str] = (),
     ) -> None:
         self.call_id = call_id
         #: Seconds from the first attempt during which a 404 is retried, not final: a pushed call id can arrive
@@ -138,6 +140,8 @@ class Subscription:
         self._reconnect = reconnect
         self._stats = stats
         self._seen = SeenEvents()
+        for key in seen_before:  # dispatched by a run before this one (the journal): not passed on again
+            self._seen.add(key)
         self._subscribed = False
         self._saw_call_end = False
         self.events_received = 0
@@ -317,9 +321,17 @@ def _is_event_stream(response: httpx.Response) -> bool:
 _KEY_TEXT_LIMIT = 256
 
 
+def event_key(event: Event) -> str | None:
+    """The key an event with an id is recognised by after a reconnect or a restart (None without an id)."""
+    if event.event_id is None:
+        return None
+    return event.event_id if len(event.event_id) <= _KEY_TEXT_LIMIT else _digest(event.event_id)
+
+
 def _dedupe_key(event: Event, data: str) -> str:
-    if event.event_id is not None:
-        return event.event_id if len(event.event_id) <= _KEY_TEXT_LIMIT else _digest(event.event_id)
+    key = event_key(event)
+    if key is not None:
+        return key
     return "\0" + (data if len(data) <= _KEY_TEXT_LIMIT else _digest(data))
 
 

@@ -157,3 +157,43 @@ async def test_a_signed_push_replayed_after_a_restart_is_acknowledged_and_ignore
     again, again_ids = await push_once_to_a_new_runner()  # a new process would read the same file
     assert first == {"status": True} and first_ids == ["dlv-once"]
     assert again == {"status": True, "duplicate": True} and again_ids == []
+
+
+RECORDING_PLUGIN = """
+from hookrunner import hookimpl
+
+@hookimpl
+def on_user_transcription(event, call):
+    with open({out!r}, "a", encoding="utf-8") as handle:
+        handle.write(event.event_id + "\\n")
+"""
+
+
+async def test_a_call_still_live_after_a_kill_9_is_followed_again_without_dispatching_its_events_twice(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "seen.txt"
+    (tmp_path / "recording.py").write_text(RECORDING_PLUGIN.format(out=str(out)), encoding="utf-8")
+    events = [{"at": i * 0.1, "event_type": "user_transcription", "user_transcription_text": f"turn {i}"} for i in range(40)]
+    async with running_simulator(script([{"id": "CALL-LIVE", "events": events}])) as sim:
+        table = config_table(sim.base_url, settings={"load": ["recording.py"]})
+        table["state"] = {"path": "state.db", "commit_interval": 0.02}
+        config = write_config(tmp_path, table)
+        first = hookrunner_process("run", str(config), "--call", "CALL-LIVE")
+        try:
+            with trio.fail_after(10):
+                while not out.exists() or len(out.read_text().splitlines()) < 10:
+                    await trio.sleep(0.02)
+        finally:
+            os.kill(first.pid, signal.SIGKILL)
+            await afinish(first)
+        before = out.read_text().splitlines()
+        # the same command again; the simulator replays the call from its start to a new subscriber
+        code, _, err = await afinish(hookrunner_process("run", str(config), "--call", "CALL-LIVE"))
+    assert code == 0, err
+    seen = out.read_text().splitlines()
+    assert len(set(seen)) == 40  # every event of the call, across both runs
+    repeats = len(seen) - len(set(seen))
+    # only what was dispatched within the last commit interval before the kill can be dispatched again
+    assert repeats <= 1, (repeats, len(before))
+    assert seen[: len(before)] == before
