@@ -318,6 +318,7 @@ def bench_config(base_url: str, overlay: dict[str, Any] | None = None) -> dict[s
         "atoms": {"base_url": base_url, "api_key": KEY},
         "runner": {"reconnect": {"max_attempts": 3}},
         "plugins": {"disable": ["console"]},
+        "state": {"path": ""},  # the journal's cost is bench_webhook's "no journal" pair; no file left behind
     }
     for section, values in (overlay or {}).items():
         table[section] = {**table.get(section, {}), **values}
