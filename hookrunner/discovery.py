@@ -2,9 +2,9 @@
 
 Every page of every listing is read, and each call id goes to the runner's ``follow``, which alone decides what
 is new (a call stays in the listing for as long as Atoms thinks it in progress, often after our stream ended) and
-refuses, counting them, ids that are not call ids. A failed listing (5xx, 429, a timeout, a body we cannot read) is logged and retried with the subscriptions'
-full-jitter backoff, never sooner than the interval and never before a ``Retry-After``; it touches nothing else,
-so calls already followed go on undisturbed. A refused key (401/403) stops the runner, as it does for streams.
+refuses, counting them, ids that are not call ids. A failed listing (5xx, 429, a timeout, a body we cannot
+read) is logged and retried with the subscriptions' full-jitter backoff, never sooner than the interval and never
+before a (capped) ``Retry-After``; it touches nothing else, so calls already followed go on undisturbed. A refused key (401/403) stops the runner, as it does for streams.
 """
 
 from __future__ import annotations

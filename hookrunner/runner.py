@@ -299,8 +299,8 @@ class Runner:
         return offer
 
     def refuse_call_id(self, source: str, problem: str) -> None:
-        """Count a call id refused at an intake (``source``); the first of each intake is logged, the rest counted
-        (``hookrunner_call_ids_refused``), so a sender repeating a bad id cannot grow the log."""
+        """Count a call id refused at an intake (``source``) in ``hookrunner_call_ids_refused``; log it at
+        ``logged_at`` counts only, so a sender repeating a bad id cannot grow the log."""
         self.stats.call_ids_refused[source] += 1
         count = self.stats.call_ids_refused[source]
         if logged_at(count):

@@ -229,33 +229,22 @@ class Subscription:
         raise _Retry("stream ended without sse_close")
 
     def _skip_oversized(self) -> None:
-        self._stats.malformed_lines += 1
         self._stats.oversized_events += 1
+        self._skip(f"an event over {self._max_event_size} characters (runner.max_event_bytes); the stream goes on")
+
+    def _skip(self, what: str) -> None:
+        """One event of this call not passed on (malformed or oversized): counted, logged at ``logged_at`` counts."""
+        self._stats.malformed_lines += 1
         self._skipped += 1
         if logged_at(self._skipped):
-            log.warning(
-                "%s: skipped an event over %d characters (runner.max_event_bytes); the stream goes on (%d skipped "
-                "on this call)",
-                self.call_id,
-                self._max_event_size,
-                self._skipped,
-            )
+            log.warning("%s: skipped %s (%d skipped on this call)", self.call_id, what, self._skipped)
 
     async def _pass_on(self, data: str, send: trio.MemorySendChannel[Event | Subscribed]) -> bool:
         """Decode one event and send it on unless already seen; True when it is the call's ``sse_close``."""
         try:
             event = decode_event(data, self.call_id, datetime.now(timezone.utc))
         except MalformedEvent as exc:
-            self._stats.malformed_lines += 1
-            self._skipped += 1
-            if logged_at(self._skipped):
-                log.warning(
-                    "%s: skipped a malformed line (%s): %s (%d skipped on this call)",
-                    self.call_id,
-                    exc.reason,
-                    shown(exc.line),
-                    self._skipped,
-                )
+            self._skip(f"a malformed line ({exc.reason}): {shown(exc.line)}")
             return False
         if isinstance(event, SseInit):
             if not self._seen.add("sse_init"):
