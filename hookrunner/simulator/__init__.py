@@ -4,8 +4,10 @@ It serves ``GET {base_url}/events?callId=ID`` over real HTTP on loopback (hyperc
 code under test goes through the same httpx, SSE parsing, reconnects and error answers as against the real
 service, including the faults the real service and the proxies in front of it produce. For a runner that finds
 calls by itself it also serves the conversation listing (``GET {base_url}/conversation``, ``listing.py``) and
-POSTs signed pre-/post-conversation webhooks to a push URL (``push.py``). See ``script.py`` for the script format,
-``calls.py`` for when a call exists, and ``app.py`` for what goes on the wire.
+POSTs signed pre-/post-conversation webhooks to a push URL (``push.py``); for one that backfills what a stream
+skipped, each call's stored conversation (``GET {base_url}/conversation/{callId}``, ``conversation.py``). See
+``script.py`` for the script format, ``calls.py`` for when a call exists, and ``app.py`` for what goes on the
+wire.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from urllib.parse import quote
 
 import trio
 
 from hookrunner.asgi import serve_asgi
 from hookrunner.simulator.app import SimulatorApp
 from hookrunner.simulator.calls import SentFrame
+from hookrunner.simulator.conversation import ConversationRequest
 from hookrunner.simulator.listing import ListingRequest
 from hookrunner.simulator.push import Delivery, Pusher, PushResult
 from hookrunner.simulator.script import (
@@ -44,6 +48,7 @@ __all__ = [
     "SimEvent",
     "ListingFault",
     "ListingRequest",
+    "ConversationRequest",
     "SentFrame",
     "Delivery",
     "PushResult",
@@ -67,7 +72,8 @@ class Simulator:
     in order.
 
     Times the simulator reports are seconds after it started serving (the zero of scripted ``start`` offsets and
-    listing fault windows), on trio's clock: ``subscriptions``, ``call_start``, ``call_end``, ``listing_log``.
+    listing fault windows), on trio's clock: ``subscriptions``, ``call_start``, ``call_end``, ``listing_log``,
+    ``conversation_log``.
     """
 
     def __init__(
@@ -111,6 +117,10 @@ class Simulator:
 
     def events_url(self, call_id: str) -> str:
         return f"{self.base_url}/events?callId={call_id}"
+
+    def conversation_url(self, call_id: str) -> str:
+        """``GET`` it for the call's stored conversation (the id percent-encoded)."""
+        return f"{self.base_url}/conversation/{quote(call_id, safe='')}"
 
     @property
     def listing_url(self) -> str:
@@ -172,6 +182,22 @@ class Simulator:
     def listing_errors(self) -> int:
         """How many of them were answered with an error status (401, 400, a fault) or held by a stall."""
         return sum(request.failed for request in self.app.listing.requests)
+
+    @property
+    def conversation_log(self) -> list[ConversationRequest]:
+        """Every GET /conversation/{id} in arrival order: ``(call_id, status, at, call_status)``."""
+        return self.app.conversation.requests
+
+    @property
+    def conversation_requests(self) -> int:
+        """How many GET /conversation/{id} requests arrived, whatever the answer."""
+        return len(self.app.conversation.requests)
+
+    @property
+    def skipped(self) -> dict[str, list[str]]:
+        """Per call id (every call of the script): the ids of the events ``reconnect_skips`` kept off every stream,
+        in script order; empty until the connection that resumes after them has started."""
+        return {state.call.id: list(state.skipped) for state in self.app.calls}
 
     @property
     def push_url(self) -> str | None:

@@ -1,5 +1,6 @@
-"""The simulator's ASGI app: the ``GET /events?callId=`` route and its streams; ``GET /conversation`` is
-``listing.py``'s.
+"""The simulator's ASGI app: the ``GET /events?callId=`` route and its streams; ``GET /conversation`` (the
+listing) is ``listing.py``'s and ``GET /conversation/{callId}`` (one call's stored events and transcript)
+``conversation.py``'s.
 
 A plain ASGI callable rather than a web framework, because the whole point is control over the bytes on the
 wire: SSE framing, keep-alive comments, malformed and oversized lines, a stall, half a line, and a connection cut
@@ -14,11 +15,16 @@ not found (404); a subscriber that connects late gets sse_init and then only the
 (``late_join = "live"``, the default, like the real service's live stream) or everything due so far at once
 (``late_join = "replay"``). Faults hit the first connection(s) only; faults keyed to an event count
 (``drop_after``...) count the script's events, sent or skipped by a late join.
+
+``reconnect_skips = N`` is the exception to replaying: the first connection opened after the first stream ended
+(cut, ended, or left by its client) sends sse_init, leaves out the script events the first stream got through
+(those it wrote, or passed over by a live join) and the N after them, and goes on with the rest on the call's
+clock. The N are recorded in the call's ``skipped`` (``Simulator.skipped``) and left out by every later
+connection too, so only ``GET /conversation/{id}`` has them; connections after that one replay the rest as usual.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 import time
@@ -29,8 +35,9 @@ import trio
 
 from hookrunner.asgi import cancel_on_disconnect, lifespan
 from hookrunner.simulator.calls import Calls, CallState, SentFrame
+from hookrunner.simulator.conversation import PATH_PREFIX, Conversation
 from hookrunner.simulator.listing import Listing
-from hookrunner.simulator.responses import Answer, encode, error_answer, errors, iso, send_json
+from hookrunner.simulator.responses import Answer, encode, encode_lenient, error_answer, errors, iso, send_json
 from hookrunner.simulator.script import Script, SimEvent
 
 __all__ = ["SimulatorApp"]
@@ -49,7 +56,8 @@ class _Ended(Exception):
 
 class SimulatorApp:
     """ASGI app over a script. ``connections`` and ``statuses`` record what clients asked and got, for tests;
-    ``calls`` holds the clocks, ``listing`` the conversation listing and its request log."""
+    ``calls`` holds the clocks, ``listing`` the conversation listing and ``conversation`` the per-call
+    conversation route, each with its request log."""
 
     def __init__(self, script: Script, *, api_key: str, speed: float, keepalive: float) -> None:
         self.script = script
@@ -60,6 +68,7 @@ class SimulatorApp:
         self.statuses: list[tuple[str, int]] = []
         self.calls = Calls(script, speed)
         self.listing = Listing(self.calls, script.listing_faults, script.listing_lag)
+        self.conversation = Conversation(self.calls, self.event_fields)
         self._prefix = b"event: message\ndata: " if script.framing == "event-message" else b"data: "
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -75,6 +84,9 @@ class SimulatorApp:
         self.calls.begin()  # normally done by Simulator.serve before listening; this covers the app served alone
         if scope["method"] == "GET" and scope["path"] == "/conversation":
             await self.listing.handle(scope, receive, send, authorized=self._authorized(scope))
+            return
+        if scope["method"] == "GET" and scope["path"].startswith(PATH_PREFIX):
+            await self.conversation.handle(scope, send, authorized=self._authorized(scope))
             return
         if scope["path"] != "/events" or scope["method"] != "GET":
             await send_json(send, 404, {"status": False, "errors": ["Not found"]})
@@ -123,26 +135,42 @@ class SimulatorApp:
         first = state.streams == 0  # decided before any await: two racing connections cannot both be first
         state.streams += 1
         connection = state.streams
+        resume = 0 if first else self._resume_point(state)
         await send({
             "type": "http.response.start",
             "status": 200,
             "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
         })  # fmt: skip
         clean, how = True, "closed"
+        writer = _Writer(self, state, send, connection, faults=first, resume=resume)
         with trio.CancelScope() as disconnected:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(cancel_on_disconnect, receive, disconnected)
                 try:
-                    await _Writer(self, state, send, connection, faults=first).run()
+                    await writer.run()
                 except _Ended as ended:
                     clean, how = ended.clean, ended.how
                 nursery.cancel_scope.cancel()
         state.ends[connection] = "client" if disconnected.cancel_called else how
+        if first:
+            state.first_passed = writer.passed - writer.unflushed  # what went out, for ``reconnect_skips``
         if clean and not disconnected.cancel_called:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         # Not clean (drop_after): return with the body unfinished. Hypercorn then closes the connection without
         # the chunked terminator, and the client sees an incomplete body, exactly like a proxy cutting a stream;
         # nothing is raised, so hypercorn logs no traceback.
+
+    def _resume_point(self, state: CallState) -> int:
+        """``reconnect_skips``: the script index the first connection opened after the first stream ended starts
+        at, with the N events before it (after what the first stream got through) recorded as skipped for good;
+        0 (replay from the start) for any other connection."""
+        call = state.call
+        if not call.reconnect_skips or state.first_passed is None or state.skip_window is not None:
+            return 0
+        window = range(state.first_passed, min(state.first_passed + call.reconnect_skips, len(call.events)))
+        state.skip_window = window
+        state.skipped = [self.event_fields(state, index, call.events[index])["event_id"] for index in window]
+        return window.stop
 
     def at_time(self, state: CallState, offset: float) -> float:
         """The trio time at which something scripted ``offset`` seconds into the call happens."""
@@ -153,7 +181,7 @@ class SimulatorApp:
 
     def event_frame(self, state: CallState, index: int, event: SimEvent) -> bytes:
         """The event as sent: script fields, with event_id, timestamp and call_id filled in when missing."""
-        return self.frame(_encode_event(self.event_fields(state, index, event)))
+        return self.frame(encode_lenient(self.event_fields(state, index, event)))
 
     def event_fields(self, state: CallState, index: int, event: SimEvent) -> dict[str, Any]:
         fields = event.fields
@@ -212,11 +240,17 @@ class _Writer:
     """Writes one connection's stream: sse_init, the script's events on the call's clock, faults, sse_close.
 
     Frames that are due together go out in one body message, so a replay is one write, not one per event.
+    ``resume`` script events are left out at the start (``reconnect_skips``), and so is the call's skip window.
     """
 
-    def __init__(self, app: SimulatorApp, state: CallState, send: Any, connection: int, *, faults: bool) -> None:
+    def __init__(
+        self, app: SimulatorApp, state: CallState, send: Any, connection: int, *, faults: bool, resume: int = 0
+    ) -> None:
         self.app, self.state, self.send, self.faults = app, state, send, faults
         self.connection = connection
+        self.resume = resume
+        self.passed = 0  # script events gone by: written to the buffer or passed over by a live join
+        self.unflushed = 0  # of those, script events still in the buffer (not handed to the server yet)
         self.buffer: list[bytes] = []
         self.noted: list[SentFrame] = []  # what the buffer holds, recorded in ``state.sent`` once written
         self._note(app.init_frame(state), "event", "sse_init")
@@ -228,11 +262,15 @@ class _Writer:
         app, state, call = self.app, self.state, self.state.call
         for index, event in enumerate(call.events):
             await self._faults_before(index)
+            if index < self.resume or index in (state.skip_window or ()):
+                continue
             due = app.at_time(state, event.at)
             if due < self.joined:
+                self.passed = index + 1
                 continue
             await self._wait_until(due)
             self._add_event(app.event_fields(state, index, event))
+            self.passed, self.unflushed = index + 1, self.unflushed + 1
         await self._faults_before(len(call.events))
         await self._wait_until(app.at_time(state, call.end_at))
         self._add_event(app.close_fields(state))
@@ -243,7 +281,7 @@ class _Writer:
         self.noted.append(SentFrame(self.connection, kind, len(frame), event_type, event_id))  # type: ignore[arg-type]
 
     def _add_event(self, fields: dict[str, Any], kind: str = "event") -> None:
-        self._note(self.app.frame(_encode_event(fields)), kind, fields["event_type"], fields["event_id"])
+        self._note(self.app.frame(encode_lenient(fields)), kind, fields["event_type"], fields["event_id"])
 
     async def _faults_before(self, index: int) -> None:
         """Apply the first-connection faults that trigger after ``index`` script events."""
@@ -293,12 +331,5 @@ class _Writer:
             self.buffer.clear()
             await self.send({"type": "http.response.body", "body": body, "more_body": True})
             self.state.sent.extend(noted)
+            self.unflushed = 0
             self.last_write = trio.current_time()
-
-
-def _encode_event(fields: dict[str, Any]) -> bytes:
-    """Compact JSON; a string with a lone surrogate (which UTF-8 cannot carry) goes out as its ``\\ud83d`` escape."""
-    try:
-        return encode(fields)
-    except UnicodeEncodeError:
-        return json.dumps(fields, separators=(",", ":")).encode()

@@ -55,6 +55,14 @@ class CallState:
     #: How each successful subscription's stream ended, by connection number (see ``Simulator.ends``).
     ends: dict[int, str] = field(default_factory=dict)
     clock_started: trio.Event = field(default_factory=trio.Event)  # set once ``start`` is known
+    #: Script events the first stream got through (sent, or left out by a live join) when it ended; None while it
+    #: is open or before it. Where the connection after it resumes under ``reconnect_skips``.
+    first_passed: int | None = None
+    #: ``reconnect_skips``: the script indexes no stream sends, and their event ids, in order; set when the
+    #: connection that resumes after them starts (None before).
+    skip_window: range | None = None
+    skipped: list[str] = field(default_factory=list)
+    conversation_failed: int = 0  # answers given under conversation_fail_first
 
 
 class Calls:

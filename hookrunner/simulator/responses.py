@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
 from typing import Any
 
 import msgspec
 
-from hookrunner.asgi import errors, send_json
+from hookrunner.asgi import errors, send_body, send_json
 
-__all__ = ["Answer", "errors", "error_answer", "send_json", "iso", "encode"]
+__all__ = ["Answer", "errors", "error_answer", "send_json", "send_body", "iso", "encode", "encode_lenient"]
 
 #: (status, JSON body, extra headers) as a route decides it, before anything is sent.
 Answer = tuple[int, Any, list[tuple[bytes, bytes]]]
 
 encode = msgspec.json.Encoder().encode
+
+
+def encode_lenient(value: Any) -> bytes:
+    """Compact JSON like ``encode``; a string with a lone surrogate (which UTF-8 cannot carry, and captured streams
+    have: text cut inside an emoji) goes out as its ``\\ud83d`` escape instead of failing."""
+    try:
+        return encode(value)
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def error_answer(status: int, retry_after: float | None) -> Answer:

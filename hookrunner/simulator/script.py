@@ -10,7 +10,8 @@ touching the simulator. Two formats are read:
   ``event_time``) relative to the call's first line.
 
 Faults of a call's stream (``[[calls]]`` keys). Counts (``*_after``) are script events sent or skipped so far, and
-every fault hits the call's first connection only, so a client that reconnects gets the whole stream:
+every fault but ``reconnect_skips`` hits the call's first connection only, so a client that reconnects gets the
+whole stream:
 
 * ``fail_first`` (with ``fail_status``, default 503, and ``retry_after``): the first N subscriptions are answered
   that error, with a ``Retry-After`` header (and the rate-limit body for 429) when ``retry_after`` is given;
@@ -23,6 +24,12 @@ every fault hits the call's first connection only, so a client that reconnects g
 * ``malformed_after``: two lines that are not events (not JSON; JSON without ``event_type``);
   ``oversized_after``: one valid ``tts_completed`` event (id ``{call id}_oversized_{n}``) whose line is at least
   ``oversized_bytes`` long (default 8 MiB), to see that a client bounds what it buffers.
+* ``reconnect_skips``: the first connection after the first stream ended (by ``drop_after``, ``end_after``,
+  ``partial_after`` or the client going away) does not replay: after sse_init it leaves out the script events the
+  first stream got through and the N after those, and goes on with the rest on the call's clock (what is due at
+  once, the rest on time). Those N events are never sent on any stream, later connections' replays included;
+  they are only in ``GET /conversation/{id}``, and their ids are in ``Simulator.skipped``. This is the real
+  service's "after a reconnect the server may skip some" case, which the runner backfills.
 * Duplicates need no key: two script events with the same ``event_id`` are both sent. A string field holding a
   lone surrogate (text cut inside an emoji, as captured streams have) is sent as its ``\\ud83d`` JSON escape.
 
@@ -48,6 +55,15 @@ Finding calls (for a runner that discovers calls by itself rather than being giv
   ``status`` is not given.
 * ``push_url``, ``push_secret``, ``push_signature`` (``"hex"``, ``"base64"`` or ``"sha256=hex"``): signed
   pre-/post-conversation webhook deliveries, see ``push.py``.
+
+A call's stored conversation (``GET /conversation/{id}``, ``conversation.py``), ``[[calls]]`` keys:
+
+* ``conversation_lag``: seconds (divided by ``speed``) after the call's end during which its conversation is
+  ``processing``, with no events and no transcript yet (Atoms still writing the log after the stream ended);
+  ``completed`` with everything after.
+* ``conversation_fail_first`` (with ``conversation_fail_status``, default the call's ``fail_status``, itself 503 by
+  default, and the call's ``retry_after``): the first N requests of the call's conversation are answered that
+  error, with ``Retry-After`` (and the rate-limit body for 429) when ``retry_after`` is given.
 
 Everything is checked at load time and a mistake becomes one ``ScriptError`` line naming the file and the key path
 or line number, so a typo in a fault key cannot silently produce a fault-free run. The result is immutable: one
@@ -97,6 +113,7 @@ _CALL_KEYS = (
     "oversized_after", "oversized_bytes", "partial_after",
     "start", "start_every", "late_join",
     "agent_id", "campaign_id", "conversation_type", "from_phone", "to_phone",
+    "reconnect_skips", "conversation_lag", "conversation_fail_first", "conversation_fail_status",
 )  # fmt: skip
 _FAULT_KEYS = ("from", "until", "status", "retry_after", "stall")
 _DEFAULT_AGENT = "sim-agent"
@@ -152,6 +169,15 @@ class SimCall:
     conversation_type: str = _DEFAULT_CONVERSATION_TYPE
     from_phone: str | None = None
     to_phone: str | None = None
+    #: Script events the first connection after the first stream ended leaves out beyond those the first stream
+    #: got through; no stream ever sends them (only ``GET /conversation/{id}`` has them).
+    reconnect_skips: int = 0
+    #: Seconds (before ``speed``) after the call's end during which its conversation is ``processing`` and empty.
+    conversation_lag: float = 0.0
+    #: The first N ``GET /conversation/{id}`` of the call are answered ``conversation_fail_status`` (with the call's
+    #: ``retry_after``); the status defaults to the call's ``fail_status``.
+    conversation_fail_first: int = 0
+    conversation_fail_status: int = 503
 
 
 @dataclass(frozen=True)
@@ -337,6 +363,13 @@ def _parse_call(v: _Validator, data: Any, where: str) -> list[SimCall]:
         v.fail(p + "start", 'cannot be combined with status = "completed" (a call with start completes by itself)', start)
     if "late_join" in data and start is None:
         v.fail(p + "late_join", "only with start (a call without start always replays to late subscribers)", None)
+    conversation = _conversation_keys(v, data, p, fail_status)
+    reconnect_skips = v.integer(data, "reconnect_skips", p, default=0)
+    if reconnect_skips > len(events):
+        v.fail(p + "reconnect_skips", f"expected at most the call's {len(events)} events", reconnect_skips)
+    for key, value in (("reconnect_skips", reconnect_skips), ("conversation_lag", conversation["conversation_lag"])):
+        if value and status == "completed":
+            v.fail(p + key, 'cannot be combined with status = "completed" (the call is never streamed)', data[key])
     agent_id, conversation_type = _identity_defaults(events)
     identity = dict(
         late_join=v.choice(data, "late_join", p, ("live", "replay"), default="live"),
@@ -356,6 +389,8 @@ def _parse_call(v: _Validator, data: Any, where: str) -> list[SimCall]:
         fail_status=fail_status,
         retry_after=retry_after,
         stall_seconds=v.number(data, "stall_seconds", p, default=0.0, unit="a number of seconds"),
+        reconnect_skips=reconnect_skips,
+        **conversation,
         **counts,
         **identity,
     )
@@ -375,6 +410,23 @@ def _parse_call(v: _Validator, data: Any, where: str) -> list[SimCall]:
         )
         for n in range(repeat)
     ]
+
+
+def _conversation_keys(v: _Validator, data: Mapping[str, Any], p: str, fail_status: int) -> dict[str, Any]:
+    """``conversation_lag``, ``conversation_fail_first``, ``conversation_fail_status`` (default ``fail_status``)."""
+    fail_first = v.integer(data, "conversation_fail_first", p, default=0)
+    status = v.integer(data, "conversation_fail_status", p, default=fail_status)
+    if "conversation_fail_status" in data:
+        if not fail_first:
+            expected = "only with conversation_fail_first (the status of those answers)"
+            v.fail(p + "conversation_fail_status", expected, status)
+        if not 400 <= status <= 599:
+            v.fail(p + "conversation_fail_status", "expected an HTTP error status (400-599)", status)
+    return {
+        "conversation_lag": v.number(data, "conversation_lag", p, default=0.0, unit="a number of seconds"),
+        "conversation_fail_first": fail_first,
+        "conversation_fail_status": status,
+    }
 
 
 def _identity_defaults(events: tuple[SimEvent, ...]) -> tuple[str, str]:
