@@ -25,6 +25,7 @@ from . import __version__
 from .callids import call_id_problem
 from .config import DEFAULT_API_KEY_ENV, Config, config_from_dict, default_config_table, load_config
 from .errors import ConfigError, HookrunnerError, PluginLoadError, UsageError
+from .journal import work_left
 from .logs import LEVELS, setup_logging
 from .settings import suggest, url_problem
 from .text import shown
@@ -149,6 +150,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", metavar="CONFIG", help="the config with the endpoints (default: the one each letter records)"
     )
 
+    replay = sub.add_parser(
+        "replay",
+        parents=[common],
+        help="send delivered messages kept in the journal again, with their original ids (safe to rerun)",
+        description="Send again the messages submitted since --since that the journal ([state] path) still keeps "
+        "([state] keep), each with its original id (a receiver deduplicates on it), in each call's order, through "
+        "the endpoints of CONFIG. Only reads the journal: a `hookrunner run` may be using it. Exit status: 0 when "
+        "every one was sent (or --dry-run, or none is kept), 1 when one was not.",
+    )
+    replay.add_argument("config", metavar="CONFIG", help="the config whose journal and endpoints to use")
+    replay.add_argument(
+        "--since",
+        required=True,
+        metavar="DURATION",
+        help="those submitted this long ago or later: 90s, 30m, 2h, 1d, seconds, or an ISO-8601 time",
+    )
+    replay.add_argument("--endpoint", metavar="NAME", help="only the messages for this endpoint")
+    replay.add_argument("--call", metavar="ID", help="only the messages of this call")
+    replay.add_argument("--dry-run", action="store_true", help="list what would be sent; send nothing")
+
     new_plugin = sub.add_parser(
         "new-plugin", parents=[common], help="write a ready plugin package (entry point, one hook, tests, README)"
     )
@@ -172,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "simulate": cmd_simulate,
         "demo": cmd_demo,
         "redeliver": cmd_redeliver,
+        "replay": cmd_replay,
         "new-plugin": cmd_new_plugin,
     }
     try:
@@ -197,7 +219,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     loaded = _prepare(config)
     calls = args.calls or list(config.calls)
-    if not calls and not config.service:
+    resume = work_left(config.state.path) if config.state.path is not None else 0
+    if not calls and not config.service and not resume:
         raise ConfigError(
             f"{config.source}: runner.calls: no calls to subscribe (list call ids there, pass --call ID, or let the "
             "runner find calls: discovery.poll or server.enabled)"
@@ -229,10 +252,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         calls = "none listed (pass --call ID to run, or enable discovery.poll or server)"
     print(f"  calls: {calls} (at most {config.max_calls} at once: runner.max_calls)", file=out)
     if config.state.path is not None:
-        state = f"journal {config.state.path} (undelivered messages survive a kill; commits every {config.state.commit_interval:g} s)"
+        kept = f"delivered ones kept {config.state.keep:g} s for replay" if config.state.keep else "delivered ones not kept"
+        state = (
+            f"journal {config.state.path} (undelivered messages and undispatched events survive a kill; {kept}; "
+            f"commits every {config.state.commit_interval:g} s)"
+        )
     else:
         state = 'in memory only (state.path = ""): undelivered messages are lost if the process is killed'
     print(f"  state: {state}", file=out)
+    if config.backfill.enabled:
+        backfill = (
+            f"on: an ended call's skipped events come from its stored conversation (asked for up to "
+            f"{config.backfill.window:g} s)"
+        )
+    else:
+        backfill = "off (backfill.enabled = false): events a stream skipped are not looked for"
+    print(f"  backfill: {backfill}; Atoms REST requests at most {config.max_requests_per_second:g}/s", file=out)
     for line in service_summary(config):
         print(line, file=out)
     print(
@@ -413,6 +448,20 @@ def cmd_redeliver(args: argparse.Namespace) -> int:
     config = Path(args.config) if args.config else None
     return trio.run(
         functools.partial(redeliver, Path(args.file), endpoint=args.endpoint, dry_run=args.dry_run, config=config)
+    )
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import replay, since_time
+
+    since = since_time(args.since)
+    problem = call_id_problem(args.call) if args.call is not None else None
+    if problem:
+        raise UsageError(f"--call: {problem}")
+    return trio.run(
+        functools.partial(
+            replay, Path(args.config), since=since, endpoint=args.endpoint, call_id=args.call, dry_run=args.dry_run
+        )
     )
 
 

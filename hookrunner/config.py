@@ -90,6 +90,13 @@ ATOMS_SCHEMA = {
     "api_key_env": Setting("str", None, check=_env_name, doc="environment variable holding the API key"),
     "api_key": Setting("str", None, check=_inline_api_key, doc="the API key itself (prefer api_key_env)"),
     "connect_timeout": Setting("number", 10.0, check=POSITIVE),
+    "max_requests_per_second": Setting(
+        "number",
+        10.0,
+        check=between(0.01, 10_000),
+        expected="a number of requests per second",
+        doc="Atoms REST requests (listings, backfill) per second, shared: keep it under the plan's rate limit",
+    ),
 }
 RECONNECT_SCHEMA = {
     "initial_delay": Setting("number", 1.0, check=POSITIVE),
@@ -180,6 +187,32 @@ STATE_SCHEMA = {
     "commit_interval": Setting(
         "number", 0.05, check=between(0.001, 10), doc="seconds the journal gathers writes into one commit (one fsync)"
     ),
+    "keep": Setting(
+        "number",
+        86400.0,
+        check=between(0, 366 * 86400),
+        expected="a number of seconds",
+        doc="seconds delivered messages stay in the journal for `hookrunner replay` (0: forgotten once delivered)",
+    ),
+    "max_kept": Setting(
+        "int", 1_000_000, check=between(0, 100_000_000), doc="the most delivered messages kept (the oldest go first)"
+    ),
+}
+BACKFILL_SCHEMA = {
+    "enabled": Setting(
+        "bool", True, doc="at a call's end, fetch its conversation and dispatch the events the stream skipped"
+    ),
+    "window": Setting(
+        "number",
+        60.0,
+        check=between(0, 3600),
+        expected="a number of seconds",
+        doc="how long after a call's end its conversation is asked for again while Atoms is still writing it",
+    ),
+    "retry_interval": Setting(
+        "number", 2.0, check=between(0.001, 600), expected="a number of seconds", doc="first wait between two asks"
+    ),
+    "timeout": Setting("number", 10.0, check=POSITIVE, expected="a number of seconds", doc="the most one ask takes"),
 }
 TOP_SCHEMA = {
     "atoms": Setting("table", {}),
@@ -188,6 +221,7 @@ TOP_SCHEMA = {
     "discovery": Setting("table", {}),
     "server": Setting("table", {}),
     "state": Setting("table", {}),
+    "backfill": Setting("table", {}),
 }
 
 
@@ -212,6 +246,7 @@ def default_config_table() -> dict[str, Any]:
         "discovery": defaults(DISCOVERY_SCHEMA),
         "server": defaults(SERVER_SCHEMA),
         "state": defaults(STATE_SCHEMA),
+        "backfill": defaults(BACKFILL_SCHEMA),
     }
 
 
@@ -220,6 +255,17 @@ class StateConfig:
     #: The journal file, or None when ``[state] path = ""`` keeps everything in memory (lost with the process).
     path: Path | None
     commit_interval: float
+    #: Seconds delivered messages are kept for ``hookrunner replay``, and at most how many.
+    keep: float
+    max_kept: int
+
+
+@dataclass(frozen=True)
+class BackfillConfig:
+    enabled: bool
+    window: float
+    retry_interval: float
+    timeout: float
 
 
 @dataclass(frozen=True)
@@ -301,6 +347,9 @@ class Config:
     discovery: DiscoveryConfig
     server: ServerConfig
     state: StateConfig
+    backfill: BackfillConfig
+    #: Atoms REST requests per second (``atoms.max_requests_per_second``), listings and backfill together.
+    max_requests_per_second: float
 
     @property
     def service(self) -> bool:
@@ -432,6 +481,8 @@ def config_from_dict(
     problems += found
     state, found = check_table(top["state"], STATE_SCHEMA, "state")
     problems += found
+    backfill, found = check_table(top["backfill"], BACKFILL_SCHEMA, "backfill")
+    problems += found
     if isinstance(state["path"], str) and "\0" in state["path"]:
         problems.append("state.path: expected a file path, got a NUL character")
     plugins_table = top["plugins"]
@@ -487,5 +538,14 @@ def config_from_dict(
         state=StateConfig(
             path=base_dir / state["path"] if state["path"] else None,
             commit_interval=float(state["commit_interval"]),
+            keep=float(state["keep"]),
+            max_kept=state["max_kept"],
         ),
+        backfill=BackfillConfig(
+            enabled=backfill["enabled"],
+            window=float(backfill["window"]),
+            retry_interval=float(backfill["retry_interval"]),
+            timeout=float(backfill["timeout"]),
+        ),
+        max_requests_per_second=float(atoms["max_requests_per_second"]),
     )

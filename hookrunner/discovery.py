@@ -22,6 +22,7 @@ from .bounded_http import request, truncated
 from .config import DiscoveryConfig
 from .errors import AuthError
 from .logs import logged_at
+from .ratelimit import RateLimiter
 from .stats import Stats
 from .subscription import error_body
 from .text import one_line
@@ -54,6 +55,7 @@ class ListingPoller:
         api_key: str,
         follow: Callable[[str, str], Any],
         stats: Stats,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.config = config
         self._client = client
@@ -61,6 +63,7 @@ class ListingPoller:
         self._api_key = api_key
         self._follow = follow
         self._stats = stats
+        self._limiter = limiter  # shared with backfill: every Atoms REST request counts against one limit
 
     async def run(self) -> None:
         failures = 0
@@ -138,6 +141,8 @@ class ListingPoller:
             params["agentIds"] = ",".join(self.config.agent_ids)
         if self.config.campaign_ids:
             params["campaignIds"] = ",".join(self.config.campaign_ids)
+        if self._limiter is not None:
+            await self._limiter.acquire(ahead=True)  # never starved by queued backfills
         self._stats.listing_requests += 1
         try:
             response = await request(  # the whole request: httpx's timeouts are per phase

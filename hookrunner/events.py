@@ -58,6 +58,10 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     ``event_id`` is ``None`` when the server sent none (``sse_init``/``sse_close`` may lack one); treat it as opaque.
     ``call_id`` falls back to the subscribed call's id when the event omits it.
     ``raw`` is the JSON object as received; do not mutate it, other plugins see the same dict.
+    ``backfilled`` is True for an event the live stream skipped (a reconnect that resumed past it, a call that
+    ended while hookrunner was down) and that was found afterwards in the call's stored conversation
+    (``[backfill]``): it is dispatched after the call's live events, before ``on_call_finished``, so a plugin that
+    acts on what is said live may want to treat it as history. False for every event read from the stream.
     """
 
     event_type: str
@@ -65,6 +69,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     call_id: str
     timestamp: datetime
     raw: dict[str, Any]
+    backfilled: bool = False
 
     #: The ``event_type`` this class stands for (``None`` on the generic class).
     TYPE: ClassVar[str | None] = None

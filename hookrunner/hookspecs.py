@@ -25,7 +25,15 @@ Rules that hold for every hook:
 For each event the runner calls the hook named for its type (``on_user_transcription`` ...) and then
 ``on_event``, so a plugin implements whichever fits. A plugin sees one ``sse_init`` per call: the one of the first
 connection. Reconnects are the runner's business; their ``sse_init`` lines and any event already dispatched
-(same ``event_id``) are not dispatched again.
+(same ``event_id``) are not dispatched again, also across a restart (the journal, ``[state]``).
+
+Events the stream skipped (a reconnect that resumed past them, a call that ended while hookrunner was down) are
+found in the call's stored conversation when it ends (``[backfill]``) and dispatched after its live events,
+before ``on_call_finished``, with ``event.backfilled == True`` (False for every live event): a plugin that acts
+on what is said live (an alert, a transfer) may want to skip those, one that keeps a record wants them.
+After a kill -9, the events received but not dispatched are dispatched by the next run first; the bound on
+repeats is the events dispatched within the last ``state.commit_interval`` before the kill, the one whose hook
+was running included.
 """
 
 from __future__ import annotations

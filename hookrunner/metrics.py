@@ -95,6 +95,15 @@ class _StatsCollector(Collector):
         )
         yield _labelled("hookrunner_hook_errors", "Hook implementations that raised", "plugin", stats.hook_errors)
         yield _labelled("hookrunner_hook_timeouts", "Hook implementations over runner.hook_timeout", "plugin", stats.hook_timeouts)
+        yield CounterMetricFamily(
+            "hookrunner_events_backfilled",
+            "Events the stream skipped, found in the call's stored conversation and dispatched",
+            value=stats.events_backfilled,
+        )
+        yield _labelled("hookrunner_backfills", "Ended calls compared with their stored conversation, by outcome", "outcome", stats.backfills)
+        yield CounterMetricFamily(
+            "hookrunner_backfill_requests", "Stored conversations requested (GET /conversation/ID)", value=stats.backfill_requests
+        )
         yield CounterMetricFamily("hookrunner_triggers", "Triggers dispatched", value=stats.triggers)
         yield CounterMetricFamily("hookrunner_triggers_lost", "Triggers not dispatched before the grace ran out", value=stats.triggers_lost)
         yield CounterMetricFamily("hookrunner_discovery_listings", "Complete listings of active calls", value=stats.listings)

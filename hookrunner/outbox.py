@@ -125,6 +125,8 @@ class OutboxStats:
     delivered: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    #: Not delivered when the outbox closed, and kept in the journal for the next run (not dead-lettered).
+    left_in_journal: int = 0
     #: Seconds from submit to success of the latest deliveries (bounded: a long run keeps the recent ones).
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
@@ -137,7 +139,8 @@ class OutboxStats:
     def summary(self) -> str:
         p50, p99 = self.percentile(0.50), self.percentile(0.99)
         latency = "" if p50 is None else f", latency p50 {p50 * 1000:.0f} ms p99 {p99 * 1000:.0f} ms"
-        return f"{self.delivered} delivered, {self.retried} retried, {self.dead_lettered} dead-lettered{latency}"
+        kept = f", {self.left_in_journal} left in the journal" if self.left_in_journal else ""
+        return f"{self.delivered} delivered, {self.retried} retried, {self.dead_lettered} dead-lettered{kept}{latency}"
 
 
 class Outbox:
@@ -373,7 +376,7 @@ class Outbox:
                 outcome = await self._attempt(batch)
                 if outcome.kind == "delivered":
                     now = time.monotonic()
-                    self._forget(batch)
+                    self._forget(batch, delivered=True)
                     self.stats.delivered += len(batch)
                     self.stats.latencies.extend(now - message.created for message in batch)
                     finished = True
@@ -486,21 +489,23 @@ class Outbox:
             self._after_stop += len(messages)
         self._dead_letters.append(self.plugin, self.name, messages, reason, quiet=quiet)
 
-    def _forget(self, messages: list[OutboxMessage]) -> None:
-        """Delivered or dead-lettered: out of the journal."""
+    def _forget(self, messages: list[OutboxMessage], *, delivered: bool = False) -> None:
+        """Delivered (kept for ``hookrunner replay`` during ``[state] keep``) or dead-lettered (out of the journal:
+        the dead-letter file has it)."""
         if self._journal is None:
             return
         for message in messages:
             if message.journal_handle is not None:
-                self._journal.finished(message.journal_handle)
+                self._journal.finished(message.journal_handle, delivered=delivered)
                 message.journal_handle = None
 
     # --- shutdown ---------------------------------------------------------------------------------------------
 
     async def close(self, timeout: float | None = None) -> None:
-        """Deliver what is queued (up to ``timeout``), then dead-letter whatever is left and stop.
+        """Deliver what is queued (up to ``timeout``), then dead-letter whatever is left and stop; with a journal,
+        what is left stays in it instead, for the next run to send first (the journal is the replayable place).
 
-        Also dead-letters the rest when cancelled, so a shutdown cut short still loses nothing. A message whose
+        Also does so when cancelled, so a shutdown cut short still loses nothing. A message whose
         request was cut off may have reached the receiver anyway; its id lets the receiver drop the duplicate.
         """
         self._closed = True
@@ -520,7 +525,15 @@ class Outbox:
             self._ready.clear()
             self._queued = 0
             self._flush_refused()
-            self._dead_letter(left, "not delivered before shutdown")
+            if self._journal is not None and left:  # the next run sends them first, with the same ids
+                self.stats.left_in_journal += len(left)
+                log.warning(
+                    "%s: %d messages not delivered before shutdown stay in the journal; the next run sends them first",
+                    self.name,
+                    len(left),
+                )
+            else:
+                self._dead_letter(left, "not delivered before shutdown")
             if self._after_stop:
                 log.warning(
                     "%s: %d messages went to the dead-letter file %s after the endpoint stopped (%s)",

@@ -30,8 +30,9 @@ def _unavailable(*_: Any) -> None:
     raise RuntimeError("not available while redelivering dead letters")
 
 
-async def _deliverers(config_path: Path, http: httpx.AsyncClient) -> dict[tuple[str, str], Deliverer]:
-    """(plugin, endpoint) -> deliverer, from every active plugin that implements ``outbox_deliverers``."""
+async def deliverers_for(config_path: Path, http: httpx.AsyncClient) -> dict[tuple[str, str], Deliverer]:
+    """(plugin, endpoint) -> deliverer, from every active plugin of ``config_path`` that implements
+    ``outbox_deliverers``: how ``redeliver`` and ``replay`` send a message outside a run."""
     config = load_config(config_path)
     loaded = load_plugins(config)
     validate_plugin_settings(config, loaded)
@@ -74,7 +75,7 @@ async def redeliver(path: Path, *, endpoint: str | None, dry_run: bool, config: 
     headers = {"User-Agent": f"hookrunner/{__version__}"}
     async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(30.0)) as http:
         for config_path, group in by_config.items():
-            deliverers = await _deliverers(config_path, http)
+            deliverers = await deliverers_for(config_path, http)
             for letter in group:
                 ok = await _redeliver_one(path, letter, deliverers, dry_run, config_path)
                 delivered += ok

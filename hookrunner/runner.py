@@ -12,8 +12,11 @@ import dataclasses
 import logging
 import math
 import signal
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
@@ -26,24 +29,29 @@ from .callbook import CallBook, Offer
 from .callids import call_id_problem
 from .context import App, CallContext, Turn
 from .discovery import ListingPoller
-from .journal import Journal
+from .backfill import Backfiller
+from .journal import CallJournal, Journal
+from .ratelimit import RateLimiter
 from .limits import raise_open_file_limit
 from .logs import logged_at, redact_in_logs
 from .metrics import RunnerMetrics
-from .platform_webhooks import PlatformDelivery
+from .platform_webhooks import BadDelivery, PlatformDelivery, parse_delivery
 from .dispatch import HookDispatcher, first_leaf, is_cancellation
 from .errors import AuthError, ConfigError, HookrunnerError
-from .events import Event, TtsCompleted, UserTranscription, type_label
+from .events import Event, MalformedEvent, TtsCompleted, UserTranscription, decode_event, type_label
 from .plugins import LoadedPlugins, settings_with_defaults, validate_plugin_settings
 from .spool import spool_events, spool_platform_webhooks
 from .stats import Stats
 from .subscription import AUTH_FAILED, COMPLETED, ENDED, FAILED, SHUTDOWN, Subscribed, Subscription, event_key
-from .text import one_line, shown
+from .text import json_bytes, one_line, shown
 from .triggers import Trigger
 
 log = logging.getLogger("hookrunner.runner")
 
 OK_REASONS = frozenset({ENDED, COMPLETED, SHUTDOWN})
+#: Ends after which the call's stored conversation is compared with what was dispatched (``[backfill]``): the call
+#: is over (a stream that gave up or was not found may still be live, and comes back).
+BACKFILLED_REASONS = frozenset({ENDED, COMPLETED})
 #: Sources of call ids that may name a call before its stream exists (a pre-conversation webhook, POST /calls).
 PUSHED = frozenset({"push", "api"})
 #: Ends after which a call is never followed again; after the others (not found, given up) a later listing or
@@ -105,6 +113,10 @@ class Runner:
         self._shutdown_deadline: float | None = None
         self._apps: dict[str, App] = {}
         self._journal: Journal | None = None  # opened by run(): [state] path
+        self._platform_in_journal: deque[int] = deque()  # journal rows of the queued platform webhooks, in order
+        #: Every Atoms REST request (listings, backfill) waits here: one limit, atoms.max_requests_per_second.
+        self._rest_limiter: RateLimiter | None = None
+        self._backfiller: Backfiller | None = None
 
     # --- the whole run ----------------------------------------------------------------------------------------
 
@@ -113,7 +125,13 @@ class Runner:
         raise_open_file_limit()  # every call's stream and every server connection holds a file descriptor
         if self.config.state.path is not None:
             state = self.config.state
-            self._journal = Journal(state.path, state.commit_interval, source=f"{self.config.source}: state.path")
+            self._journal = Journal(
+                state.path,
+                state.commit_interval,
+                keep=state.keep,
+                max_kept=state.max_kept,
+                source=f"{self.config.source}: state.path",
+            )
         try:
             async with trio.open_nursery() as watcher:  # signals are watched from on_startup to on_shutdown
                 watcher.start_soon(self._watch_signals)
@@ -144,11 +162,22 @@ class Runner:
             trio.open_nursery() as background,
         ):
             self._background = background
+            self._rest_limiter = RateLimiter(self.config.max_requests_per_second)
+            if self.config.backfill.enabled:
+                self._backfiller = Backfiller(
+                    self.config.backfill,
+                    client=stream_client,
+                    base_url=self.config.base_url,
+                    api_key=self._api_key,
+                    limiter=self._rest_limiter,
+                    stats=self.stats,
+                )
             if self._journal is not None:
                 background.start_soon(self._journal.run)
             settings = settings_with_defaults(self.config, self.plugins)
             self._apps = {name: self._make_app(name, plugin_http, settings) for name in self.plugins.active_names}
             await self.dispatcher.call("on_startup", lambda name: {"app": self._apps[name]})
+            self._restore_platform_webhooks()
             if self.config.server.enabled:
                 await self._start_server(background)
             async with trio.open_nursery() as core:
@@ -317,6 +346,7 @@ class Runner:
                     api_key=self._api_key,
                     follow=self.follow,
                     stats=self.stats,
+                    limiter=self._rest_limiter,
                 )
                 try:
                     await poller.run()
@@ -340,9 +370,12 @@ class Runner:
 
     def dispatch_platform_webhook(self, delivery: PlatformDelivery) -> bool:
         """Queue a verified Atoms webhook delivery for plugins' ``on_platform_webhook`` (dispatched one at a time,
-        in arrival order, drained like triggers at a stop); False once the runner no longer dispatches them."""
+        in arrival order, drained like triggers at a stop); False once the runner no longer dispatches them.
+        With the journal, it is written down until plugins had it (a restart hands it to them then)."""
         try:
             self._platform_send.send_nowait(delivery)
+            if self._journal is not None:
+                self._platform_in_journal.append(self._journal.platform_received(delivery))
         except trio.ClosedResourceError:
             self.stats.platform_webhooks["not_dispatched"] += 1
             log.warning(
@@ -351,27 +384,56 @@ class Runner:
             return False
         return True
 
+    def _restore_platform_webhooks(self) -> None:
+        """Queue first the platform webhooks a previous run accepted and did not hand to plugins."""
+        if self._journal is None:
+            return
+        restored = self._journal.undispatched_platform_webhooks()
+        for seq, body in restored:
+            try:
+                delivery = parse_delivery(body)
+            except BadDelivery:  # (it was read once: only a damaged file could do this)
+                self._journal.platform_dispatched(seq)
+                continue
+            self._platform_send.send_nowait(delivery)
+            self._platform_in_journal.append(seq)
+        if restored:
+            log.info("atoms webhook: %d deliveries a previous run did not dispatch are dispatched first", len(restored))
+
     async def _dispatch_platform_webhooks(self) -> None:
         with self._stoppable(DRAIN):
             async for delivery in self._platform_receive:
                 await self.dispatcher.call("on_platform_webhook", {"delivery": delivery}, call_id=delivery.call_id)
+                if self._journal is not None:
+                    self._journal.platform_dispatched(self._platform_in_journal.popleft())
         left = _left_in(self._platform_receive)
         self.stats.platform_webhooks["not_dispatched"] += len(left)
-        spool_platform_webhooks(self.config.spool_file, left)
+        if self._journal is not None and left:
+            log.warning("atoms webhook: %d deliveries not dispatched stay in the journal for the next run", len(left))
+        else:
+            spool_platform_webhooks(self.config.spool_file, left)
 
     # --- one call ---------------------------------------------------------------------------------------------
 
     async def _follow_call(self, call_id: str, source: str) -> None:
         reason = SHUTDOWN
+        journal = self._journal.for_call(call_id) if self._journal is not None else None
         try:
-            reason = await self._follow_one(call_id, source)
+            reason = await self._follow_one(call_id, source, journal)
         except BaseException as exc:  # a failure while following one call is that call's, never the runner's
             if is_cancellation(exc):
                 raise
             reason = self._call_failed(call_id, exc)
             self.stats.calls_finished[reason] += 1
         finally:
-            if self._journal is not None and reason != SHUTDOWN:  # a stop leaves it for the next run to resume
+            # A stop, or events left undispatched, leave the call in the journal for the next run to resume.
+            if (
+                self._journal is not None
+                and journal is not None
+                and reason != SHUTDOWN
+                and not journal.undispatched
+                and not journal.unfinished
+            ):
                 self._journal.call_over(call_id)
             taking_calls = self._calls_nursery is not None and not self._stopping
             next_id = self.calls.finish(
@@ -387,10 +449,11 @@ class Runner:
         log.debug("%s: traceback", call_id, exc_info=exc)
         return FAILED
 
-    async def _follow_one(self, call_id: str, source: str) -> str:
+    async def _follow_one(self, call_id: str, source: str, journal: CallJournal | None) -> str:
         """Follow one call to its end; the reason it ended."""
         assert self._stream_client is not None
         call = CallContext(call_id)
+        dispatched_before = self._journal.dispatched_keys(call_id) if self._journal is not None else []
         subscription = Subscription(
             call_id,
             client=self._stream_client,
@@ -402,16 +465,22 @@ class Runner:
             stats=self.stats,
             not_found_grace=self.config.discovery.not_found_grace if source in PUSHED else 0.0,
             max_event_size=self.config.max_event_bytes,
-            seen_before=self._journal.dispatched_keys(call_id) if self._journal is not None else (),
+            seen_before=dispatched_before,
+            on_received=journal.received if journal is not None else None,
         )
         send, receive = trio.open_memory_channel[Event | Subscribed](self.config.buffer)
         reason = SHUTDOWN
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._dispatch_call, call, receive)
+            nursery.start_soon(self._dispatch_call, call, receive, journal)
             async with send:
                 with self._stoppable(SUBSCRIPTION):
                     try:
+                        if journal is not None:
+                            await self._restore_events(journal, subscription, send)
                         reason = await subscription.run(send)
+                        # (a call never streamed to us, in this run or one before, is owed nothing)
+                        if reason in BACKFILLED_REASONS and (subscription.subscribed or source == "journal" or dispatched_before):
+                            await self._backfill(call_id, subscription, send, journal)
                     except AuthError as exc:
                         self._on_auth_error(exc)
                     except BaseException as exc:  # what was received is still dispatched, and the call finished
@@ -422,7 +491,7 @@ class Runner:
                     with self._stoppable(DRAIN):
                         await send.send(subscription.pending)
                         subscription.pending = None
-        if subscription.pending is not None:  # written after the buffer the dispatch task spooled: stream order
+        if subscription.pending is not None and journal is None:  # after the buffer the dispatch task spooled
             self.stats.events_spooled += spool_events(self.config.spool_file, call_id, [subscription.pending])
         if reason == SHUTDOWN and self._auth_error is not None:
             reason = AUTH_FAILED
@@ -439,7 +508,53 @@ class Runner:
             self._auth_error = exc
             self.stop()
 
-    async def _dispatch_call(self, call: CallContext, receive: trio.MemoryReceiveChannel[Event | Subscribed]) -> None:
+    async def _restore_events(
+        self, journal: CallJournal, subscription: Subscription, send: trio.MemorySendChannel[Event | Subscribed]
+    ) -> None:
+        """Put first in the call's buffer the events a previous run received and did not dispatch."""
+        assert self._journal is not None
+        rows = self._journal.undispatched_events(journal.call_id)
+        for seq, data, received, backfilled in rows:
+            try:
+                event = decode_event(data, journal.call_id, datetime.fromtimestamp(received, timezone.utc))
+            except MalformedEvent:  # (it was decoded once: only a damaged file could do this)
+                journal.restored(seq)
+                journal.dispatched(None)
+                continue
+            if backfilled:
+                event = msgspec.structs.replace(event, backfilled=True)
+            subscription.passed_on_before(event, data)
+            journal.restored(seq)
+            await send.send(event)
+        if rows:
+            log.info("%s: %d events a previous run received are dispatched first", journal.call_id, len(rows))
+
+    async def _backfill(
+        self,
+        call_id: str,
+        subscription: Subscription,
+        send: trio.MemorySendChannel[Event | Subscribed],
+        journal: CallJournal | None,
+    ) -> None:
+        """Queue after the call's live events those its stored conversation holds and the stream never passed on
+        (unless ``[backfill]`` is off). Until that is done, a stop leaves the call owed to the next run."""
+        if self._backfiller is None:
+            return
+        if journal is not None:
+            journal.unfinished = True
+        for event in await self._backfiller.missing(call_id, subscription.passed_on):
+            if journal is not None:
+                journal.received(json_bytes(event.raw).decode(), time.time(), backfilled=True)
+            await send.send(event)
+        if journal is not None:
+            journal.unfinished = False
+
+    async def _dispatch_call(
+        self,
+        call: CallContext,
+        receive: trio.MemoryReceiveChannel[Event | Subscribed],
+        journal: CallJournal | None = None,
+    ) -> None:
         current: Event | None = None
         async with receive:
             try:
@@ -451,12 +566,19 @@ class Runner:
                         current = item
                         await self._dispatch_event(call, item)
                         current = None
+                        if journal is not None:
+                            journal.dispatched(event_key(item))
             finally:
                 # Items are left (or one half dispatched) only when the grace ran out, or a stop at once, or a
-                # bug cut this task: in every case they are written where they can be replayed from.
+                # bug cut this task: in every case they are kept where they can be replayed from (the journal,
+                # whose next run dispatches them, or else the spool file).
                 left = [current] if current is not None else []
                 left += [item for item in _left_in(receive) if isinstance(item, Event)]
-                self.stats.events_spooled += spool_events(self.config.spool_file, call.id, left)
+                if journal is not None:
+                    if left:
+                        log.warning("%s: %d events not dispatched stay in the journal for the next run", call.id, len(left))
+                else:
+                    self.stats.events_spooled += spool_events(self.config.spool_file, call.id, left)
 
     async def _dispatch_event(self, call: CallContext, event: Event) -> None:
         self.stats.events_by_type[type_label(event.event_type)] += 1
@@ -468,10 +590,6 @@ class Runner:
             await self.dispatcher.call(event.HOOK, arguments, call_id=call.id, event_id=event.event_id)
         await self.dispatcher.call("on_event", arguments, call_id=call.id, event_id=event.event_id)
         call.events_dispatched += 1
-        if self._journal is not None:
-            key = event_key(event)
-            if key is not None:
-                self._journal.event_dispatched(call.id, key)
 
     # --- triggers and plugins' background work ------------------------------------------------------------
 

@@ -29,6 +29,10 @@ class Stats:
     listing_failures: int = 0  # listings that failed (and were retried)
     platform_webhooks: Counter[str] = field(default_factory=Counter)  # POST /atoms/webhook, by outcome
     call_ids_refused: Counter[str] = field(default_factory=Counter)  # ids that are not call ids, by intake
+    # --- backfill ---
+    events_backfilled: int = 0  # events the stream skipped, found in the stored conversation and dispatched
+    backfills: Counter[str] = field(default_factory=Counter)  # ended calls compared, by outcome
+    backfill_requests: int = 0  # GET /conversation/{callId} requests
 
     def summary(self) -> str:
         """One line for the end of a run."""
@@ -43,6 +47,8 @@ class Stats:
             f"{sum(self.hook_errors.values())} hook errors",
             f"{sum(self.hook_timeouts.values())} hook timeouts",
         ]
+        if self.events_backfilled:
+            parts.append(f"{self.events_backfilled} events backfilled")
         if self.events_spooled:
             parts.append(f"{self.events_spooled} events not dispatched, written to the spool file")
         return "; ".join(parts)

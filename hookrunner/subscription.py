@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -72,6 +73,9 @@ class SeenEvents:
         self._keys: OrderedDict[str, None] = OrderedDict()
         self._limit = limit
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
     def add(self, key: str) -> bool:
         """Remember ``key``; False if it was already there."""
         if key in self._keys:
@@ -123,6 +127,7 @@ class Subscription:
         not_found_grace: float = 0.0,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         seen_before: Iterable[str] = (),
+        on_received: Callable[[str, float], None] | None = None,
     ) -> None:
         self.call_id = call_id
         #: Seconds from the first attempt during which a 404 is retried, not final: a pushed call id can arrive
@@ -142,6 +147,8 @@ class Subscription:
         self._seen = SeenEvents()
         for key in seen_before:  # dispatched by a run before this one (the journal): not passed on again
             self._seen.add(key)
+        #: Told each event line passed on (after dedupe) and when it arrived (epoch seconds): the journal.
+        self._on_received = on_received
         self._subscribed = False
         self._saw_call_end = False
         self.events_received = 0
@@ -256,10 +263,26 @@ class Subscription:
         self._stats.events_received += 1
         if event.event_type == "call_end":
             self._saw_call_end = True
+        if self._on_received is not None:
+            self._on_received(data, time.time())
         self.pending = event  # if a stop cancels the wait below, the runner still owns this event
         await send.send(event)  # waits while the call's buffer is full: backpressure to the socket
         self.pending = None
         return event.event_type == "sse_close"
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether the call's stream ever answered 200 (in this run)."""
+        return self._subscribed
+
+    def passed_on(self, key: str) -> bool:
+        """Whether an event with this key (``event_key``) was passed on (or dispatched by an earlier run)."""
+        return key in self._seen
+
+    def passed_on_before(self, event: Event, data: str) -> None:
+        """``event`` (line ``data``) reached the call's buffer another way (restored from the journal): a stream
+        that sends it again does not pass it on twice."""
+        self._seen.add("sse_init" if isinstance(event, SseInit) else _dedupe_key(event, data))
 
     def _finish_for_status(self, response: httpx.Response) -> str:
         status = response.status_code

@@ -197,3 +197,10 @@ def assert_one_line_script_error(tmp_path: Path, text: str, message: str) -> Non
         load_script(path)
     assert str(caught.value).replace(str(tmp_path) + os.sep, "").startswith(message)
     assert "\n" not in str(caught.value)
+
+
+async def wait_until_call_over(sim: Any, call_id: str, timeout: float = 5.0) -> None:
+    """Wait until the simulator's call ``call_id`` has ended (its stream answers 400 from then on)."""
+    with trio.fail_after(timeout):
+        while (end := sim.call_end(call_id)) is None or sim.app.calls.since_serving(trio.current_time()) < end:
+            await trio.sleep(0.02)

@@ -18,10 +18,12 @@ import pytest
 from hookrunner import cli
 from hookrunner.config import (
     DEFAULT_API_KEY_ENV,
+    BackfillConfig,
     Config,
     DiscoveryConfig,
     ReconnectConfig,
     ServerConfig,
+    StateConfig,
     config_from_dict,
     default_config_table,
 )
@@ -124,7 +126,7 @@ def test_config_example_toml_sets_every_key_to_its_schema_default() -> None:
     assert "# api_key = " in (REPO / "config.example.toml").read_text(encoding="utf-8")  # documented, not set
 
 
-@pytest.mark.parametrize("cls", [Config, ReconnectConfig, DiscoveryConfig, ServerConfig])
+@pytest.mark.parametrize("cls", [Config, ReconnectConfig, DiscoveryConfig, ServerConfig, StateConfig, BackfillConfig])
 def test_config_classes_repeat_no_default_of_the_schemas(cls: type) -> None:
     with_defaults = [
         field.name

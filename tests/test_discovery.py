@@ -151,12 +151,15 @@ async def test_a_listing_outage_of_10_s_disturbs_no_followed_call_and_retry_afte
 
 def sim_connections_ok(followed: Followed, call_id: str, scripted: int) -> bool:
     """From the moment it was followed, the call got every scripted event up to the last, none twice, then
-    sse_close (a follower joining a live call misses what was said before it joined, as on the real API)."""
+    sse_close (a follower joining a live call misses what was said before it joined, as on the real API); then,
+    backfilled from the stored conversation, exactly what it missed."""
     events = followed.events.get(call_id, [])
-    if events[0].event_type != "sse_init" or events[-1].event_type != "sse_close":
+    live = [event for event in events if not event.backfilled]
+    if live[0].event_type != "sse_init" or live[-1].event_type != "sse_close" or events[len(live) - 1] is not live[-1]:
         return False
-    indices = [int(event.event_id.split("_")[1]) for event in events[1:-1]]
-    return indices == list(range(indices[0], scripted)) and indices[0] <= 5
+    indices = [int(event.event_id.split("_")[1]) for event in live[1:-1]]
+    backfilled = [int(event.event_id.split("_")[1]) for event in events[len(live) :]]
+    return indices == list(range(indices[0], scripted)) and indices[0] <= 5 and backfilled == list(range(indices[0]))
 
 
 async def test_a_refused_key_on_the_listing_stops_the_runner_with_exit_2(caplog) -> None:

@@ -54,7 +54,10 @@ def _iso(moment: Any) -> str | None:
 
 
 def event_body(event: Event) -> dict[str, Any]:
-    return {"type": event.event_type, "timestamp": _iso(event.timestamp), "call_id": event.call_id, "data": event.raw}
+    body = {"type": event.event_type, "timestamp": _iso(event.timestamp), "call_id": event.call_id, "data": event.raw}
+    if event.backfilled:  # found in the stored conversation after the call, not read live: the receiver may care
+        body["backfilled"] = True
+    return body
 
 
 def trigger_body(trigger: Trigger) -> dict[str, Any]:

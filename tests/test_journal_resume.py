@@ -1,0 +1,167 @@
+"""The journal's other half: what was received but not dispatched (events buffered behind a slow plugin, accepted
+Atoms webhooks) survives a kill -9 and is dispatched on restart; a graceful stop leaves undelivered messages in
+the journal for the next run instead of the dead-letter file.
+
+Real ``hookrunner run`` processes, the simulator and receivers on loopback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from hookrunner import hookimpl
+from hookrunner.journal import Journal
+from hookrunner.simulator import running_simulator
+from hookrunner.testing import config_table
+from hookrunner.testing.receiver import Reply, running_receiver
+
+from conftest import wait_until_call_over, afinish, build_runner, hookrunner_process, make_config, script, write_config
+from test_journal import SECRET, SECRET_ENV, finals, journal_config
+
+#: Records each event as its hook starts (the moment it reached the plugin), then awaits SLOW seconds over it
+#: (a slow request, say), while the stream goes on filling the call's buffer.
+SLOW_PLUGIN = """
+import os
+import trio
+from hookrunner import hookimpl
+
+@hookimpl
+async def on_event(event, call):
+    with open({out!r}, "a", encoding="utf-8") as handle:
+        handle.write(f"{{event.event_type}} {{event.event_id}}\\n")
+    await trio.sleep(float(os.environ.get("SLOW", "0")))
+
+@hookimpl
+def on_call_finished(call, reason):
+    with open({out!r}, "a", encoding="utf-8") as handle:
+        handle.write(f"finished {{reason}}\\n")
+"""
+
+
+async def test_events_buffered_behind_a_slow_plugin_at_a_kill_9_reach_it_after_a_restart(tmp_path: Path) -> None:
+    out = tmp_path / "seen.txt"
+    (tmp_path / "slow.py").write_text(SLOW_PLUGIN.format(out=str(out)), encoding="utf-8")
+    events = finals(30) + [{"at": 0.3, "event_type": "call_end"}]
+    async with running_simulator(script([{"id": "CALL-SLOW", "events": events}])) as sim:
+        table = config_table(sim.base_url, settings={"load": ["slow.py"]})
+        table["state"] = {"path": "state.db", "commit_interval": 0.02}
+        table["backfill"] = {"enabled": False}  # only the journal can bring back what the first run held
+        config = write_config(tmp_path, table)
+        first = hookrunner_process("run", str(config), "--call", "CALL-SLOW", env={"SLOW": "0.2"})
+        try:
+            with trio.fail_after(10):  # the stream is over (31 events buffered) long before the plugin is
+                while not out.exists() or len(out.read_text().splitlines()) < 5:
+                    await trio.sleep(0.02)
+        finally:
+            os.kill(first.pid, signal.SIGKILL)
+            await afinish(first)
+        before = out.read_text().splitlines()
+        assert len(before) < 20, before  # most of the call was still in the buffer at the kill
+        await wait_until_call_over(sim, "CALL-SLOW")  # the call has ended: its stream answers 400 from now on
+        # The same config, no --call: the journal holds the call, so the run has work without one.
+        code, _, err = await afinish(hookrunner_process("run", str(config)))
+    assert code == 0, err
+    seen = out.read_text().splitlines()
+    dispatched = [line for line in seen if not line.startswith("finished")]
+    expected = {f"{line}" for line in dispatched}
+    assert len(expected) == 33, err  # sse_init, 30 turns, call_end, sse_close: every event the stream sent
+    repeats = len(dispatched) - len(expected)
+    # Only the event whose hook was running at the kill, and those dispatched within the last commit interval
+    # before it, can reach the plugin twice: the kill comes as the fifth hook starts, the fourth just finished.
+    assert repeats <= 2, (repeats, before)
+    assert dispatched[: len(before)] == before
+    assert seen[-1] == "finished completed"  # the restart found the call over and finished it
+    assert "events a previous run received are dispatched first" in err
+    assert Journal(tmp_path / "state.db", 0.05).followed_calls() == []  # done with: forgotten
+
+
+async def test_a_graceful_stop_leaves_undelivered_messages_in_the_journal_and_the_next_run_sends_them(
+    tmp_path: Path,
+) -> None:
+    env = {SECRET_ENV: SECRET}
+    async with running_simulator(script([{"id": "CALL-STOP", "events": finals(5)}])) as sim, running_receiver() as hook:
+        hook.script("/hook", [], then=Reply(503))
+        config = journal_config(sim.base_url, hook.url("/hook"), tmp_path, path="state.db")
+        first = hookrunner_process("run", str(config), "--call", "CALL-STOP", env=env)
+        await hook.wait_for(2, path="/hook", timeout=10)
+        first.send_signal(signal.SIGTERM)
+        await trio.sleep(0.5)  # (two signals sent at once may arrive as one)
+        first.send_signal(signal.SIGTERM)  # again: stop at once, with the messages still undelivered
+        code, _, err = await afinish(first)
+        assert code == 0, err
+        assert "5 messages not delivered before shutdown stay in the journal" in err
+        assert not (tmp_path / "dead.jsonl").exists() or (tmp_path / "dead.jsonl").read_text() == ""
+
+        hook.script("/hook", [], then=Reply(200))
+        code, _, err = await afinish(hookrunner_process("run", str(config), env=env))
+    assert code == 0, err
+    delivered = [request for request in hook.at("/hook") if request.succeeded]
+    assert [r.json()["data"]["user_transcription_text"] for r in delivered] == [f"turn {i}" for i in range(5)]
+
+
+class SlowDeliveries:
+    """Takes its time over each Atoms webhook, so a kill finds accepted ones not yet handed over."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.ids: list[str] = []
+
+    @hookimpl
+    async def on_platform_webhook(self, delivery: Any) -> None:
+        self.ids.append(delivery.id)
+        await trio.sleep(self.delay)
+
+
+async def test_accepted_atoms_webhooks_not_yet_dispatched_are_dispatched_by_the_next_run(tmp_path: Path, monkeypatch) -> None:
+    secret, token = "atoms-webhook-secret", "service-token"
+    monkeypatch.setenv("HR_TEST_RESUME_WEBHOOK", secret)
+    monkeypatch.setenv("HR_TEST_RESUME_TOKEN", token)
+
+    def signed(n: int) -> tuple[bytes, str]:
+        body = json.dumps(
+            {"id": f"dlv-{n}", "event": "agent-1.post-conversation", "metadata": {"callId": f"CALL-{n}", "eventType": "post-conversation"}}
+        ).encode()
+        return body, hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+    def runner_with(plugin: SlowDeliveries) -> Any:
+        config = make_config("http://127.0.0.1:9")
+        config["server"] = {"enabled": True, "port": 0, "token_env": "HR_TEST_RESUME_TOKEN"}
+        config["discovery"] = {"webhook_secret_env": "HR_TEST_RESUME_WEBHOOK"}
+        config["state"] = {"path": str(tmp_path / "state.db"), "commit_interval": 0.01}
+        config["runner"]["shutdown_grace"] = 0.2
+        return build_runner(config, [], plugin)
+
+    first = SlowDeliveries(delay=10)
+    runner = runner_with(first)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        with trio.fail_after(5):
+            while runner.server_url is None:
+                await trio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=runner.server_url) as client:
+            for n in range(4):
+                body, signature = signed(n)
+                answer = await client.post("/atoms/webhook", content=body, headers={"X-Signature": signature})
+                assert answer.status_code == 200
+        await trio.sleep(0.1)  # past the commit interval: all four are written down
+        nursery.cancel_scope.cancel()  # the process dies: nothing after this point runs (no drain, no close)
+    assert first.ids == ["dlv-0"]  # the first was being handled; three were waiting
+
+    second = SlowDeliveries(delay=0)
+    runner = runner_with(second)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.run)
+        with trio.fail_after(5):
+            while len(second.ids) < 4:
+                await trio.sleep(0.01)
+        runner.stop()
+    assert second.ids == ["dlv-0", "dlv-1", "dlv-2", "dlv-3"]  # in arrival order; the cut one once more
