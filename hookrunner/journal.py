@@ -2,10 +2,11 @@
 
 It holds:
 
-- every outbox message from ``submit`` until it is delivered or dead-lettered, with its attempt count, so
-  ``hookrunner run`` after a kill -9, the OOM killer or a reboot sends each one again with its original id
-  (receivers deduplicate on it), in its key's order; delivered ones stay for ``[state] keep`` (at most
-  ``[state] max_kept``) so ``hookrunner replay`` can send them again;
+- every outbox message from ``submit`` until it is delivered or dead-lettered, with its attempt count and the
+  time of its next attempt, so ``hookrunner run`` after a kill -9, the OOM killer or a reboot sends each one
+  again with its original id (receivers deduplicate on it), in its key's order, going on with its retry
+  schedule; delivered ones stay for ``[state] keep`` (at most ``[state] max_kept``) so ``hookrunner replay`` can
+  send them again;
 - the calls being followed, the ids of their events already dispatched (a restart follows them again without
   dispatching those twice), and their events received but not yet dispatched (a restart dispatches them first);
 - accepted Atoms webhooks not yet handed to plugins, and the delivery ids of accepted ones for a day, so a signed
@@ -58,7 +59,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     first_attempt TEXT,
     submitted REAL,
-    delivered REAL
+    delivered REAL,
+    next_attempt REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_by_endpoint ON outbox (plugin, endpoint, seq);
 CREATE INDEX IF NOT EXISTS outbox_kept ON outbox (delivered) WHERE delivered IS NOT NULL;
@@ -77,7 +79,7 @@ DELIVERY_WINDOW = 24 * 3600.0
 #: Seconds between two purges of delivered messages past ``[state] keep`` (and of old delivery ids).
 PURGE_INTERVAL = 60.0
 #: Columns an older journal file lacks, added when it is opened.
-_ADDED_COLUMNS = {"outbox": {"submitted": "REAL", "delivered": "REAL"}}
+_ADDED_COLUMNS = {"outbox": {"submitted": "REAL", "delivered": "REAL", "next_attempt": "REAL"}}
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class JournaledMessage:
     body: Any
     attempts: int
     first_attempt: datetime | None
+    next_attempt: float | None  # epoch seconds: when its retry schedule said to try again
 
 
 @dataclass(frozen=True)
@@ -176,8 +179,8 @@ class JournalReader:
     def pending(self, plugin: str, endpoint: str) -> list[JournaledMessage]:
         """What a previous run left for this outbox, oldest first."""
         rows = self._db.execute(
-            "SELECT handle, id, key, body, attempts, first_attempt FROM outbox WHERE plugin = ? AND endpoint = ? "
-            "AND delivered IS NULL ORDER BY seq",
+            "SELECT handle, id, key, body, attempts, first_attempt, next_attempt FROM outbox "
+            "WHERE plugin = ? AND endpoint = ? AND delivered IS NULL ORDER BY seq",
             (plugin, endpoint),
         ).fetchall()
         return [
@@ -188,8 +191,9 @@ class JournalReader:
                 body=msgspec.json.decode(body),
                 attempts=attempts,
                 first_attempt=None if first is None else datetime.fromisoformat(first),
+                next_attempt=next_attempt,
             )
-            for handle, message_id, key, body, attempts, first in rows
+            for handle, message_id, key, body, attempts, first, next_attempt in rows
         ]
 
     def kept_messages(
@@ -253,7 +257,7 @@ class Journal(JournalReader):
         self._adds: dict[str, tuple[Any, ...]] = {}  # handle -> row, in submission order
         self._done: list[str] = []
         self._kept: list[tuple[float, str]] = []  # (delivered at, handle) of rows already written
-        self._attempts: dict[str, tuple[int, str | None]] = {}
+        self._attempts: dict[str, tuple[int, str | None, float | None]] = {}
         self._deliveries: list[tuple[str, float]] = []
         self._calls: list[tuple[str, str, float]] = []
         self._dispatched: list[tuple[str, str]] = []
@@ -303,8 +307,8 @@ class Journal(JournalReader):
             self._done.append(handle)
             self._wake()
 
-    def _attempted(self, handle: str, attempts: int, first_attempt: datetime | None) -> None:
-        self._attempts[handle] = (attempts, None if first_attempt is None else first_attempt.isoformat())
+    def _attempted(self, handle: str, attempts: int, first_attempt: datetime | None, not_before: float | None) -> None:
+        self._attempts[handle] = (attempts, None if first_attempt is None else first_attempt.isoformat(), not_before)
         self._wake()
 
     def _wake(self) -> None:
@@ -419,8 +423,8 @@ class Journal(JournalReader):
             batch.adds,
         )
         db.executemany(
-            "UPDATE outbox SET attempts = ?, first_attempt = ? WHERE handle = ?",
-            [(count, first, handle) for handle, (count, first) in batch.attempts.items()],
+            "UPDATE outbox SET attempts = ?, first_attempt = ?, next_attempt = ? WHERE handle = ?",
+            [(count, first, not_before, handle) for handle, (count, first, not_before) in batch.attempts.items()],
         )
         db.executemany("UPDATE outbox SET delivered = ? WHERE handle = ?", batch.kept)
         db.executemany("DELETE FROM outbox WHERE handle = ?", [(handle,) for handle in batch.done])
@@ -466,7 +470,7 @@ class _Batch(NamedTuple):
     adds: list[tuple[Any, ...]]
     done: list[str]
     kept: list[tuple[float, str]]
-    attempts: dict[str, tuple[int, str | None]]
+    attempts: dict[str, tuple[int, str | None, float | None]]
     deliveries: list[tuple[str, float]]
     calls: list[tuple[str, str, float]]
     dispatched: list[tuple[str, str]]
@@ -496,7 +500,7 @@ class OutboxJournal:
 
     def attempted(self, message: OutboxMessage) -> None:
         if message.journal_handle is not None:
-            self._journal._attempted(message.journal_handle, message.attempts, message.first_attempt)
+            self._journal._attempted(message.journal_handle, message.attempts, message.first_attempt, message.not_before)
 
     def pending(self) -> list[JournaledMessage]:
         return self._journal.pending(self.plugin, self.endpoint)

@@ -64,6 +64,9 @@ class OutboxMessage:
     last_error: str | None = None
     #: Its row in the journal (``[state] path``) while it is neither delivered nor dead-lettered.
     journal_handle: str | None = None
+    #: Wall time (epoch seconds) before which it is not attempted again: its retry schedule, kept in the journal
+    #: so that a restart continues it rather than hammering a receiver that asked for time.
+    not_before: float | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,7 @@ class Outbox:
                     attempts=row.attempts,
                     first_attempt=row.first_attempt,
                     journal_handle=row.handle,
+                    not_before=row.next_attempt,
                 )
             )
         if left:
@@ -372,6 +376,13 @@ class Outbox:
         holding_slot = True
         finished = False  # delivered or dead-lettered: otherwise (cancelled) close() dead-letters it
         try:
+            scheduled = max((message.not_before or 0.0) for message in batch) - time.time()
+            if scheduled > 0:  # a previous run's retry schedule: its next attempt is not due yet
+                self._slots.release()
+                holding_slot = False
+                await trio.sleep(min(scheduled, max(self._policy.max_delay, self._policy.max_retry_after)))
+                await self._slots.acquire()
+                holding_slot = True
             while True:
                 outcome = await self._attempt(batch)
                 if outcome.kind == "delivered":
@@ -406,6 +417,10 @@ class Outbox:
                     self._dead_letter(batch, f"retries exhausted: {outcome.why}")
                     break
                 self.stats.retried += len(batch)
+                if self._journal is not None:
+                    for message in batch:
+                        message.not_before = time.time() + delay
+                        self._journal.attempted(message)
                 log.warning(
                     "%s: message %s attempt %d failed (%s); retrying in %.2f s",
                     self.name,

@@ -140,7 +140,7 @@ async def _send(
             if why is not None:
                 held[call] = message.id
             if outcome.kind == "gone":
-                gone[target] = why
+                gone[target] = why or "gone"
         if why is None:
             print(f"{_where(message)}: {'would be sent' if dry_run else 'sent'}")
             sent += 1

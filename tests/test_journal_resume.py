@@ -165,3 +165,24 @@ async def test_accepted_atoms_webhooks_not_yet_dispatched_are_dispatched_by_the_
                 await trio.sleep(0.01)
         runner.stop()
     assert second.ids == ["dlv-0", "dlv-1", "dlv-2", "dlv-3"]  # in arrival order; the cut one once more
+
+
+async def test_a_restart_goes_on_with_a_message_s_retry_schedule_rather_than_sending_it_at_once(tmp_path: Path) -> None:
+    env = {SECRET_ENV: SECRET}
+    async with running_simulator(script([{"id": "CALL-LATER", "events": finals(1)}])) as sim, running_receiver() as hook:
+        hook.script("/hook", [], then=Reply(503, headers={"Retry-After": "3"}))  # "come back in 3 s"
+        config = journal_config(sim.base_url, hook.url("/hook"), tmp_path, path="state.db")
+        first = hookrunner_process("run", str(config), "--call", "CALL-LATER", env=env)
+        try:
+            await hook.wait_for(1, path="/hook", timeout=10)
+            await trio.sleep(0.3)  # past state.commit_interval: the schedule is written down
+        finally:
+            os.kill(first.pid, signal.SIGKILL)
+            await afinish(first)
+        asked = hook.at("/hook")[0].wall
+        hook.script("/hook", [], then=Reply(200))
+        code, _, err = await afinish(hookrunner_process("run", str(config), env=env))
+    assert code == 0, err
+    first_attempt, again = hook.at("/hook")[0], hook.at("/hook")[1]
+    assert again.headers["webhook-id"] == first_attempt.headers["webhook-id"] and again.succeeded
+    assert again.wall - asked >= 2.5  # not before the time the receiver asked for, across the restart
