@@ -16,7 +16,7 @@ from hookrunner.ratelimit import RateLimiter
 from hookrunner.simulator import running_simulator
 from hookrunner.testing import config_table
 
-from conftest import wait_until_call_over, afinish, hookrunner_process, make_config, run_runner, script, write_config
+from conftest import afinish, build_runner, hookrunner_process, make_config, run_runner, script, wait_until_call_over, write_config
 
 
 def turns(n: int, spacing: float = 0.05) -> list[dict[str, Any]]:
@@ -180,3 +180,29 @@ async def test_the_rate_limiter_spaces_requests_and_lets_the_listing_go_ahead_of
     names = [name for name, _ in granted]
     assert names.index("listing") <= 3  # it took the next free slot, ahead of the backfills still queued
     assert len(granted) == 6
+
+
+async def test_backfill_and_the_listing_share_one_rate_limit_and_the_listing_keeps_its_pace() -> None:
+    """Twelve calls end together, each owed a backfill, while discovery lists every 0.5 s; with
+    atoms.max_requests_per_second = 5, no second sees more than 5 REST requests, and listings go on."""
+    calls = [{"id": "CALL-RATE-{n}", "repeat": 12, "start": 0.05, "events": turns(4, spacing=0.4)}]
+    async with running_simulator(script(calls)) as sim:
+        config = backfill_config(sim.base_url)
+        config["atoms"]["max_requests_per_second"] = 5
+        config["discovery"] = {"poll": True, "interval": 0.5, "page_interval": 0.0}
+        timeline = Timeline()
+        runner = build_runner(config, [], timeline)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runner.run)
+            with trio.fail_after(10):
+                while runner.stats.backfills.total() < 12:
+                    await trio.sleep(0.05)
+            await trio.sleep(0.5)
+            runner.stop()
+        moments = sorted([request.at for request in sim.listing_log] + [request.at for request in sim.conversation_log])
+        listings = [request.at for request in sim.listing_log]
+    assert sum(runner.stats.backfills.values()) == 12 and sim.conversation_requests >= 12
+    busiest = max(sum(1 for moment in moments if start <= moment < start + 1.0) for start in moments)
+    assert busiest <= 6, busiest  # 5 per second (one more for a request in flight at the window's edge)
+    during = [at for at in listings if sim.conversation_log[0].at <= at <= sim.conversation_log[-1].at]
+    assert during, "the listing waited behind the backfills"
