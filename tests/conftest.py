@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import signal
 import subprocess
 import sys
 from collections import defaultdict
@@ -204,3 +205,24 @@ async def wait_until_call_over(sim: Any, call_id: str, timeout: float = 5.0) -> 
     with trio.fail_after(timeout):
         while (end := sim.call_end(call_id)) is None or sim.app.calls.since_serving(trio.current_time()) < end:
             await trio.sleep(0.02)
+
+
+async def kill_9_after_lines(process: subprocess.Popen, out: Path, lines: int, timeout: float = 10.0) -> list[str]:
+    """SIGKILL ``process`` once the file ``out`` (a recording plugin's) has ``lines`` lines; its lines then."""
+    try:
+        with trio.fail_after(timeout):
+            while not out.exists() or len(out.read_text().splitlines()) < lines:
+                await trio.sleep(0.02)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        await afinish(process)
+    assert process.returncode == -signal.SIGKILL
+    return out.read_text().splitlines()
+
+
+async def server_url_of(runner: Runner, timeout: float = 5.0) -> str:
+    """The base URL of a starting runner's server, once it listens."""
+    with trio.fail_after(timeout):
+        while runner.server_url is None:
+            await trio.sleep(0.01)
+    return runner.server_url

@@ -4,8 +4,6 @@ and before ``on_call_finished``. Against the simulator's ``GET /conversation/{ca
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ from hookrunner.ratelimit import RateLimiter
 from hookrunner.simulator import running_simulator
 from hookrunner.testing import config_table
 
-from conftest import afinish, build_runner, hookrunner_process, make_config, run_runner, script, wait_until_call_over, write_config
+from conftest import afinish, build_runner, kill_9_after_lines, hookrunner_process, make_config, run_runner, script, wait_until_call_over, write_config
 
 
 def turns(n: int, spacing: float = 0.05) -> list[dict[str, Any]]:
@@ -138,15 +136,7 @@ async def test_a_call_that_ended_while_the_runner_was_down_is_finished_from_its_
         table["state"] = {"path": "state.db", "commit_interval": 0.02}
         table["backfill"] = {"retry_interval": 0.05}
         config = write_config(tmp_path, table)
-        first = hookrunner_process("run", str(config), "--call", "CALL-DOWN")
-        try:
-            with trio.fail_after(10):
-                while not out.exists() or len(out.read_text().splitlines()) < 5:
-                    await trio.sleep(0.02)
-        finally:
-            os.kill(first.pid, signal.SIGKILL)
-            await afinish(first)
-        before = out.read_text().splitlines()
+        before = await kill_9_after_lines(hookrunner_process("run", str(config), "--call", "CALL-DOWN"), out, 5)
         await wait_until_call_over(sim, "CALL-DOWN")  # the call ends while no runner follows it
         code, _, err = await afinish(hookrunner_process("run", str(config)))
     assert code == 0, err

@@ -22,7 +22,7 @@ from hookrunner.simulator import running_simulator
 from hookrunner.testing import config_table
 from hookrunner.testing.receiver import Reply, running_receiver
 
-from conftest import afinish, hookrunner_process, script, write_config
+from conftest import afinish, hookrunner_process, kill_9_after_lines, script, server_url_of, write_config
 
 SECRET_ENV = "HR_TEST_JOURNAL_SECRET"
 SECRET = "whsec_" + base64.b64encode(b"journal-test-secret-32-bytes-ok!").decode()
@@ -144,10 +144,7 @@ async def test_a_signed_push_replayed_after_a_restart_is_acknowledged_and_ignore
         runner = build_runner(config, [], seen)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runner.run)
-            with trio.fail_after(5):
-                while runner.server_url is None:
-                    await trio.sleep(0.01)
-            async with httpx.AsyncClient(base_url=runner.server_url) as client:
+            async with httpx.AsyncClient(base_url=await server_url_of(runner)) as client:
                 answer = await client.post("/atoms/webhook", content=body, headers={"X-Signature": signature})
             await trio.sleep(0.1)
             runner.stop()
@@ -179,15 +176,7 @@ async def test_a_call_still_live_after_a_kill_9_is_followed_again_without_dispat
         table = config_table(sim.base_url, settings={"load": ["recording.py"]})
         table["state"] = {"path": "state.db", "commit_interval": 0.02}
         config = write_config(tmp_path, table)
-        first = hookrunner_process("run", str(config), "--call", "CALL-LIVE")
-        try:
-            with trio.fail_after(10):
-                while not out.exists() or len(out.read_text().splitlines()) < 10:
-                    await trio.sleep(0.02)
-        finally:
-            os.kill(first.pid, signal.SIGKILL)
-            await afinish(first)
-        before = out.read_text().splitlines()
+        before = await kill_9_after_lines(hookrunner_process("run", str(config), "--call", "CALL-LIVE"), out, 10)
         # the same command again; the simulator replays the call from its start to a new subscriber
         code, _, err = await afinish(hookrunner_process("run", str(config), "--call", "CALL-LIVE"))
     assert code == 0, err

@@ -24,7 +24,17 @@ from hookrunner.simulator import running_simulator
 from hookrunner.testing import config_table
 from hookrunner.testing.receiver import Reply, running_receiver
 
-from conftest import wait_until_call_over, afinish, build_runner, hookrunner_process, make_config, script, write_config
+from conftest import (
+    afinish,
+    build_runner,
+    hookrunner_process,
+    kill_9_after_lines,
+    make_config,
+    script,
+    server_url_of,
+    wait_until_call_over,
+    write_config,
+)
 from test_journal import SECRET, SECRET_ENV, finals, journal_config
 
 #: Records each event as its hook starts (the moment it reached the plugin), then awaits SLOW seconds over it
@@ -57,14 +67,7 @@ async def test_events_buffered_behind_a_slow_plugin_at_a_kill_9_reach_it_after_a
         table["backfill"] = {"enabled": False}  # only the journal can bring back what the first run held
         config = write_config(tmp_path, table)
         first = hookrunner_process("run", str(config), "--call", "CALL-SLOW", env={"SLOW": "0.2"})
-        try:
-            with trio.fail_after(10):  # the stream is over (31 events buffered) long before the plugin is
-                while not out.exists() or len(out.read_text().splitlines()) < 5:
-                    await trio.sleep(0.02)
-        finally:
-            os.kill(first.pid, signal.SIGKILL)
-            await afinish(first)
-        before = out.read_text().splitlines()
+        before = await kill_9_after_lines(first, out, 5)  # the stream is over (31 events buffered) long before
         assert len(before) < 20, before  # most of the call was still in the buffer at the kill
         await wait_until_call_over(sim, "CALL-SLOW")  # the call has ended: its stream answers 400 from now on
         # The same config, no --call: the journal holds the call, so the run has work without one.
@@ -144,10 +147,7 @@ async def test_accepted_atoms_webhooks_not_yet_dispatched_are_dispatched_by_the_
     runner = runner_with(first)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runner.run)
-        with trio.fail_after(5):
-            while runner.server_url is None:
-                await trio.sleep(0.01)
-        async with httpx.AsyncClient(base_url=runner.server_url) as client:
+        async with httpx.AsyncClient(base_url=await server_url_of(runner)) as client:
             for n in range(4):
                 body, signature = signed(n)
                 answer = await client.post("/atoms/webhook", content=body, headers={"X-Signature": signature})
