@@ -10,12 +10,14 @@ alternate in rotating order (see ``CONSUMERS``) because these machines drift by 
 
   a. decode cost per line over the example streams' lines (``tests/streams/*.jsonl``, or ``--fixtures DIR``):
      ``decode_event`` vs ``json.loads`` vs ``msgspec`` to dict;
-  b. flood (every event at at=0): the Runner with a no-op plugin vs a bare trio + httpx + httpx-sse + json.loads
-     consumer (no framework), once with its pool sized to the calls and once with the runner's pool limits: CPU
-     us/event of the consumer process, events/s, peak RSS;
+  b. flood (every event at at=0): the Runner with a no-op plugin, with the journal off and on, vs a bare trio +
+     httpx + httpx-sse + json.loads consumer (no framework), once with its pool sized to the calls and once with the
+     runner's pool limits: CPU us/event of the consumer process, events/s, peak RSS;
   c. a slow plugin (``trio.sleep`` per event) on a flood: RSS at 10 %, 50 % and 100 % of the events;
   d. paced calls (R events/s each, calls out of step): p50/p99 of plugin-receive time minus the simulator's
-     ``timestamp`` (the event's scheduled send time, ISO with ms).
+     ``timestamp`` (the event's scheduled send time, ISO with ms);
+  e. the journal of the ``runner+journal`` runs of (b) and (d): its files' size (database, -wal, -shm) at their
+     peak while the runner ran (sampled from outside every 50 ms) and after it finished, per 1,000 calls.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import random
 import resource
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -40,15 +43,20 @@ FIXTURES = ROOT / "tests" / "streams"  # the project's example streams; --fixtur
 KEY = "bench-key"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK = os.sysconf("SC_CLK_TCK")
-#: The consumers, in rotating order: the runner; the bare consumer with its pool sized to the calls, as a plain
-#: trio + httpx + httpx-sse client would have it; the same bare consumer with the runner's pool limits (no cap,
-#: 20 kept alive), which tells the runner's own cost apart from httpcore's pool bookkeeping.
-CONSUMERS = ("runner", "bare", "bare-k20")
+#: The consumers, in rotating order: the runner with the journal off (``[state] path = ""``); the same runner with
+#: the journal on (``[state] path`` a fresh file in the run's temporary folder, the default commit_interval), as
+#: ``hookrunner run`` has it by default; the bare consumer with its pool sized to the calls, as a plain trio + httpx +
+#: httpx-sse client would have it; the same bare consumer with the runner's pool limits (no cap, 20 kept alive),
+#: which tells the runner's own cost apart from httpcore's pool bookkeeping.
+CONSUMERS = ("runner", "runner+journal", "bare", "bare-k20")
+JOURNALED = "runner+journal"
+#: What the issue ("Durable by default") allows the journal to add to the runner's CPU per event.
+JOURNAL_TARGET = 1.15
 
 
 # --- what the simulator serves -----------------------------------------------------------------------------------
 
-WORDS = (
+WORDS = (  # noqa: SIM905  (a sentence reads better than a list of 62 words)
     "i want to cancel my subscription please can you help me with the billing issue on my account yes that is "
     "right no i did not order that what is the status of my refund could you transfer me to a human agent thank "
     "you very much okay sure the card ending in four two one seven was charged twice last month"
@@ -162,8 +170,8 @@ class Server:
 
         path = workdir / "bench-script.toml"
         path.write_bytes(tomli_w.dumps(script).encode())
-        self._out = open(workdir / "simulator.out", "w+")
-        self._err = open(workdir / "simulator.err", "w+")
+        self._out = open(workdir / "simulator.out", "w+")  # noqa: SIM115  (open for the simulator's life)
+        self._err = open(workdir / "simulator.err", "w+")  # noqa: SIM115
         hookrunner = str(Path(sys.executable).with_name("hookrunner"))
         self.proc = subprocess.Popen(
             [hookrunner, "--log-level", "warning", "simulate", str(path), "--port", "0", "--api-key", KEY],
@@ -200,18 +208,133 @@ class Server:
 
 
 def run_child(spec: dict[str, Any], server: Server) -> dict[str, Any]:
+    """Run one consumer child; with ``spec["journal"]`` (its ``[state] path``), also what its journal weighed."""
     cpu0 = server.cpu()
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, timeout=600
-    )
+    watch = JournalWatch(Path(spec["journal"])) if spec.get("journal") else None
+    proc = run_watched([sys.executable, __file__, "--child", json.dumps(spec)], watch, timeout=600)
     server_cpu = server.cpu() - cpu0
     if proc.returncode != 0 or not proc.stdout.strip():
         raise SystemExit(f"child {spec['consumer']} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["server_cpu_us_per_event"] = server_cpu * 1e6 / max(result["events"], 1)
+    result["calls"] = len(spec["calls"])
+    if watch is not None:
+        result["journal"] = watch.report()
     if proc.stderr.strip():
         result["stderr_tail"] = proc.stderr.strip().splitlines()[-3:]
     return result
+
+
+def run_watched(command: list[str], watch: JournalWatch | None, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(command, capture_output=True, text=True, timeout=timeout)``, sampling ``watch`` meanwhile."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            out, err = proc.communicate(timeout=JOURNAL_SAMPLE_S if watch is not None else timeout)
+            break
+        except subprocess.TimeoutExpired:
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.communicate()
+                raise
+            if watch is not None:
+                watch.sample()
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+# --- the journal's files -----------------------------------------------------------------------------------------
+
+JOURNAL_SAMPLE_S = 0.05  # how often the journal's files are measured while a child runs
+
+
+def journal_sizes(path: Path) -> dict[str, int]:
+    """Bytes of a journal's files: the SQLite database, its ``-wal`` and ``-shm`` (0 when absent), and the total."""
+    sizes: dict[str, int] = {}
+    for name, suffix in (("db", ""), ("wal", "-wal"), ("shm", "-shm")):
+        try:
+            sizes[name] = os.stat(f"{path}{suffix}").st_size
+        except FileNotFoundError:
+            sizes[name] = 0
+    sizes["total"] = sizes["db"] + sizes["wal"] + sizes["shm"]
+    return sizes
+
+
+def journal_contents(path: Path) -> dict[str, Any]:
+    """Rows per table and pages (used, free) of a journal no process has open; whatever tables it has."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+            rows = {table: db.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0] for table in tables}
+            page_size, pages, free = (db.execute(f"PRAGMA {name}").fetchone()[0]
+                                      for name in ("page_size", "page_count", "freelist_count"))  # fmt: skip
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"rows": rows, "page_size": page_size, "pages": pages, "free_pages": free}
+
+
+#: How to read ``journal_table``.
+JOURNAL_LEGEND = (
+    "  Size of the database + its -wal + its -shm, MiB: peak = the largest total sampled every "
+    f"{JOURNAL_SAMPLE_S * 1000:.0f} ms from outside\n  while the runner ran; after = once it exited, every call over; "
+    "/1k calls and B/ev = the same per 1,000 calls of the run and\n  per event; free = the database's free pages "
+    "after the run (SQLite reuses them but does not give them back)"
+)
+
+
+class JournalWatch:
+    """A journal's file sizes while a child process writes it, sampled from this process (the child pays nothing),
+    the largest total seen (with its parts), and after the child ended, its size and rows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.peak = journal_sizes(path)
+        self.samples = 0
+
+    def sample(self) -> None:
+        sizes = journal_sizes(self.path)
+        self.samples += 1
+        if sizes["total"] > self.peak["total"]:
+            self.peak = sizes
+
+    def report(self) -> dict[str, Any]:
+        """The peak and the files now (call once the child ended)."""
+        after = journal_sizes(self.path)
+        return {"peak": self.peak, "samples": self.samples, "after": after, **journal_contents(self.path)}
+
+
+def journal_table(results: list[dict[str, Any]], label: Callable[[dict[str, Any]], str]) -> list[str]:
+    """Lines of a journal-size table, one per run with a ``journal`` report: calls, events (and ``messages``, when
+    the runs have them) per call, the files' size at their peak and after the run (database + -wal + -shm, MiB),
+    each also per 1,000 calls and per event, the database's free pages and the rows left after the run."""
+    messages = any("messages" in r for r in results)
+    nan = float("nan")
+    lines = [(f"  {'run':<34} {'calls':>5} {'ev/call':>7} " + (f"{'msg/call':>8} " if messages else "")
+              + f"{'peak MiB':>8} {'db+wal+shm':>16} {'/1k calls':>9} {'B/ev':>6}  {'after MiB':>9} {'/1k calls':>9} "
+              f"{'B/ev':>6} {'free':>4}  rows after")]  # fmt: skip
+    for r in results:
+        journal = r.get("journal")
+        if not journal:
+            continue
+        calls, events = max(r["calls"], 1), max(r["events"], 1)
+        peak, after = journal["peak"]["total"], journal["after"]["total"]
+        free = journal["free_pages"] / journal["pages"] if journal.get("pages") else nan
+        rows = ", ".join(f"{table} {n}" for table, n in journal.get("rows", {}).items()) or journal.get("error", "")
+        lines.append(
+            f"  {label(r):<34} {r['calls']:>5} {r['events'] / calls:7.0f} "
+            + (f"{r.get('messages', 0) / calls:8.0f} " if messages else "")
+            + f"{peak / 2**20:8.2f} {_parts(journal['peak']):>16} {peak / 2**20 * 1000 / calls:9.1f} {peak / events:6.0f}  "
+            f"{after / 2**20:9.2f} {after / 2**20 * 1000 / calls:9.1f} {after / events:6.0f} {free:4.0%}  {rows}"
+        )
+    return lines
+
+
+def _parts(sizes: dict[str, int]) -> str:
+    """The database's, the -wal's and the -shm's size, MiB."""
+    return "+".join(f"{sizes[name] / 2**20:.2f}" for name in ("db", "wal", "shm"))
 
 
 # --- the consumers (run inside a --child process) ----------------------------------------------------------------
@@ -311,14 +434,26 @@ async def child_runner(spec: dict[str, Any], probe: Probe) -> dict[str, Any]:
     return outcome
 
 
+def without_backfill() -> dict[str, Any]:
+    """``{"backfill": {"enabled": False}}`` where this hookrunner has ``[backfill]``, else nothing.
+
+    Backfill asks Atoms for every ended call's conversation, through the REST rate limiter
+    (``atoms.max_requests_per_second``, 10 by default): a flood of 500 calls would wait 50 s for it at its end,
+    which is neither what these benchmarks measure nor a quick run. Its cost is a benchmark of its own."""
+    from hookrunner import config
+
+    return {"backfill": {"enabled": False}} if "backfill" in getattr(config, "TOP_SCHEMA", {}) else {}
+
+
 def bench_config(base_url: str, overlay: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The config table of every benchmark runner (console off, 3 reconnect attempts), with ``overlay``'s tables
-    merged over it key by key: ``{"server": {"enabled": True, "port": 0}}``."""
+    """The config table of every benchmark runner (console off, 3 reconnect attempts, no backfill, no journal),
+    with ``overlay``'s tables merged over it key by key: ``{"server": {"enabled": True, "port": 0}}``."""
     table: dict[str, Any] = {
         "atoms": {"base_url": base_url, "api_key": KEY},
         "runner": {"reconnect": {"max_attempts": 3}},
         "plugins": {"disable": ["console"]},
-        "state": {"path": ""},  # the journal's cost is bench_webhook's "no journal" pair; no file left behind
+        "state": {"path": ""},  # the journal is the runner+journal consumer's (a file of its own per run)
+        **without_backfill(),
     }
     for section, values in (overlay or {}).items():
         table[section] = {**table.get(section, {}), **values}
@@ -346,7 +481,7 @@ async def child_bare(spec: dict[str, Any], probe: Probe) -> dict[str, Any]:
                     last = event["event_type"]
                     if probe.latency and last != "sse_init":
                         probe.received.append((time.time(), event.get("timestamp")))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (any failure of a stream is that call's, and is reported)
             errors.append(f"{call_id}: {type(exc).__name__}: {exc}")
             return
         if last != "sse_close":
@@ -358,23 +493,21 @@ async def child_bare(spec: dict[str, Any], probe: Probe) -> dict[str, Any]:
     else:
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)  # the yardstick's pool
     timeout = httpx.Timeout(connect=30.0, read=None, write=30.0, pool=None)
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
-        async with trio.open_nursery() as nursery:
-            for call_id in spec["calls"]:
-                nursery.start_soon(follow, client, call_id)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client, trio.open_nursery() as nursery:
+        for call_id in spec["calls"]:
+            nursery.start_soon(follow, client, call_id)
     return {"errors": errors}
 
 
 def child_main(spec: dict[str, Any]) -> None:
-    import trio
-
     # Imports are not part of the measurement.
     import httpx_sse  # noqa: F401
+    import trio
 
     import hookrunner.runner  # noqa: F401
 
     probe = Probe(spec)
-    consumer = child_runner if spec["consumer"] == "runner" else child_bare
+    consumer = child_runner if spec["consumer"].startswith("runner") else child_bare
     rss_start = rss_mib()
     cpu0, t0, wall0 = time.process_time(), time.perf_counter(), time.time()
     outcome = trio.run(consumer, spec, probe)
@@ -546,7 +679,7 @@ def main() -> None:
     args = bench_arguments(
         __doc__,
         child_main,
-        quick_help="smaller loads (about a minute)",
+        quick_help="smaller loads (about 1.5 minutes)",
         rounds_help="runs per consumer and scenario (default: floods 2 quick, 3 full; paced 1 quick, 2 full)",
         extra=fixtures_argument,
     )
@@ -566,22 +699,30 @@ def main() -> None:
 
     all_runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hookrunner-bench-") as tmp:
+
+        def consumer_spec(consumer: str, **fields: Any) -> dict[str, Any]:
+            spec = {"consumer": consumer, "base": server.base_url, **fields}
+            if consumer == JOURNALED:  # a journal file of its own, new, in the run's temporary folder
+                path = Path(tmp) / f"journal-{len(all_runs) + 1}.db"
+                spec.update(journal=str(path), config={"state": {"path": str(path)}})
+            return spec
+
         t0 = time.perf_counter()
         server = Server(plan.script(), Path(tmp))
         print(f"\nsimulator: `hookrunner simulate` subprocess (pid {server.proc.pid}, its CPU not counted in the "
               f"consumers'), {server.base_url}, ready in {time.perf_counter() - t0:.1f} s", flush=True)  # fmt: skip
         try:
             rows = []
-            # b. flood, alternating runner and bare
+            # b. flood, alternating the runner (journal off, on) and bare
             for index, (label, n, events) in enumerate(plan.floods):
                 runs: dict[str, list[dict[str, Any]]] = {consumer: [] for consumer in CONSUMERS}
                 for rnd in range(plan.rounds):
                     shift = rnd % len(CONSUMERS)
                     for consumer in CONSUMERS[shift:] + CONSUMERS[:shift]:
-                        spec = {"consumer": consumer, "base": server.base_url, "mode": "flood",
-                                "calls": plan.take(f"FLOOD{index}", n), "expected": n * events}  # fmt: skip
+                        spec = consumer_spec(consumer, mode="flood", calls=plan.take(f"FLOOD{index}", n),
+                                             expected=n * events)  # fmt: skip
                         result = run_child(spec, server)
-                        result["scenario"] = label
+                        result.update(scenario=label, round=rnd + 1)
                         runs[consumer].append(result)
                         all_runs.append(result)
                         _progress(label, result)
@@ -602,10 +743,10 @@ def main() -> None:
             for rnd in range(plan.paced_rounds):
                 shift = rnd % len(CONSUMERS)
                 for consumer in CONSUMERS[shift:] + CONSUMERS[:shift]:
-                    spec = {"consumer": consumer, "base": server.base_url, "mode": "paced",
-                            "calls": plan.paced_ids(n), "expected": n * (int(rate * seconds) + 2)}  # fmt: skip
+                    spec = consumer_spec(consumer, mode="paced", calls=plan.paced_ids(n),
+                                         expected=n * (int(rate * seconds) + 2))  # fmt: skip
                     result = run_child(spec, server)
-                    result["scenario"] = label
+                    result.update(scenario=label, round=rnd + 1)
                     paced[consumer].append(result)
                     all_runs.append(result)
                     _progress(label, result)
@@ -614,18 +755,22 @@ def main() -> None:
 
     print(f"\n(b) flood: all events at at=0; median of {plan.rounds} alternating runs per consumer; "
           "CPU and RSS of the consumer process only")  # fmt: skip
-    print(f"  {'scenario':<16} {'consumer':<8} {'CPU us/ev':>9} {'events/s':>9} {'peak RSS':>9} {'RSS start':>9} "
+    print(f"  {'scenario':<16} {'consumer':<14} {'CPU us/ev':>9} {'events/s':>9} {'peak RSS':>9} {'RSS start':>9} "
           f"{'srv us/ev':>9}  complete")  # fmt: skip
+    journal_ratios: list[tuple[str, float]] = []
     for label, runs in rows:
         for consumer, results in runs.items():
             complete = sum(r["events"] == r["expected"] and not r["errors"] for r in results)
-            print(f"  {label:<16} {consumer:<8} {median(results, 'cpu_us_per_event'):9.1f} "
+            print(f"  {label:<16} {consumer:<14} {median(results, 'cpu_us_per_event'):9.1f} "
                   f"{median(results, 'events_per_s'):9.0f} {median(results, 'peak_rss_mib'):7.1f}Mi "
                   f"{median(results, 'rss_start_mib'):7.1f}Mi {median(results, 'server_cpu_us_per_event'):9.1f}  "
                   f"{complete}/{len(results)}")  # fmt: skip
         runner_cpu = median(runs["runner"], "cpu_us_per_event")
-        ratios = ", ".join(f"{runner_cpu / median(runs[c], 'cpu_us_per_event'):.2f}x {c}" for c in CONSUMERS[1:])
+        ratios = ", ".join(f"{runner_cpu / median(runs[c], 'cpu_us_per_event'):.2f}x {c}" for c in CONSUMERS[2:])
         print(f"  {'':<16} runner CPU per event = {ratios}")
+        line, ratio = journal_on_off(runs["runner"], runs[JOURNALED])
+        journal_ratios.append((label, ratio))
+        print(f"  {'':<16} {line}")
 
     label, n, events, delay = plan.slow
     wire, held, kept = event_sizes(events - 2)
@@ -644,16 +789,39 @@ def main() -> None:
 
     print(f"\n(d) {plan.paced[0]}: plugin time minus the simulator's timestamp (scheduled send time, ms resolution); "
           f"{plan.paced_rounds} run(s) per consumer")  # fmt: skip
-    print(f"  {'':<8} {'all events':^26} {'steady (from 2 s to end-1 s)':^28}")
-    print(f"  {'consumer':<8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+    print(f"  {'':<14} {'all events':^26} {'steady (from 2 s to end-1 s)':^28}")
+    print(f"  {'consumer':<14} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'CPU us/ev':>9} {'peak RSS':>9}  events")  # fmt: skip
     nan = float("nan")
     for consumer, results in paced.items():
         for r in results:
             a, b = r.get("latency_ms", {}), r.get("steady_latency_ms", {})
-            print(f"  {consumer:<8} {a.get('p50', nan):8.1f} {a.get('p99', nan):8.1f} {a.get('max', nan):8.1f}  "
+            print(f"  {consumer:<14} {a.get('p50', nan):8.1f} {a.get('p99', nan):8.1f} {a.get('max', nan):8.1f}  "
                   f"{b.get('p50', nan):8.1f} {b.get('p99', nan):8.1f} {b.get('max', nan):8.1f} "
                   f"{r['cpu_us_per_event']:9.1f} {r['peak_rss_mib']:7.1f}Mi  {r['events']}/{r['expected']}")  # fmt: skip
+    line, ratio = journal_on_off(paced["runner"], paced[JOURNALED])
+    journal_ratios.append((plan.paced[0], ratio))
+    print(f"  {line}")
+
+    def p99(results: list[dict[str, Any]], key: str) -> float:
+        return statistics.median(r[key]["p99"] for r in results) if all(r.get(key) for r in results) else nan
+
+    off, on = paced["runner"], paced[JOURNALED]
+    print(f"  journal on/off p99 latency: all events {p99(on, 'latency_ms'):.1f} / {p99(off, 'latency_ms'):.1f} ms "
+          f"= {p99(on, 'latency_ms') / p99(off, 'latency_ms'):.2f}x, steady {p99(on, 'steady_latency_ms'):.1f} / "
+          f"{p99(off, 'steady_latency_ms'):.1f} ms = {p99(on, 'steady_latency_ms') / p99(off, 'steady_latency_ms'):.2f}x")  # fmt: skip
+
+    print(f"\n(e) the journal of the {JOURNALED} runs: what the runner itself keeps there (no plugin here submits "
+          "outbox messages: see\n  bench_webhook.py)\n" + JOURNAL_LEGEND)  # fmt: skip
+    for line in journal_table([r for r in all_runs if r["consumer"] == JOURNALED], lambda r: f"{r['scenario']} #{r['round']}"):
+        print(line)
+
+    print("\njournal on/off, runner CPU per event: " + ", ".join(f"{label} {ratio:.2f}x" for label, ratio in journal_ratios)
+          + f" (the issue's target: at most {JOURNAL_TARGET:.2f}x)")  # fmt: skip
+    for label, ratio in journal_ratios:
+        if ratio > JOURNAL_TARGET:
+            print(f"FLAG: {label}: the journal costs {ratio:.2f}x the runner's CPU per event without it "
+                  f"(target {JOURNAL_TARGET:.2f}x)")  # fmt: skip
 
     problems = [r for r in all_runs if r["errors"] or r["events"] != r["expected"]]
     for r in problems:
@@ -663,8 +831,19 @@ def main() -> None:
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 
+def journal_on_off(off: list[dict[str, Any]], on: list[dict[str, Any]]) -> tuple[str, float]:
+    """One line comparing the runner's CPU per event with the journal on and off (medians, and per round: the
+    two runs of a round are close in time), and the ratio of the medians."""
+    on_cpu, off_cpu = median(on, "cpu_us_per_event"), median(off, "cpu_us_per_event")
+    ratio = on_cpu / off_cpu
+    rounds = {r["round"]: r["cpu_us_per_event"] for r in off}
+    paired = [r["cpu_us_per_event"] / rounds[r["round"]] for r in on if r["round"] in rounds]
+    per_round = f" (per round: {', '.join(f'{x:.2f}x' for x in paired)})" if len(paired) > 1 else ""
+    return f"journal on/off: runner CPU {on_cpu:.1f} / {off_cpu:.1f} us/ev = {ratio:.2f}x{per_round}", ratio
+
+
 def _progress(label: str, result: dict[str, Any]) -> None:
-    print(f"  .. {label:<32} {result['consumer']:<6} {result['events']:>7}/{result['expected']:<7} events "
+    print(f"  .. {label:<32} {result['consumer']:<14} {result['events']:>7}/{result['expected']:<7} events "
           f"{result['wall_s']:6.2f} s  {result['cpu_us_per_event']:6.1f} us/ev", file=sys.stderr, flush=True)  # fmt: skip
 
 

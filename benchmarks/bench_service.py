@@ -45,12 +45,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runner import (  # noqa: E402
-    bench_arguments,
+from bench_runner import (
     KEY,
     CallIds,
     Server,
     _percentiles,
+    bench_arguments,
     bench_config,
     event_mix,
     median,
@@ -212,7 +212,7 @@ class RunnerChild:
     """A ``--child`` runner process; ``url`` is its server's base URL (None without a server) once it follows calls."""
 
     def __init__(self, spec: dict[str, Any], workdir: Path) -> None:
-        self._err = open(workdir / f"runner-{spec['name']}.err", "w+")
+        self._err = open(workdir / f"runner-{spec['name']}.err", "w+")  # noqa: SIM115  (open for the child's life)
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--child", json.dumps(spec)], stdout=subprocess.PIPE, stderr=self._err, text=True
         )
@@ -291,13 +291,12 @@ async def post_pushes(url: str, call_ids: list[str], rate: float | None) -> list
                         "result": answer.get("result"), "error": error})  # fmt: skip
 
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=50)
-    async with httpx.AsyncClient(limits=limits, timeout=30.0) as client:
-        async with trio.open_nursery() as nursery:
-            start = trio.current_time()
-            for index, call_id in enumerate(call_ids):
-                if rate:
-                    await trio.sleep_until(start + index / rate)
-                nursery.start_soon(push, client, call_id)
+    async with httpx.AsyncClient(limits=limits, timeout=30.0) as client, trio.open_nursery() as nursery:
+        start = trio.current_time()
+        for index, call_id in enumerate(call_ids):
+            if rate:
+                await trio.sleep_until(start + index / rate)
+            nursery.start_soon(push, client, call_id)
     return results
 
 

@@ -34,6 +34,7 @@ import argparse
 import base64
 import importlib.metadata
 import json
+import math
 import os
 import random
 import signal
@@ -46,7 +47,21 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runner import KEY, CallIds, Server, _epoch, _percentiles, event_mix, peak_rss_mib  # noqa: E402
+from bench_runner import (
+    JOURNAL_LEGEND,
+    JOURNAL_TARGET,
+    KEY,
+    CallIds,
+    JournalWatch,
+    Server,
+    _epoch,
+    _percentiles,
+    event_mix,
+    journal_table,
+    peak_rss_mib,
+    run_watched,
+    without_backfill,
+)
 
 SECRET_ENV = "BENCH_WEBHOOK_SECRET"
 UNBOUNDED = {"max_in_flight": 50, "max_queue": 10_000_000}
@@ -96,13 +111,13 @@ class Plan(CallIds):
 
 # --- the receiver (inside a --receiver process) --------------------------------------------------------------
 
-RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
-
-
-def receiver_main() -> None:
-    """Answer 200 to every request on a fresh loopback port; on SIGTERM, report CPU, then analyse what came."""
+def receiver_main(status: int = 200) -> None:
+    """Answer ``status`` (200) to every request on a fresh loopback port; on SIGTERM, report CPU, then analyse
+    what came."""
     import asyncio
+    from http import HTTPStatus
 
+    response = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-length: 0\r\n\r\n".encode()
     records: list[tuple[int, bytes, bytes]] = []  # (time.time_ns() when the request was complete, head, body)
     connections = {"opened": 0, "open": 0, "max_open": 0}
 
@@ -134,7 +149,7 @@ def receiver_main() -> None:
                 if len(buffer) < total:
                     break
                 records.append((now, head, buffer[end + 4 : total]))
-                self.transport.write(RESPONSE)
+                self.transport.write(response)
                 buffer = buffer[total:]
             self.buffer = buffer
 
@@ -162,6 +177,7 @@ def analyse(records: list[tuple[int, bytes, bytes]]) -> dict[str, Any]:
     messages = order_violations = duplicates = duplicate_ids = bad_bodies = signatures_checked = signatures_bad = 0
     latencies: list[tuple[float, float]] = []  # (scheduled epoch s, arrival - scheduled)
     last_index: dict[str, int] = {}
+    by_call: dict[str, list[float]] = {}  # call id -> [first arrival, last arrival], epoch s
     seen: set[tuple[str, int]] = set()
     ids: set[str] = set()
     sample = set(random.Random(1).sample(range(len(records)), min(50, len(records))))
@@ -175,7 +191,7 @@ def analyse(records: list[tuple[int, bytes, bytes]]) -> dict[str, Any]:
             signatures_checked += 1
             try:
                 webhook.verify(body, headers)
-            except Exception:
+            except Exception:  # noqa: BLE001  (whatever verify raises, the signature is bad)
                 signatures_bad += 1
         try:
             payload = json.loads(body)
@@ -193,6 +209,7 @@ def analyse(records: list[tuple[int, bytes, bytes]]) -> dict[str, Any]:
             seen.add((call_id, index))
             order_violations += index <= last_index.get(call_id, -2)
             last_index[call_id] = index
+            by_call.setdefault(call_id, [arrival, arrival])[1] = arrival
             if "timestamp" in data:  # every event but sse_init (event_time, the actual send time)
                 scheduled = _epoch(data["timestamp"])
                 latencies.append((scheduled, arrival - scheduled))
@@ -206,6 +223,7 @@ def analyse(records: list[tuple[int, bytes, bytes]]) -> dict[str, Any]:
         "bad_bodies": bad_bodies,
         "signatures_checked": signatures_checked,
         "signatures_bad": signatures_bad,
+        "arrivals_by_call": by_call,
     }
     if records:
         result["first_arrival"], result["last_arrival"] = records[0][0] / 1e9, records[-1][0] / 1e9
@@ -218,10 +236,12 @@ def analyse(records: list[tuple[int, bytes, bytes]]) -> dict[str, Any]:
 
 
 class ReceiverProcess:
-    def __init__(self, workdir: Path) -> None:
-        self._err = open(workdir / "receiver.err", "w+")
+    """A ``--receiver`` child answering ``status`` to every request; ``finish()`` stops it and returns its report."""
+
+    def __init__(self, workdir: Path, status: int = 200) -> None:
+        self._err = open(workdir / "receiver.err", "w+")  # noqa: SIM115  (open for the receiver's life)
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--receiver"], stdout=subprocess.PIPE, stderr=self._err, text=True
+            [sys.executable, __file__, "--receiver", str(status)], stdout=subprocess.PIPE, stderr=self._err, text=True
         )
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if not line.startswith("receiver listening on "):
@@ -242,19 +262,24 @@ class ReceiverProcess:
 
 
 def child_main(spec: dict[str, Any]) -> None:
+    import hookrunner_plugins.webhook  # noqa: F401
     import trio
 
     import hookrunner.runner  # noqa: F401  (imports are not part of the measurement)
-    import hookrunner_plugins.webhook  # noqa: F401
     from hookrunner.config import config_from_dict
     from hookrunner.logs import setup_logging
-    from hookrunner.plugins import ENTRY_POINT_GROUP, load_plugins, validate_plugin_settings
+    from hookrunner.plugins import (
+        ENTRY_POINT_GROUP,
+        load_plugins,
+        validate_plugin_settings,
+    )
     from hookrunner.runner import Runner
 
     setup_logging("warning")
     workdir = Path(spec["workdir"])
     endpoint = dict(spec["endpoint"]) if spec["endpoint"] is not None else None
-    journal_off = endpoint is not None and endpoint.pop(JOURNAL_OFF, False)
+    if endpoint is not None:
+        endpoint.pop(JOURNAL_OFF, None)
     dead_letter = workdir / f"dead-letters-{spec['run']}.jsonl"
     # Only the webhook plugin (none at all for "runner only"): every other installed plugin is disabled.
     installed = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
@@ -269,7 +294,8 @@ def child_main(spec: dict[str, Any]) -> None:
             "atoms": {"base_url": spec["base"], "api_key": KEY},
             "runner": {"reconnect": {"max_attempts": 3}, **spec["runner"]},
             "plugins": plugins,
-            "state": {"path": "" if journal_off else f"state-{spec['run']}.db"},
+            "state": {"path": spec["state_path"]},  # "": no journal
+            **without_backfill(),
         },
         source="<bench>",
         base_dir=workdir,
@@ -336,18 +362,21 @@ def run_once(spec: dict[str, Any], server: Server, workdir: Path) -> dict[str, A
     # shutdown_grace bounds on_shutdown, where the outbox drains what is still queued when the last call
     # ends; a backlog takes longer than its default 10 s (the rest would be dead-lettered).
     spec = {"runner": {"hook_timeout": 600.0, "shutdown_grace": 600.0}, **spec, "url": receiver.url if receiver else None, "workdir": str(workdir)}
+    # The journal (every variant but "no journal"): a new file per run; its size is watched from here.
+    journal = None if (spec["endpoint"] or {}).get(JOURNAL_OFF) else workdir / f"state-{spec['run']}.db"
+    spec["state_path"] = str(journal or "")
+    watch = JournalWatch(journal) if journal is not None else None
     server_cpu0 = server.cpu()
     try:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, timeout=900
-        )
+        proc = run_watched([sys.executable, __file__, "--child", json.dumps(spec)], watch, timeout=900)
     finally:
         server_cpu = server.cpu() - server_cpu0
         received = receiver.finish() if receiver else {}
     if proc.returncode != 0 or not proc.stdout.strip():
         raise SystemExit(f"runner child {spec['variant']} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result.update(variant=spec["variant"], scenario=spec["scenario"], server_cpu_s=server_cpu, receiver=received)
+    result.update(variant=spec["variant"], scenario=spec["scenario"], server_cpu_s=server_cpu, receiver=received,
+                  calls=len(spec["calls"]), journal=watch.report() if watch is not None else None)  # fmt: skip
     problems = [line for line in proc.stderr.splitlines() if " WARNING " in line or " ERROR " in line]
     result["log_problems"] = len(problems)
     result["log_sample"] = problems[:3]
@@ -399,7 +428,8 @@ def yardstick(plan: Plan, workdir: Path) -> list[dict[str, Any]]:
         receiver = ReceiverProcess(workdir)
         spec = {"url": receiver.url, "body": body, "requests": plan.yardstick_requests, "concurrency": concurrency}
         try:
-            proc = subprocess.run([sys.executable, __file__, "--bare", json.dumps(spec)], capture_output=True, text=True, timeout=600)
+            proc = subprocess.run([sys.executable, __file__, "--bare", json.dumps(spec)], capture_output=True, text=True,
+                                  timeout=600, check=False)  # fmt: skip
         finally:
             received = receiver.finish()
         if proc.returncode != 0:
@@ -424,10 +454,10 @@ def main() -> None:
     parser.add_argument("--profile", metavar="DIR", help="write a cProfile of every runner child to DIR (slows them)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--bare", help=argparse.SUPPRESS)
-    parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--receiver", type=int, nargs="?", const=200, help=argparse.SUPPRESS)  # the status
     args = parser.parse_args()
     if args.receiver:
-        return receiver_main()
+        return receiver_main(args.receiver)
     if args.child:
         return child_main(json.loads(args.child))
     if args.bare:
@@ -450,7 +480,7 @@ def main() -> None:
         server = Server(plan.script(), workdir)
         print(f"simulator: pid {server.proc.pid}, {server.base_url}", file=sys.stderr, flush=True)
 
-        def run(scenario: str, variant: str, calls: list[str], expected_events: int) -> None:
+        def run(scenario: str, variant: str, calls: list[str], expected_events: int, rnd: int) -> None:
             number = len(runs) + 1
             profile = None
             if args.profile:
@@ -458,7 +488,7 @@ def main() -> None:
             spec = {"variant": variant, "scenario": scenario, "endpoint": VARIANTS[variant], "base": server.base_url,
                     "calls": calls, "run": number, "profile": profile}  # fmt: skip
             result = run_once(spec, server, workdir)
-            result["expected_events"] = expected_events
+            result.update(expected_events=expected_events, round=rnd + 1)
             runs.append(result)
             _progress(result)
 
@@ -467,12 +497,12 @@ def main() -> None:
             for rnd in range(plan.paced_rounds):
                 shift = rnd % len(PACED_VARIANTS)
                 for variant in PACED_VARIANTS[shift:] + PACED_VARIANTS[:shift]:
-                    run(paced_label, variant, plan.paced_ids(n), n * (int(plan.rate * seconds) + 2))
+                    run(paced_label, variant, plan.paced_ids(n), n * (int(plan.rate * seconds) + 2), rnd)
             n, events = plan.flood
             for rnd in range(plan.flood_rounds):
                 shift = rnd % len(FLOOD_VARIANTS)
                 for variant in FLOOD_VARIANTS[shift:] + FLOOD_VARIANTS[:shift]:
-                    run(flood_label, variant, plan.take("WHFLOOD", n), n * events)
+                    run(flood_label, variant, plan.take("WHFLOOD", n), n * events, rnd)
         finally:
             server.stop()
         runs += yardstick(plan, workdir)
@@ -491,32 +521,33 @@ def report(runs: list[dict[str, Any]], paced_label: str, flood_label: str, plan:
           "selection (user_transcription, tts_completed,\ntriggers). CPU is each process's own. runner us/msg = the "
           "runner process's CPU / messages delivered; +webhook = the\nsame minus what the 'runner only' run spent "
           "per event on the same events; cores = runner CPU / its wall time.")  # fmt: skip
+    journal_ratios: list[tuple[str, float]] = []
     for label, offered in ((paced_label, f"{n * plan.rate:.0f} events/s offered"), (flood_label, "all at once")):
         group = [r for r in runs if r["scenario"] == label]
         base = statistics.median(r["cpu_s"] / r["events"] for r in group if r["variant"] == "runner only")
         rounds = max(sum(r["variant"] == v for r in group) for v in VARIANTS)
         print(f"\n{label} ({offered}); median of {rounds} run(s) per variant")
-        print(f"  {'variant':<11} {'msgs/s':>7} {'delivered':>13} {'runner':>7} {'+webhook':>8} {'cores':>5} "
+        print(f"  {'variant':<21} {'msgs/s':>7} {'delivered':>13} {'runner':>7} {'+webhook':>8} {'cores':>5} "
               f"{'recv':>6} {'sim':>6} {'requests':>8} {'conns':>5} {'peak RSS':>8} {'dead':>4}  checks")  # fmt: skip
-        print(f"  {'':<11} {'':>7} {'':>13} {'us/msg':>7} {'us/msg':>8} {'':>5} {'us/msg':>6} {'us/ev':>6}")
+        print(f"  {'':<21} {'':>7} {'':>13} {'us/msg':>7} {'us/msg':>8} {'':>5} {'us/msg':>6} {'us/ev':>6}")
         for variant in VARIANTS:
             results = [r for r in group if r["variant"] == variant]
             if not results:
                 continue
 
-            def m(f: Any) -> float:
+            def m(f: Any, results: list[dict[str, Any]] = results) -> float:
                 return statistics.median(f(r) for r in results)
 
             if variant == "runner only":
-                print(f"  {variant:<11} {m(lambda r: r['events'] / r['wall_s']):7.0f} {int(m(lambda r: r['events'])):>13} "
+                print(f"  {variant:<21} {m(lambda r: r['events'] / r['wall_s']):7.0f} {int(m(lambda r: r['events'])):>13} "
                       f"{m(lambda r: r['cpu_s'] * 1e6 / r['events']):7.1f} {'':>8} {m(lambda r: r['cpu_s'] / r['wall_s']):5.2f} "
                       f"{'':>6} {m(lambda r: r['server_cpu_s'] * 1e6 / r['events']):6.1f} {'':>8} {'':>5} "
                       f"{m(lambda r: r['peak_rss_mib']):6.1f}Mi {'':>4}  events/s and us/event over the runner's wall time")  # fmt: skip
                 continue
-            print(f"  {variant:<11} {m(_delivery_rate):7.0f} "
+            print(f"  {variant:<21} {m(_delivery_rate):7.0f} "
                   f"{int(m(lambda r: r['receiver']['messages'])):>6}/{int(m(lambda r: r['messages'])):<6} "
                   f"{m(lambda r: r['cpu_s'] * 1e6 / max(r['delivered'], 1)):7.1f} "
-                  f"{m(lambda r: (r['cpu_s'] - base * r['events']) * 1e6 / max(r['delivered'], 1)):+8.1f} "
+                  f"{m(lambda r, base=base: (r['cpu_s'] - base * r['events']) * 1e6 / max(r['delivered'], 1)):+8.1f} "
                   f"{m(lambda r: r['cpu_s'] / r['wall_s']):5.2f} "
                   f"{m(lambda r: r['receiver']['cpu_s'] * 1e6 / max(r['receiver']['messages'], 1)):6.1f} "
                   f"{m(lambda r: r['server_cpu_s'] * 1e6 / r['events']):6.1f} {int(m(lambda r: r['receiver']['requests'])):>8} "
@@ -526,7 +557,7 @@ def report(runs: list[dict[str, Any]], paced_label: str, flood_label: str, plan:
             print("  latency, ms: e2e = receiver arrival - the event's scheduled send time (so it includes the "
                   "simulator's lateness and the\n  runner's own path); outbox = the webhook hook's submit to the 2xx "
                   "read back; steady = without the first 2 s and the last 1 s")  # fmt: skip
-            print(f"  {'variant':<11} {'e2e p50':>8} {'p99':>7} {'max':>7}  {'steady p50':>10} {'p99':>7} {'max':>7}  "
+            print(f"  {'variant':<21} {'e2e p50':>8} {'p99':>7} {'max':>7}  {'steady p50':>10} {'p99':>7} {'max':>7}  "
                   f"{'outbox p50':>10} {'p99':>7} {'max':>7}  {'steady p50':>10} {'p99':>7} {'max':>7}")  # fmt: skip
             for r in group:
                 if r["variant"] == "runner only":
@@ -536,7 +567,27 @@ def report(runs: list[dict[str, Any]], paced_label: str, flood_label: str, plan:
                           r.get("outbox_latency_ms", {}), r.get("steady_outbox_latency_ms", {}))  # fmt: skip
                 cells = [f"{b.get('p50', nan):{w}.1f} {b.get('p99', nan):7.1f} {b.get('max', nan):7.1f}"
                          for b, w in zip(blocks, (8, 10, 10, 10))]  # fmt: skip
-                print(f"  {r['variant']:<11} " + "  ".join(cells))
+                print(f"  {r['variant']:<21} " + "  ".join(cells))
+        on, off = ([r for r in group if r["variant"] == v] for v in JOURNAL_PAIR)
+        if on and off:
+            line, ratio = journal_on_off(on, off, paced=label == paced_label)
+            journal_ratios.append((label, ratio))
+            print(line)
+    journaled = [r for r in runs if r.get("journal")]
+    if journaled:
+        print(f"\njournal ([state] path) of every run but '{JOURNAL_PAIR[1]}': the outbox's messages (from submit to "
+              "delivered, and delivered ones\nfor [state] keep where this hookrunner keeps them) and what the runner "
+              "itself keeps; after = every message delivered\n" + JOURNAL_LEGEND)  # fmt: skip
+        for line in journal_table(journaled, lambda r: f"{r['scenario'].split()[0]} #{r['round']} / {r['variant']}"):
+            print(line)
+    if journal_ratios:
+        print(f"\njournal on/off ({JOURNAL_PAIR[0]} / {JOURNAL_PAIR[1]}), runner CPU per event: "
+              + ", ".join(f"{label.split()[0]} {ratio:.2f}x" for label, ratio in journal_ratios)
+              + f" (the issue's target: at most {JOURNAL_TARGET:.2f}x)")  # fmt: skip
+        for label, ratio in journal_ratios:
+            if ratio > JOURNAL_TARGET:
+                print(f"FLAG: {label}: the journal costs {ratio:.2f}x the runner's CPU per event without it "
+                      f"({JOURNAL_PAIR[0]}, target {JOURNAL_TARGET:.2f}x)")  # fmt: skip
     bare = [r for r in runs if r["scenario"] == "yardstick"]
     if bare:
         print(f"\nyardstick: bare trio + httpx.AsyncClient POSTs of a {bare[0]['body_bytes']} B body to the same receiver, "
@@ -552,6 +603,50 @@ def report(runs: list[dict[str, Any]], paced_label: str, flood_label: str, plan:
         if r["scenario"] != "yardstick" and r["variant"] != "runner only" and not _checks(r).startswith("ok"):
             print(f"PROBLEM: {r['scenario']} / {r['variant']}: {_checks(r)} (outbox: {r.get('delivered')} delivered, "
                   f"{r.get('dead_lettered')} dead-lettered, of {r['messages']} submitted)")  # fmt: skip
+
+
+#: The variants that differ only by the journal: on, off.
+JOURNAL_PAIR = ("unbatched", "unbatched, no journal")
+
+
+def journal_on_off(on: list[dict[str, Any]], off: list[dict[str, Any]], *, paced: bool) -> tuple[str, float]:
+    """Lines comparing the journal's pair of variants (the runner process's CPU per event and per message, with the
+    ratio per round when there are several: a round's runs are close in time; paced: p99 latencies; flood: the
+    delivery rate), and the ratio of the median CPU per event."""
+    nan = float("nan")
+
+    def m(results: list[dict[str, Any]], f: Any) -> float:
+        values = [v for v in (f(r) for r in results) if not math.isnan(v)]  # a missing figure left out
+        return statistics.median(values) if values else nan
+
+    def per_event(r: dict[str, Any]) -> float:
+        return r["cpu_s"] * 1e6 / max(r["events"], 1)
+
+    def per_message(r: dict[str, Any]) -> float:
+        return r["cpu_s"] * 1e6 / max(r.get("delivered") or 0, 1)
+
+    on_ev, off_ev, on_msg, off_msg = m(on, per_event), m(off, per_event), m(on, per_message), m(off, per_message)
+    ratio = on_ev / off_ev
+    rounds = {r["round"]: per_event(r) for r in off}
+    paired = [per_event(r) / rounds[r["round"]] for r in on if r["round"] in rounds]
+    per_round = f" (per round: {', '.join(f'{x:.2f}x' for x in paired)})" if len(paired) > 1 else ""
+    lines = [(f"  journal on/off, {JOURNAL_PAIR[0]} / {JOURNAL_PAIR[1]}: runner CPU {on_ev:.1f} / {off_ev:.1f} us/event "
+              f"= {ratio:.2f}x{per_round}; {on_msg:.1f} / {off_msg:.1f} us/message = {on_msg / off_msg:.2f}x")]  # fmt: skip
+    if paced:
+
+        def p99(results: list[dict[str, Any]], key: str, receiver: bool) -> float:
+            return m(results, lambda r: (r["receiver"] if receiver else r).get(key, {}).get("p99", nan))
+
+        cells = []
+        for name, key, receiver in (("e2e", "latency_ms", True), ("steady e2e", "steady_latency_ms", True),
+                                    ("outbox", "outbox_latency_ms", False)):  # fmt: skip
+            a, b = p99(on, key, receiver), p99(off, key, receiver)
+            cells.append(f"{name} {a:.1f} / {b:.1f} ms = {a / b:.2f}x")
+        lines.append("  journal on/off, p99 latency: " + ", ".join(cells))
+    else:
+        a, b = m(on, _delivery_rate), m(off, _delivery_rate)
+        lines.append(f"  journal on/off, delivery rate: {a:.0f} / {b:.0f} messages/s = {a / b:.2f}x")
+    return "\n".join(lines), ratio
 
 
 def _delivery_rate(r: dict[str, Any]) -> float:
@@ -580,7 +675,7 @@ def _checks(r: dict[str, Any]) -> str:
 def _progress(r: dict[str, Any]) -> None:
     rec = r.get("receiver") or {}
     extra = f", receiver: {rec.get('messages')} msgs in {rec.get('requests')} requests" if rec else ""
-    print(f"  .. {r['scenario']:<31} {r['variant']:<11} {r['events']:>6} events {r['wall_s']:6.2f} s "
+    print(f"  .. {r['scenario']:<31} {r['variant']:<21} {r['events']:>6} events {r['wall_s']:6.2f} s "
           f"{r['cpu_s'] * 1e6 / max(r['events'], 1):6.1f} us/ev{extra}", file=sys.stderr, flush=True)  # fmt: skip
 
 
