@@ -114,9 +114,11 @@ class Backfiller:
         deadline = trio.current_time() + self.config.window
         delay = self.config.retry_interval
         latest: list[Any] | None = None
+        why = "no slot of atoms.max_requests_per_second came free"
         while True:
             try:
-                return await self._ask(call_id)
+                with trio.fail_at(deadline + self.config.timeout):  # the rate limit's queue counts against it
+                    return await self._ask(call_id)
             except _NoConversation as exc:
                 self._stats.backfills["failed"] += 1
                 log.warning("%s: backfill: %s; events the stream skipped, if any, are not dispatched", call_id, exc)
@@ -125,10 +127,14 @@ class Backfiller:
                 if not_yet.events:  # (an empty list from a conversation still being written tells nothing)
                     latest = not_yet.events
                 why = not_yet.why
-            if trio.current_time() + delay > deadline:
+            except trio.TooSlowError:
                 break
-            log.debug("%s: backfill: %s; asking again in %.2f s", call_id, why, delay)
-            await trio.sleep(delay)
+            left = deadline - trio.current_time()
+            if left <= 0:
+                break
+            wait = min(delay, left)  # the last ask comes as the window closes, not a doubling before it
+            log.debug("%s: backfill: %s; asking again in %.2f s", call_id, why, wait)
+            await trio.sleep(wait)
             delay *= 2
         if latest is not None:
             log.warning(

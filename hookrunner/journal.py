@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from .outbox import OutboxMessage
     from .platform_webhooks import PlatformDelivery
 
-__all__ = ["Journal", "JournalReader", "work_left", "OutboxJournal", "CallJournal", "JournaledMessage", "KeptMessage"]
+__all__ = ["Journal", "JournalReader", "work_left", "OutboxJournal", "CallJournal", "JournaledMessage", "KeptMessage", "ReceivedEvent"]
 
 log = logging.getLogger("hookrunner.journal")
 
@@ -64,22 +64,32 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_by_endpoint ON outbox (plugin, endpoint, seq);
 CREATE INDEX IF NOT EXISTS outbox_kept ON outbox (delivered) WHERE delivered IS NOT NULL;
-CREATE TABLE IF NOT EXISTS received (
-    seq INTEGER PRIMARY KEY, call_id TEXT NOT NULL, data TEXT NOT NULL, received REAL NOT NULL,
-    backfilled INTEGER NOT NULL DEFAULT 0
+CREATE TABLE IF NOT EXISTS calls (
+    call_id TEXT PRIMARY KEY, source TEXT NOT NULL, since REAL NOT NULL, dispatched_through INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS received_by_call ON received (call_id, seq);
+CREATE TABLE IF NOT EXISTS call_events (call_id TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, rows BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS call_events_by_call ON call_events (call_id, first_seq);
+CREATE TABLE IF NOT EXISTS call_keys (call_id TEXT NOT NULL, keys BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS call_keys_by_call ON call_keys (call_id);
 CREATE TABLE IF NOT EXISTS platform (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS deliveries (id TEXT PRIMARY KEY, seen REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS calls (call_id TEXT PRIMARY KEY, source TEXT NOT NULL, since REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS dispatched (call_id TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (call_id, key));
+DROP TABLE IF EXISTS received;
+DROP TABLE IF EXISTS dispatched;
 """
 #: How long an accepted platform webhook's delivery id is remembered (a replay within it is acknowledged, ignored).
 DELIVERY_WINDOW = 24 * 3600.0
-#: Seconds between two purges of delivered messages past ``[state] keep`` (and of old delivery ids).
+#: A followed call older than this is not followed again by a restart (no call lasts a day): it is forgotten.
+CALL_WINDOW = 24 * 3600.0
+#: Seconds between two purges of delivered messages past ``[state] keep`` (and of old delivery ids and calls).
 PURGE_INTERVAL = 60.0
 #: Columns an older journal file lacks, added when it is opened.
-_ADDED_COLUMNS = {"outbox": {"submitted": "REAL", "delivered": "REAL", "next_attempt": "REAL"}}
+_ADDED_COLUMNS = {
+    "outbox": {"submitted": "REAL", "delivered": "REAL", "next_attempt": "REAL"},
+    "calls": {"dispatched_through": "INTEGER NOT NULL DEFAULT 0"},
+}
+_encode = msgspec.json.Encoder().encode
+_decode_rows = msgspec.json.Decoder(list[tuple[int, str, float, bool]]).decode
+_decode_keys = msgspec.json.Decoder(list[str]).decode
 
 
 @dataclass(frozen=True)
@@ -108,9 +118,19 @@ class KeptMessage:
     delivered: float
 
 
+class ReceivedEvent(NamedTuple):
+    """An event a previous run received and did not dispatch (its line as read from the stream)."""
+
+    seq: int
+    data: str
+    received: float  # epoch seconds
+    backfilled: bool
+
+
 def work_left(path: Path) -> int:
-    """How many calls, events, messages and platform webhooks a previous run left in the journal at ``path`` for
-    the next run to resume (0 when there is no such file). Read only: a run that finds nothing opens nothing."""
+    """How many calls, event batches, messages and platform webhooks a previous run left in the journal at
+    ``path`` for the next run to resume (0 when there is no such file). Read only: a run that finds nothing opens
+    nothing."""
     if not path.is_file():
         return 0
     try:
@@ -124,8 +144,9 @@ def work_left(path: Path) -> int:
 
 
 class JournalReader:
-    """The journal's queries. ``open_read_only`` is for a reader beside a running ``hookrunner run`` (replay, the
-    start of ``run`` deciding whether there is work left): it never writes, creates or converts the file."""
+    """The journal's queries, over a connection of their own: in WAL mode a reader never waits for the writer's
+    commit (its fsync), so they may run on the trio thread. ``open_read_only`` is for a reader beside a running
+    ``hookrunner run`` (replay, ``run`` deciding whether there is work left): it never writes the file."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
@@ -139,42 +160,49 @@ class JournalReader:
         self._db.close()
 
     def work_left(self) -> int:
-        """How many calls, events, messages and platform webhooks a previous run left to resume."""
+        """How many calls, event batches, messages and platform webhooks a previous run left to resume."""
         return sum(
             self._db.execute(query).fetchone()[0]
             for query in (
                 "SELECT COUNT(*) FROM calls",
-                "SELECT COUNT(*) FROM received",
+                "SELECT COUNT(*) FROM call_events",
                 "SELECT COUNT(*) FROM outbox WHERE delivered IS NULL",
                 "SELECT COUNT(*) FROM platform",
             )
         )
 
     def followed_calls(self) -> list[str]:
-        """The calls a previous run was following when it stopped (or whose events it left undispatched), oldest
-        first."""
+        """The calls a previous run was following when it stopped (within ``CALL_WINDOW``), oldest first."""
         rows = self._db.execute(
-            "SELECT call_id FROM (SELECT call_id, since FROM calls UNION "
-            "SELECT call_id, MIN(received) FROM received WHERE call_id NOT IN (SELECT call_id FROM calls) "
-            "GROUP BY call_id) ORDER BY since"
+            "SELECT call_id FROM calls WHERE since >= ? ORDER BY since", (time.time() - CALL_WINDOW,)
         ).fetchall()
         return [row[0] for row in rows]
 
     def dispatched_keys(self, call_id: str) -> list[str]:
         """The dedupe keys of the events of ``call_id`` already dispatched (by a previous run too)."""
-        return [row[0] for row in self._db.execute("SELECT key FROM dispatched WHERE call_id = ?", (call_id,)).fetchall()]
+        rows = self._db.execute("SELECT keys FROM call_keys WHERE call_id = ?", (call_id,)).fetchall()
+        return [key for (keys,) in rows for key in _decode_keys(keys)]
 
-    def undispatched_events(self, call_id: str) -> list[tuple[int, str, float, bool]]:
-        """Events of ``call_id`` a previous run received and did not dispatch: (seq, line, received at,
-        backfilled), in order."""
-        rows = self._db.execute(
-            "SELECT seq, data, received, backfilled FROM received WHERE call_id = ? ORDER BY seq", (call_id,)
+    def undispatched_events(self, call_id: str) -> list[ReceivedEvent]:
+        """Events of ``call_id`` a previous run received and did not dispatch, in stream order."""
+        row = self._db.execute("SELECT dispatched_through FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+        through = row[0] if row is not None else 0
+        batches = self._db.execute(
+            "SELECT rows FROM call_events WHERE call_id = ? AND last_seq > ? ORDER BY first_seq", (call_id, through)
         ).fetchall()
-        return [(seq, data, received, bool(backfilled)) for seq, data, received, backfilled in rows]
+        return [ReceivedEvent(*event) for (rows,) in batches for event in _decode_rows(rows) if event[0] > through]
 
     def undispatched_platform_webhooks(self) -> list[tuple[int, bytes]]:
         """Platform webhooks a previous run accepted and did not hand to plugins: (seq, body), in order."""
         return self._db.execute("SELECT seq, body FROM platform ORDER BY seq").fetchall()
+
+    def accepted_deliveries(self, limit: int) -> list[str]:
+        """The ids of platform webhooks accepted within ``DELIVERY_WINDOW``, oldest first, at most ``limit``."""
+        rows = self._db.execute(
+            "SELECT id FROM (SELECT id, seen FROM deliveries WHERE seen >= ? ORDER BY seen DESC LIMIT ?) ORDER BY seen",
+            (time.time() - DELIVERY_WINDOW, limit),
+        ).fetchall()
+        return [row[0] for row in rows]
 
     def pending(self, plugin: str, endpoint: str) -> list[JournaledMessage]:
         """What a previous run left for this outbox, oldest first."""
@@ -225,7 +253,12 @@ class JournalReader:
 
 
 class Journal(JournalReader):
-    """One journal file; ``run`` (in the runner's nursery) writes what was gathered, ``close`` writes the rest."""
+    """One journal file; ``run`` (in the runner's nursery) writes what was gathered, ``close`` writes the rest.
+
+    A call's events are written in batches, one row per call per commit (the lines received in that interval and
+    still undispatched when it ends), and what was dispatched as one number per call, the sequence number of its
+    latest dispatched event: a call's buffer is first in, first out, so that number says which lines are done.
+    A flood thus costs a few rows per commit, not two per event."""
 
     def __init__(
         self,
@@ -243,41 +276,49 @@ class Journal(JournalReader):
         self._lock = threading.Lock()  # the worker thread's commit and close's last one never overlap
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            super().__init__(sqlite3.connect(path, check_same_thread=False, isolation_level=None))
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._writer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._writer.execute("PRAGMA journal_mode=WAL")
+            self._writer.execute("PRAGMA synchronous=NORMAL")
             self._add_missing_columns()
-            self._db.executescript(_SCHEMA)
+            self._writer.executescript(_SCHEMA)
+            super().__init__(sqlite3.connect(path, check_same_thread=False))
             self._seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
-            self._received_seq = self._db.execute(
-                "SELECT MAX(COALESCE((SELECT MAX(seq) FROM received), 0), COALESCE((SELECT MAX(seq) FROM platform), 0))"
-            ).fetchone()[0]
+            self._received_seq = max(
+                self._db.execute(query).fetchone()[0] or 0
+                for query in (
+                    "SELECT MAX(last_seq) FROM call_events",
+                    "SELECT MAX(dispatched_through) FROM calls",
+                    "SELECT MAX(seq) FROM platform",
+                )
+            )
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"{source}: cannot open the journal {path} ({exc})") from None
-        self._adds: dict[str, tuple[Any, ...]] = {}  # handle -> row, in submission order
+        # What is gathered for the next commit:
+        self._adds: dict[str, tuple[Any, ...]] = {}  # outbox handle -> row, in submission order
         self._done: list[str] = []
         self._kept: list[tuple[float, str]] = []  # (delivered at, handle) of rows already written
         self._attempts: dict[str, tuple[int, str | None, float | None]] = {}
         self._deliveries: list[tuple[str, float]] = []
         self._calls: list[tuple[str, str, float]] = []
-        self._dispatched: list[tuple[str, str]] = []
         self._calls_over: list[str] = []
-        self._received: dict[int, tuple[int, str, str, float, bool]] = {}  # seq -> row, not yet written
-        self._received_done: list[int] = []
+        self._events: dict[str, list[tuple[int, str, float, bool]]] = {}  # call -> lines received, in order
+        self._through: dict[str, int] = {}  # call -> seq of its latest dispatched event
+        self._keys: dict[str, list[str]] = {}  # call -> dedupe keys of the events dispatched
         self._platform: dict[int, tuple[int, bytes]] = {}
         self._platform_done: list[int] = []
-        self._next_purge = 0.0
         self._wanted = trio.Event()
+        self._commits_started = self._commits_done = 0
+        self._committed = trio.Event()
         self.closed = False
 
     def _add_missing_columns(self) -> None:
         for table, columns in _ADDED_COLUMNS.items():
-            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            have = {row[1] for row in self._writer.execute(f"PRAGMA table_info({table})")}
             if not have:
                 continue  # a new file: the schema creates the table whole
             for column, kind in columns.items():
                 if column not in have:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                    self._writer.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     # --- what the outboxes say -------------------------------------------------------------------------------
 
@@ -314,6 +355,8 @@ class Journal(JournalReader):
     def _wake(self) -> None:
         self._wanted.set()
 
+    # --- what the runner says ---------------------------------------------------------------------------------
+
     def delivery_accepted(self, delivery_id: str) -> None:
         """Remember an accepted platform webhook's id (for ``DELIVERY_WINDOW``)."""
         self._deliveries.append((delivery_id, time.time()))
@@ -329,16 +372,22 @@ class Journal(JournalReader):
 
     def _event_received(self, call_id: str, data: str, received_at: float, backfilled: bool) -> int:
         self._received_seq += 1
-        self._received[self._received_seq] = (self._received_seq, call_id, data, received_at, backfilled)
-        self._wake()
+        events = self._events.get(call_id)
+        if events is None:
+            events = self._events[call_id] = []
+        events.append((self._received_seq, data, received_at, backfilled))
+        self._wanted.set()
         return self._received_seq
 
-    def _event_dispatched(self, call_id: str, key: str | None, seq: int | None) -> None:
+    def _event_dispatched(self, call_id: str, seq: int | None, key: str | None) -> None:
+        if seq is not None:
+            self._through[call_id] = seq
         if key is not None:
-            self._dispatched.append((call_id, key))
-        if seq is not None and self._received.pop(seq, None) is None:
-            self._received_done.append(seq)
-        self._wake()
+            keys = self._keys.get(call_id)
+            if keys is None:
+                keys = self._keys[call_id] = []
+            keys.append(key)
+        self._wanted.set()
 
     def platform_received(self, delivery: PlatformDelivery) -> int:
         """An accepted platform webhook, until ``platform_dispatched``: a restart hands it to plugins then."""
@@ -353,70 +402,101 @@ class Journal(JournalReader):
             self._wake()
 
     def call_over(self, call_id: str) -> None:
-        """The call ended for good: forget it and its events."""
+        """The call ended for good: forget it and its events (also what was gathered for it and not written)."""
+        self._calls = [row for row in self._calls if row[0] != call_id]
+        for gathered in (self._events, self._through, self._keys):
+            gathered.pop(call_id, None)
         self._calls_over.append(call_id)
         self._wake()
 
-    def accepted_deliveries(self, limit: int) -> list[str]:
-        """The ids of platform webhooks accepted within ``DELIVERY_WINDOW``, oldest first, at most ``limit``."""
-        since = time.time() - DELIVERY_WINDOW
-        self._db.execute("DELETE FROM deliveries WHERE seen < ?", (since,))
-        rows = self._db.execute(
-            "SELECT id FROM (SELECT id, seen FROM deliveries ORDER BY seen DESC LIMIT ?) ORDER BY seen", (limit,)
-        ).fetchall()
-        return [row[0] for row in rows]
+    async def written(self) -> None:
+        """Return once everything gathered so far is committed (to acknowledge what must not be lost: a push
+        Atoms will never send again). At once when the journal is closed."""
+        target = self._commits_started + 1
+        self._wake()
+        while self._commits_done < target and not self.closed:
+            await self._committed.wait()
 
     # --- writing -----------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Commit what was gathered, every ``commit_interval`` while there is something to write."""
+        """Commit what was gathered, every ``commit_interval`` while there is something to write (and purge old
+        rows every ``PURGE_INTERVAL`` even when there is not)."""
+        next_purge = trio.current_time()  # (the first commit of a run purges)
         while True:
-            await self._wanted.wait()
+            with trio.move_on_at(next_purge):
+                await self._wanted.wait()
             await trio.sleep(self.commit_interval)
             self._wanted = trio.Event()
-            batch = self._take()
-            await trio.to_thread.run_sync(self._commit, batch)  # not abandoned on cancel: it finishes
+            purge = trio.current_time() >= next_purge
+            if purge:
+                next_purge = trio.current_time() + PURGE_INTERVAL
+            batch = self._take(purge)
+            self._commits_started += 1
+            try:
+                await trio.to_thread.run_sync(self._commit, batch)  # not abandoned on cancel: it finishes
+            finally:
+                self._commits_done += 1
+                self._committed.set()
+                self._committed = trio.Event()
 
-    def _take(self) -> _Batch:
-        now = time.time()
-        purge = now >= self._next_purge
-        if purge:
-            self._next_purge = now + PURGE_INTERVAL
+    def _take(self, purge: bool) -> _Batch:
+        through = self._through
+        events = []
+        for call_id, rows in self._events.items():
+            done = through.get(call_id, 0)
+            left = [row for row in rows if row[0] > done]  # (dispatched within the interval: never written)
+            if left:
+                events.append((call_id, left[0][0], left[-1][0], _encode(left)))
         batch = _Batch(
-            list(self._adds.values()), self._done, self._kept, self._attempts, self._deliveries, self._calls,
-            self._dispatched, self._calls_over, list(self._received.values()), self._received_done,
-            list(self._platform.values()), self._platform_done, purge,
-        )  # fmt: skip
+            adds=list(self._adds.values()),
+            done=self._done,
+            kept=self._kept,
+            attempts=self._attempts,
+            deliveries=self._deliveries,
+            calls=self._calls,
+            calls_over=self._calls_over,
+            events=events,
+            through=list(through.items()),
+            keys=[(call_id, _encode(keys)) for call_id, keys in self._keys.items()],
+            platform=list(self._platform.values()),
+            platform_done=self._platform_done,
+            purge=purge,
+        )
         self._adds, self._done, self._kept, self._attempts, self._deliveries = {}, [], [], {}, []
-        self._calls, self._dispatched, self._calls_over = [], [], []
-        self._received, self._received_done, self._platform, self._platform_done = {}, [], {}, []
+        self._calls, self._calls_over, self._events, self._through, self._keys = [], [], {}, {}, {}
+        self._platform, self._platform_done = {}, []
         return batch
 
     def _commit(self, batch: _Batch) -> None:
-        if not any(batch[:-1]):
+        if not any(batch[:-1]) and not batch.purge:
             return
         with self._lock:
             if self.closed:
                 return
             try:
-                self._db.execute("BEGIN")
+                self._writer.execute("BEGIN")
                 self._write(batch)
-                self._db.execute("COMMIT")
+                self._writer.execute("COMMIT")
             except sqlite3.Error as exc:  # the disk is full, the file went away: the run goes on, in memory
                 log.error(
-                    "journal %s: a commit failed (%s); %d messages and %d events are only in memory",
+                    "journal %s: a commit failed (%s); %d messages and the events of %d calls are only in memory",
                     self.path,
                     exc,
                     len(batch.adds),
-                    len(batch.received),
+                    len(batch.events),
                 )
                 try:
-                    self._db.execute("ROLLBACK")
+                    self._writer.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
 
     def _write(self, batch: _Batch) -> None:
-        db = self._db
+        db = self._writer
+        over = [(call_id,) for call_id in batch.calls_over]  # first: a call followed again after it is new
+        db.executemany("DELETE FROM calls WHERE call_id = ?", over)
+        db.executemany("DELETE FROM call_events WHERE call_id = ?", over)
+        db.executemany("DELETE FROM call_keys WHERE call_id = ?", over)
         db.executemany(
             "INSERT OR REPLACE INTO outbox (handle, plugin, endpoint, seq, id, key, body, submitted, delivered) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -430,38 +510,41 @@ class Journal(JournalReader):
         db.executemany("DELETE FROM outbox WHERE handle = ?", [(handle,) for handle in batch.done])
         db.executemany("INSERT OR REPLACE INTO deliveries (id, seen) VALUES (?, ?)", batch.deliveries)
         db.executemany("INSERT OR IGNORE INTO calls (call_id, source, since) VALUES (?, ?, ?)", batch.calls)
-        db.executemany("INSERT OR IGNORE INTO dispatched (call_id, key) VALUES (?, ?)", batch.dispatched)
+        db.executemany("INSERT INTO call_events (call_id, first_seq, last_seq, rows) VALUES (?, ?, ?, ?)", batch.events)
+        db.executemany("INSERT INTO call_keys (call_id, keys) VALUES (?, ?)", batch.keys)
         db.executemany(
-            "INSERT OR REPLACE INTO received (seq, call_id, data, received, backfilled) VALUES (?, ?, ?, ?, ?)",
-            batch.received,
+            "UPDATE calls SET dispatched_through = ? WHERE call_id = ?", [(seq, call_id) for call_id, seq in batch.through]
         )
-        db.executemany("DELETE FROM received WHERE seq = ?", [(seq,) for seq in batch.received_done])
+        db.executemany("DELETE FROM call_events WHERE call_id = ? AND last_seq <= ?", batch.through)
         db.executemany("INSERT OR REPLACE INTO platform (seq, body) VALUES (?, ?)", batch.platform)
         db.executemany("DELETE FROM platform WHERE seq = ?", [(seq,) for seq in batch.platform_done])
-        over = [(call_id,) for call_id in batch.calls_over]
-        db.executemany("DELETE FROM calls WHERE call_id = ?", over)
-        db.executemany("DELETE FROM dispatched WHERE call_id = ?", over)
-        db.executemany("DELETE FROM received WHERE call_id = ?", over)
         if batch.purge:
             self._purge()
 
     def _purge(self) -> None:
-        """Delivered messages past ``keep``, and beyond the newest ``max_kept``; delivery ids past their window."""
+        """Delivered messages past ``keep``, and beyond the newest ``max_kept``; delivery ids past their window;
+        calls (with their events) older than ``CALL_WINDOW``."""
         now = time.time()
-        self._db.execute("DELETE FROM outbox WHERE delivered IS NOT NULL AND delivered < ?", (now - self.keep,))
-        self._db.execute(
+        db = self._writer
+        db.execute("DELETE FROM outbox WHERE delivered IS NOT NULL AND delivered < ?", (now - self.keep,))
+        db.execute(
             "DELETE FROM outbox WHERE delivered IS NOT NULL AND delivered <= (SELECT delivered FROM outbox "
             "WHERE delivered IS NOT NULL ORDER BY delivered DESC LIMIT 1 OFFSET ?)",
             (self.max_kept,),
         )
-        self._db.execute("DELETE FROM deliveries WHERE seen < ?", (now - DELIVERY_WINDOW,))
+        db.execute("DELETE FROM deliveries WHERE seen < ?", (now - DELIVERY_WINDOW,))
+        old = [(call_id,) for (call_id,) in db.execute("SELECT call_id FROM calls WHERE since < ?", (now - CALL_WINDOW,))]
+        for table in ("calls", "call_events", "call_keys"):
+            db.executemany(f"DELETE FROM {table} WHERE call_id = ?", old)
 
     def close(self) -> None:
         """Write what is still gathered and close the file (at the end of the run)."""
-        self._commit(self._take())
+        self._commit(self._take(purge=True))
         with self._lock:
             self.closed = True
+            self._committed.set()
             self._db.close()
+            self._writer.close()
 
 
 class _Batch(NamedTuple):
@@ -473,10 +556,10 @@ class _Batch(NamedTuple):
     attempts: dict[str, tuple[int, str | None, float | None]]
     deliveries: list[tuple[str, float]]
     calls: list[tuple[str, str, float]]
-    dispatched: list[tuple[str, str]]
     calls_over: list[str]
-    received: list[tuple[int, str, str, float, bool]]
-    received_done: list[int]
+    events: list[tuple[str, int, int, bytes]]  # (call, first seq, last seq, the lines)
+    through: list[tuple[str, int]]
+    keys: list[tuple[str, bytes]]
     platform: list[tuple[int, bytes]]
     platform_done: list[int]
     purge: bool  # (last: a flag, not something to write)
@@ -509,29 +592,30 @@ class OutboxJournal:
 class CallJournal:
     """One followed call's view of the journal: its events from received to dispatched, in stream order.
 
-    The call's buffer is first in, first out, so the sequence numbers of the events received and not yet dispatched
-    are a queue: ``dispatched`` takes the oldest."""
+    The call's buffer is first in, first out, so the events received and not yet dispatched are a queue:
+    ``dispatched`` takes the oldest, and its sequence number says every earlier line is done too."""
 
     def __init__(self, journal: Journal, call_id: str) -> None:
         self._journal = journal
         self.call_id = call_id
-        self._in_buffer: deque[int | None] = deque()
+        self._in_buffer: deque[tuple[int, str | None]] = deque()  # (seq, dedupe key)
         #: Set when something this run owed the call was cut short (a stop during its backfill): the call stays
         #: in the journal, and the next run finishes it.
         self.unfinished = False
 
-    def received(self, data: str, received_at: float, backfilled: bool = False) -> None:
-        """An event line passed on to the call's buffer (after dedupe)."""
-        self._in_buffer.append(self._journal._event_received(self.call_id, data, received_at, backfilled))
+    def received(self, data: str, received_at: float, key: str | None, backfilled: bool = False) -> None:
+        """An event line passed on to the call's buffer (after dedupe); ``key`` is what dedupe knows it by."""
+        self._in_buffer.append((self._journal._event_received(self.call_id, data, received_at, backfilled), key))
 
-    def restored(self, seq: int) -> None:
-        """An event a previous run left undispatched, put in the buffer again (its row is already written)."""
-        self._in_buffer.append(seq)
+    def restored(self, seq: int, key: str | None) -> None:
+        """An event a previous run left undispatched, put in the buffer again (its line is already written)."""
+        self._in_buffer.append((seq, key))
 
-    def dispatched(self, key: str | None) -> None:
-        """The oldest event in the buffer reached every plugin: out of ``received``, its key into ``dispatched``."""
-        seq = self._in_buffer.popleft() if self._in_buffer else None
-        self._journal._event_dispatched(self.call_id, key, seq)
+    def dispatched(self) -> None:
+        """The oldest event in the buffer reached every plugin: a restart neither dispatches it again nor lets
+        a stream that sends it again through."""
+        seq, key = self._in_buffer.popleft()
+        self._journal._event_dispatched(self.call_id, seq, key)
 
     @property
     def undispatched(self) -> int:

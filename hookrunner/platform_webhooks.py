@@ -121,13 +121,21 @@ class SeenDeliveries:
         if journal is not None:
             self._ids.update((delivery_id, None) for delivery_id in journal.accepted_deliveries(limit))
 
-    def first_time(self, delivery_id: str) -> bool:
-        """True the first time an id is seen (and remembers it); False for a repeat."""
-        if delivery_id in self._ids:
-            return False
+    def __contains__(self, delivery_id: str) -> bool:
+        """Whether the id was acted on already (a repeat, acknowledged and ignored)."""
+        return delivery_id in self._ids
+
+    def remember(self, delivery_id: str) -> None:
+        """The delivery was accepted: a repeat of it is ignored from now on (for the journal's window, with one)."""
         self._ids[delivery_id] = None
         if self._journal is not None:
             self._journal.delivery_accepted(delivery_id)
         if len(self._ids) > self._limit:
             self._ids.popitem(last=False)
+
+    def first_time(self, delivery_id: str) -> bool:
+        """True the first time an id is seen (and remembers it); False for a repeat."""
+        if delivery_id in self._ids:
+            return False
+        self.remember(delivery_id)
         return True

@@ -42,13 +42,26 @@ from .events import Event, MalformedEvent, TtsCompleted, UserTranscription, deco
 from .plugins import LoadedPlugins, settings_with_defaults, validate_plugin_settings
 from .spool import spool_events, spool_platform_webhooks
 from .stats import Stats
-from .subscription import AUTH_FAILED, COMPLETED, ENDED, FAILED, SHUTDOWN, Subscribed, Subscription, event_key
+from .subscription import (
+    AUTH_FAILED,
+    COMPLETED,
+    ENDED,
+    FAILED,
+    NOT_FOUND,
+    SHUTDOWN,
+    Subscribed,
+    Subscription,
+    event_key,
+)
 from .text import json_bytes, one_line, shown
 from .triggers import Trigger
 
 log = logging.getLogger("hookrunner.runner")
 
 OK_REASONS = frozenset({ENDED, COMPLETED, SHUTDOWN})
+#: Ends after which the journal forgets a call: it is over, or cannot be followed (a refused key, a stream that
+#: gave up may leave a call still live: the next run follows it again).
+FORGOTTEN_REASONS = frozenset({ENDED, COMPLETED, NOT_FOUND, FAILED})
 #: Ends after which the call's stored conversation is compared with what was dispatched (``[backfill]``): the call
 #: is over (a stream that gave up or was not found may still be live, and comes back).
 BACKFILLED_REASONS = frozenset({ENDED, COMPLETED})
@@ -113,6 +126,7 @@ class Runner:
         self._shutdown_deadline: float | None = None
         self._apps: dict[str, App] = {}
         self._journal: Journal | None = None  # opened by run(): [state] path
+        self._resumed_calls: dict[str, None] = {}  # what the journal said was followed when this run began, in order
         self._platform_in_journal: deque[int] = deque()  # journal rows of the queued platform webhooks, in order
         #: Every Atoms REST request (listings, backfill) waits here: one limit, atoms.max_requests_per_second.
         self._rest_limiter: RateLimiter | None = None
@@ -132,6 +146,7 @@ class Runner:
                 max_kept=state.max_kept,
                 source=f"{self.config.source}: state.path",
             )
+            self._resumed_calls = dict.fromkeys(self._journal.followed_calls())
         try:
             async with trio.open_nursery() as watcher:  # signals are watched from on_startup to on_shutdown
                 watcher.start_soon(self._watch_signals)
@@ -189,7 +204,7 @@ class Runner:
                         self.state = "serving"
                     for call_id in self._call_ids:
                         self.follow(call_id, "config")
-                    for call_id in self._journal.followed_calls() if self._journal is not None else ():
+                    for call_id in self._resumed_calls:
                         self.follow(call_id, "journal")  # followed when the last run stopped: still live?
                     if self.config.service:
                         calls.start_soon(self._discover)
@@ -430,7 +445,7 @@ class Runner:
             if (
                 self._journal is not None
                 and journal is not None
-                and reason != SHUTDOWN
+                and reason in FORGOTTEN_REASONS
                 and not journal.undispatched
                 and not journal.unfinished
             ):
@@ -479,7 +494,8 @@ class Runner:
                             await self._restore_events(journal, subscription, send)
                         reason = await subscription.run(send)
                         # (a call never streamed to us, in this run or one before, is owed nothing)
-                        if reason in BACKFILLED_REASONS and (subscription.subscribed or source == "journal" or dispatched_before):
+                        followed_before = call_id in self._resumed_calls or bool(dispatched_before)
+                        if reason in BACKFILLED_REASONS and (subscription.subscribed or followed_before):
                             await self._backfill(call_id, subscription, send, journal)
                     except AuthError as exc:
                         self._on_auth_error(exc)
@@ -491,6 +507,8 @@ class Runner:
                     with self._stoppable(DRAIN):
                         await send.send(subscription.pending)
                         subscription.pending = None
+        if journal is not None and journal.unfinished:  # a stop cut its backfill short: the next run finishes it
+            reason = SHUTDOWN
         if subscription.pending is not None and journal is None:  # after the buffer the dispatch task spooled
             self.stats.events_spooled += spool_events(self.config.spool_file, call_id, [subscription.pending])
         if reason == SHUTDOWN and self._auth_error is not None:
@@ -518,13 +536,12 @@ class Runner:
             try:
                 event = decode_event(data, journal.call_id, datetime.fromtimestamp(received, timezone.utc))
             except MalformedEvent:  # (it was decoded once: only a damaged file could do this)
-                journal.restored(seq)
-                journal.dispatched(None)
+                journal.restored(seq, None)
+                journal.dispatched()
                 continue
             if backfilled:
                 event = msgspec.structs.replace(event, backfilled=True)
-            subscription.passed_on_before(event, data)
-            journal.restored(seq)
+            journal.restored(seq, subscription.passed_on_before(event, data))
             await send.send(event)
         if rows:
             log.info("%s: %d events a previous run received are dispatched first", journal.call_id, len(rows))
@@ -544,7 +561,7 @@ class Runner:
             journal.unfinished = True
         for event in await self._backfiller.missing(call_id, subscription.passed_on):
             if journal is not None:
-                journal.received(json_bytes(event.raw).decode(), time.time(), backfilled=True)
+                journal.received(json_bytes(event.raw).decode(), time.time(), event_key(event), backfilled=True)
             await send.send(event)
         if journal is not None:
             journal.unfinished = False
@@ -567,7 +584,7 @@ class Runner:
                         await self._dispatch_event(call, item)
                         current = None
                         if journal is not None:
-                            journal.dispatched(event_key(item))
+                            journal.dispatched()
             finally:
                 # Items are left (or one half dispatched) only when the grace ran out, or a stop at once, or a
                 # bug cut this task: in every case they are kept where they can be replayed from (the journal,

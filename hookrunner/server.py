@@ -111,7 +111,7 @@ class ServiceApp:
             log.warning("atoms webhook: a signed delivery we cannot read: %s", one_line(str(exc), 200))
             await send_json(send, 400, errors(str(exc)))
             return
-        if not self._seen.first_time(delivery.id):
+        if delivery.id in self._seen:
             outcomes["duplicate"] += 1
             log.info("atoms webhook: delivery %s (%s) again: acknowledged, ignored", shown(delivery.id), shown(delivery.event))
             await send_json(send, 200, {"status": True, "duplicate": True})
@@ -138,9 +138,12 @@ class ServiceApp:
                     return
                 answer.update(call_id=delivery.call_id, result=offer.value)
         if not self.runner.dispatch_platform_webhook(delivery):
-            await send_json(send, 503, errors("the runner is stopping"))
+            await send_json(send, 503, errors("the runner is stopping"))  # (not remembered: a retry is welcome)
             return
+        self._seen.remember(delivery.id)
         outcomes[delivery.kind if delivery.kind in PLATFORM_KINDS else "other"] += 1  # labels stay bounded
+        if self.runner.journal is not None:  # Atoms never sends it again after a 200: written down first
+            await self.runner.journal.written()
         await send_json(send, 200, answer)
 
     async def _post_call(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -127,7 +127,7 @@ class Subscription:
         not_found_grace: float = 0.0,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         seen_before: Iterable[str] = (),
-        on_received: Callable[[str, float], None] | None = None,
+        on_received: Callable[[str, float, str], None] | None = None,
     ) -> None:
         self.call_id = call_id
         #: Seconds from the first attempt during which a 404 is retried, not final: a pushed call id can arrive
@@ -147,7 +147,7 @@ class Subscription:
         self._seen = SeenEvents()
         for key in seen_before:  # dispatched by a run before this one (the journal): not passed on again
             self._seen.add(key)
-        #: Told each event line passed on (after dedupe) and when it arrived (epoch seconds): the journal.
+        #: Told each event line passed on (after dedupe), when it arrived (epoch seconds) and its dedupe key.
         self._on_received = on_received
         self._subscribed = False
         self._saw_call_end = False
@@ -253,18 +253,17 @@ class Subscription:
         except MalformedEvent as exc:
             self._skip(f"a malformed line ({exc.reason}): {shown(exc.line)}")
             return False
-        if isinstance(event, SseInit):
-            if not self._seen.add("sse_init"):
-                return False  # plugins see one sse_init per call: the first one received
-        elif not self._seen.add(_dedupe_key(event, data)):
-            self._stats.duplicates_skipped += 1
+        key = _SSE_INIT_KEY if isinstance(event, SseInit) else _dedupe_key(event, data)
+        if not self._seen.add(key):
+            if key is not _SSE_INIT_KEY:  # plugins see one sse_init per call: the first one received
+                self._stats.duplicates_skipped += 1
             return False
         self.events_received += 1
         self._stats.events_received += 1
         if event.event_type == "call_end":
             self._saw_call_end = True
         if self._on_received is not None:
-            self._on_received(data, time.time())
+            self._on_received(data, time.time(), key)
         self.pending = event  # if a stop cancels the wait below, the runner still owns this event
         await send.send(event)  # waits while the call's buffer is full: backpressure to the socket
         self.pending = None
@@ -279,10 +278,12 @@ class Subscription:
         """Whether an event with this key (``event_key``) was passed on (or dispatched by an earlier run)."""
         return key in self._seen
 
-    def passed_on_before(self, event: Event, data: str) -> None:
+    def passed_on_before(self, event: Event, data: str) -> str:
         """``event`` (line ``data``) reached the call's buffer another way (restored from the journal): a stream
-        that sends it again does not pass it on twice."""
-        self._seen.add("sse_init" if isinstance(event, SseInit) else _dedupe_key(event, data))
+        that sends it again does not pass it on twice. Its dedupe key."""
+        key = _SSE_INIT_KEY if isinstance(event, SseInit) else _dedupe_key(event, data)
+        self._seen.add(key)
+        return key
 
     def _finish_for_status(self, response: httpx.Response) -> str:
         status = response.status_code
@@ -329,6 +330,8 @@ def _is_event_stream(response: httpx.Response) -> bool:
     return content_type.partition(";")[0].strip().lower() == "text/event-stream"
 
 
+#: The key of a call's sse_init, whatever its text: plugins see one per call (a reconnect's is not passed on).
+_SSE_INIT_KEY = "sse_init"
 #: Events without an id are recognised by their text; past this length, by a digest of it (the set stays small).
 _KEY_TEXT_LIMIT = 256
 

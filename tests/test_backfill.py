@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from hookrunner import hookimpl
@@ -126,8 +127,9 @@ def on_call_finished(call, reason):
 """
 
 
+@pytest.mark.parametrize("restart", [(), ("--call", "CALL-DOWN")], ids=["the journal's calls", "the same --call"])
 async def test_a_call_that_ended_while_the_runner_was_down_is_finished_from_its_conversation_on_restart(
-    tmp_path: Path,
+    tmp_path: Path, restart: tuple[str, ...]
 ) -> None:
     out = tmp_path / "seen.txt"
     (tmp_path / "recording.py").write_text(RECORDING_PLUGIN.format(out=str(out)), encoding="utf-8")
@@ -138,7 +140,7 @@ async def test_a_call_that_ended_while_the_runner_was_down_is_finished_from_its_
         config = write_config(tmp_path, table)
         before = await kill_9_after_lines(hookrunner_process("run", str(config), "--call", "CALL-DOWN"), out, 5)
         await wait_until_call_over(sim, "CALL-DOWN")  # the call ends while no runner follows it
-        code, _, err = await afinish(hookrunner_process("run", str(config)))
+        code, _, err = await afinish(hookrunner_process("run", str(config), *restart))
     assert code == 0, err
     lines = out.read_text().splitlines()
     assert lines[-1] == "finished completed", lines

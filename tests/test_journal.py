@@ -10,13 +10,14 @@ import base64
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from hookrunner import hookimpl
-from hookrunner.journal import Journal
+from hookrunner.journal import PURGE_INTERVAL, Journal, JournalReader
 from hookrunner.outbox import OutboxMessage
 from hookrunner.simulator import running_simulator
 from hookrunner.testing import config_table
@@ -32,7 +33,7 @@ def finals(n: int) -> list[dict[str, Any]]:
     return [{"at": 0, "event_type": "user_transcription", "user_transcription_text": f"turn {i}"} for i in range(n)]
 
 
-def journal_config(base_url: str, hook_url: str, tmp_path: Path, **state: Any) -> Path:
+def journal_config(base_url: str, hook_url: str, tmp_path: Path, *, shutdown_grace: float = 30.0, **state: Any) -> Path:
     endpoint = {
         "name": "crm", "url": hook_url, "secret_env": SECRET_ENV, "events": ["user_transcription"],
         "timeout": 1.0, "retry_initial_delay": 0.2, "retry_max_delay": 0.3, "max_attempts": 1000,
@@ -41,7 +42,7 @@ def journal_config(base_url: str, hook_url: str, tmp_path: Path, **state: Any) -
         base_url,
         enable=["webhook"],
         settings={"webhook": {"endpoints": [endpoint], "dead_letter": str(tmp_path / "dead.jsonl")}},
-        runner={"shutdown_grace": 30.0},  # the first run is still retrying when it is killed
+        runner={"shutdown_grace": shutdown_grace},  # (30 s: the first run is still retrying when it is killed)
     )
     table["state"] = state
     return write_config(tmp_path, table)
@@ -163,6 +164,11 @@ from hookrunner import hookimpl
 def on_user_transcription(event, call):
     with open({out!r}, "a", encoding="utf-8") as handle:
         handle.write(event.event_id + "\\n")
+
+@hookimpl
+def on_sse_init(event, call):
+    with open({out!r} + ".init", "a", encoding="utf-8") as handle:
+        handle.write("sse_init\\n")
 """
 
 
@@ -186,3 +192,44 @@ async def test_a_call_still_live_after_a_kill_9_is_followed_again_without_dispat
     # only what was dispatched within the last commit interval before the kill can be dispatched again
     assert repeats <= 1, (repeats, len(before))
     assert seen[: len(before)] == before
+    # an event without an id (sse_init) is known by its key too: the new connection's is not a second one
+    assert Path(f"{out}.init").read_text().splitlines() == ["sse_init"]
+
+
+def test_delivered_messages_are_kept_for_state_keep_and_at_most_state_max_kept(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.db", 0.05, keep=3600, max_kept=2)
+    crm = journal.for_outbox("webhook", "crm")
+    for n in range(4):
+        message = OutboxMessage(id=f"m{n}", key="C", body={"n": n})
+        message.journal_handle = crm.add(message)
+        crm.finished(message.journal_handle, delivered=True)
+    lost = OutboxMessage(id="m-dead", key="C", body={})
+    lost.journal_handle = crm.add(lost)
+    crm.finished(lost.journal_handle)  # dead-lettered: the dead-letter file has it, the journal forgets it
+    journal.close()  # (the first commit of a run purges)
+    reader = Journal(tmp_path / "j.db", 0.05, keep=3600, max_kept=2)
+    assert [kept.id for kept in reader.kept_messages(0)] == ["m2", "m3"]  # the newest two
+    assert reader.for_outbox("webhook", "crm").pending() == []
+    reader.close()
+    expiring = Journal(tmp_path / "j.db", 0.05, keep=0.01)
+    time.sleep(0.05)
+    expiring.close()  # past keep: purged
+    assert JournalReader.open_read_only(tmp_path / "j.db").kept_messages(0) == []
+
+
+async def test_the_journal_purges_on_its_own_while_nothing_is_written(tmp_path: Path, autojump_clock) -> None:
+    journal = Journal(tmp_path / "j.db", 0.05, keep=0.01)
+    crm = journal.for_outbox("webhook", "crm")
+    message = OutboxMessage(id="m", key="C", body={})
+    message.journal_handle = crm.add(message)
+    crm.finished(message.journal_handle, delivered=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(journal.run)
+        await journal.written()
+        assert [kept.id for kept in journal.kept_messages(0)] == ["m"]
+        await trio.to_thread.run_sync(time.sleep, 0.05)  # past keep, in wall time
+        await trio.sleep(PURGE_INTERVAL + 1)  # nothing else happens: the journal wakes to purge all the same
+        await journal.written()
+        assert journal.kept_messages(0) == []
+        nursery.cancel_scope.cancel()
+    journal.close()

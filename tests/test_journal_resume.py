@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import trio
 
-from hookrunner import hookimpl
 from hookrunner.journal import Journal
 from hookrunner.simulator import running_simulator
 from hookrunner.testing import config_table
@@ -26,12 +25,9 @@ from hookrunner.testing.receiver import Reply, running_receiver
 
 from conftest import (
     afinish,
-    build_runner,
     hookrunner_process,
     kill_9_after_lines,
-    make_config,
     script,
-    server_url_of,
     wait_until_call_over,
     write_config,
 )
@@ -93,12 +89,10 @@ async def test_a_graceful_stop_leaves_undelivered_messages_in_the_journal_and_th
     env = {SECRET_ENV: SECRET}
     async with running_simulator(script([{"id": "CALL-STOP", "events": finals(5)}])) as sim, running_receiver() as hook:
         hook.script("/hook", [], then=Reply(503))
-        config = journal_config(sim.base_url, hook.url("/hook"), tmp_path, path="state.db")
+        config = journal_config(sim.base_url, hook.url("/hook"), tmp_path, path="state.db", shutdown_grace=1.0)
         first = hookrunner_process("run", str(config), "--call", "CALL-STOP", env=env)
         await hook.wait_for(2, path="/hook", timeout=10)
-        first.send_signal(signal.SIGTERM)
-        await trio.sleep(0.5)  # (two signals sent at once may arrive as one)
-        first.send_signal(signal.SIGTERM)  # again: stop at once, with the messages still undelivered
+        first.send_signal(signal.SIGTERM)  # the receiver still answers 503 when the shutdown grace runs out
         code, _, err = await afinish(first)
         assert code == 0, err
         assert "5 messages not delivered before shutdown stay in the journal" in err
@@ -111,60 +105,71 @@ async def test_a_graceful_stop_leaves_undelivered_messages_in_the_journal_and_th
     assert [r.json()["data"]["user_transcription_text"] for r in delivered] == [f"turn {i}" for i in range(5)]
 
 
-class SlowDeliveries:
-    """Takes its time over each Atoms webhook, so a kill finds accepted ones not yet handed over."""
+SLOW_DELIVERIES_PLUGIN = """
+import os
+import trio
+from hookrunner import hookimpl
 
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self.ids: list[str] = []
-
-    @hookimpl
-    async def on_platform_webhook(self, delivery: Any) -> None:
-        self.ids.append(delivery.id)
-        await trio.sleep(self.delay)
+@hookimpl
+async def on_platform_webhook(delivery):
+    with open({out!r}, "a", encoding="utf-8") as handle:
+        handle.write(delivery.id + "\\n")
+    await trio.sleep(float(os.environ.get("SLOW", "0")))
+"""
 
 
-async def test_accepted_atoms_webhooks_not_yet_dispatched_are_dispatched_by_the_next_run(tmp_path: Path, monkeypatch) -> None:
+async def test_accepted_atoms_webhooks_not_yet_dispatched_at_a_kill_9_are_dispatched_by_the_next_run(
+    tmp_path: Path,
+) -> None:
     secret, token = "atoms-webhook-secret", "service-token"
-    monkeypatch.setenv("HR_TEST_RESUME_WEBHOOK", secret)
-    monkeypatch.setenv("HR_TEST_RESUME_TOKEN", token)
+    env = {"HR_TEST_RESUME_WEBHOOK": secret, "HR_TEST_RESUME_TOKEN": token}
+    out = tmp_path / "deliveries.txt"
+    (tmp_path / "slow_deliveries.py").write_text(SLOW_DELIVERIES_PLUGIN.format(out=str(out)), encoding="utf-8")
+    table = config_table("http://127.0.0.1:9", settings={"load": ["slow_deliveries.py"]})
+    table["server"] = {"enabled": True, "port": 0, "token_env": "HR_TEST_RESUME_TOKEN"}
+    table["discovery"] = {"webhook_secret_env": "HR_TEST_RESUME_WEBHOOK"}
+    table["state"] = {"path": "state.db"}  # the default commit interval: the 200 waits for the commit
+    config = write_config(tmp_path, table)
 
-    def signed(n: int) -> tuple[bytes, str]:
+    def signed(n: int) -> tuple[bytes, dict[str, str]]:
         body = json.dumps(
             {"id": f"dlv-{n}", "event": "agent-1.post-conversation", "metadata": {"callId": f"CALL-{n}", "eventType": "post-conversation"}}
         ).encode()
-        return body, hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        return body, {"X-Signature": hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}
 
-    def runner_with(plugin: SlowDeliveries) -> Any:
-        config = make_config("http://127.0.0.1:9")
-        config["server"] = {"enabled": True, "port": 0, "token_env": "HR_TEST_RESUME_TOKEN"}
-        config["discovery"] = {"webhook_secret_env": "HR_TEST_RESUME_WEBHOOK"}
-        config["state"] = {"path": str(tmp_path / "state.db"), "commit_interval": 0.01}
-        config["runner"]["shutdown_grace"] = 0.2
-        return build_runner(config, [], plugin)
+    async def start(slow: str) -> tuple[Any, str]:
+        process = hookrunner_process("run", str(config), "--log-level", "info", env={**env, "SLOW": slow})
+        lines = []
+        with trio.fail_after(10):
+            while True:  # the server says where it listens
+                lines.append(await trio.to_thread.run_sync(process.stderr.readline))
+                if "listening on http://" in lines[-1]:
+                    return process, lines[-1].split("listening on ", 1)[1].split()[0]
+                assert lines[-1], f"the run ended before its server listened: {''.join(lines)}"
 
-    first = SlowDeliveries(delay=10)
-    runner = runner_with(first)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(runner.run)
-        async with httpx.AsyncClient(base_url=await server_url_of(runner)) as client:
-            for n in range(4):
-                body, signature = signed(n)
-                answer = await client.post("/atoms/webhook", content=body, headers={"X-Signature": signature})
-                assert answer.status_code == 200
-        await trio.sleep(0.1)  # past the commit interval: all four are written down
-        nursery.cancel_scope.cancel()  # the process dies: nothing after this point runs (no drain, no close)
-    assert first.ids == ["dlv-0"]  # the first was being handled; three were waiting
+    first, url = await start(slow="30")
+    async with httpx.AsyncClient(base_url=url) as client:
+        for n in range(4):
+            body, headers = signed(n)
+            assert (await client.post("/atoms/webhook", content=body, headers=headers)).status_code == 200
+    os.kill(first.pid, signal.SIGKILL)  # at once after the last 200: each was written down before it was sent
+    await afinish(first)
+    assert out.read_text().splitlines() == ["dlv-0"]  # the first was being handled; three were waiting
 
-    second = SlowDeliveries(delay=0)
-    runner = runner_with(second)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(runner.run)
-        with trio.fail_after(5):
-            while len(second.ids) < 4:
-                await trio.sleep(0.01)
-        runner.stop()
-    assert second.ids == ["dlv-0", "dlv-1", "dlv-2", "dlv-3"]  # in arrival order; the cut one once more
+    second, url = await start(slow="0")
+    try:
+        with trio.fail_after(10):
+            while len(out.read_text().splitlines()) < 5:
+                await trio.sleep(0.02)
+        async with httpx.AsyncClient(base_url=url) as client:
+            body, headers = signed(2)
+            again = await client.post("/atoms/webhook", content=body, headers=headers)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        await afinish(second)
+    # every one, in arrival order; the one whose hook was running at the kill once more
+    assert out.read_text().splitlines() == ["dlv-0", "dlv-0", "dlv-1", "dlv-2", "dlv-3"]
+    assert again.json() == {"status": True, "duplicate": True}  # the replay protection survived the kill
 
 
 async def test_a_restart_goes_on_with_a_message_s_retry_schedule_rather_than_sending_it_at_once(tmp_path: Path) -> None:
