@@ -9,24 +9,27 @@ It holds:
   send them again;
 - the calls being followed, the ids of their events already dispatched (a restart follows them again without
   dispatching those twice), and their events received but not yet dispatched (a restart dispatches them first);
+- triggers emitted and not yet dispatched to ``on_trigger`` (the event that caused one is dispatched already);
 - accepted Atoms webhooks not yet handed to plugins, and the delivery ids of accepted ones for a day, so a signed
   push replayed after a restart is still recognised.
 
 Writes never wait on the disk inside a hook: they are gathered for ``[state] commit_interval`` and written in
 one transaction from a worker thread (group commit: one fsync per interval, not per message). An event received
-and dispatched within one interval is never written as received at all. The bound this gives: a kill loses at
-most what was gathered in the last ``commit_interval``, and dispatches again at most the events dispatched in it
-(the one whose hook was running included). SQLite runs in WAL mode with ``synchronous=NORMAL``, which survives
+and dispatched within one interval is never written as received at all. The bound this gives: a kill forgets
+at most what was gathered in the last ``commit_interval``: its events come back from a stream that replays or
+from backfill, and are dispatched again (the one whose hook was running included), their messages with the same
+ids (the webhook plugin derives them from the event), so receivers drop the repeats. A push is answered only
+once written (``written``), so Atoms' webhooks are never in that window. SQLite runs in WAL mode with ``synchronous=NORMAL``, which survives
 the process being killed at any instruction (a power cut may lose the last commits).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sqlite3
 import threading
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +41,7 @@ import trio
 
 from .errors import ConfigError
 from .text import json_bytes
+from .triggers import Trigger
 
 if TYPE_CHECKING:
     from .outbox import OutboxMessage
@@ -49,7 +53,7 @@ log = logging.getLogger("hookrunner.journal")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
-    handle TEXT PRIMARY KEY,
+    handle INTEGER PRIMARY KEY,  -- (a rowid, in submission order: inserts append, never land in the middle)
     plugin TEXT NOT NULL,
     endpoint TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -72,6 +76,7 @@ CREATE INDEX IF NOT EXISTS call_events_by_call ON call_events (call_id, first_se
 CREATE TABLE IF NOT EXISTS call_keys (call_id TEXT NOT NULL, keys BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS call_keys_by_call ON call_keys (call_id);
 CREATE TABLE IF NOT EXISTS platform (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS triggers (seq INTEGER PRIMARY KEY, class TEXT NOT NULL, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS deliveries (id TEXT PRIMARY KEY, seen REAL NOT NULL);
 DROP TABLE IF EXISTS received;
 DROP TABLE IF EXISTS dispatched;
@@ -96,7 +101,7 @@ _decode_keys = msgspec.json.Decoder(list[str]).decode
 class JournaledMessage:
     """A message found in the journal at start: not delivered nor dead-lettered by the run that submitted it."""
 
-    handle: str
+    handle: int
     id: str
     key: str
     body: Any
@@ -125,6 +130,25 @@ class ReceivedEvent(NamedTuple):
     data: str
     received: float  # epoch seconds
     backfilled: bool
+
+
+def _read_trigger(path: str, body: bytes) -> Trigger | None:
+    """A trigger journaled by class ``path`` (``module:Name``: a plugin's subclass of ``Trigger``); a class no
+    longer to be found, or changed since, reads as a plain ``Trigger`` (its own fields dropped)."""
+    module, _, name = path.partition(":")
+    kinds: list[type[Trigger]] = [Trigger]
+    try:
+        found = getattr(importlib.import_module(module), name)
+        if isinstance(found, type) and issubclass(found, Trigger):
+            kinds.insert(0, found)
+    except Exception:  # a plugin gone or renamed since the trigger was written: what every trigger has is read
+        pass
+    for kind in kinds:
+        try:
+            return msgspec.json.decode(body, type=kind)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            continue
+    return None
 
 
 def work_left(path: Path) -> int:
@@ -168,6 +192,7 @@ class JournalReader:
                 "SELECT COUNT(*) FROM call_events",
                 "SELECT COUNT(*) FROM outbox WHERE delivered IS NULL",
                 "SELECT COUNT(*) FROM platform",
+                "SELECT COUNT(*) FROM triggers",
             )
         )
 
@@ -191,6 +216,12 @@ class JournalReader:
             "SELECT rows FROM call_events WHERE call_id = ? AND last_seq > ? ORDER BY first_seq", (call_id, through)
         ).fetchall()
         return [ReceivedEvent(*event) for (rows,) in batches for event in _decode_rows(rows) if event[0] > through]
+
+    def undispatched_triggers(self) -> list[tuple[int, str, Trigger | None]]:
+        """Triggers a previous run's plugins emitted and ``on_trigger`` did not get: (seq, class path, the
+        trigger, None if it cannot be read again), in order."""
+        rows = self._db.execute("SELECT seq, class, body FROM triggers ORDER BY seq").fetchall()
+        return [(seq, path, _read_trigger(path, body)) for seq, path, body in rows]
 
     def undispatched_platform_webhooks(self) -> list[tuple[int, bytes]]:
         """Platform webhooks a previous run accepted and did not hand to plugins: (seq, body), in order."""
@@ -289,15 +320,16 @@ class Journal(JournalReader):
                     "SELECT MAX(last_seq) FROM call_events",
                     "SELECT MAX(dispatched_through) FROM calls",
                     "SELECT MAX(seq) FROM platform",
+                    "SELECT MAX(seq) FROM triggers",
                 )
             )
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"{source}: cannot open the journal {path} ({exc})") from None
         # What is gathered for the next commit:
-        self._adds: dict[str, tuple[Any, ...]] = {}  # outbox handle -> row, in submission order
-        self._done: list[str] = []
-        self._kept: list[tuple[float, str]] = []  # (delivered at, handle) of rows already written
-        self._attempts: dict[str, tuple[int, str | None, float | None]] = {}
+        self._adds: dict[int, list[Any]] = {}  # outbox handle -> row, in submission order (see _write)
+        self._done: list[int] = []
+        self._kept: list[tuple[float, int]] = []  # (delivered at, handle) of rows already written
+        self._attempts: dict[int, tuple[int, str | None, float | None]] = {}
         self._deliveries: list[tuple[str, float]] = []
         self._calls: list[tuple[str, str, float]] = []
         self._calls_over: list[str] = []
@@ -306,6 +338,8 @@ class Journal(JournalReader):
         self._keys: dict[str, list[str]] = {}  # call -> dedupe keys of the events dispatched
         self._platform: dict[int, tuple[int, bytes]] = {}
         self._platform_done: list[int] = []
+        self._triggers: dict[int, tuple[int, str, bytes]] = {}
+        self._triggers_done: list[int] = []
         self._wanted = trio.Event()
         self._commits_started = self._commits_done = 0
         self._committed = trio.Event()
@@ -325,22 +359,24 @@ class Journal(JournalReader):
     def for_outbox(self, plugin: str, endpoint: str) -> OutboxJournal:
         return OutboxJournal(self, plugin, endpoint)
 
-    def _add(self, plugin: str, endpoint: str, message: OutboxMessage) -> str:
-        handle = uuid.uuid4().hex
+    def _add(self, plugin: str, endpoint: str, message: OutboxMessage) -> int:
         self._seq += 1
-        self._adds[handle] = (
-            handle, plugin, endpoint, self._seq, message.id, message.key, json_bytes(message.body), time.time(), None
-        )  # fmt: skip
+        handle = self._seq
+        # handle, plugin, endpoint, seq, id, key, body, submitted, delivered, attempts, first_attempt, next_attempt
+        self._adds[handle] = [
+            handle, plugin, endpoint, handle, message.id, message.key, json_bytes(message.body), time.time(), None,
+            message.attempts, None, None,
+        ]  # fmt: skip
         self._wake()
         return handle
 
-    def _finished(self, handle: str, delivered: bool) -> None:
+    def _finished(self, handle: int, delivered: bool) -> None:
         self._attempts.pop(handle, None)
         if delivered and self.keep > 0:  # kept for replay: written even if it never was
             now = time.time()
             row = self._adds.get(handle)
             if row is not None:
-                self._adds[handle] = (*row[:-1], now)
+                row[8] = now
             else:
                 self._kept.append((now, handle))
             self._wake()
@@ -348,8 +384,13 @@ class Journal(JournalReader):
             self._done.append(handle)
             self._wake()
 
-    def _attempted(self, handle: str, attempts: int, first_attempt: datetime | None, not_before: float | None) -> None:
-        self._attempts[handle] = (attempts, None if first_attempt is None else first_attempt.isoformat(), not_before)
+    def _attempted(self, handle: int, attempts: int, first_attempt: datetime | None, not_before: float | None) -> None:
+        first = None if first_attempt is None else first_attempt.isoformat()
+        row = self._adds.get(handle)
+        if row is not None:  # not written yet: one insert carries it
+            row[9:12] = attempts, first, not_before
+        else:
+            self._attempts[handle] = (attempts, first, not_before)
         self._wake()
 
     def _wake(self) -> None:
@@ -399,6 +440,20 @@ class Journal(JournalReader):
     def platform_dispatched(self, seq: int) -> None:
         if self._platform.pop(seq, None) is None:
             self._platform_done.append(seq)
+            self._wake()
+
+    def trigger_emitted(self, trigger: Trigger) -> int:
+        """A trigger queued for ``on_trigger``, until ``trigger_dispatched``: a restart dispatches it then (the
+        event that caused it is dispatched already, so nothing else would bring it back)."""
+        self._received_seq += 1
+        kind = type(trigger)
+        self._triggers[self._received_seq] = (self._received_seq, f"{kind.__module__}:{kind.__qualname__}", _encode(trigger))
+        self._wake()
+        return self._received_seq
+
+    def trigger_dispatched(self, seq: int) -> None:
+        if self._triggers.pop(seq, None) is None:
+            self._triggers_done.append(seq)
             self._wake()
 
     def call_over(self, call_id: str) -> None:
@@ -461,11 +516,13 @@ class Journal(JournalReader):
             keys=[(call_id, _encode(keys)) for call_id, keys in self._keys.items()],
             platform=list(self._platform.values()),
             platform_done=self._platform_done,
+            triggers=list(self._triggers.values()),
+            triggers_done=self._triggers_done,
             purge=purge,
         )
         self._adds, self._done, self._kept, self._attempts, self._deliveries = {}, [], [], {}, []
         self._calls, self._calls_over, self._events, self._through, self._keys = [], [], {}, {}, {}
-        self._platform, self._platform_done = {}, []
+        self._platform, self._platform_done, self._triggers, self._triggers_done = {}, [], {}, []
         return batch
 
     def _commit(self, batch: _Batch) -> None:
@@ -498,8 +555,8 @@ class Journal(JournalReader):
         db.executemany("DELETE FROM call_events WHERE call_id = ?", over)
         db.executemany("DELETE FROM call_keys WHERE call_id = ?", over)
         db.executemany(
-            "INSERT OR REPLACE INTO outbox (handle, plugin, endpoint, seq, id, key, body, submitted, delivered) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO outbox (handle, plugin, endpoint, seq, id, key, body, submitted, delivered, "
+            "attempts, first_attempt, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             batch.adds,
         )
         db.executemany(
@@ -518,6 +575,8 @@ class Journal(JournalReader):
         db.executemany("DELETE FROM call_events WHERE call_id = ? AND last_seq <= ?", batch.through)
         db.executemany("INSERT OR REPLACE INTO platform (seq, body) VALUES (?, ?)", batch.platform)
         db.executemany("DELETE FROM platform WHERE seq = ?", [(seq,) for seq in batch.platform_done])
+        db.executemany("INSERT OR REPLACE INTO triggers (seq, class, body) VALUES (?, ?, ?)", batch.triggers)
+        db.executemany("DELETE FROM triggers WHERE seq = ?", [(seq,) for seq in batch.triggers_done])
         if batch.purge:
             self._purge()
 
@@ -550,10 +609,10 @@ class Journal(JournalReader):
 class _Batch(NamedTuple):
     """What one commit writes."""
 
-    adds: list[tuple[Any, ...]]
-    done: list[str]
-    kept: list[tuple[float, str]]
-    attempts: dict[str, tuple[int, str | None, float | None]]
+    adds: list[list[Any]]
+    done: list[int]
+    kept: list[tuple[float, int]]
+    attempts: dict[int, tuple[int, str | None, float | None]]
     deliveries: list[tuple[str, float]]
     calls: list[tuple[str, str, float]]
     calls_over: list[str]
@@ -562,6 +621,8 @@ class _Batch(NamedTuple):
     keys: list[tuple[str, bytes]]
     platform: list[tuple[int, bytes]]
     platform_done: list[int]
+    triggers: list[tuple[int, str, bytes]]
+    triggers_done: list[int]
     purge: bool  # (last: a flag, not something to write)
 
 
@@ -573,11 +634,11 @@ class OutboxJournal:
         self.plugin = plugin
         self.endpoint = endpoint
 
-    def add(self, message: OutboxMessage) -> str:
+    def add(self, message: OutboxMessage) -> int:
         """Journal a message just accepted; its handle."""
         return self._journal._add(self.plugin, self.endpoint, message)
 
-    def finished(self, handle: str, *, delivered: bool = False) -> None:
+    def finished(self, handle: int, *, delivered: bool = False) -> None:
         """The message was delivered (kept for ``[state] keep``) or dead-lettered (forgotten)."""
         self._journal._finished(handle, delivered)
 

@@ -63,7 +63,7 @@ class OutboxMessage:
     last_status: int | None = None
     last_error: str | None = None
     #: Its row in the journal (``[state] path``) while it is neither delivered nor dead-lettered.
-    journal_handle: str | None = None
+    journal_handle: int | None = None
     #: Wall time (epoch seconds) before which it is not attempted again: its retry schedule, kept in the journal
     #: so that a restart continues it rather than hammering a receiver that asked for time.
     not_before: float | None = None

@@ -128,6 +128,7 @@ class Runner:
         self._journal: Journal | None = None  # opened by run(): [state] path
         self._resumed_calls: dict[str, None] = {}  # what the journal said was followed when this run began, in order
         self._platform_in_journal: deque[int] = deque()  # journal rows of the queued platform webhooks, in order
+        self._triggers_in_journal: deque[int] = deque()  # and of the queued triggers
         #: Every Atoms REST request (listings, backfill) waits here: one limit, atoms.max_requests_per_second.
         self._rest_limiter: RateLimiter | None = None
         self._backfiller: Backfiller | None = None
@@ -193,6 +194,7 @@ class Runner:
             self._apps = {name: self._make_app(name, plugin_http, settings) for name in self.plugins.active_names}
             await self.dispatcher.call("on_startup", lambda name: {"app": self._apps[name]})
             self._restore_platform_webhooks()
+            self._restore_triggers()
             if self.config.server.enabled:
                 await self._start_server(background)
             async with trio.open_nursery() as core:
@@ -629,6 +631,8 @@ class Runner:
             trigger = msgspec.structs.replace(trigger, source=plugin)
         try:
             self._trigger_send.send_nowait(trigger)
+            if self._journal is not None:
+                self._triggers_in_journal.append(self._journal.trigger_emitted(trigger))
         except trio.ClosedResourceError:
             log.error("plugin %s: emitted a trigger after the runner stopped dispatching: %s", plugin, trigger)
 
@@ -640,9 +644,31 @@ class Runner:
                 await self.dispatcher.call(
                     "on_trigger", {"trigger": trigger}, call_id=trigger.call_id, event_id=trigger.event_id
                 )
-        for trigger in _left_in(self._trigger_receive):
+                if self._journal is not None:
+                    self._journal.trigger_dispatched(self._triggers_in_journal.popleft())
+        left = _left_in(self._trigger_receive)
+        if self._journal is not None:
+            if left:
+                log.warning("%d triggers not dispatched before runner.shutdown_grace ran out stay in the journal", len(left))
+            return
+        for trigger in left:
             self.stats.triggers_lost += 1
             log.error("%s: trigger not dispatched before runner.shutdown_grace ran out: %s", trigger.call_id, trigger)
+
+    def _restore_triggers(self) -> None:
+        """Queue first the triggers a previous run's plugins emitted and ``on_trigger`` never got."""
+        if self._journal is None:
+            return
+        restored = self._journal.undispatched_triggers()
+        for seq, path, trigger in restored:
+            if trigger is None:
+                log.error("journal: a trigger of class %s could not be read again; it is dropped", shown(path))
+                self._journal.trigger_dispatched(seq)
+                continue
+            self._trigger_send.send_nowait(trigger)
+            self._triggers_in_journal.append(seq)
+        if restored:
+            log.info("%d triggers a previous run did not dispatch are dispatched first", len(restored))
 
     def _start_background(self, plugin: str, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
         assert self._background is not None, "start_soon is available from on_startup on"

@@ -191,3 +191,51 @@ async def test_a_restart_goes_on_with_a_message_s_retry_schedule_rather_than_sen
     first_attempt, again = hook.at("/hook")[0], hook.at("/hook")[1]
     assert again.headers["webhook-id"] == first_attempt.headers["webhook-id"] and again.succeeded
     assert again.wall - asked >= 2.5  # not before the time the receiver asked for, across the restart
+
+
+#: Emits a trigger (a subclass of Trigger, as a detector plugin would) on every turn, and takes SLOW seconds in
+#: on_trigger, so a kill finds triggers emitted and not yet handed to on_trigger.
+TRIGGERS_PLUGIN = """
+import os
+import trio
+from hookrunner import Trigger, hookimpl
+
+class TurnTrigger(Trigger, frozen=True, kw_only=True):
+    words: int = 0
+
+APP = []
+
+@hookimpl
+def on_startup(app):
+    APP.append(app)
+
+@hookimpl
+def on_user_transcription(event, call):
+    APP[0].emit_trigger(TurnTrigger(type="turn", call_id=call.id, rule="every-turn", event_id=event.event_id, words=len(event.text.split())))
+
+@hookimpl
+async def on_trigger(trigger):
+    with open({out!r}, "a", encoding="utf-8") as handle:
+        handle.write(f"{{type(trigger).__name__}} {{trigger.event_id}} {{trigger.words}}\\n")
+    await trio.sleep(float(os.environ.get("SLOW", "0")))
+"""
+
+
+async def test_triggers_emitted_and_not_yet_dispatched_at_a_kill_9_reach_on_trigger_after_a_restart(tmp_path: Path) -> None:
+    out = tmp_path / "triggers.txt"
+    (tmp_path / "turns.py").write_text(TRIGGERS_PLUGIN.format(out=str(out)), encoding="utf-8")
+    async with running_simulator(script([{"id": "CALL-TRIG", "events": finals(10)}])) as sim:
+        table = config_table(sim.base_url, settings={"load": ["turns.py"]})
+        table["state"] = {"path": "state.db", "commit_interval": 0.02}
+        table["backfill"] = {"enabled": False}
+        config = write_config(tmp_path, table)
+        first = hookrunner_process("run", str(config), "--call", "CALL-TRIG", env={"SLOW": "0.3"})
+        before = await kill_9_after_lines(first, out, 2)
+        await wait_until_call_over(sim, "CALL-TRIG")
+        code, _, err = await afinish(hookrunner_process("run", str(config)))
+    assert code == 0, err
+    seen = [line.split() for line in out.read_text().splitlines()]
+    assert len({event_id for _, event_id, _ in seen}) == 10  # a trigger for every turn, across both runs
+    assert len(seen) - 10 <= 2, (seen, before)  # the one running at the kill, and one within the commit interval
+    assert {kind for kind, _, _ in seen} == {"TurnTrigger"} and {words for _, _, words in seen} == {"2"}  # as emitted
+    assert "triggers a previous run did not dispatch are dispatched first" in err
