@@ -34,6 +34,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
@@ -551,32 +552,45 @@ class Journal(JournalReader):
     def _write(self, batch: _Batch) -> None:
         db = self._writer
         over = [(call_id,) for call_id in batch.calls_over]  # first: a call followed again after it is new
-        db.executemany("DELETE FROM calls WHERE call_id = ?", over)
-        db.executemany("DELETE FROM call_events WHERE call_id = ?", over)
-        db.executemany("DELETE FROM call_keys WHERE call_id = ?", over)
-        db.executemany(
+        for table in ("calls", "call_events", "call_keys"):
+            _rows(db, f"DELETE FROM {table} WHERE call_id IN (VALUES {{values}})", over)
+        _rows(
+            db,
             "INSERT OR REPLACE INTO outbox (handle, plugin, endpoint, seq, id, key, body, submitted, delivered, "
-            "attempts, first_attempt, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "attempts, first_attempt, next_attempt) VALUES {values}",
             batch.adds,
         )
-        db.executemany(
-            "UPDATE outbox SET attempts = ?, first_attempt = ?, next_attempt = ? WHERE handle = ?",
-            [(count, first, not_before, handle) for handle, (count, first, not_before) in batch.attempts.items()],
+        _rows(
+            db,
+            "UPDATE outbox SET attempts = v.column2, first_attempt = v.column3, next_attempt = v.column4 "
+            "FROM (VALUES {values}) AS v WHERE outbox.handle = v.column1",
+            [(handle, *attempt) for handle, attempt in batch.attempts.items()],
         )
-        db.executemany("UPDATE outbox SET delivered = ? WHERE handle = ?", batch.kept)
-        db.executemany("DELETE FROM outbox WHERE handle = ?", [(handle,) for handle in batch.done])
-        db.executemany("INSERT OR REPLACE INTO deliveries (id, seen) VALUES (?, ?)", batch.deliveries)
-        db.executemany("INSERT OR IGNORE INTO calls (call_id, source, since) VALUES (?, ?, ?)", batch.calls)
-        db.executemany("INSERT INTO call_events (call_id, first_seq, last_seq, rows) VALUES (?, ?, ?, ?)", batch.events)
-        db.executemany("INSERT INTO call_keys (call_id, keys) VALUES (?, ?)", batch.keys)
-        db.executemany(
-            "UPDATE calls SET dispatched_through = ? WHERE call_id = ?", [(seq, call_id) for call_id, seq in batch.through]
+        _rows(
+            db,
+            "UPDATE outbox SET delivered = v.column2 FROM (VALUES {values}) AS v WHERE outbox.handle = v.column1",
+            [(handle, delivered) for delivered, handle in batch.kept],
         )
-        db.executemany("DELETE FROM call_events WHERE call_id = ? AND last_seq <= ?", batch.through)
-        db.executemany("INSERT OR REPLACE INTO platform (seq, body) VALUES (?, ?)", batch.platform)
-        db.executemany("DELETE FROM platform WHERE seq = ?", [(seq,) for seq in batch.platform_done])
-        db.executemany("INSERT OR REPLACE INTO triggers (seq, class, body) VALUES (?, ?, ?)", batch.triggers)
-        db.executemany("DELETE FROM triggers WHERE seq = ?", [(seq,) for seq in batch.triggers_done])
+        _rows(db, "DELETE FROM outbox WHERE handle IN (VALUES {values})", [(handle,) for handle in batch.done])
+        _rows(db, "INSERT OR REPLACE INTO deliveries (id, seen) VALUES {values}", batch.deliveries)
+        _rows(db, "INSERT OR IGNORE INTO calls (call_id, source, since) VALUES {values}", batch.calls)
+        _rows(db, "INSERT INTO call_events (call_id, first_seq, last_seq, rows) VALUES {values}", batch.events)
+        _rows(db, "INSERT INTO call_keys (call_id, keys) VALUES {values}", batch.keys)
+        _rows(
+            db,
+            "UPDATE calls SET dispatched_through = v.column2 FROM (VALUES {values}) AS v WHERE calls.call_id = v.column1",
+            batch.through,
+        )
+        _rows(
+            db,
+            "DELETE FROM call_events WHERE rowid IN (SELECT e.rowid FROM call_events AS e JOIN (VALUES {values}) AS v "
+            "ON e.call_id = v.column1 AND e.last_seq <= v.column2)",
+            batch.through,
+        )
+        _rows(db, "INSERT OR REPLACE INTO platform (seq, body) VALUES {values}", batch.platform)
+        _rows(db, "DELETE FROM platform WHERE seq IN (VALUES {values})", [(seq,) for seq in batch.platform_done])
+        _rows(db, "INSERT OR REPLACE INTO triggers (seq, class, body) VALUES {values}", batch.triggers)
+        _rows(db, "DELETE FROM triggers WHERE seq IN (VALUES {values})", [(seq,) for seq in batch.triggers_done])
         if batch.purge:
             self._purge()
 
@@ -592,9 +606,9 @@ class Journal(JournalReader):
             (self.max_kept,),
         )
         db.execute("DELETE FROM deliveries WHERE seen < ?", (now - DELIVERY_WINDOW,))
-        old = [(call_id,) for (call_id,) in db.execute("SELECT call_id FROM calls WHERE since < ?", (now - CALL_WINDOW,))]
+        old = db.execute("SELECT call_id FROM calls WHERE since < ?", (now - CALL_WINDOW,)).fetchall()
         for table in ("calls", "call_events", "call_keys"):
-            db.executemany(f"DELETE FROM {table} WHERE call_id = ?", old)
+            _rows(db, f"DELETE FROM {table} WHERE call_id IN (VALUES {{values}})", old)
 
     def close(self) -> None:
         """Write what is still gathered and close the file (at the end of the run)."""
@@ -604,6 +618,26 @@ class Journal(JournalReader):
             self._committed.set()
             self._db.close()
             self._writer.close()
+
+
+#: The most parameters one statement binds (SQLite's limit is 32,766).
+_MAX_VARIABLES = 30_000
+
+
+def _rows(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """Run ``sql`` with ``rows`` as its ``{values}`` list, in as few statements as the parameter limit allows.
+
+    Not ``executemany``: sqlite3 lets go of the GIL around every statement it steps, and a worker thread that does
+    so once per row, thousands of times a commit, keeps taking the GIL back from the trio thread (each handoff a
+    wait of its own there). One statement per thousands of rows hands it over a few times a commit."""
+    if not rows:
+        return
+    width = len(rows[0])
+    one = "(" + ",".join("?" * width) + ")"
+    per = max(1, _MAX_VARIABLES // width)
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        db.execute(sql.format(values=",".join([one] * len(chunk))), [value for row in chunk for value in row])
 
 
 class _Batch(NamedTuple):

@@ -10,10 +10,12 @@ import base64
 import json
 import os
 import signal
+import tomllib
 import time
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 import trio
 
 from hookrunner import hookimpl
@@ -93,6 +95,12 @@ async def test_with_state_path_empty_nothing_is_written_and_check_says_so(tmp_pa
     config = journal_config("http://127.0.0.1:9", "http://127.0.0.1:9/hook", tmp_path, path="state.db")
     code, out, _ = finish(cli("check", str(config), env={SECRET_ENV: SECRET}))
     assert code == 0 and f"state: journal {tmp_path / 'state.db'}" in out
+    assert "backfill: on: an ended call's skipped events come from its stored conversation" in out
+    table = tomllib.loads(config.read_text())
+    table["backfill"] = {"enabled": False}
+    config.write_text(tomli_w.dumps(table))
+    code, out, _ = finish(cli("check", str(config), env={SECRET_ENV: SECRET}))
+    assert code == 0 and "backfill: off (backfill.enabled = false)" in out
 
 
 def test_what_is_delivered_within_one_commit_interval_never_reaches_the_file_and_the_rest_survives(tmp_path: Path) -> None:
