@@ -72,14 +72,17 @@ CREATE INDEX IF NOT EXISTS outbox_kept ON outbox (delivered) WHERE delivered IS 
 CREATE TABLE IF NOT EXISTS calls (
     call_id TEXT PRIMARY KEY, source TEXT NOT NULL, since REAL NOT NULL, dispatched_through INTEGER NOT NULL DEFAULT 0
 );
-CREATE TABLE IF NOT EXISTS call_events (call_id TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, rows BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS call_events_by_call ON call_events (call_id, first_seq);
+CREATE TABLE IF NOT EXISTS call_lines (
+    call_id TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, meta BLOB NOT NULL, lines TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS call_lines_by_call ON call_lines (call_id, first_seq);
 CREATE TABLE IF NOT EXISTS call_keys (call_id TEXT NOT NULL, keys BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS call_keys_by_call ON call_keys (call_id);
 CREATE TABLE IF NOT EXISTS platform (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS triggers (seq INTEGER PRIMARY KEY, class TEXT NOT NULL, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS deliveries (id TEXT PRIMARY KEY, seen REAL NOT NULL);
 DROP TABLE IF EXISTS received;
+DROP TABLE IF EXISTS call_events;
 DROP TABLE IF EXISTS dispatched;
 """
 #: How long an accepted platform webhook's delivery id is remembered (a replay within it is acknowledged, ignored).
@@ -94,7 +97,10 @@ _ADDED_COLUMNS = {
     "calls": {"dispatched_through": "INTEGER NOT NULL DEFAULT 0"},
 }
 _encode = msgspec.json.Encoder().encode
-_decode_rows = msgspec.json.Decoder(list[tuple[int, str, float, bool]]).decode
+_decode_meta = msgspec.json.Decoder(list[tuple[int, float, bool]]).decode
+#: Between two lines of a batch: a character no JSON text can hold raw (control characters inside strings are
+#: escaped, and outside them only spaces, tabs and line breaks are allowed), so joining is cheap and unambiguous.
+_LINE_SEPARATOR = "\x1e"
 _decode_keys = msgspec.json.Decoder(list[str]).decode
 
 
@@ -190,7 +196,7 @@ class JournalReader:
             self._db.execute(query).fetchone()[0]
             for query in (
                 "SELECT COUNT(*) FROM calls",
-                "SELECT COUNT(*) FROM call_events",
+                "SELECT COUNT(*) FROM call_lines",
                 "SELECT COUNT(*) FROM outbox WHERE delivered IS NULL",
                 "SELECT COUNT(*) FROM platform",
                 "SELECT COUNT(*) FROM triggers",
@@ -214,9 +220,14 @@ class JournalReader:
         row = self._db.execute("SELECT dispatched_through FROM calls WHERE call_id = ?", (call_id,)).fetchone()
         through = row[0] if row is not None else 0
         batches = self._db.execute(
-            "SELECT rows FROM call_events WHERE call_id = ? AND last_seq > ? ORDER BY first_seq", (call_id, through)
+            "SELECT meta, lines FROM call_lines WHERE call_id = ? AND last_seq > ? ORDER BY first_seq", (call_id, through)
         ).fetchall()
-        return [ReceivedEvent(*event) for (rows,) in batches for event in _decode_rows(rows) if event[0] > through]
+        return [
+            ReceivedEvent(seq, data, received, backfilled)
+            for meta, lines in batches
+            for (seq, received, backfilled), data in zip(_decode_meta(meta), lines.split(_LINE_SEPARATOR))
+            if seq > through
+        ]
 
     def undispatched_triggers(self) -> list[tuple[int, str, Trigger | None]]:
         """Triggers a previous run's plugins emitted and ``on_trigger`` did not get: (seq, class path, the
@@ -318,7 +329,7 @@ class Journal(JournalReader):
             self._received_seq = max(
                 self._db.execute(query).fetchone()[0] or 0
                 for query in (
-                    "SELECT MAX(last_seq) FROM call_events",
+                    "SELECT MAX(last_seq) FROM call_lines",
                     "SELECT MAX(dispatched_through) FROM calls",
                     "SELECT MAX(seq) FROM platform",
                     "SELECT MAX(seq) FROM triggers",
@@ -503,7 +514,8 @@ class Journal(JournalReader):
             done = through.get(call_id, 0)
             left = [row for row in rows if row[0] > done]  # (dispatched within the interval: never written)
             if left:
-                events.append((call_id, left[0][0], left[-1][0], _encode(left)))
+                meta = _encode([(seq, received, backfilled) for seq, _, received, backfilled in left])
+                events.append((call_id, left[0][0], left[-1][0], meta, _LINE_SEPARATOR.join([row[1] for row in left])))
         batch = _Batch(
             adds=list(self._adds.values()),
             done=self._done,
@@ -552,7 +564,7 @@ class Journal(JournalReader):
     def _write(self, batch: _Batch) -> None:
         db = self._writer
         over = [(call_id,) for call_id in batch.calls_over]  # first: a call followed again after it is new
-        for table in ("calls", "call_events", "call_keys"):
+        for table in ("calls", "call_lines", "call_keys"):
             _rows(db, f"DELETE FROM {table} WHERE call_id IN (VALUES {{values}})", over)
         _rows(
             db,
@@ -574,7 +586,7 @@ class Journal(JournalReader):
         _rows(db, "DELETE FROM outbox WHERE handle IN (VALUES {values})", [(handle,) for handle in batch.done])
         _rows(db, "INSERT OR REPLACE INTO deliveries (id, seen) VALUES {values}", batch.deliveries)
         _rows(db, "INSERT OR IGNORE INTO calls (call_id, source, since) VALUES {values}", batch.calls)
-        _rows(db, "INSERT INTO call_events (call_id, first_seq, last_seq, rows) VALUES {values}", batch.events)
+        _rows(db, "INSERT INTO call_lines (call_id, first_seq, last_seq, meta, lines) VALUES {values}", batch.events)
         _rows(db, "INSERT INTO call_keys (call_id, keys) VALUES {values}", batch.keys)
         _rows(
             db,
@@ -583,7 +595,7 @@ class Journal(JournalReader):
         )
         _rows(
             db,
-            "DELETE FROM call_events WHERE rowid IN (SELECT e.rowid FROM call_events AS e JOIN (VALUES {values}) AS v "
+            "DELETE FROM call_lines WHERE rowid IN (SELECT e.rowid FROM call_lines AS e JOIN (VALUES {values}) AS v "
             "ON e.call_id = v.column1 AND e.last_seq <= v.column2)",
             batch.through,
         )
@@ -607,7 +619,7 @@ class Journal(JournalReader):
         )
         db.execute("DELETE FROM deliveries WHERE seen < ?", (now - DELIVERY_WINDOW,))
         old = db.execute("SELECT call_id FROM calls WHERE since < ?", (now - CALL_WINDOW,)).fetchall()
-        for table in ("calls", "call_events", "call_keys"):
+        for table in ("calls", "call_lines", "call_keys"):
             _rows(db, f"DELETE FROM {table} WHERE call_id IN (VALUES {{values}})", old)
 
     def close(self) -> None:
@@ -650,7 +662,7 @@ class _Batch(NamedTuple):
     deliveries: list[tuple[str, float]]
     calls: list[tuple[str, str, float]]
     calls_over: list[str]
-    events: list[tuple[str, int, int, bytes]]  # (call, first seq, last seq, the lines)
+    events: list[tuple[str, int, int, bytes, str]]  # (call, first seq, last seq, seqs and times, the lines)
     through: list[tuple[str, int]]
     keys: list[tuple[str, bytes]]
     platform: list[tuple[int, bytes]]
