@@ -320,6 +320,8 @@ class Journal(JournalReader):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            # (before WAL, so a new file gets it: a call's batch of lines fits one page, not a chain of four)
+            self._writer.execute("PRAGMA page_size=16384")
             self._writer.execute("PRAGMA journal_mode=WAL")
             self._writer.execute("PRAGMA synchronous=NORMAL")
             self._add_missing_columns()
