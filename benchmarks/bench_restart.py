@@ -59,7 +59,7 @@ from bench_webhook import SECRET_ENV, ReceiverProcess
 HOOKRUNNER = Path(sys.executable).with_name("hookrunner")
 FILL_CALLS = 100
 FRESH_EVENTS = 10  # the restart's new call, incl. sse_init and sse_close
-COMMIT_INTERVAL = 0.05  # [state] commit_interval's default, waited out (three times) before the kill
+COMMIT_INTERVAL = 0.1  # [state] commit_interval's default, waited out (three times) before the kill
 TARGET_S = 2.0  # the target: under 2 s from the start to the first delivery
 
 

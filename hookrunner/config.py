@@ -185,7 +185,7 @@ STATE_SCHEMA = {
         doc='the journal (SQLite), relative to the config file\'s folder; "" keeps everything in memory only',
     ),
     "commit_interval": Setting(
-        "number", 0.05, check=between(0.001, 10), doc="seconds the journal gathers writes into one commit (one fsync)"
+        "number", 0.1, check=between(0.001, 10), doc="seconds the journal gathers writes into one transaction"
     ),
     "keep": Setting(
         "number",

@@ -14,8 +14,9 @@ It holds:
   push replayed after a restart is still recognised.
 
 Writes never wait on the disk inside a hook: they are gathered for ``[state] commit_interval`` and written in
-one transaction from a worker thread (group commit: one fsync per interval, not per message). An event received
-and dispatched within one interval is never written as received at all. The bound this gives: a kill forgets
+one transaction from a worker thread (group commit: one transaction per interval, not one per message; in WAL
+mode only checkpoints fsync). An event received and dispatched within one interval is never written as received
+at all. The bound this gives: a kill forgets
 at most what was gathered in the last ``commit_interval``: its events come back from a stream that replays or
 from backfill, and are dispatched again (the one whose hook was running included), their messages with the same
 ids (the webhook plugin derives them from the event), so receivers drop the repeats. A push is answered only
