@@ -351,10 +351,8 @@ class Journal(JournalReader):
         self._events: dict[str, list[tuple[int, str, float, bool]]] = {}  # call -> lines received, in order
         self._through: dict[str, int] = {}  # call -> seq of its latest dispatched event
         self._keys: dict[str, list[str]] = {}  # call -> dedupe keys of the events dispatched
-        self._platform: dict[int, tuple[int, bytes]] = {}
-        self._platform_done: list[int] = []
-        self._triggers: dict[int, tuple[int, str, bytes]] = {}
-        self._triggers_done: list[int] = []
+        self._platform = _Handoffs("platform", ("body",))
+        self._triggers = _Handoffs("triggers", ("class", "body"))
         self._wanted = trio.Event()
         self._commits_started = self._commits_done = 0
         self._committed = trio.Event()
@@ -447,29 +445,27 @@ class Journal(JournalReader):
 
     def platform_received(self, delivery: PlatformDelivery) -> int:
         """An accepted platform webhook, until ``platform_dispatched``: a restart hands it to plugins then."""
-        self._received_seq += 1
-        self._platform[self._received_seq] = (self._received_seq, json_bytes(delivery.body))
-        self._wake()
-        return self._received_seq
+        return self._hand_over(self._platform, json_bytes(delivery.body))
 
     def platform_dispatched(self, seq: int) -> None:
-        if self._platform.pop(seq, None) is None:
-            self._platform_done.append(seq)
-            self._wake()
+        self._platform.taken(seq)
+        self._wake()
 
     def trigger_emitted(self, trigger: Trigger) -> int:
         """A trigger queued for ``on_trigger``, until ``trigger_dispatched``: a restart dispatches it then (the
         event that caused it is dispatched already, so nothing else would bring it back)."""
-        self._received_seq += 1
         kind = type(trigger)
-        self._triggers[self._received_seq] = (self._received_seq, f"{kind.__module__}:{kind.__qualname__}", _encode(trigger))
-        self._wake()
-        return self._received_seq
+        return self._hand_over(self._triggers, f"{kind.__module__}:{kind.__qualname__}", _encode(trigger))
 
     def trigger_dispatched(self, seq: int) -> None:
-        if self._triggers.pop(seq, None) is None:
-            self._triggers_done.append(seq)
-            self._wake()
+        self._triggers.taken(seq)
+        self._wake()
+
+    def _hand_over(self, handoffs: _Handoffs, *columns: Any) -> int:
+        self._received_seq += 1
+        handoffs.put(self._received_seq, columns)
+        self._wake()
+        return self._received_seq
 
     def call_over(self, call_id: str) -> None:
         """The call ended for good: forget it and its events (also what was gathered for it and not written)."""
@@ -530,19 +526,15 @@ class Journal(JournalReader):
             events=events,
             through=list(through.items()),
             keys=[(call_id, _encode(keys)) for call_id, keys in self._keys.items()],
-            platform=list(self._platform.values()),
-            platform_done=self._platform_done,
-            triggers=list(self._triggers.values()),
-            triggers_done=self._triggers_done,
+            handoffs=[self._platform.take(), self._triggers.take()],
             purge=purge,
         )
         self._adds, self._done, self._kept, self._attempts, self._deliveries = {}, [], [], {}, []
         self._calls, self._calls_over, self._events, self._through, self._keys = [], [], {}, {}, {}
-        self._platform, self._platform_done, self._triggers, self._triggers_done = {}, [], {}, []
         return batch
 
     def _commit(self, batch: _Batch) -> None:
-        if not any(batch[:-1]) and not batch.purge:
+        if not batch.purge and not any(batch[:-2]) and not any(batch.handoffs):
             return
         with self._lock:
             if self.closed:
@@ -602,10 +594,8 @@ class Journal(JournalReader):
             "ON e.call_id = v.column1 AND e.last_seq <= v.column2)",
             batch.through,
         )
-        _rows(db, "INSERT OR REPLACE INTO platform (seq, body) VALUES {values}", batch.platform)
-        _rows(db, "DELETE FROM platform WHERE seq IN (VALUES {values})", [(seq,) for seq in batch.platform_done])
-        _rows(db, "INSERT OR REPLACE INTO triggers (seq, class, body) VALUES {values}", batch.triggers)
-        _rows(db, "DELETE FROM triggers WHERE seq IN (VALUES {values})", [(seq,) for seq in batch.triggers_done])
+        for handoffs in batch.handoffs:
+            handoffs.write(db)
         if batch.purge:
             self._purge()
 
@@ -633,6 +623,42 @@ class Journal(JournalReader):
             self._committed.set()
             self._db.close()
             self._writer.close()
+
+
+class _Handoffs:
+    """Items queued for plugins in one table (a seq and its columns) from ``put`` until ``taken``: what a restart
+    hands to plugins first. An item put and taken within one interval is never written."""
+
+    class Taken(NamedTuple):
+        table: str
+        columns: tuple[str, ...]
+        added: list[tuple[Any, ...]]
+        removed: list[tuple[int]]
+
+        def write(self, db: sqlite3.Connection) -> None:
+            names = ", ".join(("seq", *self.columns))
+            _rows(db, f"INSERT OR REPLACE INTO {self.table} ({names}) VALUES {{values}}", self.added)
+            _rows(db, f"DELETE FROM {self.table} WHERE seq IN (VALUES {{values}})", self.removed)
+
+        def __bool__(self) -> bool:
+            return bool(self.added or self.removed)
+
+    def __init__(self, table: str, columns: tuple[str, ...]) -> None:
+        self.table, self.columns = table, columns
+        self._added: dict[int, tuple[Any, ...]] = {}
+        self._removed: list[tuple[int]] = []
+
+    def put(self, seq: int, columns: tuple[Any, ...]) -> None:
+        self._added[seq] = (seq, *columns)
+
+    def taken(self, seq: int) -> None:
+        if self._added.pop(seq, None) is None:
+            self._removed.append((seq,))
+
+    def take(self) -> _Handoffs.Taken:
+        taken = _Handoffs.Taken(self.table, self.columns, list(self._added.values()), self._removed)
+        self._added, self._removed = {}, []
+        return taken
 
 
 #: The most parameters one statement binds (SQLite's limit is 32,766).
@@ -668,10 +694,7 @@ class _Batch(NamedTuple):
     events: list[tuple[str, int, int, bytes, str]]  # (call, first seq, last seq, seqs and times, the lines)
     through: list[tuple[str, int]]
     keys: list[tuple[str, bytes]]
-    platform: list[tuple[int, bytes]]
-    platform_done: list[int]
-    triggers: list[tuple[int, str, bytes]]
-    triggers_done: list[int]
+    handoffs: list[_Handoffs.Taken]  # platform webhooks, triggers
     purge: bool  # (last: a flag, not something to write)
 
 

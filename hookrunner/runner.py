@@ -403,19 +403,11 @@ class Runner:
 
     def _restore_platform_webhooks(self) -> None:
         """Queue first the platform webhooks a previous run accepted and did not hand to plugins."""
-        if self._journal is None:
-            return
-        restored = self._journal.undispatched_platform_webhooks()
-        for seq, body in restored:
-            try:
-                delivery = parse_delivery(body)
-            except BadDelivery:  # (it was read once: only a damaged file could do this)
-                self._journal.platform_dispatched(seq)
-                continue
-            self._platform_send.send_nowait(delivery)
-            self._platform_in_journal.append(seq)
-        if restored:
-            log.info("atoms webhook: %d deliveries a previous run did not dispatch are dispatched first", len(restored))
+        if self._journal is not None:
+            rows = [(seq, _parsed_delivery(body)) for seq, body in self._journal.undispatched_platform_webhooks()]
+            self._restore(rows, self._platform_send, self._platform_in_journal, self._journal.platform_dispatched)
+            if rows:
+                log.info("atoms webhook: %d deliveries a previous run did not dispatch are dispatched first", len(rows))
 
     async def _dispatch_platform_webhooks(self) -> None:
         with self._stoppable(DRAIN):
@@ -657,18 +649,25 @@ class Runner:
 
     def _restore_triggers(self) -> None:
         """Queue first the triggers a previous run's plugins emitted and ``on_trigger`` never got."""
-        if self._journal is None:
-            return
-        restored = self._journal.undispatched_triggers()
-        for seq, path, trigger in restored:
-            if trigger is None:
-                log.error("journal: a trigger of class %s could not be read again; it is dropped", shown(path))
-                self._journal.trigger_dispatched(seq)
+        if self._journal is not None:
+            rows = [(seq, trigger) for seq, _, trigger in self._journal.undispatched_triggers()]
+            self._restore(rows, self._trigger_send, self._triggers_in_journal, self._journal.trigger_dispatched)
+            if rows:
+                log.info("%d triggers a previous run did not dispatch are dispatched first", len(rows))
+
+    @staticmethod
+    def _restore(
+        rows: list[tuple[int, Any]], send: trio.MemorySendChannel[Any], in_journal: deque[int], drop: Callable[[int], None]
+    ) -> None:
+        """Queue journaled items (seq, item) in order, remembering their rows; one that cannot be read again
+        (None: only a damaged or outdated file does that) is logged and dropped."""
+        for seq, item in rows:
+            if item is None:
+                log.error("journal: an item (%d) could not be read again; it is dropped", seq)
+                drop(seq)
                 continue
-            self._trigger_send.send_nowait(trigger)
-            self._triggers_in_journal.append(seq)
-        if restored:
-            log.info("%d triggers a previous run did not dispatch are dispatched first", len(restored))
+            send.send_nowait(item)
+            in_journal.append(seq)
 
     def _start_background(self, plugin: str, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
         assert self._background is not None, "start_soon is available from on_startup on"
@@ -690,6 +689,13 @@ class Runner:
                 )
 
         self._background.start_soon(guarded, name=f"{plugin}:{getattr(fn, '__name__', 'task')}")
+
+
+def _parsed_delivery(body: bytes) -> PlatformDelivery | None:
+    try:
+        return parse_delivery(body)
+    except BadDelivery:
+        return None
 
 
 def _left_in(receive: trio.MemoryReceiveChannel[Any]) -> list[Any]:
