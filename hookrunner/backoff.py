@@ -21,9 +21,14 @@ DEFAULT_MAX_RETRY_AFTER = 300.0
 
 
 class BackoffPolicy(Protocol):
-    initial_delay: float
-    max_delay: float
-    max_retry_after: float
+    @property
+    def initial_delay(self) -> float: ...
+
+    @property
+    def max_delay(self) -> float: ...
+
+    @property
+    def max_retry_after(self) -> float: ...
 
 
 def backoff_delay(attempt: int, policy: BackoffPolicy, retry_after: float | None = None) -> float:

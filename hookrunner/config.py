@@ -532,7 +532,7 @@ def config_from_dict(
         max_calls=runner["max_calls"],
         max_event_bytes=runner["max_event_bytes"],
         discovery=DiscoveryConfig(
-            **{key: tuple(value) if isinstance(value, list) else value for key, value in discovery.items()}
+            **{key: tuple(value) if isinstance(value, list) else value for key, value in discovery.items()}  # type: ignore[arg-type]  # (checked above)
         ),
         server=ServerConfig(**server),
         state=StateConfig(

@@ -248,7 +248,7 @@ def event_from_dict(
     timestamp = _as_datetime(raw.get("timestamp")) or _as_datetime(raw.get("event_time"))
     if timestamp is None:
         timestamp = received_at or datetime.now(timezone.utc)
-    common = {
+    common: dict[str, Any] = {
         "event_type": event_type,
         "event_id": _as_id(raw.get("event_id")),
         "call_id": _as_id(raw.get("call_id")) or call_id,

@@ -141,7 +141,7 @@ class OutboxStats:
 
     def summary(self) -> str:
         p50, p99 = self.percentile(0.50), self.percentile(0.99)
-        latency = "" if p50 is None else f", latency p50 {p50 * 1000:.0f} ms p99 {p99 * 1000:.0f} ms"
+        latency = "" if p50 is None or p99 is None else f", latency p50 {p50 * 1000:.0f} ms p99 {p99 * 1000:.0f} ms"
         kept = f", {self.left_in_journal} left in the journal" if self.left_in_journal else ""
         return f"{self.delivered} delivered, {self.retried} retried, {self.dead_lettered} dead-lettered{kept}{latency}"
 
@@ -403,7 +403,8 @@ class Outbox:
                     self._dead_letter(batch, f"rejected: {outcome.why}")
                     break
                 delay = backoff_delay(batch[0].attempts, self._policy, outcome.retry_after)
-                elapsed = (datetime.now(timezone.utc) - batch[0].first_attempt).total_seconds()
+                first_attempt = batch[0].first_attempt or datetime.now(timezone.utc)  # (set by _attempt)
+                elapsed = (datetime.now(timezone.utc) - first_attempt).total_seconds()
                 if batch[0].attempts >= self._policy.max_attempts or elapsed + delay > self._policy.max_retry_time:
                     finished = True
                     log.error(

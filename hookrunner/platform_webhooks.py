@@ -95,7 +95,7 @@ def parse_delivery(body: bytes) -> PlatformDelivery:
         raise BadDelivery("no event name (event)")
     if len(event) > MAX_ID_LENGTH:
         raise BadDelivery(f"event: longer than {MAX_ID_LENGTH} characters")
-    metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+    metadata: dict[str, Any] = data["metadata"] if isinstance(data.get("metadata"), dict) else {}
     kind = event.rsplit(".", 1)[-1]
     if isinstance(metadata.get("eventType"), str) and "." not in event:
         kind = metadata["eventType"]

@@ -48,7 +48,8 @@ async def deliverers_for(config_path: Path, http: httpx.AsyncClient) -> dict[tup
             start_soon=_unavailable,
             emit_trigger=_unavailable,
         )
-        for endpoint, deliver in (impl.function(app) or {}).items():
+        offered: dict[str, Deliverer] = impl.function(app) or {}  # type: ignore[assignment]  # (pluggy: untyped)
+        for endpoint, deliver in offered.items():
             found[(impl.plugin_name, endpoint)] = deliver
     return found
 
@@ -70,7 +71,7 @@ async def redeliver(path: Path, *, endpoint: str | None, dry_run: bool, config: 
         recorded = letter.record.get("config")
         if config is None and not recorded:
             raise ConfigError(f"{path}:{letter.line_number}: the letter records no config file; pass --config CONFIG")
-        by_config[config or Path(recorded)].append(letter)
+        by_config[config or Path(str(recorded))].append(letter)
     delivered = failed = 0
     headers = {"User-Agent": f"hookrunner/{__version__}"}
     async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(30.0)) as http:

@@ -138,8 +138,8 @@ class Runner:
     async def run(self) -> int:
         """Start plugins, follow every call until it is over (or a stop), stop plugins; return the exit code."""
         raise_open_file_limit()  # every call's stream and every server connection holds a file descriptor
-        if self.config.state.path is not None:
-            state = self.config.state
+        state = self.config.state
+        if state.path is not None:
             self._journal = Journal(
                 state.path,
                 state.commit_interval,
@@ -354,6 +354,7 @@ class Runner:
 
     async def _discover(self) -> None:
         """Service mode: list calls (when configured) and keep the calls nursery open until a stop."""
+        assert self._stream_client is not None  # (set before any call or discovery starts)
         with self._stoppable(SUBSCRIPTION):
             if self.config.discovery.poll:
                 poller = ListingPoller(

@@ -10,7 +10,7 @@ import copy
 import difflib
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,7 +254,7 @@ def check_table(
     return values, problems
 
 
-def suggest(word: str, choices: Mapping[str, Any] | list[str]) -> str:
+def suggest(word: str, choices: Iterable[str]) -> str:
     """`` (did you mean "x"?)`` for the nearest of ``choices``, or an empty string."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""

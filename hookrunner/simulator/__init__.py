@@ -311,10 +311,10 @@ def run_simulator_cli(
     try:
         trio.run(main)
     except* OSError as group:  # cannot bind: port in use, bad host
-        error: BaseException = group
-        while isinstance(error, BaseExceptionGroup):  # trio nests the group once per nursery
-            error = error.exceptions[0]
-        print(f"simulator: cannot listen on {host}:{port}: {error}", file=sys.stderr, flush=True)
+        cause: BaseException = group
+        while isinstance(cause, BaseExceptionGroup):  # trio nests the group once per nursery
+            cause = cause.exceptions[0]
+        print(f"simulator: cannot listen on {host}:{port}: {cause}", file=sys.stderr, flush=True)
         failed = True
     else:
         failed = False

@@ -161,6 +161,7 @@ def _params(query: dict[str, list[str]]) -> dict[str, Any] | Answer:
         if value is None:
             got = query[name][0]
             return 400, errors(f"{name} must be a whole number of at least 1, got {got!r}"), []
+    assert limit is not None and page is not None  # (for the type checker: the loop above returned otherwise)
     return {
         "statuses": _comma_set(query, "statusFilter"),
         "agents": _comma_set(query, "agentIds"),

@@ -215,7 +215,7 @@ class Script:
     push_signature: Literal["hex", "base64", "sha256=hex"] = "hex"
 
 
-def staggered(script: Script, every: float, late_join: str = "replay") -> Script:
+def staggered(script: Script, every: float, late_join: Literal["live", "replay"] = "replay") -> Script:
     """The script with each call that has no ``start`` starting ``every`` seconds after the previous one (the
     first at once): calls that begin one after another, for a runner that finds them by itself. A runner finds a
     call up to one listing interval after it started; ``late_join = "replay"`` still shows it the whole call."""

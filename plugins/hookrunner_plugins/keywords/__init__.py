@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from hookrunner import App, CallContext, Event, Trigger, hookimpl
+from hookrunner import App, CallContext, Event, Trigger, TtsCompleted, UserInterimTranscription, UserTranscription, hookimpl
 
 from .matcher import Match, PhraseMatcher, RuleMatchSpec
 from .settings import SETTINGS, Rule, parse_rules
@@ -145,20 +145,20 @@ class KeywordsPlugin:
     # --- text ---------------------------------------------------------------------------------------------
 
     @hookimpl
-    def on_user_interim_transcription(self, event: Event, call: CallContext) -> None:
+    def on_user_interim_transcription(self, event: UserInterimTranscription, call: CallContext) -> None:
         state = self._calls.get(call.id)
         if state is not None:
             self._scan(event, call.id, state, "user", event.text, interim=True)
 
     @hookimpl
-    def on_user_transcription(self, event: Event, call: CallContext) -> None:
+    def on_user_transcription(self, event: UserTranscription, call: CallContext) -> None:
         state = self._calls.get(call.id)
         if state is not None:
             self._scan(event, call.id, state, "user", event.text, interim=False)
             state.fired_this_turn.clear()  # the next interim belongs to a new turn
 
     @hookimpl
-    def on_tts_completed(self, event: Event, call: CallContext) -> None:
+    def on_tts_completed(self, event: TtsCompleted, call: CallContext) -> None:
         state = self._calls.get(call.id)
         if state is not None:
             self._scan(event, call.id, state, "agent", event.text, interim=False)

@@ -9,7 +9,7 @@ at a time, so they suit short lists. Regular expressions run on the original tex
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Set as AbstractSet
 from dataclasses import dataclass
 
 import ahocorasick
@@ -72,7 +72,7 @@ class PhraseMatcher:
         self._thresholds = {rule.index: rule.threshold for rule in self._rules}
         self.phrase_count = sum(len(rule.phrases) for rule in self._rules)
 
-    def find(self, text: str, rules: set[int] | None = None) -> list[Match]:
+    def find(self, text: str, rules: AbstractSet[int] | None = None) -> list[Match]:
         """Matches in ``text`` of the rules in ``rules`` (all when None), the earliest first per rule."""
         forms: dict[bool, Normalized] = {}
 
@@ -91,9 +91,9 @@ class PhraseMatcher:
             if (rules is not None and rule not in rules) or rule in found:
                 continue
             normalized = form(numbers)
-            match = self._fuzzy_match(rule, phrase, key, normalized)
-            if match is not None:
-                found[rule] = match
+            fuzzy = self._fuzzy_match(rule, phrase, key, normalized)
+            if fuzzy is not None:
+                found[rule] = fuzzy
         for rule, pattern in self._patterns:
             if (rules is not None and rule not in rules) or rule in found:
                 continue
@@ -129,7 +129,7 @@ class PhraseMatcher:
         return Match(rule, phrase, original_start, original_end, score)
 
     @staticmethod
-    def _scan(automaton: ahocorasick.Automaton, normalized: Normalized, rules: set[int] | None) -> Iterator[Match]:
+    def _scan(automaton: ahocorasick.Automaton, normalized: Normalized, rules: AbstractSet[int] | None) -> Iterator[Match]:
         text = normalized.text
         for end_index, (length, owners) in automaton.iter(text):
             start = end_index - length + 1

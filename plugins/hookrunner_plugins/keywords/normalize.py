@@ -122,7 +122,7 @@ def _amounts(tokens: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
 
 def _digit_runs(tokens: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
     """Numbers read out digit by digit ("four two one seven" -> "4 2 1 7") are one number: "4217"."""
-    result: list[tuple[str, int, int]] = []
+    result: list[tuple[str, int, int, bool]] = []  # (..., whether it is digits read out one by one)
     for token in tokens:
         word = token[0]
         if len(word) == 1 and word.isdigit() and result and result[-1][0].isdigit() and result[-1][3]:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import trio
 
-from hookrunner import App, CallContext, Event, Trigger, hookimpl, redact_in_logs
+from hookrunner import App, CallContext, Event, Trigger, TtsCompleted, UserTranscription, hookimpl, redact_in_logs
 from hookrunner.dead_letters import DeadLetterFile
 from hookrunner.outbox import Deliverer, Outbox, OutboxMessage, Outcome, RetryPolicy
 
@@ -161,18 +161,18 @@ class SlackPlugin:
                 body = {"kind": "opening", "call_id": call.id, "text": text}
                 route.transcript.submit(OutboxMessage(id=f"slack_open_{call.id}", key=call.id, body=body))
 
-    def _turn(self, event: Event, call: CallContext, speaker: str) -> None:
+    def _turn(self, event: UserTranscription | TtsCompleted, call: CallContext, speaker: str) -> None:
         for route in self._routes:
             if route.transcript is not None:
                 body = {"kind": "reply", "call_id": call.id, "text": f"*{speaker}:* {escape(event.text)}"}
                 route.transcript.submit(OutboxMessage(id=f"slack_turn_{event.event_id}", key=call.id, body=body))
 
     @hookimpl
-    def on_user_transcription(self, event: Event, call: CallContext) -> None:
+    def on_user_transcription(self, event: UserTranscription, call: CallContext) -> None:
         self._turn(event, call, "caller")
 
     @hookimpl
-    def on_tts_completed(self, event: Event, call: CallContext) -> None:
+    def on_tts_completed(self, event: TtsCompleted, call: CallContext) -> None:
         self._turn(event, call, "agent")
 
     @hookimpl

@@ -54,7 +54,9 @@ def _iso(moment: Any) -> str | None:
 
 
 def event_body(event: Event) -> dict[str, Any]:
-    body = {"type": event.event_type, "timestamp": _iso(event.timestamp), "call_id": event.call_id, "data": event.raw}
+    body: dict[str, Any] = {
+        "type": event.event_type, "timestamp": _iso(event.timestamp), "call_id": event.call_id, "data": event.raw
+    }  # fmt: skip
     if event.backfilled:  # found in the stored conversation after the call, not read live: the receiver may care
         body["backfilled"] = True
     return body
@@ -183,7 +185,8 @@ class WebhookPlugin:
         return _Endpoint(settings, outbox)
 
     def _submit(self, message_type: str, call_id: str, build: Any, id_parts: tuple[str | None, ...]) -> None:
-        body = msg_id = None
+        body: Any = None
+        msg_id = ""
         for endpoint in self._endpoints:
             if endpoint.wants(message_type, call_id):
                 if body is None:
