@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +223,15 @@ async def test_a_failing_assert_inside_the_helpers_blocks_reaches_pytest_as_itse
     with pytest.raises(KeyError):
         async with running_receiver():
             raise KeyError("x")
+
+
+def test_the_pytest_entry_point_imports_nothing_heavy_into_every_pytest_session() -> None:
+    """pytest imports every installed pytest11 module into every session of anyone who has hookrunner installed."""
+    (entry,) = [ep for ep in importlib.metadata.entry_points(group="pytest11") if ep.name == "hookrunner"]
+    probe = (
+        f"import sys, {entry.module}; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'hypercorn', 'hookrunner'} "
+        "and m.startswith(('hypercorn', 'hookrunner.runner', 'hookrunner.simulator', 'hookrunner.testing'))))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout

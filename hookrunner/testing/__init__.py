@@ -1,10 +1,10 @@
-"""Testing helpers for plugin authors, also loaded as a pytest plugin (entry point ``pytest11``).
+"""Testing helpers for plugin authors; the ``hookrunner_run`` fixture comes from ``hookrunner._pytest_plugin``
+(entry point ``pytest11``), which imports this module only when a test asks for it.
 
 Unit tests build events and triggers with ``make_event`` / ``make_trigger``; integration tests run the real runner
 with ``run_plugins`` against the in-process simulator (real HTTP on 127.0.0.1, no mocks) and look at what
 happened; ``start_plugins`` does the same but hands over the running runner, for a test that must act during the
-run (stop it mid-call, look at its counters). The pytest plugin only adds fixtures, so nothing changes until a
-test asks for one::
+run (stop it mid-call, look at its counters)::
 
     from hookrunner.testing import run_plugins, sim_call
 
@@ -26,7 +26,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 
 from ..config import config_from_dict
@@ -336,8 +335,3 @@ async def run_plugins(
     ) as run:
         return await run.wait()
 
-
-@pytest.fixture
-def hookrunner_run():
-    """The ``run_plugins`` helper, as a fixture: ``result = await hookrunner_run([my_plugin], [sim_call(...)])``."""
-    return run_plugins
