@@ -7,7 +7,7 @@ from pathlib import Path
 from hookrunner import HOOKRUNNER_API_VERSION
 from hookrunner.simulator import running_simulator
 
-from conftest import afinish, call_events, finish, make_config, script, write_config
+from helpers import afinish, call_events, finish, make_config, script, write_config
 
 FUTURE = """
 from hookrunner import hookimpl

@@ -27,7 +27,7 @@ import hookrunner
 from hookrunner.config import DEFAULT_API_KEY_ENV, default_config_table
 from hookrunner.simulator import default_script_path, load_script, running_simulator
 
-from conftest import API_KEY, REPO, afinish, call_events, finish, hookrunner_process, make_config, script, write_config
+from helpers import API_KEY, REPO, afinish, call_events, finish, hookrunner_process, make_config, script, write_config
 
 UNREACHABLE = "http://127.0.0.1:9"  # for configs that must be refused before anything connects
 

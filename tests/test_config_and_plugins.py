@@ -30,7 +30,7 @@ from hookrunner.config import (
 from hookrunner.errors import ConfigError, PluginLoadError
 from hookrunner.plugins import load_plugins
 
-from conftest import INSTALLED_PLUGINS, REPO
+from helpers import INSTALLED_PLUGINS, REPO
 
 MINIMAL = {"atoms": {"api_key_env": DEFAULT_API_KEY_ENV}}
 

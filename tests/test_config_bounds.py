@@ -15,7 +15,7 @@ import tomli_w
 from hookrunner.config import DEFAULT_API_KEY_ENV, config_from_dict, default_config_table
 from hookrunner.testing import config_table
 
-from conftest import REPO, finish, write_config
+from helpers import REPO, finish, write_config
 
 UNREACHABLE = "http://127.0.0.1:9"  # every config here is refused before anything connects
 KEY_ENV = "HR_TEST_BOUNDS_KEY"

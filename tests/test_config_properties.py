@@ -28,7 +28,7 @@ from hookrunner.config import (
 )
 from hookrunner.errors import ConfigError
 
-from conftest import REPO
+from helpers import REPO
 
 SOURCE = "prop.toml"
 KNOWN_KEYS = sorted(

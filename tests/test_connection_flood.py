@@ -20,7 +20,7 @@ import trio
 from hookrunner.limits import raise_open_file_limit
 from hookrunner.simulator import running_simulator
 
-from conftest import hookrunner_process, script, write_config
+from helpers import hookrunner_process, script, write_config
 from test_service import SECRET, TOKEN, long_call, running_service, service_config
 
 FLOOD = 1100

@@ -14,7 +14,7 @@ import trio
 from hookrunner import hookimpl
 from hookrunner.simulator import running_simulator
 
-from conftest import API_KEY, build_runner, call_events, make_config, script
+from helpers import API_KEY, build_runner, call_events, make_config, script
 
 
 def discovery_config(base_url: str, **discovery: Any) -> dict[str, Any]:
@@ -175,7 +175,7 @@ async def test_a_refused_key_on_the_listing_stops_the_runner_with_exit_2(caplog)
 
 @pytest.mark.parametrize("interval", [0.1, 0.49])
 def test_check_refuses_an_interval_below_the_floor(cli, tmp_path, interval) -> None:
-    from conftest import finish, write_config
+    from helpers import finish, write_config
 
     config = write_config(tmp_path, {"atoms": {"api_key": API_KEY}, "discovery": {"poll": True, "interval": interval}})
     code, _, err = finish(cli("check", str(config)))

@@ -25,7 +25,7 @@ from hookrunner.outbox import RetryPolicy
 from hookrunner.simulator import running_simulator
 from hookrunner.testing import make_delivery, running_receiver
 
-from conftest import Recorder, call_events, make_config, run_runner, script
+from helpers import Recorder, call_events, make_config, run_runner, script
 
 
 # --- backoff arithmetic never overflows ------------------------------------------------------------------------
@@ -178,7 +178,7 @@ async def test_an_api_key_quoted_by_httpx_in_an_exception_never_reaches_a_format
 
 
 def test_the_runner_keeps_its_api_key_out_of_every_log_line() -> None:
-    from conftest import build_runner
+    from helpers import build_runner
     from hookrunner.testing import TEST_API_KEY
 
     build_runner(make_config("http://127.0.0.1:9"), ["CALL-1"])  # registers the key, before anything connects
@@ -186,7 +186,7 @@ def test_the_runner_keeps_its_api_key_out_of_every_log_line() -> None:
 
 
 def test_a_plugin_calling_sys_exit_as_it_is_imported_is_one_error_line(cli, tmp_path: Path) -> None:
-    from conftest import finish, write_config
+    from helpers import finish, write_config
 
     (tmp_path / "exits.py").write_text("import sys\nsys.exit(3)\n", encoding="utf-8")
     config = write_config(tmp_path, make_config("http://127.0.0.1:9", plugins={"load": ["exits.py"]}))
@@ -210,7 +210,7 @@ class SlowPlatform:
 async def _leave_platform_webhooks(spool: Path) -> Any:
     async with running_simulator(script([{"id": "CALL-P", "events": call_events(2, 0.05)}])) as sim:
         config = make_config(sim.base_url, shutdown_grace=0.4, spool_file=str(spool), hook_timeout=5.0)
-        from conftest import build_runner
+        from helpers import build_runner
 
         runner = build_runner(config, ["CALL-P"], SlowPlatform())
         async with trio.open_nursery() as nursery:

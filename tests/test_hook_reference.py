@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hookrunner import hookdoc, hookspecs
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_the_committed_hook_reference_is_what_the_hookspecs_generate() -> None:

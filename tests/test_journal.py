@@ -25,7 +25,7 @@ from hookrunner.simulator import running_simulator
 from hookrunner.testing import config_table
 from hookrunner.testing.receiver import Reply, running_receiver
 
-from conftest import afinish, hookrunner_process, kill_9_after_lines, script, server_url_of, write_config
+from helpers import afinish, hookrunner_process, kill_9_after_lines, script, server_url_of, write_config
 
 SECRET_ENV = "HR_TEST_JOURNAL_SECRET"
 SECRET = "whsec_" + base64.b64encode(b"journal-test-secret-32-bytes-ok!").decode()
@@ -82,7 +82,7 @@ async def test_messages_pending_at_a_kill_9_are_all_delivered_after_a_restart_wi
 
 
 async def test_with_state_path_empty_nothing_is_written_and_check_says_so(tmp_path: Path, cli) -> None:
-    from conftest import finish
+    from helpers import finish
 
     async with running_simulator(script([{"id": "CALL-MEM", "events": finals(2)}])) as sim, running_receiver() as hook:
         config = journal_config(sim.base_url, hook.url("/hook"), tmp_path, path="")
@@ -126,7 +126,7 @@ async def test_a_signed_push_replayed_after_a_restart_is_acknowledged_and_ignore
 
     import httpx
 
-    from conftest import build_runner, make_config
+    from helpers import build_runner, make_config
 
     secret, token = "atoms-webhook-secret", "service-token"
     monkeypatch.setenv("HR_TEST_JOURNAL_WEBHOOK", secret)

@@ -23,7 +23,7 @@ from hookrunner.simulator import running_simulator
 from hookrunner.testing import config_table
 from hookrunner.testing.receiver import Reply, running_receiver
 
-from conftest import (
+from helpers import (
     afinish,
     hookrunner_process,
     kill_9_after_lines,

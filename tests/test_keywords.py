@@ -29,7 +29,7 @@ from hookrunner_plugins.keywords import KeywordTrigger
 from hookrunner_plugins.keywords.matcher import PhraseMatcher, RuleMatchSpec
 from hookrunner_plugins.webhook import verify
 
-from conftest import hookrunner_process
+from helpers import hookrunner_process
 from hookrunner.testing.receiver import running_receiver
 
 STREAMS = Path(__file__).resolve().parent / "streams"  # the project's own example streams (JSONL)

@@ -9,7 +9,7 @@ import trio
 from hookrunner import Trigger, hookimpl
 from hookrunner.simulator import running_simulator
 
-from conftest import build_runner, call_events, make_config, run_runner, script
+from helpers import build_runner, call_events, make_config, run_runner, script
 
 
 class Detector:

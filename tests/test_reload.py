@@ -16,7 +16,7 @@ from hookrunner.plugins import PluginInfo, load_plugins, validate_plugin_setting
 from hookrunner.runner import Runner
 from hookrunner.simulator import running_simulator
 
-from conftest import API_KEY, hookrunner_process, make_config, script
+from helpers import API_KEY, hookrunner_process, make_config, script
 
 
 class Triggers:

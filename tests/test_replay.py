@@ -21,7 +21,7 @@ from hookrunner.simulator import running_simulator
 from hookrunner.testing import config_table
 from hookrunner.testing.receiver import Receiver, ReceivedRequest, Reply, running_receiver
 
-from conftest import afinish, hookrunner_process, script, write_config
+from helpers import afinish, hookrunner_process, script, write_config
 from test_config_bounds import assert_one_error_line
 from test_journal import SECRET, SECRET_ENV, finals
 

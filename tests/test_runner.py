@@ -11,7 +11,7 @@ import trio
 from hookrunner import TtsCompleted, UnknownEvent, UserTranscription, hookimpl
 from hookrunner.simulator import running_simulator
 
-from conftest import Recorder, call_events, make_config, run_runner, script
+from helpers import Recorder, call_events, make_config, run_runner, script
 
 
 def expected_ids(call_id: str, n: int) -> list[str]:
@@ -256,7 +256,7 @@ async def test_backpressure_keeps_at_most_the_buffer_between_the_socket_and_a_sl
 
     calls = [{"id": "CALL-FLOOD", "events": call_events(300)}]
     async with running_simulator(script(calls)) as sim:
-        from conftest import build_runner
+        from helpers import build_runner
 
         runner = build_runner(make_config(sim.base_url, buffer=buffer), ["CALL-FLOOD"], SlowAndWatching())
         assert await runner.run() == 0

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import finish
+from helpers import finish
 
 
 def test_the_scaffold_writes_a_package_whose_tests_pass_and_refuses_to_overwrite(cli, tmp_path: Path) -> None:

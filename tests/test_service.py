@@ -27,7 +27,7 @@ from hookrunner.platform_webhooks import SeenDeliveries, parse_delivery, signatu
 from hookrunner.runner import Runner
 from hookrunner.simulator import running_simulator
 
-from conftest import API_KEY, afinish, build_runner, call_events, hookrunner_process, make_config, script, write_config
+from helpers import API_KEY, afinish, build_runner, call_events, hookrunner_process, make_config, script, write_config
 
 SECRET = "whsec-atoms-test-secret"
 TOKEN = "service-token-123"
@@ -489,7 +489,7 @@ async def test_metrics_show_each_outboxs_delivered_retried_and_dead_lettered_cou
 
 
 def test_check_describes_the_service_and_warns_about_a_public_plain_http_server(cli, tmp_path: Path) -> None:
-    from conftest import finish
+    from helpers import finish
 
     table = {
         "atoms": {"api_key": API_KEY},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import finish, make_config, write_config
+from helpers import finish, make_config, write_config
 
 PLUGIN = '''
 from hookrunner import Setting, at_least, hookimpl

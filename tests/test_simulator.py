@@ -29,7 +29,7 @@ from hookrunner.simulator import (
     running_simulator,
 )
 
-from conftest import assert_one_line_script_error
+from helpers import assert_one_line_script_error
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTURE = [  # a captured stream, shaped like the real service's (event ids and timestamps of its own)

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from conftest import assert_one_line_script_error
+from helpers import assert_one_line_script_error
 
 from hookrunner.simulator import Script, Simulator, parse_script, running_simulator
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import trio
 
-from conftest import assert_one_line_script_error, hookrunner_process
+from helpers import assert_one_line_script_error, hookrunner_process
 from hookrunner.simulator import (
     Script,
     Simulator,

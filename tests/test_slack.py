@@ -25,7 +25,7 @@ import trio
 from hookrunner import Trigger, hookimpl
 from hookrunner.testing import config_table, run_plugins, simulator, start_plugins
 
-from conftest import afinish, finish, write_config
+from helpers import afinish, finish, write_config
 from hookrunner.testing.receiver import refusing_port
 from fake_slack import BLOCK_LIMIT, SECTION_LIMIT, TEXT_LIMIT, FakeSlack, Scripted, SlackRequest, running_fake_slack
 

@@ -19,7 +19,7 @@ from hookrunner.simulator import running_simulator
 from hookrunner.sse import OVERSIZED, SseReader
 from hookrunner.text import json_line
 
-from conftest import Recorder, call_events, make_config, run_runner, script
+from helpers import Recorder, call_events, make_config, run_runner, script
 
 
 def read_all(data: bytes, max_size: int = 1000, cuts: list[int] | None = None) -> list[Any]:

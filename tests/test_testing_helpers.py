@@ -23,7 +23,7 @@ from hookrunner.testing import (
     start_plugins,
 )
 
-from conftest import INSTALLED_PLUGINS, finish, write_config
+from helpers import INSTALLED_PLUGINS, finish, write_config
 
 
 class Shouter:

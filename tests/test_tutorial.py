@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 
-from conftest import REPO
+from helpers import REPO
 
 TUTORIAL = REPO / "docs" / "writing-plugins.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)

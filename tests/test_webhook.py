@@ -34,7 +34,7 @@ from hookrunner.outbox import Outbox, OutboxMessage, Outcome
 from hookrunner.testing import RunResult, config_table, run_plugins, simulator
 from hookrunner_plugins.webhook import WebhookVerificationError, verify
 
-from conftest import afinish, finish, write_config
+from helpers import afinish, finish, write_config
 from hookrunner.testing.receiver import ReceivedRequest, Receiver, Reply, refusing_port, running_receiver
 
 UNREACHABLE = "http://127.0.0.1:9"  # for configs that `check` refuses before anything connects
