@@ -28,7 +28,7 @@ from .config import BackfillConfig
 from .events import Event, MalformedEvent, event_from_dict
 from .ratelimit import RateLimiter
 from .stats import Stats
-from .subscription import error_body, event_key
+from .subscription import RETRYABLE_STATUSES, error_body, event_key
 from .text import encodable, one_line
 
 __all__ = ["Backfiller", "FINAL_STATUSES", "MAX_CONVERSATION_BYTES"]
@@ -174,7 +174,7 @@ class Backfiller:
         status = response.status_code
         if status != 200:
             message, _ = error_body(response)
-            if status >= 500 or status in (408, 425, 429):
+            if status >= 500 or status in RETRYABLE_STATUSES:
                 raise _NotYet(f"{status} {message}")
             raise _NoConversation(f"Atoms answered {status} ({message}) for the conversation")
         if truncated(response):

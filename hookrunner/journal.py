@@ -16,12 +16,12 @@ It holds:
 Writes never wait on the disk inside a hook: they are gathered for ``[state] commit_interval`` and written in
 one transaction from a worker thread (group commit: one transaction per interval, not one per message; in WAL
 mode only checkpoints fsync). An event received and dispatched within one interval is never written as received
-at all. The bound this gives: a kill forgets
-at most what was gathered in the last ``commit_interval``: its events come back from a stream that replays or
-from backfill, and are dispatched again (the one whose hook was running included), their messages with the same
-ids (the webhook plugin derives them from the event), so receivers drop the repeats. A push is answered only
-once written (``written``), so Atoms' webhooks are never in that window. SQLite runs in WAL mode with ``synchronous=NORMAL``, which survives
-the process being killed at any instruction (a power cut may lose the last commits).
+at all. The bound this gives: a kill forgets at most what was gathered in the last ``commit_interval``: its
+events come back from a stream that replays or from backfill, and are dispatched again (the one whose hook was
+running included), their messages with the same ids (the webhook plugin derives them from the event), so
+receivers drop the repeats. A push is answered only once written (``written``), so Atoms' webhooks are never in
+that window. SQLite runs in WAL mode with ``synchronous=NORMAL``, which survives the process being killed at any
+instruction (a power cut may lose the last commits).
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from collections.abc import Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
@@ -49,7 +50,10 @@ if TYPE_CHECKING:
     from .outbox import OutboxMessage
     from .platform_webhooks import PlatformDelivery
 
-__all__ = ["Journal", "JournalReader", "work_left", "OutboxJournal", "CallJournal", "JournaledMessage", "KeptMessage", "ReceivedEvent"]
+__all__ = [
+    "Journal", "JournalReader", "work_left", "OutboxJournal", "CallJournal", "JournaledMessage", "KeptMessage",
+    "ReceivedEvent",
+]  # fmt: skip
 
 log = logging.getLogger("hookrunner.journal")
 
@@ -166,19 +170,17 @@ def work_left(path: Path) -> int:
     if not path.is_file():
         return 0
     try:
-        reader = JournalReader.open_read_only(path)
-        try:
+        with JournalReader.open_read_only(path) as reader:
             return reader.work_left()
-        finally:
-            reader.close()
     except sqlite3.Error:
         return 0  # an older or damaged file: the run opens it and says what is wrong
 
 
 class JournalReader:
     """The journal's queries, over a connection of their own: in WAL mode a reader never waits for the writer's
-    commit (its fsync), so they may run on the trio thread. ``open_read_only`` is for a reader beside a running
-    ``hookrunner run`` (replay, ``run`` deciding whether there is work left): it never writes the file."""
+    commit, so they may run on the trio thread. ``open_read_only`` is for a reader beside a running
+    ``hookrunner run`` (replay, ``run`` deciding whether there is work left): it never writes the file; use it in a
+    ``with`` block, which closes it."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
@@ -190,6 +192,14 @@ class JournalReader:
 
     def close(self) -> None:
         self._db.close()
+
+    def __enter__(self) -> JournalReader:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
 
     def work_left(self) -> int:
         """How many calls, event batches, messages and platform webhooks a previous run left to resume."""
@@ -433,9 +443,8 @@ class Journal(JournalReader):
         self._wanted.set()
         return self._received_seq
 
-    def _event_dispatched(self, call_id: str, seq: int | None, key: str | None) -> None:
-        if seq is not None:
-            self._through[call_id] = seq
+    def _event_dispatched(self, call_id: str, seq: int, key: str | None) -> None:
+        self._through[call_id] = seq
         if key is not None:
             keys = self._keys.get(call_id)
             if keys is None:
@@ -534,7 +543,7 @@ class Journal(JournalReader):
         return batch
 
     def _commit(self, batch: _Batch) -> None:
-        if not batch.purge and not any(batch[:-2]) and not any(batch.handoffs):
+        if batch.writes_nothing:
             return
         with self._lock:
             if self.closed:
@@ -558,9 +567,7 @@ class Journal(JournalReader):
 
     def _write(self, batch: _Batch) -> None:
         db = self._writer
-        over = [(call_id,) for call_id in batch.calls_over]  # first: a call followed again after it is new
-        for table in ("calls", "call_lines", "call_keys"):
-            _rows(db, f"DELETE FROM {table} WHERE call_id IN (VALUES {{values}})", over)
+        _forget_calls(db, [(call_id,) for call_id in batch.calls_over])  # first: a call followed again is new
         _rows(
             db,
             "INSERT OR REPLACE INTO outbox (handle, plugin, endpoint, seq, id, key, body, submitted, delivered, "
@@ -611,9 +618,7 @@ class Journal(JournalReader):
             (self.max_kept,),
         )
         db.execute("DELETE FROM deliveries WHERE seen < ?", (now - DELIVERY_WINDOW,))
-        old = db.execute("SELECT call_id FROM calls WHERE since < ?", (now - CALL_WINDOW,)).fetchall()
-        for table in ("calls", "call_lines", "call_keys"):
-            _rows(db, f"DELETE FROM {table} WHERE call_id IN (VALUES {{values}})", old)
+        _forget_calls(db, db.execute("SELECT call_id FROM calls WHERE since < ?", (now - CALL_WINDOW,)).fetchall())
 
     def close(self) -> None:
         """Write what is still gathered and close the file (at the end of the run)."""
@@ -661,6 +666,12 @@ class _Handoffs:
         return taken
 
 
+def _forget_calls(db: sqlite3.Connection, calls: Sequence[tuple[str]]) -> None:
+    """Every row of these calls: the call, its lines, its dispatched keys."""
+    for table in ("calls", "call_lines", "call_keys"):
+        _rows(db, f"DELETE FROM {table} WHERE call_id IN (VALUES {{values}})", calls)
+
+
 #: The most parameters one statement binds (SQLite's limit is 32,766).
 _MAX_VARIABLES = 30_000
 
@@ -695,7 +706,12 @@ class _Batch(NamedTuple):
     through: list[tuple[str, int]]
     keys: list[tuple[str, bytes]]
     handoffs: list[_Handoffs.Taken]  # platform webhooks, triggers
-    purge: bool  # (last: a flag, not something to write)
+    purge: bool
+
+    @property
+    def writes_nothing(self) -> bool:
+        rows = (self.adds, self.done, self.kept, self.attempts, self.deliveries, self.calls, self.calls_over)
+        return not (self.purge or any(rows) or self.events or self.through or self.keys or any(self.handoffs))
 
 
 class OutboxJournal:
@@ -754,3 +770,7 @@ class CallJournal:
     def undispatched(self) -> int:
         """Events received and not dispatched (they stay in the journal for the next run)."""
         return len(self._in_buffer)
+
+    def over(self) -> None:
+        """The call ended for good: the journal forgets it."""
+        self._journal.call_over(self.call_id)

@@ -419,8 +419,9 @@ class Outbox:
                     break
                 self.stats.retried += len(batch)
                 if self._journal is not None:
+                    not_before = time.time() + delay
                     for message in batch:
-                        message.not_before = time.time() + delay
+                        message.not_before = not_before
                         self._journal.attempted(message)
                 log.warning(
                     "%s: message %s attempt %d failed (%s); retrying in %.2f s",

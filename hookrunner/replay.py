@@ -67,15 +67,12 @@ def _kept(
     if not path.is_file():
         raise ConfigError(f"{source}: {path}: no such journal (no run of this config wrote one; is state.path right?)")
     try:
-        journal = JournalReader.open_read_only(path)  # a running `hookrunner run` may be writing it
-        try:
+        with JournalReader.open_read_only(path) as journal:  # a running `hookrunner run` may be writing it
             names = journal.kept_endpoints()
             if endpoint is not None and names and endpoint not in names:
                 kept = ", ".join(names)
                 raise UsageError(f"--endpoint: no messages kept for {shown(endpoint)} in {path} (kept: {kept})")
             return journal.kept_messages(since, endpoint=endpoint, call_id=call_id)
-        finally:
-            journal.close()
     except sqlite3.Error as exc:
         raise ConfigError(f"{source}: cannot read the journal {path} ({exc})") from None
 

@@ -437,14 +437,9 @@ class Runner:
             self.stats.calls_finished[reason] += 1
         finally:
             # A stop, or events left undispatched, leave the call in the journal for the next run to resume.
-            if (
-                self._journal is not None
-                and journal is not None
-                and reason in FORGOTTEN_REASONS
-                and not journal.undispatched
-                and not journal.unfinished
-            ):
-                self._journal.call_over(call_id)
+            owed = journal is not None and (journal.undispatched or journal.unfinished)
+            if journal is not None and reason in FORGOTTEN_REASONS and not owed:
+                journal.over()
             taking_calls = self._calls_nursery is not None and not self._stopping
             next_id = self.calls.finish(
                 call_id, final=reason in FINAL_REASONS, now=trio.current_time(), promote=taking_calls

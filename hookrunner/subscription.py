@@ -253,9 +253,9 @@ class Subscription:
         except MalformedEvent as exc:
             self._skip(f"a malformed line ({exc.reason}): {shown(exc.line)}")
             return False
-        key = _SSE_INIT_KEY if isinstance(event, SseInit) else _dedupe_key(event, data)
+        key = _seen_key(event, data)
         if not self._seen.add(key):
-            if key is not _SSE_INIT_KEY:  # plugins see one sse_init per call: the first one received
+            if not isinstance(event, SseInit):  # plugins see one sse_init per call: the first one received
                 self._stats.duplicates_skipped += 1
             return False
         self.events_received += 1
@@ -281,7 +281,7 @@ class Subscription:
     def passed_on_before(self, event: Event, data: str) -> str:
         """``event`` (line ``data``) reached the call's buffer another way (restored from the journal): a stream
         that sends it again does not pass it on twice. Its dedupe key."""
-        key = _SSE_INIT_KEY if isinstance(event, SseInit) else _dedupe_key(event, data)
+        key = _seen_key(event, data)
         self._seen.add(key)
         return key
 
@@ -341,6 +341,11 @@ def event_key(event: Event) -> str | None:
     if event.event_id is None:
         return None
     return event.event_id if len(event.event_id) <= _KEY_TEXT_LIMIT else _digest(event.event_id)
+
+
+def _seen_key(event: Event, data: str) -> str:
+    """What dedupe knows an event by: one key for every sse_init of the call, else ``_dedupe_key``."""
+    return _SSE_INIT_KEY if isinstance(event, SseInit) else _dedupe_key(event, data)
 
 
 def _dedupe_key(event: Event, data: str) -> str:

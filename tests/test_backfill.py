@@ -15,7 +15,17 @@ from hookrunner.ratelimit import RateLimiter
 from hookrunner.simulator import running_simulator
 from hookrunner.testing import config_table
 
-from helpers import afinish, build_runner, kill_9_after_lines, hookrunner_process, make_config, run_runner, script, wait_until_call_over, write_config
+from helpers import (
+    afinish,
+    build_runner,
+    hookrunner_process,
+    kill_9_after_lines,
+    make_config,
+    run_runner,
+    script,
+    wait_until_call_over,
+    write_config,
+)
 
 
 def turns(n: int, spacing: float = 0.05) -> list[dict[str, Any]]:
