@@ -74,7 +74,13 @@ def soft_open_files(pid: int) -> int:
 
 
 def open_sockets(pid: int) -> int:
-    return sum(1 for fd in Path(f"/proc/{pid}/fd").iterdir() if fd.readlink().name.startswith("socket:"))
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += fd.readlink().name.startswith("socket:")
+        except FileNotFoundError:  # closed between the listing and the look: not open any more
+            pass
+    return count
 
 
 def connect_idle(url: str, n: int) -> list[socket.socket]:
