@@ -248,8 +248,8 @@ def child_main(spec: dict[str, Any]) -> None:
     from hookrunner_plugins.keywords.settings import parse_rules
     from rapidfuzz import fuzz
 
-    from hookrunner.context import CallContext
-    from hookrunner.events import decode_event
+    from hookrunner._run.context import CallContext
+    from hookrunner._core.events import decode_event
 
     global FIXTURES
     FIXTURES = Path(spec.get("fixtures", FIXTURES))  # before scenario(): its generated phrases use the streams' words

@@ -90,7 +90,7 @@ def write_config(folder: Path, base_url: str, receiver_url: str, *, calls: list[
 
     import tomli_w
 
-    from hookrunner.plugins import ENTRY_POINT_GROUP
+    from hookrunner._run.plugins import ENTRY_POINT_GROUP
 
     installed = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
     endpoint = {"name": "bench", "url": receiver_url, "secret_env": SECRET_ENV, "events": ["*"], "max_queue": max_queue}
@@ -210,7 +210,7 @@ def fill(plan: Plan, server: Server, workdir: Path) -> dict[str, Any]:
 
 def restart(kind: str, plan: Plan, server: Server, workdir: Path, number: int, template: Path) -> dict[str, Any]:
     """One restart on a copy of the killed journal (``pending``) or on an empty one (``empty``)."""
-    from hookrunner.journal import Journal
+    from hookrunner._state.journal import Journal
 
     folder = workdir / f"restart-{number}-{kind}"
     (fresh,) = plan.take("FRESH", 1)

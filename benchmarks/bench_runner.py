@@ -370,9 +370,9 @@ async def child_runner(spec: dict[str, Any], probe: Probe) -> dict[str, Any]:
     import trio
 
     from hookrunner import hookimpl
-    from hookrunner.config import config_from_dict
-    from hookrunner.plugins import PluginInfo, load_plugins, validate_plugin_settings
-    from hookrunner.runner import Runner
+    from hookrunner._core.config import config_from_dict
+    from hookrunner._run.plugins import PluginInfo, load_plugins, validate_plugin_settings
+    from hookrunner._service.intakes import service_runner
 
     delay = spec.get("sleep", 0.0)
     # spec["config"]: tables merged over the benchmark's config (bench_service.py turns the server on with it).
@@ -417,7 +417,7 @@ async def child_runner(spec: dict[str, Any], probe: Probe) -> dict[str, Any]:
     loaded.pm.register(NoOp(), name="bench")
     loaded.infos.append(PluginInfo("bench", "benchmark", None, active=True))
     validate_plugin_settings(config, loaded)
-    runner = Runner(config, loaded, api_key=KEY, calls=spec["calls"])
+    runner = service_runner(config, loaded, api_key=KEY, calls=spec["calls"])
     if spec.get("histogram") is False:
         runner.dispatcher.observe = None  # the server without its per-hook histogram
     code = await runner.run()
@@ -440,7 +440,7 @@ def without_backfill() -> dict[str, Any]:
     Backfill asks Atoms for every ended call's conversation, through the REST rate limiter
     (``atoms.max_requests_per_second``, 10 by default): a flood of 500 calls would wait 50 s for it at its end,
     which is neither what these benchmarks measure nor a quick run. Its cost is a benchmark of its own."""
-    from hookrunner import config
+    from hookrunner._core import config
 
     return {"backfill": {"enabled": False}} if "backfill" in getattr(config, "TOP_SCHEMA", {}) else {}
 
@@ -504,7 +504,7 @@ def child_main(spec: dict[str, Any]) -> None:
     import httpx_sse  # noqa: F401
     import trio
 
-    import hookrunner.runner  # noqa: F401
+    import hookrunner._run.runner  # noqa: F401
 
     probe = Probe(spec)
     consumer = child_runner if spec["consumer"].startswith("runner") else child_bare
@@ -578,7 +578,7 @@ def stream_lines(directory: Path) -> list[str]:
 def decode_cost(quick: bool, fixtures: Path = FIXTURES) -> tuple[list[tuple[str, float]], str]:
     import msgspec
 
-    from hookrunner.events import decode_event
+    from hookrunner._core.events import decode_event
 
     lines = stream_lines(fixtures)
     source = f"{len(lines)} example stream lines"
@@ -608,9 +608,9 @@ def event_sizes(n: int) -> tuple[float, float, float]:
     what the runner keeps per event after dispatching it (the dedupe id in ``SeenEvents``, transcript turns)."""
     import tracemalloc
 
-    from hookrunner.context import Turn
-    from hookrunner.events import TtsCompleted, UserTranscription, decode_event
-    from hookrunner.subscription import SeenEvents
+    from hookrunner._run.context import Turn
+    from hookrunner._core.events import TtsCompleted, UserTranscription, decode_event
+    from hookrunner._stream.subscription import SeenEvents
 
     call_id = "CALL-BENCH-SLOW-17"
     lines = [json.dumps({"event_type": e.pop("event_type"), "event_id": f"{call_id}_{i}_1764000000000",

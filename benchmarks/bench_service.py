@@ -89,13 +89,13 @@ def child_main(spec: dict[str, Any]) -> None:
     """A service-mode runner: prints ``READY URL TIME`` once it follows calls, then its result as one JSON line."""
     import trio
 
-    import hookrunner.runner  # noqa: F401  (imports are not part of the measurement)
+    import hookrunner._run.runner  # noqa: F401  (imports are not part of the measurement)
     from hookrunner import hookimpl
-    from hookrunner.config import config_from_dict
-    from hookrunner.discovery import ListingPoller
-    from hookrunner.plugins import PluginInfo, load_plugins, validate_plugin_settings
-    from hookrunner.runner import Runner
-    from hookrunner.server import ServiceApp
+    from hookrunner._core.config import config_from_dict
+    from hookrunner._stream.listing import ListingPoller
+    from hookrunner._run.plugins import PluginInfo, load_plugins, validate_plugin_settings
+    from hookrunner._service.intakes import service_runner
+    from hookrunner._service.server import ServiceApp
 
     os.environ[SECRET_ENV] = SECRET
     expected, every = spec.get("expected"), spec.get("rss_every") or 0
@@ -122,7 +122,7 @@ def child_main(spec: dict[str, Any]) -> None:
     loaded.pm.register(Recorder(), name="bench")
     loaded.infos.append(PluginInfo("bench", "benchmark", None, active=True))
     validate_plugin_settings(config, loaded)
-    runner = Runner(config, loaded, api_key=KEY, calls=spec.get("calls", []))
+    runner = service_runner(config, loaded, api_key=KEY, calls=spec.get("calls", []))
 
     full_gcs: list[float] = []  # seconds of each full (generation 2) garbage collection
     gc_started = [0.0]
@@ -445,11 +445,11 @@ def histogram_in_process(quick: bool) -> dict[str, float]:
     import trio
 
     from hookrunner import hookimpl
-    from hookrunner.callbook import CallBook
-    from hookrunner.dispatch import HookDispatcher
-    from hookrunner.metrics import RunnerMetrics
-    from hookrunner.plugins import new_plugin_manager
-    from hookrunner.stats import Stats
+    from hookrunner._run.callbook import CallBook
+    from hookrunner._run.dispatch import HookDispatcher
+    from hookrunner._run.metrics import RunnerMetrics
+    from hookrunner._run.plugins import new_plugin_manager
+    from hookrunner._core.stats import Stats
 
     metrics = RunnerMetrics(Stats(), CallBook(1))
     observe = metrics.observe_hook
@@ -590,8 +590,8 @@ def remembered_id_cost() -> dict[str, float]:
     """Bytes per id the call book and the delivery window keep, measured with tracemalloc at their caps."""
     import tracemalloc
 
-    from hookrunner.callbook import CallBook
-    from hookrunner.platform_webhooks import SeenDeliveries
+    from hookrunner._run.callbook import CallBook
+    from hookrunner._service.atoms_webhook import SeenDeliveries
 
     cap = 100_000
     tracemalloc.start()

@@ -265,15 +265,11 @@ def child_main(spec: dict[str, Any]) -> None:
     import hookrunner_plugins.webhook  # noqa: F401
     import trio
 
-    import hookrunner.runner  # noqa: F401  (imports are not part of the measurement)
-    from hookrunner.config import config_from_dict
-    from hookrunner.logs import setup_logging
-    from hookrunner.plugins import (
-        ENTRY_POINT_GROUP,
-        load_plugins,
-        validate_plugin_settings,
-    )
-    from hookrunner.runner import Runner
+    import hookrunner._run.runner  # noqa: F401  (imports are not part of the measurement)
+    from hookrunner._core.config import config_from_dict
+    from hookrunner._core.logs import setup_logging
+    from hookrunner._run.plugins import ENTRY_POINT_GROUP, load_plugins, validate_plugin_settings
+    from hookrunner._service.intakes import service_runner
 
     setup_logging("warning")
     workdir = Path(spec["workdir"])
@@ -303,7 +299,7 @@ def child_main(spec: dict[str, Any]) -> None:
     loaded = load_plugins(config)
     validate_plugin_settings(config, loaded)
     webhook = loaded.pm.get_plugin("webhook") if endpoint is not None else None
-    runner = Runner(config, loaded, api_key=KEY, calls=spec["calls"])
+    runner = service_runner(config, loaded, api_key=KEY, calls=spec["calls"])
     marks: list[tuple[float, int]] = []  # (time.time(), messages delivered so far), to tell the steady part
 
     async def main() -> int:

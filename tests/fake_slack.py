@@ -39,7 +39,7 @@ from typing import Any
 
 import trio
 
-from hookrunner.asgi import read_body
+from hookrunner._core.asgi import read_body
 from hookrunner.testing.receiver import LoopbackServer, serving
 
 __all__ = ["FakeSlack", "SlackRequest", "Scripted", "running_fake_slack", "TEXT_LIMIT", "SECTION_LIMIT", "BLOCK_LIMIT"]

@@ -22,7 +22,7 @@ import tomli_w
 import trio
 
 from hookrunner import hookimpl
-from hookrunner.runner import Runner
+from hookrunner._run.runner import Runner
 from hookrunner.testing import TEST_API_KEY, config_table, make_runner, sim_script
 
 API_KEY = TEST_API_KEY
@@ -162,7 +162,7 @@ async def afinish(process: subprocess.Popen, timeout: float = 20) -> tuple[int, 
 
 def assert_one_line_script_error(tmp_path: Path, text: str, message: str) -> None:
     """``text`` as a script file is refused with one ScriptError line starting with ``message`` (file name first)."""
-    from hookrunner.simulator.script import ScriptError, load_script
+    from hookrunner._simulator.script import ScriptError, load_script
 
     path = tmp_path / "calls.toml"
     path.write_text(text)

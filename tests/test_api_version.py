@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hookrunner import HOOKRUNNER_API_VERSION
-from hookrunner.simulator import running_simulator
+from hookrunner._simulator import running_simulator
 
 from helpers import afinish, call_events, finish, make_config, script, write_config
 

@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from hookrunner import hookimpl
-from hookrunner.ratelimit import RateLimiter
-from hookrunner.simulator import running_simulator
+from hookrunner._stream.ratelimit import RateLimiter
+from hookrunner._simulator import running_simulator
 from hookrunner.testing import config_table
 
 from helpers import (

@@ -24,8 +24,8 @@ import tomli_w
 import trio
 
 import hookrunner
-from hookrunner.config import DEFAULT_API_KEY_ENV, default_config_table
-from hookrunner.simulator import default_script_path, load_script, running_simulator
+from hookrunner._core.config import DEFAULT_API_KEY_ENV, default_config_table
+from hookrunner._simulator import default_script_path, load_script, running_simulator
 
 from helpers import API_KEY, REPO, afinish, call_events, finish, hookrunner_process, make_config, script, write_config
 

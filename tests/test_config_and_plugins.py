@@ -15,20 +15,10 @@ from typing import Any
 
 import pytest
 
-from hookrunner import cli
-from hookrunner.config import (
-    DEFAULT_API_KEY_ENV,
-    BackfillConfig,
-    Config,
-    DiscoveryConfig,
-    ReconnectConfig,
-    ServerConfig,
-    StateConfig,
-    config_from_dict,
-    default_config_table,
-)
-from hookrunner.errors import ConfigError, PluginLoadError
-from hookrunner.plugins import load_plugins
+from hookrunner._cli import main as cli
+from hookrunner._core.config import DEFAULT_API_KEY_ENV, BackfillConfig, Config, DiscoveryConfig, ReconnectConfig, ServerConfig, StateConfig, config_from_dict, default_config_table
+from hookrunner._core.errors import ConfigError, PluginLoadError
+from hookrunner._run.plugins import load_plugins
 
 from helpers import INSTALLED_PLUGINS, REPO
 

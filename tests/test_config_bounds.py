@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import tomli_w
 
-from hookrunner.config import DEFAULT_API_KEY_ENV, config_from_dict, default_config_table
+from hookrunner._core.config import DEFAULT_API_KEY_ENV, config_from_dict, default_config_table
 from hookrunner.testing import config_table
 
 from helpers import REPO, finish, write_config
@@ -360,7 +360,7 @@ def test_webhook_headers_that_httpx_would_refuse_and_a_host_that_cannot_be_bound
 
 
 def test_a_buffer_or_event_size_past_any_sense_is_refused() -> None:
-    from hookrunner.errors import ConfigError
+    from hookrunner._core.errors import ConfigError
 
     for runner in ({"buffer": 10**20}, {"max_event_bytes": 10**20}):
         with pytest.raises(ConfigError, match="expected a number (of bytes )?from"):

@@ -12,21 +12,8 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 
-from hookrunner.config import (
-    ATOMS_SCHEMA,
-    DEFAULT_API_KEY_ENV,
-    DISCOVERY_SCHEMA,
-    PLUGINS_SCHEMA,
-    RECONNECT_SCHEMA,
-    RUNNER_SCHEMA,
-    SERVER_SCHEMA,
-    TOP_SCHEMA,
-    Config,
-    config_from_dict,
-    default_config_table,
-    load_config,
-)
-from hookrunner.errors import ConfigError
+from hookrunner._core.config import ATOMS_SCHEMA, DEFAULT_API_KEY_ENV, DISCOVERY_SCHEMA, PLUGINS_SCHEMA, RECONNECT_SCHEMA, RUNNER_SCHEMA, SERVER_SCHEMA, TOP_SCHEMA, Config, config_from_dict, default_config_table, load_config
+from hookrunner._core.errors import ConfigError
 
 from helpers import REPO
 

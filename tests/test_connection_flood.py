@@ -17,8 +17,8 @@ import httpx
 import pytest
 import trio
 
-from hookrunner.limits import raise_open_file_limit
-from hookrunner.simulator import running_simulator
+from hookrunner._core.limits import raise_open_file_limit
+from hookrunner._simulator import running_simulator
 
 from helpers import hookrunner_process, script, write_config
 from test_service import SECRET, TOKEN, long_call, running_service, service_config

@@ -47,9 +47,9 @@ async def test_on_a_terminal_interims_are_rewritten_in_place_then_replaced_by_th
 
 
 def test_console_settings_are_validated_through_its_declared_schema() -> None:
-    from hookrunner.config import config_from_dict
-    from hookrunner.errors import ConfigError
-    from hookrunner.plugins import load_plugins, validate_plugin_settings
+    from hookrunner._core.config import config_from_dict
+    from hookrunner._core.errors import ConfigError
+    from hookrunner._run.plugins import load_plugins, validate_plugin_settings
 
     table = {"atoms": {"api_key": "k"}, "plugins": {"console": {"interims": "sometimes", "colour": True}}}
     config = config_from_dict(table, source="c.toml")

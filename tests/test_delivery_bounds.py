@@ -29,7 +29,7 @@ import pytest
 import trio
 
 from hookrunner import Trigger, hookimpl
-from hookrunner.asgi import cancel_on_disconnect, read_body
+from hookrunner._core.asgi import cancel_on_disconnect, read_body
 from hookrunner.testing import RunResult, run_plugins
 from hookrunner.testing.receiver import LoopbackServer, running_receiver, serving
 from hookrunner_plugins import webhook as webhook_plugin
@@ -550,7 +550,7 @@ async def test_slack_429_retry_after_100000_holds_the_channel_only_the_posters_m
 
 
 def test_a_value_nested_too_deep_for_json_is_still_written_as_one_line() -> None:
-    from hookrunner.text import json_line
+    from hookrunner._core.text import json_line
 
     deep: list = []
     for _ in range(100_000):

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from hookrunner import hookimpl
-from hookrunner.simulator import running_simulator
+from hookrunner._simulator import running_simulator
 
 from helpers import API_KEY, build_runner, call_events, make_config, script
 

@@ -16,21 +16,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from hookrunner import (
-    CallEnd,
-    CallStart,
-    Event,
-    Metrics,
-    SseClose,
-    SseInit,
-    Trigger,
-    TtsCompleted,
-    TurnLatency,
-    UnknownEvent,
-    UserInterimTranscription,
-    UserTranscription,
-)
-from hookrunner.events import MalformedEvent, decode_event
+from hookrunner import CallEnd, CallStart, Event, Metrics, SseClose, SseInit, Trigger, TtsCompleted, TurnLatency, UnknownEvent, UserInterimTranscription, UserTranscription
+from hookrunner._core.events import MalformedEvent, decode_event
 
 STREAMS = Path(__file__).resolve().parent / "streams"  # the project's example streams, one JSON event a line
 SUBSCRIBED = "CALL-1758124225863-80752e"  # the call id the subscription was opened for

@@ -18,11 +18,11 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from hookrunner import hookimpl
-from hookrunner.backoff import backoff_delay
-from hookrunner.events import KNOWN_EVENT_TYPES
-from hookrunner.logs import JsonFormatter, redact_in_logs, redacted
-from hookrunner.outbox import RetryPolicy
-from hookrunner.simulator import running_simulator
+from hookrunner._core.backoff import backoff_delay
+from hookrunner._core.events import KNOWN_EVENT_TYPES
+from hookrunner._core.logs import JsonFormatter, redact_in_logs, redacted
+from hookrunner._delivery.outbox import RetryPolicy
+from hookrunner._simulator import running_simulator
 from hookrunner.testing import make_delivery, running_receiver
 
 from helpers import Recorder, call_events, make_config, run_runner, script
@@ -117,7 +117,7 @@ async def test_sys_exit_and_keyboard_interrupt_in_a_plugin_are_hook_errors_and_e
 async def test_an_unforeseen_error_in_one_calls_stream_finishes_that_call_as_failed_and_the_others_go_on(
     monkeypatch, caplog
 ) -> None:
-    from hookrunner import subscription
+    from hookrunner._stream import subscription
 
     real = subscription.decode_event
 
@@ -134,7 +134,7 @@ async def test_an_unforeseen_error_in_one_calls_stream_finishes_that_call_as_fai
     assert recorder.finished == {"CALL-BAD": "failed", "CALL-GOOD": "ended"}
     assert len(recorder.events["CALL-BAD"]) == 4 and len(recorder.events["CALL-GOOD"]) == 8  # received: dispatched
     assert code == 1  # a listed call failed: the exit code says so
-    from hookrunner.callbook import Offer
+    from hookrunner._run.callbook import Offer
 
     assert runner.calls.offer("CALL-BAD", 10**9) is Offer.FINISHED  # never followed again (it would replay)
     (line,) = [r.getMessage() for r in caplog.records if "failed: RuntimeError" in r.getMessage()]
@@ -170,7 +170,7 @@ async def test_an_api_key_quoted_by_httpx_in_an_exception_never_reaches_a_format
     record = logging.LogRecord("hookrunner.subscription", logging.WARNING, __file__, 1, "CALL-1: connection failed (%s)", (raised.value,), None)
     text = logging.Formatter("%(message)s")
     assert "5ecret" in text.format(record)  # what a plain formatter would print
-    from hookrunner.logs import _Redacting
+    from hookrunner._core.logs import _Redacting
 
     assert "5ecret" not in _Redacting("%(message)s").format(record)
     assert "5ecret" not in JsonFormatter().format(record)
@@ -248,7 +248,7 @@ async def test_when_the_spool_cannot_be_written_the_platform_webhooks_go_whole_i
 def _overflowing_backoff(monkeypatch, times: float) -> list[int]:
     """Make the outbox's backoff arithmetic raise ``times`` times, as 2.0 ** 1025 did: a failure of the delivery
     loop itself, not of a delivery."""
-    from hookrunner import outbox as outbox_module
+    from hookrunner._delivery import outbox as outbox_module
 
     real_backoff = outbox_module.backoff_delay
     blown: list[int] = []
@@ -266,8 +266,8 @@ def _overflowing_backoff(monkeypatch, times: float) -> list[int]:
 async def test_a_failing_delivery_loop_starts_again_and_loses_no_message(tmp_path: Path, monkeypatch) -> None:
     """The old failure: backoff arithmetic overflowing inside the delivery task killed it, silently, and every
     later message of the endpoint waited for ever."""
-    from hookrunner.dead_letters import DeadLetterFile, read_dead_letters
-    from hookrunner.outbox import Outbox, OutboxMessage, Outcome
+    from hookrunner._delivery.dead_letters import DeadLetterFile, read_dead_letters
+    from hookrunner._delivery.outbox import Outbox, OutboxMessage, Outcome
 
     blown = _overflowing_backoff(monkeypatch, times=1)
     delivered: list[str] = []
@@ -302,8 +302,8 @@ async def test_a_failing_delivery_loop_starts_again_and_loses_no_message(tmp_pat
 async def test_a_delivery_loop_that_keeps_failing_stops_the_endpoint_and_dead_letters_everything(
     tmp_path: Path, monkeypatch, caplog
 ) -> None:
-    from hookrunner.dead_letters import DeadLetterFile, read_dead_letters
-    from hookrunner.outbox import MAX_RESTARTS, Outbox, OutboxMessage, Outcome
+    from hookrunner._delivery.dead_letters import DeadLetterFile, read_dead_letters
+    from hookrunner._delivery.outbox import MAX_RESTARTS, Outbox, OutboxMessage, Outcome
 
     blown = _overflowing_backoff(monkeypatch, times=float("inf"))
 

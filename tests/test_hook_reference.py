@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from hookrunner import hookdoc, hookspecs
+from hookrunner._run import hookdoc, hookspecs
 
 from helpers import REPO
 
 
 def test_the_committed_hook_reference_is_what_the_hookspecs_generate() -> None:
     committed = (REPO / "docs" / "hooks.md").read_text(encoding="utf-8")
-    assert committed == hookdoc.render(), "regenerate with: python -m hookrunner.hookdoc > docs/hooks.md"
+    assert committed == hookdoc.render(), "regenerate with: python -m hookrunner._run.hookdoc > docs/hooks.md"
 
 
 def test_every_hook_has_a_section_with_its_docstring_and_an_example() -> None:

@@ -19,9 +19,9 @@ import tomli_w
 import trio
 
 from hookrunner import hookimpl
-from hookrunner.journal import PURGE_INTERVAL, Journal, JournalReader
-from hookrunner.outbox import OutboxMessage
-from hookrunner.simulator import running_simulator
+from hookrunner._state.journal import PURGE_INTERVAL, Journal, JournalReader
+from hookrunner._delivery.outbox import OutboxMessage
+from hookrunner._simulator import running_simulator
 from hookrunner.testing import config_table
 from hookrunner.testing.receiver import Reply, running_receiver
 

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import trio
 
-from hookrunner.journal import Journal
-from hookrunner.simulator import running_simulator
+from hookrunner._state.journal import Journal
+from hookrunner._simulator import running_simulator
 from hookrunner.testing import config_table
 from hookrunner.testing.receiver import Reply, running_receiver
 

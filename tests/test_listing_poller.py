@@ -12,11 +12,11 @@ import httpx
 import pytest
 import trio
 
-from hookrunner.backoff import parse_retry_after
-from hookrunner.config import config_from_dict
-from hookrunner.discovery import ListingFailed, ListingPoller
-from hookrunner.errors import AuthError
-from hookrunner.stats import Stats
+from hookrunner._core.backoff import parse_retry_after
+from hookrunner._core.config import config_from_dict
+from hookrunner._stream.listing import ListingFailed, ListingPoller
+from hookrunner._core.errors import AuthError
+from hookrunner._core.stats import Stats
 from hookrunner.testing import Reply, running_receiver
 
 

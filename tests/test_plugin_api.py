@@ -7,7 +7,7 @@ import json
 import trio
 
 from hookrunner import Trigger, hookimpl
-from hookrunner.simulator import running_simulator
+from hookrunner._simulator import running_simulator
 
 from helpers import build_runner, call_events, make_config, run_runner, script
 

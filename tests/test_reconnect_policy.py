@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
-from hookrunner.config import ReconnectConfig
-from hookrunner.backoff import backoff_delay, parse_retry_after
-from hookrunner.subscription import SeenEvents
+from hookrunner._core.config import ReconnectConfig
+from hookrunner._core.backoff import backoff_delay, parse_retry_after
+from hookrunner._stream.subscription import SeenEvents
 
 POLICY = ReconnectConfig(initial_delay=1.0, max_delay=8.0, max_attempts=0, max_retry_after=300.0)
 

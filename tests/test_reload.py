@@ -11,10 +11,10 @@ import tomli_w
 import trio
 
 from hookrunner import hookimpl
-from hookrunner.config import load_config
-from hookrunner.plugins import PluginInfo, load_plugins, validate_plugin_settings
-from hookrunner.runner import Runner
-from hookrunner.simulator import running_simulator
+from hookrunner._core.config import load_config
+from hookrunner._run.plugins import PluginInfo, load_plugins, validate_plugin_settings
+from hookrunner._service.intakes import service_runner
+from hookrunner._simulator import running_simulator
 
 from helpers import API_KEY, hookrunner_process, make_config, script
 
@@ -58,7 +58,7 @@ async def run_with_reload(
         loaded.pm.register(triggers, name="triggers")
         loaded.infos.append(PluginInfo("triggers", "test", None, active=True))
         validate_plugin_settings(config, loaded)
-        runner = Runner(config, loaded, api_key=API_KEY, calls=["CALL-HUP"])
+        runner = service_runner(config, loaded, api_key=API_KEY, calls=["CALL-HUP"])
         result = {}
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runner.run)

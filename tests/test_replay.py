@@ -17,7 +17,7 @@ import tomli_w
 import tomllib
 import trio
 
-from hookrunner.simulator import running_simulator
+from hookrunner._simulator import running_simulator
 from hookrunner.testing import config_table
 from hookrunner.testing.receiver import Receiver, ReceivedRequest, Reply, running_receiver
 

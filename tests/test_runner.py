@@ -9,7 +9,7 @@ from pathlib import Path
 import trio
 
 from hookrunner import TtsCompleted, UnknownEvent, UserTranscription, hookimpl
-from hookrunner.simulator import running_simulator
+from hookrunner._simulator import running_simulator
 
 from helpers import Recorder, call_events, make_config, run_runner, script
 

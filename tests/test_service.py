@@ -22,10 +22,11 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from hookrunner import hookimpl
-from hookrunner.callbook import CallBook, Offer
-from hookrunner.platform_webhooks import SeenDeliveries, parse_delivery, signature_valid
-from hookrunner.runner import Runner
-from hookrunner.simulator import running_simulator
+from hookrunner._run.callbook import CallBook, Offer
+from hookrunner._service.atoms_webhook import SeenDeliveries, signature_valid
+from hookrunner._core.platform_delivery import parse_delivery
+from hookrunner._run.runner import Runner
+from hookrunner._simulator import running_simulator
 
 from helpers import API_KEY, afinish, build_runner, call_events, hookrunner_process, make_config, script, write_config
 

@@ -18,16 +18,7 @@ import httpx
 import pytest
 import trio
 
-from hookrunner.simulator import (
-    Script,
-    ScriptError,
-    Simulator,
-    default_script_path,
-    load_script,
-    parse_script,
-    run_simulator_cli,
-    running_simulator,
-)
+from hookrunner._simulator import Script, ScriptError, Simulator, default_script_path, load_script, parse_script, run_simulator_cli, running_simulator
 
 from helpers import assert_one_line_script_error
 

@@ -15,7 +15,7 @@ import pytest
 import trio
 from helpers import assert_one_line_script_error
 
-from hookrunner.simulator import Script, Simulator, parse_script, running_simulator
+from hookrunner._simulator import Script, Simulator, parse_script, running_simulator
 
 KEY = {"Authorization": "Bearer sim-key"}
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

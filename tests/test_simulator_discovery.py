@@ -19,14 +19,7 @@ import pytest
 import trio
 
 from helpers import assert_one_line_script_error, hookrunner_process
-from hookrunner.simulator import (
-    Script,
-    Simulator,
-    load_script,
-    parse_script,
-    run_simulator_cli,
-    running_simulator,
-)
+from hookrunner._simulator import Script, Simulator, load_script, parse_script, run_simulator_cli, running_simulator
 from hookrunner.testing.receiver import ReceivedRequest, Reply, refusing_port, running_receiver
 
 KEY = {"Authorization": "Bearer sim-key"}

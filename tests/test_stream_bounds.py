@@ -14,10 +14,10 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hookrunner.asgi import lifespan, serve_asgi
-from hookrunner.simulator import running_simulator
-from hookrunner.sse import OVERSIZED, SseReader
-from hookrunner.text import json_line
+from hookrunner._core.asgi import lifespan, serve_asgi
+from hookrunner._simulator import running_simulator
+from hookrunner._stream.sse import OVERSIZED, SseReader
+from hookrunner._core.text import json_line
 
 from helpers import Recorder, call_events, make_config, run_runner, script
 

@@ -12,16 +12,7 @@ import pytest
 import trio
 
 from hookrunner import Trigger, UserTranscription, hookimpl
-from hookrunner.testing import (
-    config_table,
-    make_event,
-    make_runner,
-    make_trigger,
-    run_plugins,
-    sim_call,
-    simulator,
-    start_plugins,
-)
+from hookrunner.testing import config_table, make_event, make_runner, make_trigger, run_plugins, sim_call, simulator, start_plugins
 
 from helpers import INSTALLED_PLUGINS, finish, write_config
 

@@ -29,8 +29,8 @@ import trio
 
 import hookrunner
 from hookrunner import Trigger, hookimpl
-from hookrunner.dead_letters import DeadLetterFile
-from hookrunner.outbox import Outbox, OutboxMessage, Outcome
+from hookrunner._delivery.dead_letters import DeadLetterFile
+from hookrunner._delivery.outbox import Outbox, OutboxMessage, Outcome
 from hookrunner.testing import RunResult, config_table, run_plugins, simulator
 from hookrunner_plugins.webhook import WebhookVerificationError, verify
 

@@ -28,18 +28,20 @@ from typing import Any
 
 import trio
 
-from ..config import config_from_dict
-from ..events import Event, event_from_dict
-from ..hookspecs import hookimpl
-from ..plugins import ENTRY_POINT_GROUP, PluginInfo, load_plugins, validate_plugin_settings
-from ..runner import Runner
-from ..simulator import Simulator, running_simulator
-from ..simulator.script import Script, load_script, parse_script
-from ..stats import Stats
-from ..platform_webhooks import PlatformDelivery, parse_delivery
-from ..triggers import Trigger
-from .errors import plain_errors
-from .receiver import ReceivedRequest, Receiver, Reply, refusing_port, running_receiver
+from hookrunner._core.config import config_from_dict
+from hookrunner._core.events import Event, event_from_dict
+from hookrunner._run.hookspecs import hookimpl
+from hookrunner._run.plugin_setup import prepare_plugins
+from hookrunner._run.plugins import ENTRY_POINT_GROUP
+from hookrunner._run.runner import Runner
+from hookrunner._service.intakes import service_runner
+from hookrunner._simulator import Simulator, running_simulator
+from hookrunner._simulator.script import Script, load_script, parse_script
+from hookrunner._core.stats import Stats
+from hookrunner._core.platform_delivery import PlatformDelivery, parse_delivery
+from hookrunner._core.triggers import Trigger
+from hookrunner.testing.errors import plain_errors
+from hookrunner.testing.receiver import ReceivedRequest, Receiver, Reply, refusing_port, running_receiver
 
 __all__ = [
     "TEST_API_KEY",
@@ -234,12 +236,8 @@ def _runner(
     table: dict[str, Any], plugins: list[tuple[str, Any]], calls: Sequence[str], base_dir: Path | None
 ) -> Runner:
     config = config_from_dict(table, source="<hookrunner.testing>", base_dir=base_dir or Path.cwd())
-    loaded = load_plugins(config)
-    for name, plugin in plugins:
-        loaded.pm.register(plugin, name=name)
-        loaded.infos.append(PluginInfo(name, "hookrunner.testing", None, active=True))
-    validate_plugin_settings(config, loaded)
-    return Runner(config, loaded, api_key=config.api_key(), calls=calls)
+    loaded = prepare_plugins(config, plugins)
+    return service_runner(config, loaded, api_key=config.api_key(), calls=calls)
 
 
 class PluginRun:

@@ -34,8 +34,8 @@ from typing import Any, TypeVar
 
 import trio
 
-from .errors import plain_errors
-from ..asgi import cancel_on_disconnect, lifespan, read_body, serve_asgi
+from hookrunner.testing.errors import plain_errors
+from hookrunner._core.asgi import cancel_on_disconnect, lifespan, read_body, serve_asgi
 
 __all__ = [
     "Reply", "ReceivedRequest", "Receiver", "running_receiver", "refusing_port", "RefusingPort", "LoopbackServer",

@@ -9,17 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from hookrunner import (
-    App,
-    CallContext,
-    Setting,
-    Trigger,
-    TtsCompleted,
-    UserInterimTranscription,
-    UserTranscription,
-    check_table,
-    hookimpl,
-)
+from hookrunner import App, CallContext, Setting, Trigger, TtsCompleted, UserInterimTranscription, UserTranscription, check_table, hookimpl
 
 SETTINGS = {
     "interims": Setting(

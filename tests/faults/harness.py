@@ -24,11 +24,11 @@ import msgspec
 import trio
 
 from hookrunner import hookimpl
-from hookrunner.dead_letters import read_dead_letters
-from hookrunner.outbox import Outbox, OutboxMessage
-from hookrunner.runner import Runner
-from hookrunner.simulator import Script, SentFrame, running_simulator
-from hookrunner.stats import Stats
+from hookrunner._delivery.dead_letters import read_dead_letters
+from hookrunner._delivery.outbox import Outbox, OutboxMessage
+from hookrunner._run.runner import Runner
+from hookrunner._simulator import Script, SentFrame, running_simulator
+from hookrunner._core.stats import Stats
 from hookrunner.testing import TEST_API_KEY, Reply, config_table, make_runner, running_receiver
 
 from .mix import HANG_SECONDS, canary_id, chaos

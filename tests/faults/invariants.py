@@ -24,7 +24,7 @@ import dataclasses
 from collections import Counter, defaultdict
 from typing import Any
 
-from hookrunner.simulator import SentFrame, SimCall
+from hookrunner._simulator import SentFrame, SimCall
 
 from .harness import PLUGINS, WEBHOOK_EVENTS, FaultRun, frame_key
 from .mix import describe_faults

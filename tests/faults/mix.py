@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from hookrunner.simulator import Script, SimCall, parse_script
+from hookrunner._simulator import Script, SimCall, parse_script
 from hookrunner.testing import TEST_API_KEY
 
 __all__ = [

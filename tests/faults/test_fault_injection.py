@@ -13,8 +13,8 @@ from pathlib import Path
 
 import trio
 
-from hookrunner.simulator import SentFrame, parse_script
-from hookrunner.stats import Stats
+from hookrunner._simulator import SentFrame, parse_script
+from hookrunner._core.stats import Stats
 
 from .harness import FaultRun, Submitted, run_faults
 from .invariants import check, report

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import trio
 
-from hookrunner.simulator import Script, ScriptError, SentFrame, Simulator, parse_script, running_simulator
+from hookrunner._simulator import Script, ScriptError, SentFrame, Simulator, parse_script, running_simulator
 
 KEY = {"Authorization": "Bearer sim-key"}
 

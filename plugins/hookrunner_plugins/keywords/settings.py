@@ -7,8 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from hookrunner import Setting, at_least, between, check_table, one_of
-from hookrunner.triggers import SEVERITIES
+from hookrunner import SEVERITIES, Setting, at_least, between, check_table, one_of
 
 log = logging.getLogger("hookrunner.plugins.keywords")
 

@@ -1,7 +1,7 @@
 """The ``slack`` plugin: tell the right channel, at once, without flooding it.
 
 Each ``[[plugins.slack.routes]]`` entry picks triggers (and optionally events) by type, severity and labels, renders
-them with its template, and posts them through an outbox (``hookrunner.outbox``): retries, order, bounds and dead
+them with its template, and posts them through an outbox (``hookrunner.delivery.Outbox``): retries, order, bounds and dead
 letters come from there. Posts to one channel are paced (Slack allows about one a second); triggers that arrive
 faster are grouped into one message, like Alertmanager's ``group_wait``. A route with ``transcript = "thread"`` also
 opens a thread per call and posts the call's final turns into it as they happen.
@@ -16,8 +16,7 @@ import httpx
 import trio
 
 from hookrunner import App, CallContext, Event, Trigger, TtsCompleted, UserTranscription, hookimpl, redact_in_logs
-from hookrunner.dead_letters import DeadLetterFile
-from hookrunner.outbox import Deliverer, Outbox, OutboxMessage, Outcome, RetryPolicy
+from hookrunner.delivery import DeadLetterFile, Deliverer, Outbox, OutboxMessage, Outcome, RetryPolicy
 
 from .delivery import Pacer, Poster
 from .formatting import escape, event_fields, message_payload, render, trigger_fields

@@ -15,10 +15,7 @@ from typing import Any
 import httpx
 import trio
 
-from hookrunner.backoff import DEFAULT_MAX_RETRY_AFTER, parse_retry_after
-from hookrunner.bounded_http import request, truncated
-from hookrunner.outbox import Outcome
-from hookrunner.text import json_bytes, one_line
+from hookrunner.delivery import DEFAULT_MAX_RETRY_AFTER, Outcome, json_bytes, one_line, parse_retry_after, request, truncated
 
 from .settings import RouteSettings
 

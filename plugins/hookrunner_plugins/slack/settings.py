@@ -6,9 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from hookrunner import Setting, at_least, check_table, type_selected
-from hookrunner.settings import http_url, secret_problem, url_problem
-from hookrunner.triggers import SEVERITIES
+from hookrunner import SEVERITIES, Setting, at_least, check_table, http_url, secret_problem, type_selected, url_problem
 
 from .formatting import DEFAULT_TEMPLATE, template_problem
 

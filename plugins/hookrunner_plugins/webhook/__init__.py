@@ -1,6 +1,6 @@
 """The ``webhook`` plugin: POST events and triggers to your HTTP endpoints, signed per Standard Webhooks.
 
-Each endpoint gets its own outbox (``hookrunner.outbox``): the hook only builds the message and hands it over, so
+Each endpoint gets its own outbox (``hookrunner.delivery.Outbox``): the hook only builds the message and hands it over, so
 a slow or dead receiver never slows the stream; retries, per-call order, bounds and dead letters are the outbox's.
 Receivers check deliveries with ``hookrunner_plugins.webhook.verify`` or any Standard Webhooks library.
 """
@@ -19,11 +19,7 @@ import msgspec
 import trio
 
 from hookrunner import App, CallContext, Event, Trigger, __version__, hookimpl, redact_in_logs
-from hookrunner.backoff import parse_retry_after
-from hookrunner.bounded_http import request
-from hookrunner.text import json_bytes
-from hookrunner.dead_letters import DeadLetterFile
-from hookrunner.outbox import Deliverer, Outbox, OutboxMessage, Outcome, RetryPolicy
+from hookrunner.delivery import DeadLetterFile, Deliverer, Outbox, OutboxMessage, Outcome, RetryPolicy, json_bytes, parse_retry_after, request
 
 from .settings import SETTINGS, EndpointSettings, parse_settings
 from .signing import Signer, WebhookVerificationError, verify

@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from hookrunner import Setting, at_least, check_table, type_selected
-from hookrunner.events import EVENT_CLASSES
-from hookrunner.settings import http_url, key_text
+from hookrunner import EVENT_CLASSES, Setting, at_least, check_table, http_url, key_text, type_selected
 
 from .signing import secret_problem
 

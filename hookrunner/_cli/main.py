@@ -1,0 +1,527 @@
+"""The ``hookrunner`` command: run, check, plugins, init, simulate, demo.
+
+Exit codes: 0 when every call ended or completed (or a signal stopped the runner), 1 when a call was not found
+or given up on, 2 for a config, plugin-loading or API-key problem. ``plugins`` exits 1 when a plugin that ``run``
+would load is broken. A user's mistake is printed as one line per problem, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import os
+import sys
+import tomllib
+from collections.abc import Sequence
+from typing import Any
+from pathlib import Path
+
+import tomli_w
+import trio
+
+from hookrunner._core.api import __version__
+from hookrunner._core.callids import call_id_problem
+from hookrunner._core.config import DEFAULT_API_KEY_ENV, Config, config_from_dict, default_config_table, load_config
+from hookrunner._core.errors import ConfigError, HookrunnerError, PluginLoadError, UsageError
+from hookrunner._state.journal import work_left
+from hookrunner._core.logs import LEVELS, setup_logging
+from hookrunner._core.settings import suggest, url_problem
+from hookrunner._core.text import shown
+from hookrunner._run.plugin_setup import prepare_plugins
+from hookrunner._run.plugins import LoadedPlugins, load_plugins, plugin_schemas
+from hookrunner._run.runner import EXIT_USAGE, Runner
+from hookrunner._service.intakes import service_runner
+
+EXAMPLE_CONFIG = Path(__file__).parent.parent / "config.example.toml"  # (packaged beside hookrunner/__init__.py)
+
+
+# -- argument types: a bad value is argparse's one `error:` line and exit 2, never a traceback --------------------
+
+
+def speed_factor(text: str) -> float:
+    """``--speed``: a finite number greater than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number greater than 0 (like 2 or 0.5), got {shown(text)}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """``--port``: 0 (a free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 (any free one) to 65535, got {shown(text)}")
+    return value
+
+
+def url_argument(text: str) -> str:
+    """A URL option: parsed and checked like the config's URLs."""
+    problem = url_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{problem}, got {shown(text)}")
+    return text
+
+
+def _common_options(defaults: bool) -> argparse.ArgumentParser:
+    """Options accepted before or after the sub-command (``hookrunner --log-level debug run x`` or ``run x --log-level debug``)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--log-level", choices=LEVELS, default="info" if defaults else argparse.SUPPRESS, help="default: info"
+    )
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text" if defaults else argparse.SUPPRESS, help="default: text"
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options(defaults=False)
+    parser = argparse.ArgumentParser(
+        prog="hookrunner",
+        description="Run plugin hooks on the live event streams of Atoms voice-agent calls.",
+        parents=[_common_options(defaults=True)],
+    )
+    parser.add_argument("--version", action="version", version=f"hookrunner {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="subscribe to the configured calls and run the plugins")
+    run.add_argument("config", metavar="CONFIG", help="path to config.toml")
+    run.add_argument(
+        "--call", dest="calls", action="append", default=[], metavar="ID", help="a call id (repeatable); replaces runner.calls"
+    )
+
+    check = sub.add_parser("check", parents=[common], help="validate a config and its plugins, and show what would run")
+    check.add_argument("config", metavar="CONFIG")
+
+    plugins = sub.add_parser(
+        "plugins",
+        parents=[common],
+        help="list every plugin found, its hooks, and whether it is active",
+        description="List every plugin found (installed entry points and plugins.load), with its hooks, also for "
+        "disabled plugins. A plugin that cannot be used is listed with ACTIVE 'error' and the reason in place of "
+        "its hooks; one that needs a newer plugin API (HOOKRUNNER_API_VERSION) with ACTIVE 'incompatible' (`run` "
+        "leaves it out and runs the others). Exit status: 0, or 1 when a plugin that `run` would load is broken "
+        "(`run` and `check` refuse to start then).",
+    )
+    plugins.add_argument("--config", metavar="CONFIG", help="apply this config's plugins.load and plugins.disable")
+    plugins.add_argument("--settings", metavar="NAME", help="print plugin NAME's settings with their defaults")
+
+    init = sub.add_parser("init", parents=[common], help="write a starter config")
+    init.add_argument("path", nargs="?", default="config.toml", metavar="PATH", help="default: config.toml")
+
+    simulate = sub.add_parser("simulate", parents=[common], help="serve a local simulator of the Atoms events API")
+    simulate.add_argument("script", nargs="?", metavar="SCRIPT", help="a TOML or JSONL script (default: built-in calls)")
+    simulate.add_argument("--port", type=port_number, default=8765, help="0 picks a free port (default: 8765)")
+    simulate.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    simulate.add_argument("--api-key", default="sim-key", help="the bearer key clients must send (default: sim-key)")
+    simulate.add_argument(
+        "--speed", type=speed_factor, default=1.0, help="play scripts this many times faster (default: 1)"
+    )
+    simulate.add_argument(
+        "--push-url",
+        metavar="URL",
+        type=url_argument,
+        help="POST signed pre-/post-conversation webhooks here (default: the script's)",
+    )
+    simulate.add_argument(
+        "--push-secret-env",
+        metavar="VAR",
+        help="sign webhooks with the secret in environment variable VAR (default: the script's push_secret)",
+    )
+    simulate.add_argument(
+        "--push-signature",
+        choices=("hex", "base64", "sha256=hex"),
+        help="X-Signature encoding of the HMAC-SHA256 (default: the script's, else hex)",
+    )
+
+    redeliver = sub.add_parser(
+        "redeliver", parents=[common], help="send the messages of a dead-letter file again (safe to rerun)"
+    )
+    redeliver.add_argument("file", metavar="FILE", help="a dead-letter file (JSONL)")
+    redeliver.add_argument("--endpoint", metavar="NAME", help="only the letters for this endpoint")
+    redeliver.add_argument("--dry-run", action="store_true", help="show what would be sent; send nothing")
+    redeliver.add_argument(
+        "--config", metavar="CONFIG", help="the config with the endpoints (default: the one each letter records)"
+    )
+
+    replay = sub.add_parser(
+        "replay",
+        parents=[common],
+        help="send delivered messages kept in the journal again, with their original ids (safe to rerun)",
+        description="Send again the messages submitted since --since that the journal ([state] path) still keeps "
+        "([state] keep), each with its original id (a receiver deduplicates on it), in each call's order, through "
+        "the endpoints of CONFIG. Only reads the journal: a `hookrunner run` may be using it. Exit status: 0 when "
+        "every one was sent (or --dry-run, or none is kept), 1 when one was not.",
+    )
+    replay.add_argument("config", metavar="CONFIG", help="the config whose journal and endpoints to use")
+    replay.add_argument(
+        "--since",
+        required=True,
+        metavar="DURATION",
+        help="those submitted this long ago or later: 90s, 30m, 2h, 1d, seconds, or an ISO-8601 time",
+    )
+    replay.add_argument("--endpoint", metavar="NAME", help="only the messages for this endpoint")
+    replay.add_argument("--call", metavar="ID", help="only the messages of this call")
+    replay.add_argument("--dry-run", action="store_true", help="list what would be sent; send nothing")
+
+    new_plugin = sub.add_parser(
+        "new-plugin", parents=[common], help="write a ready plugin package (entry point, one hook, tests, README)"
+    )
+    new_plugin.add_argument("name", metavar="NAME", help="e.g. sentiment (the package is hookrunner-sentiment)")
+    new_plugin.add_argument("dir", nargs="?", default=".", metavar="DIR", help="where to create it (default: .)")
+
+    demo = sub.add_parser("demo", parents=[common], help="run the example config against a built-in simulator")
+    demo.add_argument("script", nargs="?", metavar="SCRIPT", help="a simulator script (default: built-in calls)")
+    demo.add_argument("--speed", type=speed_factor, default=1.0, help="play the calls this many times faster (default: 1)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    commands = {
+        "run": cmd_run,
+        "check": cmd_check,
+        "plugins": cmd_plugins,
+        "init": cmd_init,
+        "simulate": cmd_simulate,
+        "demo": cmd_demo,
+        "redeliver": cmd_redeliver,
+        "replay": cmd_replay,
+        "new-plugin": cmd_new_plugin,
+    }
+    try:
+        return commands[args.command](args)
+    except HookrunnerError as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    problems = [f"--call: {problem}" for problem in map(call_id_problem, args.calls) if problem]
+    if problems:
+        raise UsageError("\n".join(problems))
+    config = load_config(args.config)
+    loaded = prepare_plugins(config)
+    calls = args.calls or list(config.calls)
+    resume = work_left(config.state.path) if config.state.path is not None else 0
+    if not calls and not config.service and not resume:
+        raise ConfigError(
+            f"{config.source}: runner.calls: no calls to subscribe (list call ids there, pass --call ID, or let the "
+            "runner find calls: discovery.poll or server.enabled)"
+        )
+    api_key = config.api_key()
+    runner = service_runner(config, loaded, api_key=api_key, calls=calls)
+    return trio.run(runner.run)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    loaded = prepare_plugins(config)
+    problems = config.secret_problems()  # what `run` would refuse at start, never quoting a secret
+    if problems:
+        raise ConfigError("\n".join(problems))
+    out = sys.stdout
+    print(f"{config.source}: OK", file=out)
+    print(f"  atoms: {config.base_url}", file=out)
+    if config.api_key_env:
+        state = "set" if os.environ.get(config.api_key_env) else "NOT SET: `run` will refuse to start"
+        print(f"  api key: from ${config.api_key_env} ({state})", file=out)
+    else:
+        print("  api key: in the config file (prefer atoms.api_key_env)", file=out)
+    if config.calls:
+        calls = ", ".join(config.calls)
+    elif config.service:
+        calls = "none listed: found by the runner (below)"
+    else:
+        calls = "none listed (pass --call ID to run, or enable discovery.poll or server)"
+    print(f"  calls: {calls} (at most {config.max_calls} at once: runner.max_calls)", file=out)
+    if config.state.path is not None:
+        kept = f"delivered ones kept {config.state.keep:g} s for replay" if config.state.keep else "delivered ones not kept"
+        state = (
+            f"journal {config.state.path} (undelivered messages and undispatched events survive a kill; {kept}; "
+            f"commits every {config.state.commit_interval:g} s)"
+        )
+    else:
+        state = 'in memory only (state.path = ""): undelivered messages are lost if the process is killed'
+    print(f"  state: {state}", file=out)
+    if config.backfill.enabled:
+        backfill = (
+            f"on: an ended call's skipped events come from its stored conversation (asked for up to "
+            f"{config.backfill.window:g} s)"
+        )
+    else:
+        backfill = "off (backfill.enabled = false): events a stream skipped are not looked for"
+    print(f"  backfill: {backfill}; Atoms REST requests at most {config.max_requests_per_second:g}/s", file=out)
+    for line in service_summary(config):
+        print(line, file=out)
+    print(
+        f"  runner: hook_timeout {config.hook_timeout:g} s, idle_timeout {config.idle_timeout:g} s, "
+        f"shutdown_grace {config.shutdown_grace:g} s, buffer {config.buffer} events/call, reconnect "
+        f"{config.reconnect.initial_delay:g}-{config.reconnect.max_delay:g} s x {config.reconnect.max_attempts or 'unlimited'}",
+        file=out,
+    )
+    for info in loaded.infos:
+        state = "active" if info.active else "disabled"
+        hooks = ", ".join(info.hooks) or "-"
+        print(f"  plugin {info.name} ({state}, {info.source}): {hooks}", file=out)
+    return 0
+
+
+def service_summary(config: Config) -> list[str]:
+    """``check``'s lines about finding calls and the server, with the warnings an operator should see first."""
+    lines = []
+    discovery, server = config.discovery, config.server
+    if discovery.poll:
+        filters = [f"agents {', '.join(discovery.agent_ids)}"] if discovery.agent_ids else []
+        filters += [f"campaigns {', '.join(discovery.campaign_ids)}"] if discovery.campaign_ids else []
+        lines.append(
+            f"  discovery: listing {', '.join(discovery.statuses)} calls every {discovery.interval:g} s "
+            f"({1 / discovery.interval:.2g} requests/s, one more per extra page of {discovery.page_size}; the free "
+            f"plan allows about 10/s in all){'; ' + ', '.join(filters) if filters else ''}"
+        )
+        if discovery.page_size < 100:
+            lines.append(
+                f"  warning: discovery.page_size: {discovery.page_size} calls a page: every listing of N calls makes "
+                f"N/{discovery.page_size} requests back to back (the free plan allows about 10/s); 500 is the most"
+            )
+    if server.enabled:
+        routes = ["GET /healthz", "GET /metrics"]
+        routes += ["POST /atoms/webhook"] if discovery.webhook_secret_env else []
+        routes += ["POST /calls"] if server.token_env else []
+        lines.append(f"  server: http://{server.host}:{server.port} ({', '.join(routes)})")
+        for key, env in (("discovery.webhook_secret_env", discovery.webhook_secret_env), ("server.token_env", server.token_env)):
+            if env and not os.environ.get(env):
+                lines.append(f"  warning: {key}: environment variable {env} is not set: `run` will refuse to start")
+        if not server.loopback and not server.behind_tls_proxy:
+            lines.append(
+                f"  warning: server.host: {server.host} is reachable from other machines over plain HTTP; put a "
+                "TLS-terminating proxy in front and set server.behind_tls_proxy = true (README: Run it as a service)"
+            )
+    elif discovery.webhook_secret_env:
+        lines.append("  warning: discovery.webhook_secret_env is set but server.enabled is false: nothing receives webhooks")
+    return lines
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    if args.config:
+        config = load_config(args.config)
+    else:  # only plugin discovery matters here; the rest of the table is the schemas' defaults
+        config = config_from_dict({"atoms": {"api_key_env": DEFAULT_API_KEY_ENV}}, source="<no config>", base_dir=Path.cwd())
+    loaded = load_plugins(config, strict=False)
+    if args.settings:
+        return print_settings(loaded, args.settings)
+    disabled = set(config.disable)
+    rows = [("NAME", "VERSION", "ACTIVE", "FROM", "HOOKS")]
+    broken = False
+    for info in loaded.infos:
+        if info.active:
+            state = "yes"
+        elif info.incompatible:
+            state = "incompatible"
+        elif info.error and info.name not in disabled:
+            state, broken = "error", True
+        else:
+            state = "no"
+        last = f"error: {info.error}" if info.error else ", ".join(info.hooks) or "-"
+        rows.append((info.name, info.version or "-", state, info.source, last))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4])
+    return 1 if broken else 0
+
+
+def print_settings(loaded: LoadedPlugins, name: str) -> int:
+    """``plugins --settings NAME``: the plugin's settings schema as a commented TOML table of defaults."""
+    known = [info.name for info in loaded.infos]
+    if name not in known:
+        raise ConfigError(f"plugins --settings: no plugin named {name}{suggest(name, known)}")
+    schema = plugin_schemas(loaded).get(name)
+    if schema is None:
+        print(f"plugin {name} declares no settings schema (no settings_schema hook)")
+        return 0
+    if isinstance(schema, str):
+        raise PluginLoadError(f"plugin {name}: {schema}")
+    _print_table(f"plugins.{name}", schema)
+    return 0
+
+
+def _print_table(path: str, schema: dict, array: bool = False) -> None:
+    print(f"[[{path}]]" if array else f"[{path}]")
+    nested = []
+    for key, setting in schema.items():
+        if setting.items is not None:
+            nested.append((key, setting))
+            continue
+        default = "(required)" if setting.required else "(not set)" if setting.default is None else None
+        value = f"# {key} = ...  {default}" if default else f"{key} = {_inline_toml(setting.default)}"
+        note = setting.doc or setting.expected or ""
+        print(f"{value:<50} # {note}" if note else value)
+    for key, setting in nested:
+        print()
+        if setting.doc:
+            print(f"# {setting.doc}")
+        _print_table(f"{path}.{key}", dict(setting.items), array=True)
+
+
+def _inline_toml(value: object) -> str:
+    """A default as it would be written on one line of a config file."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{key} = {_inline_toml(item)}" for key, item in value.items()) + " }" if value else "{}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_inline_toml(item) for item in value) + "]"
+    return tomli_w.dumps({"v": value}).strip()[len("v = ") :]
+
+
+def starter_config() -> dict:
+    """Every key with its default (from the config schemas), and the suggested API key variable."""
+    table = default_config_table()
+    table["atoms"] = {"api_key_env": DEFAULT_API_KEY_ENV, **table["atoms"]}
+    return table
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.exists():
+        print(f"error: {path}: already exists; not overwriting it (choose another PATH)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with path.open("xb") as handle:
+            handle.write(
+                "# hookrunner config: every key is explained in config.example.toml.\n"
+                "# A plugin's settings go in a [plugins.NAME] table.\n"
+                f"# Put the call ids to follow in runner.calls (or pass --call ID), export {DEFAULT_API_KEY_ENV}, then:\n"
+                f"#   hookrunner check {path}\n\n".encode()
+            )
+            tomli_w.dump(starter_config(), handle)
+    except OSError as exc:
+        print(f"error: {path}: cannot write ({exc.strerror})", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from hookrunner._simulator import run_simulator_cli
+
+    return run_simulator_cli(
+        args.port,
+        args.script,
+        args.api_key,
+        args.speed,
+        host=args.host,
+        push_url=args.push_url,
+        push_secret_env=args.push_secret_env,
+        push_signature=args.push_signature,
+    )
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from hookrunner._cli.scaffold import write_plugin
+
+    try:
+        root = write_plugin(args.name, Path(args.dir))
+    except OSError as exc:
+        raise UsageError(f"new-plugin: {exc.filename or args.dir}: cannot write ({exc.strerror or exc})") from None
+    print(f"wrote {root}; next: cd {root} && pip install -e '.[test]' && pytest -q && hookrunner plugins")
+    return 0
+
+
+def cmd_redeliver(args: argparse.Namespace) -> int:
+    from hookrunner._delivery.redeliver import redeliver
+    from hookrunner._run.plugin_setup import deliverers_for
+
+    config = Path(args.config) if args.config else None
+    return trio.run(
+        functools.partial(redeliver, Path(args.file), endpoint=args.endpoint, dry_run=args.dry_run, config=config,
+            deliverers_for=deliverers_for,
+        )
+    )
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from hookrunner._delivery.replay import replay, since_time
+    from hookrunner._run.plugin_setup import deliverers_for
+
+    since = since_time(args.since)
+    problem = call_id_problem(args.call) if args.call is not None else None
+    if problem:
+        raise UsageError(f"--call: {problem}")
+    return trio.run(
+        functools.partial(
+            replay, Path(args.config), since=since, endpoint=args.endpoint, call_id=args.call, dry_run=args.dry_run,
+            deliverers_for=deliverers_for,
+        )
+    )
+
+
+#: The demo's calls start this many seconds apart (before --speed), and the runner lists them this often.
+DEMO_STAGGER = 1.5
+DEMO_POLL_INTERVAL = 0.5
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The example config against the built-in simulator, finding calls the way a service does: by listing
+    them as they start. Ends once every scripted call is over (or at Ctrl-C)."""
+    from hookrunner._simulator import Simulator, default_script_path, load_script
+    from hookrunner._simulator.script import ScriptError, staggered
+
+    try:
+        script = staggered(load_script(args.script or default_script_path()), DEMO_STAGGER)
+    except ScriptError as exc:
+        raise UsageError(str(exc)) from None
+    api_key = "demo-key"
+    simulator = Simulator(script, api_key=api_key, speed=args.speed)
+    data = load_example_config()
+    data["discovery"] = {**data.get("discovery", {}), "poll": True, "interval": DEMO_POLL_INTERVAL}
+    data["state"] = {"path": ""}  # the demo's calls are new every time: nothing to resume, no file to leave
+    config = config_from_dict(data, source=f"{EXAMPLE_CONFIG.name} (demo)", base_dir=Path.cwd())
+    loaded = prepare_plugins(config)
+
+    async def demo() -> int:
+        async with trio.open_nursery() as nursery:
+            base_url = await nursery.start(simulator.serve)
+            demo_config = dataclasses.replace(config, base_url=base_url, api_key_env=None, api_key_inline=api_key)
+            runner = service_runner(demo_config, loaded, api_key=api_key)
+            print(
+                f"demo: simulator on {base_url} with {len(script.calls)} calls starting {DEMO_STAGGER / args.speed:g} s "
+                f"apart; the runner lists calls every {DEMO_POLL_INTERVAL:g} s and follows each new one; Ctrl-C to stop",
+                flush=True,
+            )
+            nursery.start_soon(_stop_when_every_call_is_over, runner, simulator)
+            code = await runner.run()
+            nursery.cancel_scope.cancel()
+        return code
+
+    return trio.run(demo)
+
+
+async def _stop_when_every_call_is_over(runner: Runner, simulator: Any) -> None:
+    ids = [call.id for call in simulator.script.calls]
+    while True:
+        await trio.sleep(0.1)
+        ends = [simulator.call_end(call_id) for call_id in ids]
+        elapsed = trio.current_time() - (simulator.started_at or trio.current_time())
+        over = all(end is not None and end < elapsed for end in ends)
+        if over and not runner.calls.active and not runner.calls.waiting:
+            runner.stop()
+            return
+
+
+def load_example_config() -> dict:
+    return tomllib.loads(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""``hookrunner new-plugin NAME [DIR]``: a ready plugin package whose tests pass as generated.
+
+The files are templates beside this module (``*.tmpl``), filled with ``string.Template`` so that the braces of
+Python and TOML in them need no escaping.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from pathlib import Path
+
+from hookrunner._core.api import HOOKRUNNER_API_VERSION
+from hookrunner._core.errors import ConfigError
+
+TEMPLATES = {
+    "pyproject.toml": "pyproject.toml.tmpl",
+    "README.md": "README.md.tmpl",
+    "{module}/__init__.py": "plugin.py.tmpl",
+    "tests/test_plugin.py": "test_plugin.py.tmpl",
+}
+
+
+def names(name: str) -> dict[str, str]:
+    """``hookrunner-sentiment`` -> distribution ``hookrunner-sentiment``, module ``hookrunner_sentiment``,
+    plugin (entry point) ``sentiment``."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
+        raise ConfigError(f"new-plugin: {name!r} is not a usable name (letters, digits, - and _, starting with a letter)")
+    distribution = name.lower().replace("_", "-")
+    if not distribution.startswith("hookrunner-"):
+        distribution = f"hookrunner-{distribution}"
+    plugin = distribution[len("hookrunner-") :].replace("-", "_")
+    return {
+        "distribution": distribution,
+        "module": distribution.replace("-", "_"),
+        "plugin": plugin,
+        "api_version": str(HOOKRUNNER_API_VERSION),
+    }
+
+
+def write_plugin(name: str, directory: Path) -> Path:
+    """Write the package into ``directory/<distribution>``; refuses to overwrite anything."""
+    values = names(name)
+    root = directory / values["distribution"]
+    if root.exists():
+        raise ConfigError(f"new-plugin: {root} already exists; not overwriting it")
+    here = Path(__file__).parent
+    for target, template in TEMPLATES.items():
+        path = root / target.format(**values)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = string.Template((here / template).read_text(encoding="utf-8")).substitute(values)
+        path.write_text(text, encoding="utf-8")
+    return root

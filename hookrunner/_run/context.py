@@ -1,0 +1,118 @@
+"""What plugins are handed besides events: the per-call context and the per-plugin view of the runner."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+if TYPE_CHECKING:
+    import httpx
+
+    from hookrunner._state.journal import Journal
+    from hookrunner._run.metrics import RunnerMetrics
+    from hookrunner._delivery.outbox import Outbox
+    from hookrunner._core.triggers import Trigger
+
+__all__ = ["Turn", "CallContext", "App"]
+
+
+class Turn(msgspec.Struct, frozen=True, kw_only=True):
+    """One finished turn of the transcript: ``speaker`` is ``"user"`` or ``"agent"``."""
+
+    speaker: str
+    text: str
+    event_id: str | None
+    timestamp: datetime
+
+
+@dataclass(eq=False)
+class CallContext:
+    """One call as the runner follows it; the same object is passed to every hook of that call.
+
+    ``turns`` holds the finished turns so far (final user transcriptions and completed agent speech, in stream
+    order). ``state`` is free for plugins to keep per-call data in; key it by your plugin's name
+    (``call.state.setdefault("myplugin", {})``) so plugins do not step on each other.
+    """
+
+    id: str
+    turns: list[Turn] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+    #: How many events of this call were dispatched so far.
+    events_dispatched: int = 0
+    #: Set once the call is over: ended, completed, not_found, gave_up or shutdown.
+    finished_reason: str | None = None
+
+    @property
+    def transcript(self) -> str:
+        """The turns so far as ``speaker: text`` lines."""
+        return "\n".join(f"{turn.speaker}: {turn.text}" for turn in self.turns)
+
+
+class App:
+    """A plugin's view of the runner, handed to ``on_startup`` and ``on_shutdown``.
+
+    Each plugin gets its own ``App``: ``settings`` is that plugin's ``[plugins.NAME]`` table, checked, with the
+    top-level defaults of its ``settings_schema`` filled in (so ``app.settings["key"]`` always works for a declared
+    key); triggers it emits are marked with its name.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        settings: dict[str, Any],
+        http: httpx.AsyncClient,
+        config_dir: Path,
+        config_path: Path | None = None,
+        start_soon: Callable[[str, Callable[..., Awaitable[Any]], tuple[Any, ...]], None],
+        emit_trigger: Callable[[str, Trigger], None],
+        shutdown_time_left: Callable[[], float] | None = None,
+        metrics: RunnerMetrics | None = None,
+        journal: Journal | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.http = http
+        #: The directory of the config file: where a plugin puts files "next to the config" by default.
+        self.config_dir = config_dir
+        #: The config file itself (None for a built-in config such as the demo's): dead letters record it.
+        self.config_path = config_path
+        self._start_soon = start_soon
+        self._emit_trigger = emit_trigger
+        self._shutdown_time_left = shutdown_time_left
+        #: The runner's metrics (``GET /metrics`` when ``[server]`` is on): ``metrics.registry`` takes the plugin's
+        #: own ``prometheus_client`` metrics; ``metrics.track_outbox(outbox)`` shows an outbox's counts.
+        self.metrics = metrics
+        self._journal = journal
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the background, inside the runner's nursery.
+
+        An exception in it is logged with this plugin's name and does not stop the runner. Background tasks are
+        cancelled after ``on_shutdown`` returns: flush what must not be lost in ``on_shutdown``.
+        """
+        self._start_soon(self.name, fn, args)
+
+    def run_outbox(self, outbox: Outbox) -> None:
+        """Deliver an outbox's messages in the background (``start_soon(outbox.run)``) and show its delivered,
+        retried and dead-lettered counts on ``/metrics``, labelled with this plugin and the outbox's name. With the
+        journal on (``[state] path``), every message it accepts is kept there until delivered or dead-lettered, and
+        what a killed run left is sent first."""
+        if self.metrics is not None:
+            self.metrics.track_outbox(outbox)
+        if self._journal is not None:  # [state] path: what it has not delivered survives a kill, and resumes
+            outbox.attach_journal(self._journal.for_outbox(self.name, outbox.name))
+        self.start_soon(outbox.run)
+
+    def shutdown_time_left(self) -> float:
+        """Seconds ``on_shutdown`` may still take before the runner cuts it: finish (or hand off) by then."""
+        return self._shutdown_time_left() if self._shutdown_time_left else 0.0
+
+    def emit_trigger(self, trigger: Trigger) -> None:
+        """Hand a trigger to every plugin's ``on_trigger``. Never blocks; callable from sync or async code."""
+        self._emit_trigger(self.name, trigger)

@@ -1,0 +1,139 @@
+"""Calling hook implementations one at a time, each behind its own timeout and exception boundary.
+
+``pm.hook.x(...)`` would stop at the first exception and cannot await; so the implementations are iterated
+here in the order pluggy would call them (last registered first, ``tryfirst``/``trylast`` respected), each
+called with the subset of arguments it asks for, and awaited when it returns an awaitable (datasette's
+``await_me_maybe`` pattern).
+
+Anything a plugin raises is that plugin's failure, ``BaseException`` included (``sys.exit()`` in a hook, a
+``KeyboardInterrupt`` raised by hand): it is counted and logged, and the runner goes on. Only trio's own
+cancellation passes through, since it is how the runner stops and times out hooks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pluggy
+import trio
+
+from hookrunner._core.failures import first_leaf, is_cancellation
+from hookrunner._core.stats import Stats
+from hookrunner._core.text import one_line
+
+log = logging.getLogger("hookrunner.dispatch")
+
+KwargsFor = Mapping[str, Any] | Callable[[str], Mapping[str, Any]]
+
+
+class HookDispatcher:
+    """Calls one hook on every plugin, isolated; counts and logs failures with plugin, call and event."""
+
+    def __init__(self, pm: pluggy.PluginManager, hook_timeout: float, stats: Stats) -> None:
+        self._pm = pm
+        self.hook_timeout = hook_timeout
+        self._stats = stats
+        self._impls: dict[str, list[pluggy.HookImpl]] = {}
+        #: ``observe(plugin, hook, seconds)`` for every implementation that returned (the metrics' histogram).
+        self.observe: Callable[[str, str, float], None] | None = None
+
+    def implementations(self, hook_name: str) -> list[pluggy.HookImpl]:
+        """The implementations of ``hook_name`` in calling order (cached: plugins are fixed once running)."""
+        impls = self._impls.get(hook_name)
+        if impls is None:
+            caller = getattr(self._pm.hook, hook_name)
+            impls = list(reversed(caller.get_hookimpls()))
+            self._impls[hook_name] = impls
+        return impls
+
+    async def call(
+        self,
+        hook_name: str,
+        kwargs: KwargsFor,
+        *,
+        call_id: str | None = None,
+        event_id: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Call every implementation of ``hook_name`` in turn; never raises for a plugin's failure.
+
+        ``kwargs`` may be a function of the plugin name, for hooks whose argument differs per plugin (``app``).
+        """
+        limit = self.hook_timeout if timeout is None else timeout
+        for impl in self.implementations(hook_name):
+            args = kwargs(impl.plugin_name) if callable(kwargs) else kwargs
+            await self._call_one(hook_name, impl, args, limit, call_id, event_id)
+
+    async def _call_one(
+        self,
+        hook_name: str,
+        impl: pluggy.HookImpl,
+        kwargs: Mapping[str, Any],
+        limit: float,
+        call_id: str | None,
+        event_id: str | None,
+    ) -> None:
+        started = time.monotonic()
+        try:
+            result = impl.function(*[kwargs[name] for name in impl.argnames])
+            if inspect.isawaitable(result):
+                # Only awaiting can be interrupted, so only it pays for a cancel scope (a few µs per hook).
+                with trio.move_on_after(limit) as scope:
+                    await result
+                if scope.cancelled_caught:
+                    self._stats.hook_timeouts[impl.plugin_name] += 1
+                    log.error(
+                        "%s timed out after %.3g s (runner.hook_timeout); the runner moved on",
+                        _where(impl.plugin_name, hook_name, call_id, event_id),
+                        limit,
+                    )
+                    return
+                if self.observe is not None:
+                    self.observe(impl.plugin_name, hook_name, time.monotonic() - started)
+                return
+        except BaseException as exc:
+            if is_cancellation(exc):
+                raise
+            self._stats.hook_errors[impl.plugin_name] += 1
+            where = _where(impl.plugin_name, hook_name, call_id, event_id)
+            log.error("%s raised %s: %s%s", where, type(exc).__name__, one_line(str(exc), 500), _origin(exc))
+            log.debug("%s: traceback", where, exc_info=True)
+            return
+        elapsed = time.monotonic() - started
+        if self.observe is not None:
+            self.observe(impl.plugin_name, hook_name, elapsed)
+        if elapsed > limit:
+            # A plain function cannot be interrupted: it held the event loop (every call) this long.
+            self._stats.hook_timeouts[impl.plugin_name] += 1
+            log.error(
+                "%s blocked the event loop for %.3g s (runner.hook_timeout is %.3g s); make it async "
+                "or move the blocking work to trio.to_thread.run_sync",
+                _where(impl.plugin_name, hook_name, call_id, event_id),
+                elapsed,
+                limit,
+            )
+
+
+def _where(plugin: str, hook: str, call_id: str | None, event_id: str | None) -> str:
+    """``plugin NAME: HOOK, call ID, event ID``: the place named in every failure line."""
+    where = f"plugin {plugin}: {hook}"
+    if call_id:
+        where += f", call {one_line(call_id, 130)}"
+    if event_id:  # from the stream: any length, any characters
+        where += f", event {one_line(event_id, 100)}"
+    return where
+
+
+def _origin(exc: BaseException) -> str:
+    """`` (at file.py:LINE in function)`` for the innermost frame, so the line alone points at the bug."""
+    tb = exc.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f" (at {code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} in {code.co_name}; --log-level debug shows the traceback)"

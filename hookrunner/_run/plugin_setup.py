@@ -1,0 +1,66 @@
+"""Plugins made ready to run, the same way for every caller: ``hookrunner run`` and ``check``, a SIGHUP reload,
+``redeliver`` and ``replay``, and ``hookrunner.testing``.
+
+Loading, registering a test's own plugin objects, checking ``[plugins.NAME]`` tables and filling in defaults is
+one sequence; done by hand in several places it drifts (a reload that skips a check, a test that sees settings
+without their defaults).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hookrunner._core.config import Config, load_config
+from hookrunner._delivery.outbox import Deliverer
+from hookrunner._run.context import App
+from hookrunner._run.plugins import LoadedPlugins, PluginInfo, load_plugins, settings_with_defaults, validate_plugin_settings
+
+__all__ = ["prepare_plugins", "registered", "deliverers_for"]
+
+
+def prepare_plugins(config: Config, extra: Sequence[tuple[str, Any]] = ()) -> LoadedPlugins:
+    """The config's plugins (and ``extra`` plugin objects by name, from ``hookrunner.testing``), loaded and
+    registered, with every ``[plugins.NAME]`` table checked; raises ConfigError/PluginLoadError with every problem."""
+    loaded = load_plugins(config)
+    for name, plugin in extra:
+        registered(loaded, name, plugin)
+    validate_plugin_settings(config, loaded)
+    return loaded
+
+
+def registered(loaded: LoadedPlugins, name: str, plugin: Any) -> None:
+    """Register a plugin object under ``name`` as if it had been found (a test's own plugin)."""
+    loaded.pm.register(plugin, name=name)
+    loaded.infos.append(PluginInfo(name, "hookrunner.testing", None, active=True))
+
+
+def _unavailable(*_: Any) -> None:
+    raise RuntimeError("not available while redelivering dead letters")
+
+
+async def deliverers_for(config_path: Path, http: httpx.AsyncClient) -> dict[tuple[str, str], Deliverer]:
+    """(plugin, endpoint) -> deliverer, from every active plugin of ``config_path`` that implements
+    ``outbox_deliverers``: how ``redeliver`` and ``replay`` send a message outside a run."""
+    config = load_config(config_path)
+    loaded = prepare_plugins(config)
+    settings = settings_with_defaults(config, loaded)
+    found: dict[tuple[str, str], Deliverer] = {}
+    for impl in loaded.pm.hook.outbox_deliverers.get_hookimpls():
+        app = App(
+            name=impl.plugin_name,
+            settings=settings.get(impl.plugin_name, {}),
+            http=http,
+            config_dir=config.base_dir,
+            config_path=config.path,
+            start_soon=_unavailable,
+            emit_trigger=_unavailable,
+        )
+        offered: dict[str, Deliverer] = impl.function(app) or {}  # type: ignore[assignment]  # (pluggy: untyped)
+        for endpoint, deliver in offered.items():
+            found[(impl.plugin_name, endpoint)] = deliver
+    return found
+

@@ -1,0 +1,331 @@
+"""One call's stream: connect, read events, reconnect when the connection fails, and know when to stop.
+
+Each answer is handled deliberately (see ``Subscription.run``). Reconnecting uses exponential backoff with full
+jitter, floored by ``Retry-After``, and the attempt count starts over after a connection that delivered new
+events. That state (progress resets the count, a server-given floor on one delay) is why the loop is written
+here instead of with a retry library, whose attempts only ever count up.
+
+There is no resume on this API: after a reconnect the server may replay or skip events. Events already passed
+on are recognised by ``event_id`` (or, for events without one, by their exact text) and not passed on twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import httpx
+import httpx_sse
+import trio
+
+from hookrunner._core.backoff import backoff_delay, parse_retry_after
+from hookrunner._core.bounded_http import ERROR_BODY_LIMIT, read_response
+from hookrunner._core.config import ReconnectConfig
+from hookrunner._core.errors import AuthError
+from hookrunner._core.finish import FinishReason
+from hookrunner._core.events import MalformedEvent, SseInit, decode_event, Event
+from hookrunner._core.logs import logged_at
+from hookrunner._stream.atoms_errors import RETRYABLE_STATUSES, error_body
+from hookrunner._stream.sse import SseReader, Oversized
+from hookrunner._core.stats import Stats
+from hookrunner._core.text import one_line, shown
+
+log = logging.getLogger("hookrunner.subscription")
+
+ENDED, COMPLETED, NOT_FOUND, GAVE_UP = FinishReason.ENDED, FinishReason.COMPLETED, FinishReason.NOT_FOUND, FinishReason.GAVE_UP
+SHUTDOWN, AUTH_FAILED, FAILED = FinishReason.SHUTDOWN, FinishReason.AUTH_FAILED, FinishReason.FAILED
+
+SEEN_IDS_KEPT = 50_000
+#: The longest stream line or event accepted unless ``runner.max_event_bytes`` says otherwise.
+DEFAULT_MAX_EVENT_SIZE = 4 * 1024 * 1024
+
+
+class Subscribed:
+    """Sent down the channel once, when the call's stream first answers 200 (before its first event)."""
+
+
+SUBSCRIBED = Subscribed()
+
+
+@dataclass
+class _Retry(Exception):
+    """This connection failed in a way worth another attempt."""
+
+    why: str
+    retry_after: float | None = None
+    counts: bool = True  # False: not a failure of the connection (a pushed call not started yet)
+
+
+class SeenEvents:
+    """The keys of events already passed on, bounded so a long call cannot grow it without limit."""
+
+    def __init__(self, limit: int = SEEN_IDS_KEPT) -> None:
+        self._keys: OrderedDict[str, None] = OrderedDict()
+        self._limit = limit
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+    def add(self, key: str) -> bool:
+        """Remember ``key``; False if it was already there."""
+        if key in self._keys:
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self._limit:
+            self._keys.popitem(last=False)
+        return True
+
+
+class Subscription:
+    """Follows one call until it is over; ``run`` returns why it is over."""
+
+    def __init__(
+        self,
+        call_id: str,
+        *,
+        client: httpx.AsyncClient,
+        base_url: str,
+        api_key: str,
+        connect_timeout: float,
+        idle_timeout: float,
+        reconnect: ReconnectConfig,
+        stats: Stats,
+        not_found_grace: float = 0.0,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        seen_before: Iterable[str] = (),
+        on_received: Callable[[str, float, str], None] | None = None,
+    ) -> None:
+        self.call_id = call_id
+        #: Seconds from the first attempt during which a 404 is retried, not final: a pushed call id can arrive
+        #: (pre-conversation webhook, POST /calls) before the call's stream exists.
+        self._not_found_until = trio.current_time() + not_found_grace if not_found_grace else None
+        self._client = client
+        self._url = f"{base_url}/events"
+        self._api_key = api_key
+        # The read timeout is the idle timeout: it runs only while waiting for bytes (keep-alive comments count),
+        # never while the stream waits for slow plugins, and httpx's 5 s default would cut calls where people think.
+        self._timeout = httpx.Timeout(connect=connect_timeout, read=idle_timeout, write=connect_timeout, pool=None)
+        self._idle_timeout = idle_timeout
+        self._connect_timeout = connect_timeout
+        self._max_event_size = max_event_size
+        self._reconnect = reconnect
+        self._stats = stats
+        self._seen = SeenEvents()
+        for key in seen_before:  # dispatched by a run before this one (the journal): not passed on again
+            self._seen.add(key)
+        #: Told each event line passed on (after dedupe), when it arrived (epoch seconds) and its dedupe key.
+        self._on_received = on_received
+        self._subscribed = False
+        self._saw_call_end = False
+        self.events_received = 0
+        self._skipped = 0  # malformed or oversized events of this call (logged at logs.logged_at counts)
+        #: An event received but not yet accepted by the call's buffer (set while ``run`` waits on a full buffer).
+        self.pending: Event | None = None
+
+    async def run(self, send: trio.MemorySendChannel[Event | Subscribed]) -> FinishReason:
+        """Read the call's events into ``send`` until the call is over; return the reason.
+
+        Raises ``AuthError`` on 401/403: the key is wrong for every call.
+        """
+        failures = 0  # failed connections in a row; one that delivered new events starts the count over
+        waits = 0  # 404s of a pushed call that has not started yet (within not_found_grace)
+        while True:
+            received_before = self.events_received
+            try:
+                return await self._connect_once(send)
+            except _Retry as retry:
+                if not retry.counts:
+                    waits += 1
+                    delay = backoff_delay(waits, self._reconnect, retry.retry_after)
+                    log.info("%s: %s; trying again in %.2f s", self.call_id, retry.why, delay)
+                    await trio.sleep(delay)
+                    continue
+                failures = 1 if self.events_received > received_before else failures + 1
+                limit = self._reconnect.max_attempts
+                if limit and failures > limit:
+                    log.error(
+                        "%s: giving up after %d reconnect attempts without a new event (last: %s)",
+                        self.call_id,
+                        limit,
+                        retry.why,
+                    )
+                    return GAVE_UP
+                delay = backoff_delay(failures, self._reconnect, retry.retry_after)
+                self._stats.reconnects += 1
+                log.log(
+                    logging.WARNING if logged_at(failures) else logging.DEBUG,
+                    "%s: %s; reconnecting in %.2f s (attempt %d%s)",
+                    self.call_id,
+                    retry.why,
+                    delay,
+                    failures,
+                    f"/{limit}" if limit else "",
+                )
+                await trio.sleep(delay)
+
+    async def _connect_once(self, send: trio.MemorySendChannel[Event | Subscribed]) -> FinishReason:
+        # fresh per request (aconnect_sse adds to it); identity: a compressed chunk could inflate past every bound
+        headers = {"Authorization": f"Bearer {self._api_key}", "Accept-Encoding": "identity"}
+        # Until the answer's headers are in, the whole exchange has connect_timeout (a server trickling its
+        # headers cannot hold the call); from then on only the idle timeout applies, since calls are long.
+        with trio.CancelScope(deadline=trio.current_time() + self._connect_timeout) as opening:
+            try:
+                async with httpx_sse.aconnect_sse(
+                    self._client, "GET", self._url, params={"callId": self.call_id}, headers=headers, timeout=self._timeout
+                ) as source:
+                    response = source.response
+                    if response.status_code != 200:  # its body, too, within connect_timeout
+                        return self._finish_for_status(await read_response(response, ERROR_BODY_LIMIT))
+                    if not _is_event_stream(response):
+                        raise _Retry(f"not an event stream (Content-Type {shown(response.headers.get('content-type'))})")
+                    opening.deadline = math.inf
+                    if not self._subscribed:
+                        self._subscribed = True
+                        await send.send(SUBSCRIBED)
+                    reader = SseReader(self._max_event_size)
+                    async for chunk in response.aiter_bytes():
+                        for data in reader.feed(chunk):
+                            if isinstance(data, Oversized):
+                                self._skip_oversized()
+                            elif data and await self._pass_on(data, send):
+                                return ENDED
+            except httpx.ReadTimeout:
+                if opening.deadline != math.inf:  # still waiting for the answer itself
+                    raise _Retry(f"no answer within {self._idle_timeout:g} s (runner.idle_timeout)") from None
+                raise _Retry(f"no byte for {self._idle_timeout:g} s (runner.idle_timeout)") from None
+            except (httpx.TransportError, httpx.StreamError) as exc:
+                raise _Retry(f"connection failed ({type(exc).__name__}: {one_line(str(exc) or 'no detail', 200)})") from None
+        if opening.cancelled_caught:
+            raise _Retry(f"no answer within {self._connect_timeout:g} s (atoms.connect_timeout)")
+        if self._saw_call_end:
+            return ENDED  # official clients stop at call_end too: the call is over, there is nothing to resume
+        raise _Retry("stream ended without sse_close")
+
+    def _skip_oversized(self) -> None:
+        self._stats.oversized_events += 1
+        self._skip(f"an event over {self._max_event_size} characters (runner.max_event_bytes); the stream goes on")
+
+    def _skip(self, what: str) -> None:
+        """One event of this call not passed on (malformed or oversized): counted, logged at ``logged_at`` counts."""
+        self._stats.malformed_lines += 1
+        self._skipped += 1
+        if logged_at(self._skipped):
+            log.warning("%s: skipped %s (%d skipped on this call)", self.call_id, what, self._skipped)
+
+    async def _pass_on(self, data: str, send: trio.MemorySendChannel[Event | Subscribed]) -> bool:
+        """Decode one event and send it on unless already seen; True when it is the call's ``sse_close``."""
+        try:
+            event = decode_event(data, self.call_id, datetime.now(timezone.utc))
+        except MalformedEvent as exc:
+            self._skip(f"a malformed line ({exc.reason}): {shown(exc.line)}")
+            return False
+        key = _seen_key(event, data)
+        if not self._seen.add(key):
+            if not isinstance(event, SseInit):  # plugins see one sse_init per call: the first one received
+                self._stats.duplicates_skipped += 1
+            return False
+        self.events_received += 1
+        self._stats.events_received += 1
+        if event.event_type == "call_end":
+            self._saw_call_end = True
+        if self._on_received is not None:
+            self._on_received(data, time.time(), key)
+        self.pending = event  # if a stop cancels the wait below, the runner still owns this event
+        await send.send(event)  # waits while the call's buffer is full: backpressure to the socket
+        self.pending = None
+        return event.event_type == "sse_close"
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether the call's stream ever answered 200 (in this run)."""
+        return self._subscribed
+
+    def passed_on(self, key: str) -> bool:
+        """Whether an event with this key (``event_key``) was passed on (or dispatched by an earlier run)."""
+        return key in self._seen
+
+    def passed_on_before(self, event: Event, data: str) -> str:
+        """``event`` (line ``data``) reached the call's buffer another way (restored from the journal): a stream
+        that sends it again does not pass it on twice. Its dedupe key."""
+        key = _seen_key(event, data)
+        self._seen.add(key)
+        return key
+
+    def _finish_for_status(self, response: httpx.Response) -> FinishReason:
+        status = response.status_code
+        message, body_retry_after = error_body(response)
+        if status in (401, 403):
+            raise AuthError(
+                f"Atoms refused the API key ({status}: {message}) for call {self.call_id}; "
+                "check atoms.api_key_env and the key's organisation"
+            )
+        if status == 400:
+            if self.events_received:
+                log.warning(
+                    "%s: the call ended while the stream was down (400: %s); events after the last of %d received "
+                    "were not seen",
+                    self.call_id,
+                    message,
+                    self.events_received,
+                )
+            else:
+                log.info("%s: call already completed, nothing to subscribe (400: %s)", self.call_id, message)
+            return COMPLETED
+        if status == 404 and not self._subscribed and self._not_found_until is not None:
+            if trio.current_time() < self._not_found_until:
+                raise _Retry(f"not found yet (404: {message}); the call may not have started", counts=False)
+        if status == 404:
+            log.error(
+                "%s: not found (404: %s) - check the call id and that the API key belongs to the same organisation",
+                self.call_id,
+                message,
+            )
+            return NOT_FOUND
+        if status >= 500 or status in RETRYABLE_STATUSES:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            if retry_after is None:
+                retry_after = body_retry_after
+            raise _Retry(f"server answered {status} ({message})", retry_after)
+        log.error("%s: server answered %d (%s); not retrying", self.call_id, status, message)
+        return GAVE_UP
+
+
+def _is_event_stream(response: httpx.Response) -> bool:
+    """``Content-Type: text/event-stream`` (any parameters; a ``charset`` is ignored: streams are UTF-8)."""
+    content_type = response.headers.get("content-type", "")
+    return content_type.partition(";")[0].strip().lower() == "text/event-stream"
+
+
+#: The key of a call's sse_init, whatever its text: plugins see one per call (a reconnect's is not passed on).
+_SSE_INIT_KEY = "sse_init"
+#: Events without an id are recognised by their text; past this length, by a digest of it (the set stays small).
+_KEY_TEXT_LIMIT = 256
+
+
+def event_key(event: Event) -> str | None:
+    """The key an event with an id is recognised by after a reconnect or a restart (None without an id)."""
+    if event.event_id is None:
+        return None
+    return event.event_id if len(event.event_id) <= _KEY_TEXT_LIMIT else _digest(event.event_id)
+
+
+def _seen_key(event: Event, data: str) -> str:
+    """What dedupe knows an event by: one key for every sse_init of the call, else ``_dedupe_key``."""
+    return _SSE_INIT_KEY if isinstance(event, SseInit) else _dedupe_key(event, data)
+
+
+def _dedupe_key(event: Event, data: str) -> str:
+    key = event_key(event)
+    if key is not None:
+        return key
+    return "\0" + (data if len(data) <= _KEY_TEXT_LIMIT else _digest(data))
+
+
+def _digest(text: str) -> str:
+    return "#" + hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=16).hexdigest()
