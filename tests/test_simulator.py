@@ -472,7 +472,7 @@ def test_jsonl_errors_name_the_line(tmp_path: Path) -> None:
 
 
 def _cli(*args: object) -> subprocess.Popen[str]:
-    code = f"import sys; from hookrunner.simulator import run_simulator_cli as r; sys.exit(r(*{args!r}))"
+    code = f"import sys; from hookrunner._simulator import run_simulator_cli as r; sys.exit(r(*{args!r}))"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}"}
     return subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env

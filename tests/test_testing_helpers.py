@@ -222,7 +222,7 @@ def test_the_pytest_entry_point_imports_nothing_heavy_into_every_pytest_session(
     probe = (
         f"import sys, {entry.module}; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in {'hypercorn', 'hookrunner'} "
-        "and m.startswith(('hypercorn', 'hookrunner.runner', 'hookrunner.simulator', 'hookrunner.testing'))))"
+        "and m.startswith(('hypercorn', 'hookrunner._run.runner', 'hookrunner._simulator', 'hookrunner.testing'))))"
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert loaded.stdout.strip() == "[]", loaded.stdout

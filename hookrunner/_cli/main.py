@@ -8,14 +8,11 @@ would load is broken. A user's mistake is printed as one line per problem, never
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import math
 import os
 import sys
-import tomllib
 from collections.abc import Sequence
-from typing import Any
 from pathlib import Path
 
 import tomli_w
@@ -24,17 +21,19 @@ import trio
 from hookrunner._core.api import __version__
 from hookrunner._core.callids import call_id_problem
 from hookrunner._core.config import DEFAULT_API_KEY_ENV, Config, config_from_dict, default_config_table, load_config
-from hookrunner._core.errors import ConfigError, HookrunnerError, PluginLoadError, UsageError
+from hookrunner._core.errors import ConfigError, HookrunnerError, UsageError
 from hookrunner._state.journal import work_left
 from hookrunner._core.logs import LEVELS, setup_logging
-from hookrunner._core.settings import suggest, url_problem
+from hookrunner._core.settings import url_problem
 from hookrunner._core.text import shown
 from hookrunner._run.plugin_setup import prepare_plugins
-from hookrunner._run.plugins import LoadedPlugins, load_plugins, plugin_schemas
-from hookrunner._run.runner import EXIT_USAGE, Runner
+from hookrunner._run.plugins import load_plugins
+from hookrunner._cli.demo import cmd_demo
+from hookrunner._cli.schema import print_settings
+from hookrunner._run.runner import EXIT_USAGE
 from hookrunner._service.intakes import service_runner
+from hookrunner._service.server import routes
 
-EXAMPLE_CONFIG = Path(__file__).parent.parent / "config.example.toml"  # (packaged beside hookrunner/__init__.py)
 
 
 # -- argument types: a bad value is argparse's one `error:` line and exit 2, never a traceback --------------------
@@ -297,10 +296,8 @@ def service_summary(config: Config) -> list[str]:
                 f"N/{discovery.page_size} requests back to back (the free plan allows about 10/s); 500 is the most"
             )
     if server.enabled:
-        routes = ["GET /healthz", "GET /metrics"]
-        routes += ["POST /atoms/webhook"] if discovery.webhook_secret_env else []
-        routes += ["POST /calls"] if server.token_env else []
-        lines.append(f"  server: http://{server.host}:{server.port} ({', '.join(routes)})")
+        served = routes(webhooks=bool(discovery.webhook_secret_env), calls=bool(server.token_env))
+        lines.append(f"  server: http://{server.host}:{server.port} ({', '.join(served)})")
         for key, env in (("discovery.webhook_secret_env", discovery.webhook_secret_env), ("server.token_env", server.token_env)):
             if env and not os.environ.get(env):
                 lines.append(f"  warning: {key}: environment variable {env} is not set: `run` will refuse to start")
@@ -340,48 +337,6 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4])
     return 1 if broken else 0
-
-
-def print_settings(loaded: LoadedPlugins, name: str) -> int:
-    """``plugins --settings NAME``: the plugin's settings schema as a commented TOML table of defaults."""
-    known = [info.name for info in loaded.infos]
-    if name not in known:
-        raise ConfigError(f"plugins --settings: no plugin named {name}{suggest(name, known)}")
-    schema = plugin_schemas(loaded).get(name)
-    if schema is None:
-        print(f"plugin {name} declares no settings schema (no settings_schema hook)")
-        return 0
-    if isinstance(schema, str):
-        raise PluginLoadError(f"plugin {name}: {schema}")
-    _print_table(f"plugins.{name}", schema)
-    return 0
-
-
-def _print_table(path: str, schema: dict, array: bool = False) -> None:
-    print(f"[[{path}]]" if array else f"[{path}]")
-    nested = []
-    for key, setting in schema.items():
-        if setting.items is not None:
-            nested.append((key, setting))
-            continue
-        default = "(required)" if setting.required else "(not set)" if setting.default is None else None
-        value = f"# {key} = ...  {default}" if default else f"{key} = {_inline_toml(setting.default)}"
-        note = setting.doc or setting.expected or ""
-        print(f"{value:<50} # {note}" if note else value)
-    for key, setting in nested:
-        print()
-        if setting.doc:
-            print(f"# {setting.doc}")
-        _print_table(f"{path}.{key}", dict(setting.items), array=True)
-
-
-def _inline_toml(value: object) -> str:
-    """A default as it would be written on one line of a config file."""
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{key} = {_inline_toml(item)}" for key, item in value.items()) + " }" if value else "{}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_inline_toml(item) for item in value) + "]"
-    return tomli_w.dumps({"v": value}).strip()[len("v = ") :]
 
 
 def starter_config() -> dict:
@@ -464,63 +419,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
             deliverers_for=deliverers_for,
         )
     )
-
-
-#: The demo's calls start this many seconds apart (before --speed), and the runner lists them this often.
-DEMO_STAGGER = 1.5
-DEMO_POLL_INTERVAL = 0.5
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The example config against the built-in simulator, finding calls the way a service does: by listing
-    them as they start. Ends once every scripted call is over (or at Ctrl-C)."""
-    from hookrunner._simulator import Simulator, default_script_path, load_script
-    from hookrunner._simulator.script import ScriptError, staggered
-
-    try:
-        script = staggered(load_script(args.script or default_script_path()), DEMO_STAGGER)
-    except ScriptError as exc:
-        raise UsageError(str(exc)) from None
-    api_key = "demo-key"
-    simulator = Simulator(script, api_key=api_key, speed=args.speed)
-    data = load_example_config()
-    data["discovery"] = {**data.get("discovery", {}), "poll": True, "interval": DEMO_POLL_INTERVAL}
-    data["state"] = {"path": ""}  # the demo's calls are new every time: nothing to resume, no file to leave
-    config = config_from_dict(data, source=f"{EXAMPLE_CONFIG.name} (demo)", base_dir=Path.cwd())
-    loaded = prepare_plugins(config)
-
-    async def demo() -> int:
-        async with trio.open_nursery() as nursery:
-            base_url = await nursery.start(simulator.serve)
-            demo_config = dataclasses.replace(config, base_url=base_url, api_key_env=None, api_key_inline=api_key)
-            runner = service_runner(demo_config, loaded, api_key=api_key)
-            print(
-                f"demo: simulator on {base_url} with {len(script.calls)} calls starting {DEMO_STAGGER / args.speed:g} s "
-                f"apart; the runner lists calls every {DEMO_POLL_INTERVAL:g} s and follows each new one; Ctrl-C to stop",
-                flush=True,
-            )
-            nursery.start_soon(_stop_when_every_call_is_over, runner, simulator)
-            code = await runner.run()
-            nursery.cancel_scope.cancel()
-        return code
-
-    return trio.run(demo)
-
-
-async def _stop_when_every_call_is_over(runner: Runner, simulator: Any) -> None:
-    ids = [call.id for call in simulator.script.calls]
-    while True:
-        await trio.sleep(0.1)
-        ends = [simulator.call_end(call_id) for call_id in ids]
-        elapsed = trio.current_time() - (simulator.started_at or trio.current_time())
-        over = all(end is not None and end < elapsed for end in ends)
-        if over and not runner.calls.active and not runner.calls.waiting:
-            runner.stop()
-            return
-
-
-def load_example_config() -> dict:
-    return tomllib.loads(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from hookrunner._core.events import Event, TtsCompleted, UserTranscription
+
 if TYPE_CHECKING:
     import httpx
 
@@ -46,6 +48,14 @@ class CallContext:
     events_dispatched: int = 0
     #: Set once the call is over: ended, completed, not_found, gave_up or shutdown.
     finished_reason: str | None = None
+
+    def record_turn(self, event: Event) -> None:
+        """Keep ``event`` in ``turns`` if it finishes a turn (a final user transcription, completed agent speech);
+        the runner calls it before the event's hooks, so a hook sees the turn it is handed among the turns."""
+        if isinstance(event, UserTranscription):
+            self.turns.append(Turn(speaker="user", text=event.text, event_id=event.event_id, timestamp=event.timestamp))
+        elif isinstance(event, TtsCompleted):
+            self.turns.append(Turn(speaker="agent", text=event.text, event_id=event.event_id, timestamp=event.timestamp))
 
     @property
     def transcript(self) -> str:

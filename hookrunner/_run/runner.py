@@ -13,7 +13,6 @@ import logging
 import math
 import signal
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
@@ -27,7 +26,7 @@ from hookrunner._core.api import __version__
 from hookrunner._core.config import Config, load_config
 from hookrunner._run.callbook import CallBook, Offer
 from hookrunner._core.callids import call_id_problem
-from hookrunner._run.context import App, CallContext, Turn
+from hookrunner._run.context import App, CallContext
 from hookrunner._stream.backfill import Backfiller
 from hookrunner._state.journal import CallJournal, Journal
 from hookrunner._stream.ratelimit import RateLimiter
@@ -38,9 +37,10 @@ from hookrunner._core.platform_delivery import BadDelivery, PlatformDelivery, pa
 from hookrunner._core.failures import first_leaf, is_cancellation
 from hookrunner._core.finish import FinishReason
 from hookrunner._run.dispatch import HookDispatcher
+from hookrunner._run.hook_queue import HookQueue
 from hookrunner._run.intake import Intake
 from hookrunner._core.errors import AuthError, HookrunnerError
-from hookrunner._core.events import Event, MalformedEvent, TtsCompleted, UserTranscription, decode_event, type_label
+from hookrunner._core.events import Event, MalformedEvent, decode_event, type_label
 from hookrunner._run.plugins import LoadedPlugins, settings_with_defaults, validate_plugin_settings
 from hookrunner._state.spool import spool_events, spool_platform_webhooks
 from hookrunner._core.stats import Stats
@@ -116,15 +116,13 @@ class Runner:
         self._scopes: dict[trio.CancelScope, str] = {}
         self._stopping = False
         self._deadlines = {DRAIN: math.inf, FINAL: math.inf}
-        self._trigger_send, self._trigger_receive = trio.open_memory_channel[Trigger](math.inf)
-        self._platform_send, self._platform_receive = trio.open_memory_channel[PlatformDelivery](math.inf)
+        self._triggers = HookQueue[Trigger]()  # emitted by plugins, for on_trigger
+        self._platform_webhooks = HookQueue[PlatformDelivery]()  # accepted by the server, for on_platform_webhook
         self._background: trio.Nursery | None = None
         self._shutdown_deadline: float | None = None
         self._apps: dict[str, App] = {}
         self._journal: Journal | None = None  # opened by run(): [state] path
         self._resumed_calls: dict[str, None] = {}  # what the journal said was followed when this run began, in order
-        self._platform_in_journal: deque[int] = deque()  # journal rows of the queued platform webhooks, in order
-        self._triggers_in_journal: deque[int] = deque()  # and of the queued triggers
         #: Every Atoms REST request (listings, backfill) waits here: one limit, atoms.max_requests_per_second.
         self._rest_limiter: RateLimiter | None = None
         self._backfiller: Backfiller | None = None
@@ -144,6 +142,8 @@ class Runner:
                 source=f"{self.config.source}: state.path",
             )
             self._resumed_calls = dict.fromkeys(self._journal.followed_calls())
+            self._triggers.keep_in_journal(self._journal.trigger_emitted, self._journal.trigger_dispatched)
+            self._platform_webhooks.keep_in_journal(self._journal.platform_received, self._journal.platform_dispatched)
         try:
             async with trio.open_nursery() as watcher:  # signals are watched from on_startup to on_shutdown
                 watcher.start_soon(self._watch_signals)
@@ -210,8 +210,8 @@ class Runner:
                 for call_id in self.calls.drop_waiting():
                     self.stats.calls_never_followed += 1
                     log.warning("%s: never followed: the runner stopped while it waited for a free slot", call_id)
-                self._trigger_send.close()  # no call can emit any more: the trigger queue drains and ends
-                self._platform_send.close()  # deliveries from now on are refused (503): plugins are shutting down
+                self._triggers.close()  # no call can emit any more: the trigger queue drains and ends
+                self._platform_webhooks.close()  # deliveries from now on are refused (503): plugins are shutting down
             with self._stoppable(FINAL):
                 # on_shutdown flushes what plugins hold (outboxes): it gets shutdown_grace, or what a stop left of it
                 self._shutdown_deadline = trio.current_time() + self.config.shutdown_grace
@@ -385,33 +385,29 @@ class Runner:
         """Queue a verified Atoms webhook delivery for plugins' ``on_platform_webhook`` (dispatched one at a time,
         in arrival order, drained like triggers at a stop); False once the runner no longer dispatches them.
         With the journal, it is written down until plugins had it (a restart hands it to them then)."""
-        try:
-            self._platform_send.send_nowait(delivery)
-            if self._journal is not None:
-                self._platform_in_journal.append(self._journal.platform_received(delivery))
-        except trio.ClosedResourceError:
-            self.stats.platform_webhooks["not_dispatched"] += 1
-            log.warning(
-                "atoms webhook: delivery %s (%s) refused (503): the runner is stopping", shown(delivery.id), shown(delivery.event)
-            )
-            return False
-        return True
+        if self._platform_webhooks.put(delivery):
+            return True
+        self.stats.platform_webhooks["not_dispatched"] += 1
+        log.warning(
+            "atoms webhook: delivery %s (%s) refused (503): the runner is stopping", shown(delivery.id), shown(delivery.event)
+        )
+        return False
 
     def _restore_platform_webhooks(self) -> None:
         """Queue first the platform webhooks a previous run accepted and did not hand to plugins."""
         if self._journal is not None:
             rows = [(seq, _parsed_delivery(body)) for seq, body in self._journal.undispatched_platform_webhooks()]
-            self._restore(rows, self._platform_send, self._platform_in_journal, self._journal.platform_dispatched)
+            self._platform_webhooks.restore(rows)
             if rows:
                 log.info("atoms webhook: %d deliveries a previous run did not dispatch are dispatched first", len(rows))
 
     async def _dispatch_platform_webhooks(self) -> None:
+        async def dispatch(delivery: PlatformDelivery) -> None:
+            await self.dispatcher.call("on_platform_webhook", {"delivery": delivery}, call_id=delivery.call_id)
+
         with self._stoppable(DRAIN):
-            async for delivery in self._platform_receive:
-                await self.dispatcher.call("on_platform_webhook", {"delivery": delivery}, call_id=delivery.call_id)
-                if self._journal is not None:
-                    self._journal.platform_dispatched(self._platform_in_journal.popleft())
-        left = _left_in(self._platform_receive)
+            await self._platform_webhooks.dispatch_each(dispatch)
+        left = self._platform_webhooks.left()
         self.stats.platform_webhooks["not_dispatched"] += len(left)
         if self._journal is not None and left:
             log.warning("atoms webhook: %d deliveries not dispatched stay in the journal for the next run", len(left))
@@ -584,9 +580,7 @@ class Runner:
 
     async def _dispatch_event(self, call: CallContext, event: Event) -> None:
         self.stats.events_by_type[type_label(event.event_type)] += 1
-        if isinstance(event, (UserTranscription, TtsCompleted)):
-            speaker = "user" if isinstance(event, UserTranscription) else "agent"
-            call.turns.append(Turn(speaker=speaker, text=event.text, event_id=event.event_id, timestamp=event.timestamp))
+        call.record_turn(event)
         arguments = {"event": event, "call": call}
         if event.HOOK is not None:
             await self.dispatcher.call(event.HOOK, arguments, call_id=call.id, event_id=event.event_id)
@@ -612,24 +606,18 @@ class Runner:
     def _emit_trigger(self, plugin: str, trigger: Trigger) -> None:
         if trigger.source is None:
             trigger = msgspec.structs.replace(trigger, source=plugin)
-        try:
-            self._trigger_send.send_nowait(trigger)
-            if self._journal is not None:
-                self._triggers_in_journal.append(self._journal.trigger_emitted(trigger))
-        except trio.ClosedResourceError:
+        if not self._triggers.put(trigger):
             log.error("plugin %s: emitted a trigger after the runner stopped dispatching: %s", plugin, trigger)
 
     async def _dispatch_triggers(self) -> None:
         """Triggers in the order emitted; ``on_trigger`` should hand work off (an outbox), not do it inline."""
+        async def dispatch(trigger: Trigger) -> None:
+            self.stats.triggers += 1
+            await self.dispatcher.call("on_trigger", {"trigger": trigger}, call_id=trigger.call_id, event_id=trigger.event_id)
+
         with self._stoppable(DRAIN):
-            async for trigger in self._trigger_receive:
-                self.stats.triggers += 1
-                await self.dispatcher.call(
-                    "on_trigger", {"trigger": trigger}, call_id=trigger.call_id, event_id=trigger.event_id
-                )
-                if self._journal is not None:
-                    self._journal.trigger_dispatched(self._triggers_in_journal.popleft())
-        left = _left_in(self._trigger_receive)
+            await self._triggers.dispatch_each(dispatch)
+        left = self._triggers.left()
         if self._journal is not None:
             if left:
                 log.warning("%d triggers not dispatched before runner.shutdown_grace ran out stay in the journal", len(left))
@@ -642,23 +630,9 @@ class Runner:
         """Queue first the triggers a previous run's plugins emitted and ``on_trigger`` never got."""
         if self._journal is not None:
             rows = [(seq, trigger) for seq, _, trigger in self._journal.undispatched_triggers()]
-            self._restore(rows, self._trigger_send, self._triggers_in_journal, self._journal.trigger_dispatched)
+            self._triggers.restore(rows)
             if rows:
                 log.info("%d triggers a previous run did not dispatch are dispatched first", len(rows))
-
-    @staticmethod
-    def _restore(
-        rows: list[tuple[int, Any]], send: trio.MemorySendChannel[Any], in_journal: deque[int], drop: Callable[[int], None]
-    ) -> None:
-        """Queue journaled items (seq, item) in order, remembering their rows; one that cannot be read again
-        (None: only a damaged or outdated file does that) is logged and dropped."""
-        for seq, item in rows:
-            if item is None:
-                log.error("journal: an item (%d) could not be read again; it is dropped", seq)
-                drop(seq)
-                continue
-            send.send_nowait(item)
-            in_journal.append(seq)
 
     def _start_background(self, plugin: str, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
         assert self._background is not None, "start_soon is available from on_startup on"

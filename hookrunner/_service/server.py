@@ -10,7 +10,7 @@ Routes:
 - ``GET /healthz``: 200 while the runner follows calls, 503 once a stop began (a load balancer stops sending).
 - ``GET /metrics``: Prometheus text format.
 
-It is served by hypercorn on trio inside the runner's nursery (``hookrunner.asgi``), so handlers call the runner
+It is served by hypercorn on trio inside the runner's nursery (``hookrunner._core.asgi``), so handlers call the runner
 directly: no locks, no threads.
 """
 
@@ -180,6 +180,11 @@ class ServiceApp:
         await send_json(send, 202, {"status": True, "call_id": call_id, "result": offer.value})
 
 
+def routes(*, webhooks: bool, calls: bool) -> list[str]:
+    """What the server answers: Atoms webhooks only with a secret to check them, POST /calls only with a token."""
+    return ["GET /healthz", "GET /metrics"] + ["POST /atoms/webhook"] * webhooks + ["POST /calls"] * calls
+
+
 async def start_server(runner: RunnerView, nursery: trio.Nursery, *, webhook_secret: str | None, token: str | None) -> str:
     """Listen on ``[server] host:port`` in ``nursery``; the base URL it listens on (port 0 picks a free one)."""
     server = runner.config.server
@@ -194,12 +199,8 @@ async def start_server(runner: RunnerView, nursery: trio.Nursery, *, webhook_sec
         max_connections=max_connections, idle_timeout=server.idle_timeout,
     )  # fmt: skip
     url = await nursery.start(serve)
-    routes = ["GET /healthz", "GET /metrics"]
-    if webhook_secret is not None:
-        routes.append("POST /atoms/webhook")
-    if token is not None:
-        routes.append("POST /calls")
-    log.info("server: listening on %s (%s)", url, ", ".join(routes))
+    served = routes(webhooks=webhook_secret is not None, calls=token is not None)
+    log.info("server: listening on %s (%s)", url, ", ".join(served))
     return url
 
 
