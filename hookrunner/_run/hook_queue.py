@@ -9,11 +9,11 @@ import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 
-__all__ = ["HookQueue"]
+__all__ = ["HookQueue", "left_in"]
 
 log = logging.getLogger("hookrunner.runner")
 
@@ -69,9 +69,14 @@ class HookQueue(Generic[T]):
 
     def left(self) -> list[T]:
         """What is still queued, taken without waiting (a grace ran out before it was dispatched)."""
-        items = []
-        while True:
-            try:
-                items.append(self._receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return items
+        return left_in(self._receive)
+
+
+def left_in(receive: trio.MemoryReceiveChannel[Any]) -> list[Any]:
+    """What is still queued in a channel, taken without waiting (a grace ran out before it was dispatched)."""
+    left = []
+    while True:
+        try:
+            left.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return left

@@ -37,7 +37,7 @@ from hookrunner._core.platform_delivery import BadDelivery, PlatformDelivery, pa
 from hookrunner._core.failures import first_leaf, is_cancellation
 from hookrunner._core.finish import FinishReason
 from hookrunner._run.dispatch import HookDispatcher
-from hookrunner._run.hook_queue import HookQueue
+from hookrunner._run.hook_queue import HookQueue, left_in
 from hookrunner._run.intake import Intake
 from hookrunner._core.errors import AuthError, HookrunnerError
 from hookrunner._core.events import Event, MalformedEvent, decode_event, type_label
@@ -373,9 +373,6 @@ class Runner:
     def until_stop(self) -> AbstractContextManager[trio.CancelScope]:
         return self._stoppable(SUBSCRIPTION)
 
-    def key_refused(self, exc: AuthError) -> None:
-        self._on_auth_error(exc)
-
     def cannot_go_on(self, exc: HookrunnerError) -> None:
         if self._fatal_error is None:
             self._fatal_error = exc
@@ -479,7 +476,7 @@ class Runner:
                         if reason in BACKFILLED_REASONS and (subscription.subscribed or followed_before):
                             await self._backfill(call_id, subscription, send, journal)
                     except AuthError as exc:
-                        self._on_auth_error(exc)
+                        self.key_refused(exc)
                     except BaseException as exc:  # what was received is still dispatched, and the call finished
                         if is_cancellation(exc):
                             raise
@@ -502,7 +499,8 @@ class Runner:
             await self.dispatcher.call("on_call_finished", {"call": call, "reason": reason}, call_id=call_id)
         return reason
 
-    def _on_auth_error(self, exc: AuthError) -> None:
+    def key_refused(self, exc: AuthError) -> None:
+        """Atoms refused the API key: it is wrong for every call, so the runner stops and exits with it."""
         if self._auth_error is None:
             self._auth_error = exc
             self.stop()
@@ -571,7 +569,7 @@ class Runner:
                 # bug cut this task: in every case they are kept where they can be replayed from (the journal,
                 # whose next run dispatches them, or else the spool file).
                 left = [current] if current is not None else []
-                left += [item for item in _left_in(receive) if isinstance(item, Event)]
+                left += [item for item in left_in(receive) if isinstance(item, Event)]
                 if journal is not None:
                     if left:
                         log.warning("%s: %d events not dispatched stay in the journal for the next run", call.id, len(left))
@@ -661,13 +659,3 @@ def _parsed_delivery(body: bytes) -> PlatformDelivery | None:
         return parse_delivery(body)
     except BadDelivery:
         return None
-
-
-def _left_in(receive: trio.MemoryReceiveChannel[Any]) -> list[Any]:
-    """What is still queued in a channel, taken without waiting (a grace ran out before it was dispatched)."""
-    left = []
-    while True:
-        try:
-            left.append(receive.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return left
