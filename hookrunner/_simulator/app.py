@@ -43,6 +43,9 @@ from hookrunner._simulator.script import Script, SimEvent
 __all__ = ["SimulatorApp"]
 
 _KEEPALIVE = b": keep-alive\n\n"
+#: Scheduler passes before a stream's last write: hypercorn's reader sees the EOF, queues ``http.disconnect``, and
+#: the app's watcher wakes on it (one pass each, with room to spare).
+_SETTLE_PASSES = 8
 _MALFORMED = (b"{this is not json", b'{"no_event_type": true}')
 
 
@@ -274,7 +277,7 @@ class _Writer:
         await self._faults_before(len(call.events))
         await self._wait_until(app.at_time(state, call.end_at))
         self._add_event(app.close_fields(state))
-        await self._flush()
+        await self._last_flush()
 
     def _note(self, frame: bytes, kind: str, event_type: str | None = None, event_id: str | None = None) -> None:
         self.buffer.append(frame)
@@ -298,10 +301,10 @@ class _Writer:
             await trio.sleep(call.stall_seconds)  # wall seconds, and deliberately no keep-alive
             self.last_write = trio.current_time()
         if call.end_after == index:
-            await self._flush()
+            await self._last_flush()
             raise _Ended(clean=True, how="ended")
         if call.drop_after == index:
-            await self._flush()
+            await self._last_flush()
             raise _Ended(clean=False, how="cut")
         if call.partial_after == index:
             if index < len(call.events):
@@ -309,7 +312,7 @@ class _Writer:
             else:
                 line = self.app.close_frame(self.state)
             self._note(line[: len(line) // 2], "partial")  # no newline: the client holds an unfinished line
-            await self._flush()
+            await self._last_flush()
             raise _Ended(clean=False, how="cut")
 
     async def _wait_until(self, deadline: float) -> None:
@@ -323,6 +326,19 @@ class _Writer:
             self.buffer.append(_KEEPALIVE)
             await self._flush()
         await trio.sleep_until(deadline)
+
+    async def _last_flush(self) -> None:
+        """The stream's last write, after letting a client that has already left be noticed.
+
+        On a loaded loop a subscriber can give up waiting for the answer before the server even reads its request;
+        its close is then already in the socket, but hypercorn needs a few scheduler passes to turn it into
+        ``http.disconnect``. A stream that ends at once (everything due, or a fault right after a live join)
+        would otherwise be recorded as ended by the server, as if read, when nobody read it; these passes let the
+        disconnect cancel the stream first, so ``ends`` says ``"client"`` and nothing is noted as sent into the void.
+        """
+        for _ in range(_SETTLE_PASSES):
+            await trio.lowlevel.checkpoint()
+        await self._flush()
 
     async def _flush(self) -> None:
         if self.buffer:

@@ -29,7 +29,7 @@ from hookrunner._simulator import SentFrame, SimCall
 from .harness import PLUGINS, WEBHOOK_EVENTS, FaultRun, frame_key
 from .mix import describe_faults
 
-__all__ = ["check", "summary", "report", "expected_stream", "Expected"]
+__all__ = ["check", "summary", "report", "expected_stream", "Expected", "client_ends"]
 
 OK_REASONS = ("ended", "completed")
 SHOWN = 12  # ids shown per line; the rest are counted
@@ -42,7 +42,8 @@ class Expected:
     event its frames' indexes and its line's length; and which frames the client may not have read.
 
     A client reads a prefix of each stream. Of a stream the server ended (closed, ended, cut) it read every frame;
-    of one the client left first (``ends`` says ``"client"``: an idle timeout gave up on it) it read up to the
+    of one the client left first (``ends`` says ``"client"``: an idle timeout gave up on it; ``client_ends`` also
+    says so of a closed stream the client asked for again) it read up to the
     last frame it certainly read, the last one whose event reached the recorder and was sent on no other
     connection: the frames after that may have been written after the client stopped reading. An event all of
     whose frames are such is ``unread``, not lost.
@@ -91,6 +92,31 @@ def expected_stream(
     ]
     unread = {key for key, indexes in carriers.items() if all(maybe_unread[i] for i in indexes)}
     return Expected(keys, types, oversized, maybe_unread, unread)
+
+
+def client_ends(run: FaultRun, call_id: str) -> dict[int, str]:
+    """How each of the call's streams ended, as the client lived them: the simulator's ``ends``, except that a
+    stream the server closed (its sse_close written) is ``"client"`` when the call was asked for again after it.
+
+    The runner stops at sse_close and never asks again, so such a stream's end was not read: on a loaded loop
+    the client gave up waiting for its answer while the server, still behind, wrote it into a socket nobody read.
+    The server cannot see that (its writes succeed); the later request shows it. The n-th 200 in ``statuses``
+    is the call's connection n (the simulator numbers a stream as it answers 200, with nothing in between).
+    """
+    ends = dict(run.ends.get(call_id, {}))
+    connection, asked_after = 0, {}
+    for asked, status in run.statuses:
+        if asked != call_id:
+            continue
+        for opened in asked_after:
+            asked_after[opened] = True
+        if status == 200:
+            connection += 1
+            asked_after[connection] = False
+    for opened, asked_again in asked_after.items():
+        if asked_again and ends.get(opened) == "closed":
+            ends[opened] = "client"
+    return ends
 
 
 def check(run: FaultRun) -> list[str]:
@@ -142,7 +168,7 @@ def _runner_ended(run: FaultRun) -> list[str]:
         problems.append(f"stats.calls_finished counts {finished} calls, the runner followed {len(calls)}")
     canary = next((call for call in calls if call.id == run.canary), None)
     if canary is not None and ended_normally(run):
-        expected = expected_stream(run.sent.get(canary.id, []), run.ends.get(canary.id)).keys
+        expected = expected_stream(run.sent.get(canary.id, []), client_ends(run, canary.id)).keys
         got = run.received.get("chaos-recorder", {}).get(canary.id, [])
         if got != expected or run.finished.get(canary.id) != ["ended"]:
             missing = [key for key in expected if key not in got]
@@ -173,7 +199,7 @@ def _events_delivered(run: FaultRun) -> list[str]:
             continue  # reported by _runner_ended: a run cut short says nothing about what this call was owed
         frames = run.sent.get(call.id, [])
         recorded = set(run.received.get("chaos-recorder", {}).get(call.id, []))
-        expected = expected_stream(frames, run.ends.get(call.id), recorded)
+        expected = expected_stream(frames, client_ends(run, call.id), recorded)
         spooled = set(run.spooled.get(call.id, []))
         skipped = {key for key in expected.oversized if key not in recorded}  # the runner dropped the line
         for index, frame in enumerate(frames):
@@ -358,7 +384,7 @@ def _text_valid(run: FaultRun) -> list[str]:
 def summary(run: FaultRun) -> dict[str, Any]:
     """The run's counts, for the benchmark's table and a failing test's message."""
     stats = run.stats
-    sent = {call.id: expected_stream(run.sent.get(call.id, []), run.ends.get(call.id)) for call in run.script.calls}
+    sent = {call.id: expected_stream(run.sent.get(call.id, []), client_ends(run, call.id)) for call in run.script.calls}
     scripted = sum(  # distinct script events, sse_init and sse_close
         len({e.fields.get("event_id") or i for i, e in enumerate(call.events)}) + 2 for call in run.script.calls
     )

@@ -17,7 +17,7 @@ from hookrunner._simulator import SentFrame, parse_script
 from hookrunner._core.stats import Stats
 
 from .harness import FaultRun, Submitted, run_faults
-from .invariants import check, report
+from .invariants import check, client_ends, report
 from .mix import CALL_FAULTS, HANG_SECONDS, canary_id, chaos, describe_faults, fault_mix
 
 __all__ = ["fault_mix"]  # the generator, for `from faults.test_fault_injection import fault_mix`
@@ -121,6 +121,22 @@ def test_what_went_only_to_a_stream_the_client_left_is_unread_but_not_after_what
     assert problems == [
         "seed 99: CALL-X: sent but never reached any plugin, and no counter accounts for them: e1 (no faults)"
     ]
+
+
+def test_a_closed_stream_the_client_asked_for_again_was_not_read_to_its_end_but_the_last_one_was() -> None:
+    # The client gave up waiting for connection 1's answer (a loaded loop), and the server, behind, then wrote the
+    # whole stream; the runner stops at sse_close, so asking again shows it never read that one. Connection 2's
+    # answer was a 400: the call was over.
+    frames = [event(1, None), event(1, "e0"), event(1, "close", "sse_close")]
+    run = one_call_run(frames, [], {1: "closed"})
+    run.finished = {"CALL-X": ["completed"]}
+    run.stats.calls_finished = Counter(completed=1)
+    run.statuses = [("CALL-X", 503), ("CALL-X", 200), ("OTHER", 200), ("CALL-X", 400)]
+    assert client_ends(run, "CALL-X") == {1: "client"}
+    assert check(run) == []
+    run.statuses = [("CALL-X", 503), ("CALL-X", 200)]  # nothing asked after it: it was read, and e0 was lost
+    assert client_ends(run, "CALL-X") == {1: "closed"}
+    assert "seed 99: CALL-X: sent but never reached any plugin, and no counter accounts for them: sse_init, e0, close (no faults)" in check(run)
 
 
 def test_the_checker_counts_oversized_lines_against_malformed_lines() -> None:
