@@ -319,3 +319,59 @@ async def test_app_settings_hold_the_schemas_defaults_for_keys_the_table_leaves_
         code, _ = await run_runner(config, ["CALL-D"], plugin)
     assert code == 0
     assert plugin.seen == [{"threshold": 3, "words": ["cancel"], "url": None}]
+
+
+# -- outboxes the runner runs ---------------------------------------------------------------------------------------
+
+
+class Notifier:
+    """A third party's notifier: one outbox whose receiver never answers, one that takes everything, both naming the
+    same dead-letter file; it never closes either (it has no on_shutdown at all)."""
+
+    def __init__(self, name: str, deliver_ok: bool) -> None:
+        self.name, self.deliver_ok = name, deliver_ok
+        self.delivered: list[str] = []
+
+    @hookimpl
+    def on_startup(self, app):
+        from hookrunner.delivery import Outcome, RetryPolicy
+
+        async def deliver(batch):
+            if not self.deliver_ok:
+                await trio.sleep_forever()  # a receiver that never answers: only the shutdown ends it
+            self.delivered += [message.id for message in batch]
+            return Outcome.delivered()
+
+        policy = RetryPolicy(max_attempts=1)
+        self.outbox = app.open_outbox(self.name, deliver, dead_letter="undelivered.jsonl", policy=policy, max_in_flight=1)
+
+    @hookimpl
+    def on_user_transcription(self, event, call):
+        from hookrunner.delivery import OutboxMessage
+
+        self.outbox.submit(OutboxMessage(id=f"{self.name}-{event.event_id}", key=call.id, body={"text": event.text}))
+
+
+async def test_the_runner_closes_the_outboxes_plugins_open_within_the_grace_and_dead_letters_what_is_left(
+    tmp_path, caplog
+) -> None:
+    import logging
+
+    from hookrunner._delivery.dead_letters import read_dead_letters
+    from hookrunner.testing import run_plugins, sim_call
+
+    caplog.set_level(logging.INFO)
+    stuck, quick = Notifier("stuck", deliver_ok=False), Notifier("quick", deliver_ok=True)
+    calls = [sim_call("CALL-A", user=["one", "two", "three"])]
+    result = await run_plugins(
+        {"stuck-notifier": stuck, "quick-notifier": quick}, calls, runner={"shutdown_grace": 1.0}, base_dir=tmp_path
+    )
+    assert result.exit_code == 0
+    assert len(quick.delivered) == 3  # the outbox ran in the background
+    letters = read_dead_letters(tmp_path / "undelivered.jsonl")  # one file, relative to the config's directory
+    assert [(letter.plugin, letter.endpoint, letter.record["reason"]) for letter in letters] == [
+        ("stuck-notifier", "stuck", "not delivered before shutdown")
+    ] * 3
+    lines = [record.getMessage() for record in caplog.records if record.name == "hookrunner.outbox"]
+    assert "stuck-notifier stuck: 0 delivered, 0 retried, 3 dead-lettered" in lines
+    assert any(line.startswith("quick-notifier quick: 3 delivered, 0 retried, 0 dead-lettered") for line in lines)

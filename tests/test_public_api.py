@@ -27,8 +27,8 @@ PUBLIC = {
         "key_text", "HookrunnerError", "ConfigError", "PluginLoadError",
     },
     "hookrunner.delivery": {
-        "Outbox", "OutboxMessage", "Outcome", "Deliverer", "RetryPolicy", "DeadLetterFile", "parse_retry_after",
-        "DEFAULT_MAX_RETRY_AFTER", "request", "truncated", "json_bytes", "one_line",
+        "Outbox", "OutboxMessage", "Outcome", "Deliverer", "RetryPolicy", "retry_settings", "retry_problems",
+        "parse_retry_after", "DEFAULT_MAX_RETRY_AFTER", "request", "truncated", "json_bytes", "one_line",
     },
     "hookrunner.testing": {
         "TEST_API_KEY", "make_event", "make_trigger", "make_delivery", "sim_call", "sim_script", "simulator",

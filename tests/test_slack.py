@@ -233,6 +233,14 @@ def test_check_catches_an_unknown_placeholder_in_one_line_naming_the_route(cli, 
     assert "typo" in lines[0] and "{nope}" in lines[0], lines[0]
 
 
+def test_a_retry_max_delay_below_the_initial_delay_is_refused_as_the_webhook_plugin_refuses_it() -> None:
+    from hookrunner_plugins.slack.settings import parse_settings
+
+    _, problems = parse_settings({"retry_initial_delay": 5.0, "retry_max_delay": 1.0})
+    assert problems == ["retry_max_delay: expected at least retry_initial_delay"]
+    assert parse_settings({"retry_initial_delay": 1.0, "retry_max_delay": 1.0})[1] == []
+
+
 async def test_mention_goes_with_critical_only_and_severity_and_labels_filters_choose_the_route(
     tmp_path: Path, secrets: Callable[[FakeSlack], None]
 ) -> None:

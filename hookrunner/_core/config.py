@@ -18,7 +18,7 @@ from typing import Any
 
 from hookrunner._core.callids import call_id_problem
 from hookrunner._core.errors import ConfigError
-from hookrunner._core.settings import NON_NEGATIVE, POSITIVE, Setting, at_least, between, check_table, describe, http_url, key_text, secret_problem, suggest
+from hookrunner._core.settings import NON_NEGATIVE, POSITIVE, Setting, between, check_table, describe, http_url, key_text, secret_problem, suggest
 
 DEFAULT_BASE_URL = "https://api.smallest.ai/atoms/v1"
 #: Not a default (``atoms.api_key_env`` must be given): the name the starter config and the example suggest.

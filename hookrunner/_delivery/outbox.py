@@ -22,7 +22,6 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -156,7 +155,7 @@ class Outbox:
 
     def attach_journal(self, journal: OutboxJournal) -> None:
         """Keep every accepted message in ``journal`` until it is delivered or dead-lettered, and queue first what a
-        previous run left there (same ids, same order, attempts counted on). ``App.run_outbox`` does this."""
+        previous run left there (same ids, same order, attempts counted on). ``App.open_outbox`` does this."""
         self._journal = journal
         left = journal.pending()
         for row in left:
@@ -225,8 +224,7 @@ class Outbox:
     # --- delivery side ----------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Deliver until cancelled or closed. Run it with ``app.run_outbox(outbox)`` (which also shows its counts on
-        ``/metrics``).
+        """Deliver until cancelled or closed. ``app.open_outbox`` runs it (and shows its counts on ``/metrics``).
 
         A failure of the delivery loop itself (a bug, not a failed delivery) is the endpoint's, not the run's: the
         messages it was delivering go back to the front of their keys, the loop starts again, and after

@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from hookrunner._core.events import Event, TtsCompleted, UserTranscription
+from hookrunner._delivery.outbox import Outbox, RetryPolicy
 
 if TYPE_CHECKING:
     import httpx
 
-    from hookrunner._state.journal import Journal
+    from hookrunner._delivery.messages import Deliverer
     from hookrunner._run.metrics import RunnerMetrics
-    from hookrunner._delivery.outbox import Outbox
+    from hookrunner._run.outboxes import RunOutboxes
     from hookrunner._core.triggers import Trigger
 
 __all__ = ["Turn", "CallContext", "App"]
@@ -83,7 +84,7 @@ class App:
         emit_trigger: Callable[[str, Trigger], None],
         shutdown_time_left: Callable[[], float] | None = None,
         metrics: RunnerMetrics | None = None,
-        journal: Journal | None = None,
+        outboxes: RunOutboxes | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -98,7 +99,7 @@ class App:
         #: The runner's metrics (``GET /metrics`` when ``[server]`` is on): ``metrics.registry`` takes the plugin's
         #: own ``prometheus_client`` metrics; ``metrics.track_outbox(outbox)`` shows an outbox's counts.
         self.metrics = metrics
-        self._journal = journal
+        self._outboxes = outboxes
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` in the background, inside the runner's nursery.
@@ -108,16 +109,43 @@ class App:
         """
         self._start_soon(self.name, fn, args)
 
-    def run_outbox(self, outbox: Outbox) -> None:
-        """Deliver an outbox's messages in the background (``start_soon(outbox.run)``) and show its delivered,
-        retried and dead-lettered counts on ``/metrics``, labelled with this plugin and the outbox's name. With the
-        journal on (``[state] path``), every message it accepts is kept there until delivered or dead-lettered, and
-        what a killed run left is sent first."""
-        if self.metrics is not None:
-            self.metrics.track_outbox(outbox)
-        if self._journal is not None:  # [state] path: what it has not delivered survives a kill, and resumes
-            outbox.attach_journal(self._journal.for_outbox(self.name, outbox.name))
-        self.start_soon(outbox.run)
+    def open_outbox(
+        self,
+        name: str,
+        deliver: Deliverer,
+        *,
+        dead_letter: str | Path,
+        policy: RetryPolicy | None = None,
+        max_in_flight: int = 10,
+        max_queue: int = 10_000,
+        batch_max_events: int = 1,
+        batch_max_wait: float = 0.0,
+    ) -> Outbox:
+        """An outbox of this plugin's messages to one destination (``name``: an endpoint, a route), run by the
+        runner: ``submit`` to it from any hook. Call it from ``on_startup``.
+
+        The runner delivers it in the background with ``deliver``, retrying by ``policy``; shows its delivered,
+        retried and dead-lettered counts on ``/metrics``, labelled with this plugin and ``name``; with the journal on
+        (``[state] path``) keeps every message it accepts there until delivered or dead-lettered, and sends first
+        what a killed run left. At shutdown it delivers what is queued within the grace and dead-letters the rest to
+        ``dead_letter`` (relative to the config file's directory; one file may serve many outboxes and plugins).
+        A plugin does not close it.
+        """
+        if self._outboxes is None:
+            raise RuntimeError("open_outbox is available in on_startup of a run")
+        outbox = Outbox(
+            name,
+            deliver,
+            self._outboxes.dead_letter_file(self.config_dir / dead_letter),
+            plugin=self.name,
+            policy=policy or RetryPolicy(),
+            max_in_flight=max_in_flight,
+            max_queue=max_queue,
+            batch_max_events=batch_max_events,
+            batch_max_wait=batch_max_wait,
+        )
+        self._outboxes.open(self.name, outbox)
+        return outbox
 
     def shutdown_time_left(self) -> float:
         """Seconds ``on_shutdown`` may still take before the runner cuts it: finish (or hand off) by then."""

@@ -21,7 +21,7 @@ from typing import Any
 import pluggy
 import trio
 
-from hookrunner._core.failures import first_leaf, is_cancellation
+from hookrunner._core.failures import is_cancellation
 from hookrunner._core.stats import Stats
 from hookrunner._core.text import one_line
 

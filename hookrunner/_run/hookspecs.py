@@ -109,8 +109,8 @@ def on_startup(app: App) -> None:
 
     ``app`` is this plugin's view of the runner: ``app.settings`` (its ``[plugins.NAME]`` table, defaults filled
     in), ``app.http`` (a shared ``httpx.AsyncClient``), ``app.config_dir``, ``app.start_soon(fn, *args)`` (a
-    background task, cancelled after ``on_shutdown``), ``app.emit_trigger(trigger)``, ``app.run_outbox(outbox)``
-    (a ``hookrunner.delivery.Outbox`` delivering in the background, its counts on ``/metrics``) and
+    background task, cancelled after ``on_shutdown``), ``app.emit_trigger(trigger)``, ``app.open_outbox(...)``
+    (an outbox the runner delivers in the background, its counts on ``/metrics``, closed at shutdown) and
     ``app.metrics.registry`` (for the plugin's own ``prometheus_client`` metrics). Keep it: event hooks do not
     receive it.
 

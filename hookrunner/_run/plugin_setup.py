@@ -19,7 +19,7 @@ from hookrunner._delivery.outbox import Deliverer
 from hookrunner._run.context import App
 from hookrunner._run.plugins import LoadedPlugins, PluginInfo, load_plugins, settings_with_defaults, validate_plugin_settings
 
-__all__ = ["prepare_plugins", "registered", "deliverers_for"]
+__all__ = ["prepare_plugins", "checked_settings", "plugin_apps", "registered", "deliverers_for"]
 
 
 def prepare_plugins(config: Config, extra: Sequence[tuple[str, Any]] = ()) -> LoadedPlugins:
@@ -30,6 +30,32 @@ def prepare_plugins(config: Config, extra: Sequence[tuple[str, Any]] = ()) -> Lo
         registered(loaded, name, plugin)
     validate_plugin_settings(config, loaded)
     return loaded
+
+
+def checked_settings(config: Config, loaded: LoadedPlugins) -> dict[str, dict[str, Any]]:
+    """Every active plugin's ``[plugins.NAME]`` table of ``config``, checked (ConfigError with every problem) and
+    with its defaults filled in: what ``app.settings`` holds, at start and after a reload."""
+    validate_plugin_settings(config, loaded)
+    return settings_with_defaults(config, loaded)
+
+
+def plugin_apps(
+    config: Config, loaded: LoadedPlugins, http: httpx.AsyncClient, names: Sequence[str], **runtime: Any
+) -> dict[str, App]:
+    """One ``App`` per plugin of ``names``, with its settings (defaults filled in) and the config's place;
+    ``runtime`` is what the caller lends plugins (``start_soon``, ``emit_trigger``, the outboxes...)."""
+    settings = settings_with_defaults(config, loaded)
+    return {
+        name: App(
+            name=name,
+            settings=settings.get(name, {}),
+            http=http,
+            config_dir=config.base_dir,
+            config_path=config.path,
+            **runtime,
+        )
+        for name in names
+    }
 
 
 def registered(loaded: LoadedPlugins, name: str, plugin: Any) -> None:
@@ -47,19 +73,12 @@ async def deliverers_for(config_path: Path, http: httpx.AsyncClient) -> dict[tup
     ``outbox_deliverers``: how ``redeliver`` and ``replay`` send a message outside a run."""
     config = load_config(config_path)
     loaded = prepare_plugins(config)
-    settings = settings_with_defaults(config, loaded)
+    impls = loaded.pm.hook.outbox_deliverers.get_hookimpls()
+    names = [impl.plugin_name for impl in impls]
+    apps = plugin_apps(config, loaded, http, names, start_soon=_unavailable, emit_trigger=_unavailable)
     found: dict[tuple[str, str], Deliverer] = {}
-    for impl in loaded.pm.hook.outbox_deliverers.get_hookimpls():
-        app = App(
-            name=impl.plugin_name,
-            settings=settings.get(impl.plugin_name, {}),
-            http=http,
-            config_dir=config.base_dir,
-            config_path=config.path,
-            start_soon=_unavailable,
-            emit_trigger=_unavailable,
-        )
-        offered: dict[str, Deliverer] = impl.function(app) or {}  # type: ignore[assignment]  # (pluggy: untyped)
+    for impl in impls:
+        offered: dict[str, Deliverer] = impl.function(apps[impl.plugin_name]) or {}  # type: ignore[assignment]  # (pluggy: untyped)
         for endpoint, deliver in offered.items():
             found[(impl.plugin_name, endpoint)] = deliver
     return found

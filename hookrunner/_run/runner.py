@@ -33,6 +33,7 @@ from hookrunner._stream.ratelimit import RateLimiter
 from hookrunner._core.limits import raise_open_file_limit
 from hookrunner._core.logs import logged_at, redact_in_logs
 from hookrunner._run.metrics import RunnerMetrics
+from hookrunner._run.outboxes import RunOutboxes
 from hookrunner._core.platform_delivery import BadDelivery, PlatformDelivery, parse_delivery
 from hookrunner._core.failures import first_leaf, is_cancellation
 from hookrunner._core.finish import FinishReason
@@ -41,7 +42,8 @@ from hookrunner._run.hook_queue import HookQueue, left_in
 from hookrunner._run.intake import Intake
 from hookrunner._core.errors import AuthError, HookrunnerError
 from hookrunner._core.events import Event, MalformedEvent, decode_event, type_label
-from hookrunner._run.plugins import LoadedPlugins, settings_with_defaults, validate_plugin_settings
+from hookrunner._run.plugin_setup import checked_settings, plugin_apps
+from hookrunner._run.plugins import LoadedPlugins
 from hookrunner._state.spool import spool_events, spool_platform_webhooks
 from hookrunner._core.stats import Stats
 from hookrunner._stream.subscription import AUTH_FAILED, COMPLETED, ENDED, FAILED, NOT_FOUND, SHUTDOWN, Subscribed, Subscription, event_key
@@ -186,8 +188,20 @@ class Runner:
                 )
             if self._journal is not None:
                 background.start_soon(self._journal.run)
-            settings = settings_with_defaults(self.config, self.plugins)
-            self._apps = {name: self._make_app(name, plugin_http, settings) for name in self.plugins.active_names}
+            outboxes = RunOutboxes(
+                start_soon=self._start_background, config_path=self.config.path, metrics=self.metrics, journal=self._journal
+            )
+            self._apps = plugin_apps(
+                self.config,
+                self.plugins,
+                plugin_http,
+                self.plugins.active_names,
+                start_soon=self._start_background,
+                emit_trigger=self._emit_trigger,
+                shutdown_time_left=self.shutdown_time_left,
+                metrics=self.metrics,
+                outboxes=outboxes,
+            )
             await self.dispatcher.call("on_startup", lambda name: {"app": self._apps[name]})
             self._restore_platform_webhooks()
             self._restore_triggers()
@@ -217,9 +231,11 @@ class Runner:
                 self._shutdown_deadline = trio.current_time() + self.config.shutdown_grace
                 if self._stopping:
                     self._shutdown_deadline = min(self._shutdown_deadline, self._deadlines[FINAL])
-                await self.dispatcher.call(
-                    "on_shutdown", lambda name: {"app": self._apps[name]}, timeout=self.shutdown_time_left()
-                )
+                async with trio.open_nursery() as closing:  # the outboxes need not wait for any plugin's on_shutdown
+                    closing.start_soon(outboxes.close_all, self.shutdown_time_left())
+                    await self.dispatcher.call(
+                        "on_shutdown", lambda name: {"app": self._apps[name]}, timeout=self.shutdown_time_left()
+                    )
             background.cancel_scope.cancel()
 
     @property
@@ -241,7 +257,7 @@ class Runner:
             return False
         try:
             config = load_config(path)
-            validate_plugin_settings(config, self.plugins)
+            settings = checked_settings(config, self.plugins)
         except HookrunnerError as exc:
             problems = str(exc).splitlines()
             log.error("%s: reload refused, the running settings stay: %s", path, "; ".join(problems))
@@ -253,7 +269,6 @@ class Runner:
         ]
         if ignored:
             log.warning("%s: reload applies [plugins.NAME] tables only; restart to apply: %s", path, ", ".join(ignored))
-        settings = settings_with_defaults(config, self.plugins)
         for name, app in self._apps.items():
             app.settings = settings.get(name, {})
         self.config = dataclasses.replace(self.config, plugin_settings=config.plugin_settings)
@@ -586,20 +601,6 @@ class Runner:
         call.events_dispatched += 1
 
     # --- triggers and plugins' background work ------------------------------------------------------------
-
-    def _make_app(self, name: str, http: httpx.AsyncClient, settings: dict[str, dict[str, Any]]) -> App:
-        return App(
-            name=name,
-            settings=settings.get(name, {}),
-            http=http,
-            config_dir=self.config.base_dir,
-            config_path=self.config.path,
-            start_soon=self._start_background,
-            emit_trigger=self._emit_trigger,
-            shutdown_time_left=self.shutdown_time_left,
-            metrics=self.metrics,
-            journal=self._journal,
-        )
 
     def _emit_trigger(self, plugin: str, trigger: Trigger) -> None:
         if trigger.source is None:

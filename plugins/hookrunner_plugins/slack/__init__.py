@@ -1,7 +1,7 @@
 """The ``slack`` plugin: tell the right channel, at once, without flooding it.
 
 Each ``[[plugins.slack.routes]]`` entry picks triggers (and optionally events) by type, severity and labels, renders
-them with its template, and posts them through an outbox (``hookrunner.delivery.Outbox``): retries, order, bounds and dead
+them with its template, and posts them through an outbox (``app.open_outbox``): retries, order, bounds and dead
 letters come from there. Posts to one channel are paced (Slack allows about one a second); triggers that arrive
 faster are grouped into one message, like Alertmanager's ``group_wait``. A route with ``transcript = "thread"`` also
 opens a thread per call and posts the call's final turns into it as they happen.
@@ -13,10 +13,9 @@ import logging
 from typing import Any
 
 import httpx
-import trio
 
 from hookrunner import App, CallContext, Event, Trigger, TtsCompleted, UserTranscription, hookimpl, redact_in_logs
-from hookrunner.delivery import DeadLetterFile, Deliverer, Outbox, OutboxMessage, Outcome, RetryPolicy
+from hookrunner.delivery import Deliverer, Outbox, OutboxMessage, Outcome, RetryPolicy
 
 from .delivery import Pacer, Poster
 from .formatting import escape, event_fields, message_payload, render, trigger_fields
@@ -25,7 +24,6 @@ from .settings import SETTINGS, RouteSettings, SlackSettings, parse_settings
 __all__ = ["plugin", "SlackPlugin"]
 
 log = logging.getLogger("hookrunner.plugins.slack")
-SHUTDOWN_MARGIN = 0.1
 
 
 def alert_deliverer(poster: Poster) -> Deliverer:
@@ -66,10 +64,6 @@ class _Route:
         self.alerts = alerts
         self.transcript = transcript
 
-    @property
-    def outboxes(self) -> list[Outbox]:
-        return [self.alerts] + ([self.transcript] if self.transcript else [])
-
 
 class SlackPlugin:
     def __init__(self) -> None:
@@ -105,27 +99,23 @@ class SlackPlugin:
     @hookimpl
     def on_startup(self, app: App) -> None:
         settings = self._parse(app)
-        dead_letters = DeadLetterFile(app.config_dir / settings.dead_letter, config_path=app.config_path)
         policy = RetryPolicy.from_settings(settings)
         posters = self._posters(settings, app.http)
         self._routes = []
         for route in settings.routes:
             poster = posters[route.name]
-            alerts = Outbox(
-                route.name, alert_deliverer(poster), dead_letters, plugin=app.name, policy=policy,
+            alerts = app.open_outbox(
+                route.name, alert_deliverer(poster), dead_letter=settings.dead_letter, policy=policy,
                 max_in_flight=1, max_queue=settings.max_queue,
                 batch_max_events=settings.group_max, batch_max_wait=settings.group_wait,
             )  # fmt: skip
             transcript = None
             if route.transcript:
-                transcript = Outbox(
-                    f"{route.name}/transcript", transcript_deliverer(poster, {}), dead_letters,
-                    plugin=app.name, policy=policy, max_in_flight=1, max_queue=settings.max_queue,
+                transcript = app.open_outbox(
+                    f"{route.name}/transcript", transcript_deliverer(poster, {}), dead_letter=settings.dead_letter,
+                    policy=policy, max_in_flight=1, max_queue=settings.max_queue,
                 )  # fmt: skip
-            entry = _Route(route, alerts, transcript)
-            self._routes.append(entry)
-            for outbox in entry.outboxes:
-                app.run_outbox(outbox)
+            self._routes.append(_Route(route, alerts, transcript))
             where = f"channel {route.channel}" if route.token else "an incoming webhook"
             log.info("slack %s: posting %s to %s", route.name, ", ".join(route.events), where)
 
@@ -182,20 +172,7 @@ class SlackPlugin:
                 body = {"kind": "closing", "call_id": call.id, "text": text}
                 route.transcript.submit(OutboxMessage(id=f"slack_end_{call.id}", key=call.id, body=body))
 
-    # --- the end ------------------------------------------------------------------------------------------
-
-    @hookimpl
-    async def on_shutdown(self, app: App) -> None:
-        timeout = max(0.0, app.shutdown_time_left() - SHUTDOWN_MARGIN)
-        try:
-            async with trio.open_nursery() as nursery:
-                for route in self._routes:
-                    for outbox in route.outboxes:
-                        nursery.start_soon(outbox.close, timeout)
-        finally:
-            for route in self._routes:
-                for outbox in route.outboxes:
-                    log.info("slack %s: %s", outbox.name, outbox.stats.summary())
+    # --- redeliver and replay --------------------------------------------------------------------------------
 
     @hookimpl
     def outbox_deliverers(self, app: App) -> dict[str, Deliverer]:

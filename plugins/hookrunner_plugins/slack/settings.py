@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hookrunner import SEVERITIES, Setting, at_least, check_table, http_url, secret_problem, type_selected, url_problem
+from hookrunner.delivery import retry_problems, retry_settings
 
 from .formatting import DEFAULT_TEMPLATE, template_problem
 
@@ -23,13 +24,9 @@ SETTINGS = {
     "group_wait": Setting("number", 0.5, check=at_least(0), expected="seconds to gather triggers into one message"),
     "group_max": Setting("int", 20, check=at_least(1), expected="triggers in one grouped message"),
     "timeout": Setting("number", 10.0, check=at_least(0.001), expected="a number of seconds"),
-    "max_attempts": Setting("int", 6, check=at_least(1)),
-    "max_retry_time": Setting("number", 600.0, check=at_least(0), expected="a number of seconds"),
-    "retry_initial_delay": Setting("number", 1.0, check=at_least(0.001), expected="a number of seconds"),
-    "retry_max_delay": Setting("number", 60.0, check=at_least(0.001), expected="a number of seconds"),
-    "max_retry_after": Setting(
-        "number", 300.0, check=at_least(0.001), expected="a number of seconds",
-        doc="the longest a Retry-After from Slack (a 429) may hold a channel",
+    **retry_settings(
+        max_attempts=6, max_retry_time=600.0, retry_max_delay=60.0,
+        retry_after_doc="the longest a Retry-After from Slack (a 429) may hold a channel",
     ),  # fmt: skip
     "max_queue": Setting("int", 1000, check=at_least(1)),
     "routes": Setting("list[table]", []),
@@ -94,6 +91,7 @@ class SlackSettings:
 def parse_settings(settings: dict[str, Any]) -> tuple[SlackSettings, list[str]]:
     """The settings and every problem as ``key.path: ...`` lines (secrets' values never in them)."""
     values, problems = check_table(settings, SETTINGS)
+    problems += retry_problems(values)
     routes: list[RouteSettings] = []
     names: set[str] = set()
     for index, table in enumerate(values.get("routes") or []):

@@ -1,6 +1,6 @@
 """The ``webhook`` plugin: POST events and triggers to your HTTP endpoints, signed per Standard Webhooks.
 
-Each endpoint gets its own outbox (``hookrunner.delivery.Outbox``): the hook only builds the message and hands it over, so
+Each endpoint gets its own outbox (``app.open_outbox``): the hook only builds the message and hands it over, so
 a slow or dead receiver never slows the stream; retries, per-call order, bounds and dead letters are the outbox's.
 Receivers check deliveries with ``hookrunner_plugins.webhook.verify`` or any Standard Webhooks library.
 """
@@ -16,10 +16,9 @@ from typing import Any
 
 import httpx
 import msgspec
-import trio
 
 from hookrunner import App, CallContext, Event, Trigger, __version__, hookimpl, redact_in_logs
-from hookrunner.delivery import DeadLetterFile, Deliverer, Outbox, OutboxMessage, Outcome, RetryPolicy, json_bytes, parse_retry_after, request
+from hookrunner.delivery import Deliverer, Outbox, OutboxMessage, Outcome, RetryPolicy, json_bytes, parse_retry_after, request
 
 from .settings import SETTINGS, EndpointSettings, parse_settings
 from .signing import Signer, WebhookVerificationError, verify
@@ -32,8 +31,6 @@ log = logging.getLogger("hookrunner.plugins.webhook")
 TYPE_CACHE_SIZE = 256
 #: Header names whose values are credentials, kept out of every log line.
 _CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|signature|cookie|session|password", re.IGNORECASE)
-#: Seconds kept back from on_shutdown's time for writing what is left to the dead-letter file.
-SHUTDOWN_MARGIN = 0.1
 
 
 def message_id(*parts: str | None) -> str:
@@ -147,11 +144,10 @@ class WebhookPlugin:
     @hookimpl
     def on_startup(self, app: App) -> None:
         dead_letter, endpoints = self._parse(app)
-        dead_letters = DeadLetterFile(app.config_dir / dead_letter, config_path=app.config_path)
         self._endpoints = []
         for settings in endpoints:
             try:
-                self._endpoints.append(self._start_endpoint(app, settings, dead_letters))
+                self._endpoints.append(self._start_endpoint(app, settings, dead_letter))
             except Exception as exc:  # one endpoint that cannot start never takes the others with it
                 log.error(
                     "webhook %s: cannot start, nothing is delivered to it this run: %s: %s",
@@ -161,22 +157,20 @@ class WebhookPlugin:
                 )
 
     @staticmethod
-    def _start_endpoint(app: App, settings: EndpointSettings, dead_letters: DeadLetterFile) -> _Endpoint:
+    def _start_endpoint(app: App, settings: EndpointSettings, dead_letter: Path) -> _Endpoint:
         credentials = [value for name, value in settings.headers.items() if _CREDENTIAL_HEADER.search(name)]
         for secret in (*settings.secrets, *credentials):
             redact_in_logs(secret)
-        outbox = Outbox(
+        outbox = app.open_outbox(
             settings.name,
             make_deliverer(settings, app.http),
-            dead_letters,
-            plugin=app.name,
+            dead_letter=dead_letter,
             policy=RetryPolicy.from_settings(settings),
             max_in_flight=settings.max_in_flight,
             max_queue=settings.max_queue,
             batch_max_events=settings.batch_max_events,
             batch_max_wait=settings.batch_max_wait,
         )
-        app.run_outbox(outbox)
         log.info("webhook %s: delivering %s to %s", settings.name, ", ".join(settings.events), settings.safe_url)
         return _Endpoint(settings, outbox)
 
@@ -197,19 +191,6 @@ class WebhookPlugin:
     def on_trigger(self, trigger: Trigger) -> None:
         parts = (trigger.call_id, trigger.full_type, trigger.source, trigger.rule, trigger.event_id or trigger.event_type)
         self._submit(trigger.full_type, trigger.call_id, lambda: trigger_body(trigger), parts)
-
-    @hookimpl
-    async def on_shutdown(self, app: App) -> None:
-        """Deliver what is queued while the runner allows; a cut-short close dead-letters the rest."""
-        # Close a little before the runner's cut, so leftovers are dead-lettered by the outbox, not by a timeout.
-        timeout = max(0.0, app.shutdown_time_left() - SHUTDOWN_MARGIN)
-        try:
-            async with trio.open_nursery() as nursery:
-                for endpoint in self._endpoints:
-                    nursery.start_soon(endpoint.outbox.close, timeout)
-        finally:
-            for endpoint in self._endpoints:
-                log.info("webhook %s: %s", endpoint.settings.name, endpoint.outbox.stats.summary())
 
     @hookimpl
     def outbox_deliverers(self, app: App) -> dict[str, Deliverer]:

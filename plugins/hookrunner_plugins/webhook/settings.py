@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hookrunner import EVENT_CLASSES, Setting, at_least, check_table, http_url, key_text, type_selected
+from hookrunner.delivery import retry_problems, retry_settings
 
 from .signing import secret_problem
 
@@ -39,13 +40,9 @@ ENDPOINT = {
     "calls": Setting("list[str]", []),
     "headers": Setting("table[str]", {}),
     "timeout": Setting("number", 15.0, check=at_least(0.001), expected="a number of seconds"),
-    "max_attempts": Setting("int", 8, check=at_least(1)),
-    "max_retry_time": Setting("number", 3600.0, check=at_least(0), expected="a number of seconds"),
-    "retry_initial_delay": Setting("number", 1.0, check=at_least(0.001), expected="a number of seconds"),
-    "retry_max_delay": Setting("number", 300.0, check=at_least(0.001), expected="a number of seconds"),
-    "max_retry_after": Setting(
-        "number", 300.0, check=at_least(0.001), expected="a number of seconds",
-        doc="the longest a Retry-After from the receiver may hold a message back",
+    **retry_settings(
+        max_attempts=8, max_retry_time=3600.0, retry_max_delay=300.0,
+        retry_after_doc="the longest a Retry-After from the receiver may hold a message back",
     ),  # fmt: skip
     "max_in_flight": Setting("int", 10, check=at_least(1)),
     "max_queue": Setting("int", 10_000, check=at_least(1)),
@@ -125,8 +122,7 @@ def parse_settings(
                 problems.append(f"{where}.headers.{header}: set by hookrunner itself; remove it")
             elif not _HEADER_VALUE.fullmatch(value):  # httpx would refuse it on every attempt; never shown: a credential
                 problems.append(f"{where}.headers.{header}: expected printable ASCII text (no line breaks)")
-        if fields["retry_max_delay"] < fields["retry_initial_delay"]:
-            problems.append(f"{where}.retry_max_delay: expected at least retry_initial_delay")
+        problems += retry_problems(fields, where)
         if warn:
             for position, pattern in enumerate(fields["events"]):
                 _warn_unknown_type(f"{where}.events[{position}]", pattern)
