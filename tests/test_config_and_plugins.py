@@ -129,10 +129,10 @@ def test_config_classes_repeat_no_default_of_the_schemas(cls: type) -> None:
 def test_a_minimal_config_takes_every_value_from_the_schema_defaults() -> None:
     config = config_from_dict(MINIMAL, source="c.toml")
     defaults = default_config_table()
-    assert config.buffer == defaults["runner"]["buffer"] == 64
-    assert config.hook_timeout == defaults["runner"]["hook_timeout"]
-    assert dataclasses.asdict(config.reconnect) == defaults["runner"]["reconnect"]
-    assert config.base_url == defaults["atoms"]["base_url"]
+    assert config.runner.buffer == defaults["runner"]["buffer"] == 64
+    assert config.runner.hook_timeout == defaults["runner"]["hook_timeout"]
+    assert dataclasses.asdict(config.runner.reconnect) == defaults["runner"]["reconnect"]
+    assert config.atoms.base_url == defaults["atoms"]["base_url"]
 
 
 # -- run ---------------------------------------------------------------------------------------------------------

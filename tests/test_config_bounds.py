@@ -309,8 +309,8 @@ NEW_SETTINGS = {
 
 def test_the_new_limits_have_their_defaults_in_the_config_and_check_refuses_bad_values(cli, tmp_path: Path) -> None:
     config = config_from_dict({"atoms": {"api_key_env": DEFAULT_API_KEY_ENV}})
-    assert config.max_event_bytes == 4194304
-    assert config.reconnect.max_retry_after == 300.0
+    assert config.runner.max_event_bytes == 4194304
+    assert config.runner.reconnect.max_retry_after == 300.0
     assert config.discovery.max_retry_after == 300.0
     assert config.server.max_connections == 1000 and config.server.idle_timeout == 30.0
     defaults = default_config_table()

@@ -46,7 +46,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     async def demo() -> int:
         async with trio.open_nursery() as nursery:
             base_url = await nursery.start(simulator.serve)
-            demo_config = dataclasses.replace(config, base_url=base_url, api_key_env=None, api_key_inline=api_key)
+            atoms = dataclasses.replace(config.atoms, base_url=base_url, api_key_env=None, api_key_inline=api_key)
+            demo_config = dataclasses.replace(config, atoms=atoms)
             runner = service_runner(demo_config, loaded, api_key=api_key)
             print(
                 f"demo: simulator on {base_url} with {len(script.calls)} calls starting {DEMO_STAGGER / args.speed:g} s "

@@ -213,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("\n".join(problems))
     config = load_config(args.config)
     loaded = prepare_plugins(config)
-    calls = args.calls or list(config.calls)
+    calls = args.calls or list(config.runner.calls)
     resume = work_left(config.state.path) if config.state.path is not None else 0
     if not calls and not config.service and not resume:
         raise ConfigError(
@@ -233,19 +233,19 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise ConfigError("\n".join(problems))
     out = sys.stdout
     print(f"{config.source}: OK", file=out)
-    print(f"  atoms: {config.base_url}", file=out)
-    if config.api_key_env:
-        state = "set" if os.environ.get(config.api_key_env) else "NOT SET: `run` will refuse to start"
-        print(f"  api key: from ${config.api_key_env} ({state})", file=out)
+    print(f"  atoms: {config.atoms.base_url}", file=out)
+    if config.atoms.api_key_env:
+        state = "set" if os.environ.get(config.atoms.api_key_env) else "NOT SET: `run` will refuse to start"
+        print(f"  api key: from ${config.atoms.api_key_env} ({state})", file=out)
     else:
         print("  api key: in the config file (prefer atoms.api_key_env)", file=out)
-    if config.calls:
-        calls = ", ".join(config.calls)
+    if config.runner.calls:
+        calls = ", ".join(config.runner.calls)
     elif config.service:
         calls = "none listed: found by the runner (below)"
     else:
         calls = "none listed (pass --call ID to run, or enable discovery.poll or server)"
-    print(f"  calls: {calls} (at most {config.max_calls} at once: runner.max_calls)", file=out)
+    print(f"  calls: {calls} (at most {config.runner.max_calls} at once: runner.max_calls)", file=out)
     if config.state.path is not None:
         kept = f"delivered ones kept {config.state.keep:g} s for replay" if config.state.keep else "delivered ones not kept"
         state = (
@@ -262,13 +262,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     else:
         backfill = "off (backfill.enabled = false): events a stream skipped are not looked for"
-    print(f"  backfill: {backfill}; Atoms REST requests at most {config.max_requests_per_second:g}/s", file=out)
+    print(f"  backfill: {backfill}; Atoms REST requests at most {config.atoms.max_requests_per_second:g}/s", file=out)
     for line in service_summary(config):
         print(line, file=out)
     print(
-        f"  runner: hook_timeout {config.hook_timeout:g} s, idle_timeout {config.idle_timeout:g} s, "
-        f"shutdown_grace {config.shutdown_grace:g} s, buffer {config.buffer} events/call, reconnect "
-        f"{config.reconnect.initial_delay:g}-{config.reconnect.max_delay:g} s x {config.reconnect.max_attempts or 'unlimited'}",
+        f"  runner: hook_timeout {config.runner.hook_timeout:g} s, idle_timeout {config.runner.idle_timeout:g} s, "
+        f"shutdown_grace {config.runner.shutdown_grace:g} s, buffer {config.runner.buffer} events/call, reconnect "
+        f"{config.runner.reconnect.initial_delay:g}-{config.runner.reconnect.max_delay:g} s x {config.runner.reconnect.max_attempts or 'unlimited'}",
         file=out,
     )
     for info in loaded.infos:
@@ -319,7 +319,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     loaded = load_plugins(config, strict=False)
     if args.settings:
         return print_settings(loaded, args.settings)
-    disabled = set(config.disable)
+    disabled = set(config.plugins.disable)
     rows = [("NAME", "VERSION", "ACTIVE", "FROM", "HOOKS")]
     broken = False
     for info in loaded.infos:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import ipaddress
 import re
 import os
@@ -305,15 +306,22 @@ class ServerConfig:
         return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
 
 
-@dataclass(frozen=True)
-class Config:
-    """A validated configuration, built by ``config_from_dict``; ``source`` names the file in every later error."""
+#: The tables a SIGHUP reload does not apply (it applies the [plugins.NAME] tables only).
+_RESTART_TABLES = ("atoms", "runner", "discovery", "server", "state", "backfill")
 
-    source: str
+
+@dataclass(frozen=True)
+class AtomsConfig:
     base_url: str
     api_key_env: str | None
     api_key_inline: str | None = field(repr=False)
     connect_timeout: float
+    #: Atoms REST requests per second (``atoms.max_requests_per_second``), listings and backfill together.
+    max_requests_per_second: float
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
     calls: tuple[str, ...]
     hook_timeout: float
     idle_timeout: float
@@ -321,23 +329,48 @@ class Config:
     buffer: int
     #: Received events not dispatched before shutdown_grace ran out are appended here (relative to base_dir).
     spool_file: Path
-    reconnect: ReconnectConfig
-    disable: tuple[str, ...]
-    load: tuple[str, ...]
-    plugin_settings: dict[str, dict[str, Any]]
-    #: Directory of the config file: relative ``plugins.load`` paths resolve against it.
-    base_dir: Path
-    #: The config file (None for a config built in memory, like the demo's).
-    path: Path | None
     max_calls: int
     #: The longest stream line or event accepted (``runner.max_event_bytes``); a longer one is skipped.
     max_event_bytes: int
+    reconnect: ReconnectConfig
+
+
+@dataclass(frozen=True)
+class PluginsConfig:
+    disable: tuple[str, ...]
+    load: tuple[str, ...]
+    #: The ``[plugins.NAME]`` tables, as written (each plugin's schema checks its own).
+    settings: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration, built by ``config_from_dict``, one field per table of the file (``config.runner.
+    hook_timeout`` is ``[runner] hook_timeout``); ``source`` names the file in every later error."""
+
+    source: str
+    #: Directory of the config file: relative paths (``plugins.load``, files) resolve against it.
+    base_dir: Path
+    #: The config file (None for a config built in memory, like the demo's).
+    path: Path | None
+    atoms: AtomsConfig
+    runner: RunnerConfig
+    plugins: PluginsConfig
     discovery: DiscoveryConfig
     server: ServerConfig
     state: StateConfig
     backfill: BackfillConfig
-    #: Atoms REST requests per second (``atoms.max_requests_per_second``), listings and backfill together.
-    max_requests_per_second: float
+
+    def needs_restart_for(self, other: Config) -> list[str]:
+        """Where ``other`` (the file re-read on SIGHUP) differs beyond the ``[plugins.NAME]`` tables that a reload
+        applies: the tables by name, the plugin list by key (``plugins.disable``)."""
+        changed = [name for name in _RESTART_TABLES if getattr(self, name) != getattr(other, name)]
+        changed += [f"plugins.{key}" for key in ("disable", "load") if getattr(self.plugins, key) != getattr(other.plugins, key)]
+        return changed
+
+    def with_plugin_settings(self, settings: dict[str, dict[str, Any]]) -> Config:
+        """This config with other ``[plugins.NAME]`` tables (a reload's)."""
+        return dataclasses.replace(self, plugins=dataclasses.replace(self.plugins, settings=settings))
 
     @property
     def service(self) -> bool:
@@ -360,7 +393,7 @@ class Config:
     def secret_problems(self) -> list[str]:
         """``check``'s view of the secrets `run` reads: a line for each variable that is set to a value `run`
         would refuse (an unset one is only a warning of ``check``'s); the values are never quoted."""
-        named = [("atoms.api_key_env", self.api_key_env)]
+        named = [("atoms.api_key_env", self.atoms.api_key_env)]
         if self.server.enabled:
             named += [("discovery.webhook_secret_env", self.discovery.webhook_secret_env), ("server.token_env", self.server.token_env)]
         lines = []
@@ -373,20 +406,20 @@ class Config:
 
     def api_key(self) -> str:
         """The API key, from the environment variable or the file; a ConfigError names what is missing or wrong."""
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env, "")
+        if self.atoms.api_key_env:
+            key = os.environ.get(self.atoms.api_key_env, "")
             if key:
                 problem = secret_problem(key)
                 if problem:
-                    raise ConfigError(f"{self.source}: atoms.api_key_env: the value of {self.api_key_env} {problem}")
+                    raise ConfigError(f"{self.source}: atoms.api_key_env: the value of {self.atoms.api_key_env} {problem}")
                 return key
-            if not self.api_key_inline:
+            if not self.atoms.api_key_inline:
                 raise ConfigError(
-                    f"{self.source}: atoms.api_key_env: environment variable {self.api_key_env} is not set "
+                    f"{self.source}: atoms.api_key_env: environment variable {self.atoms.api_key_env} is not set "
                     "(export it with your Atoms API key)"
                 )
-        if self.api_key_inline:
-            return self.api_key_inline
+        if self.atoms.api_key_inline:
+            return self.atoms.api_key_inline
         raise ConfigError(f"{self.source}: atoms: no API key (set atoms.api_key_env)")
 
 
@@ -496,29 +529,32 @@ def config_from_dict(
         raise ConfigError("\n".join(f"{source}: {problem}" for problem in problems))
     return Config(
         source=source,
-        base_url=atoms["base_url"].rstrip("/"),
-        api_key_env=atoms["api_key_env"],
-        api_key_inline=atoms["api_key"],
-        connect_timeout=float(atoms["connect_timeout"]),
-        calls=tuple(calls),
-        hook_timeout=float(runner["hook_timeout"]),
-        idle_timeout=float(runner["idle_timeout"]),
-        shutdown_grace=float(runner["shutdown_grace"]),
-        buffer=runner["buffer"],
-        spool_file=base_dir / runner["spool_file"],
-        reconnect=ReconnectConfig(
-            initial_delay=float(reconnect["initial_delay"]),
-            max_delay=float(reconnect["max_delay"]),
-            max_attempts=reconnect["max_attempts"],
-            max_retry_after=float(reconnect["max_retry_after"]),
-        ),
-        disable=tuple(plugins["disable"]),
-        load=tuple(plugins["load"]),
-        plugin_settings=plugin_settings,
         base_dir=base_dir,
         path=path,
-        max_calls=runner["max_calls"],
-        max_event_bytes=runner["max_event_bytes"],
+        atoms=AtomsConfig(
+            base_url=atoms["base_url"].rstrip("/"),
+            api_key_env=atoms["api_key_env"],
+            api_key_inline=atoms["api_key"],
+            connect_timeout=float(atoms["connect_timeout"]),
+            max_requests_per_second=float(atoms["max_requests_per_second"]),
+        ),
+        runner=RunnerConfig(
+            calls=tuple(calls),
+            hook_timeout=float(runner["hook_timeout"]),
+            idle_timeout=float(runner["idle_timeout"]),
+            shutdown_grace=float(runner["shutdown_grace"]),
+            buffer=runner["buffer"],
+            spool_file=base_dir / runner["spool_file"],
+            max_calls=runner["max_calls"],
+            max_event_bytes=runner["max_event_bytes"],
+            reconnect=ReconnectConfig(
+                initial_delay=float(reconnect["initial_delay"]),
+                max_delay=float(reconnect["max_delay"]),
+                max_attempts=reconnect["max_attempts"],
+                max_retry_after=float(reconnect["max_retry_after"]),
+            ),
+        ),
+        plugins=PluginsConfig(disable=tuple(plugins["disable"]), load=tuple(plugins["load"]), settings=plugin_settings),
         discovery=DiscoveryConfig(
             **{key: tuple(value) if isinstance(value, list) else value for key, value in discovery.items()}  # type: ignore[arg-type]  # (checked above)
         ),
@@ -535,5 +571,4 @@ def config_from_dict(
             retry_interval=float(backfill["retry_interval"]),
             timeout=float(backfill["timeout"]),
         ),
-        max_requests_per_second=float(atoms["max_requests_per_second"]),
     )

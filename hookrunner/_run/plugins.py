@@ -80,7 +80,7 @@ class _Loader:
         self.config = config
         self.strict = strict
         self.pm = new_plugin_manager()
-        self.disabled = set(config.disable)
+        self.disabled = set(config.plugins.disable)
         self.infos: list[PluginInfo] = []
         self.problems: list[str] = []
 
@@ -161,7 +161,7 @@ def load_plugins(config: Config, strict: bool = True) -> LoadedPlugins:
     _add_entry_points(loader)
     _add_local_plugins(loader, config)
     known = {info.name for info in loader.infos}
-    for index, name in enumerate(config.disable):
+    for index, name in enumerate(config.plugins.disable):
         if name not in known:
             log.warning("%s: plugins.disable[%d]: no plugin named %s%s", config.source, index, name, suggest(name, known))
     if strict and loader.problems:
@@ -216,7 +216,7 @@ def _load_entry_point(ep: importlib.metadata.EntryPoint) -> Any:
 
 
 def _add_local_plugins(loader: _Loader, config: Config) -> None:
-    for index, spec in enumerate(config.load):
+    for index, spec in enumerate(config.plugins.load):
         where = f"{config.source}: plugins.load[{index}]"
         name = _local_name(spec)
         taken = any(info.name == name for info in loader.infos) and name not in loader.disabled
@@ -322,14 +322,14 @@ def validate_plugin_settings(config: Config, loaded: LoadedPlugins) -> None:
     """
     problems: list[str] = []
     known = {info.name for info in loaded.infos}
-    for name in config.plugin_settings:
+    for name in config.plugins.settings:
         if name not in known:
             problems.append(f"{config.source}: plugins.{name}: no plugin named {name} is installed{suggest(name, known)}")
     validators = {impl.plugin_name: impl for impl in loaded.pm.hook.validate_settings.get_hookimpls()}
     schemas = plugin_schemas(loaded)
     for info in loaded.infos:
         declared = info.name in validators or info.name in schemas
-        if info.active and info.name in config.plugin_settings and not declared:
+        if info.active and info.name in config.plugins.settings and not declared:
             log.warning(
                 "%s: plugins.%s: plugin %s does not declare its settings (no settings_schema or validate_settings), "
                 "so this table is not checked",
@@ -343,13 +343,13 @@ def validate_plugin_settings(config: Config, loaded: LoadedPlugins) -> None:
             problems.append(f"plugin {name}: {schema}")
             schema_failed.add(name)
             continue
-        found = check_table(config.plugin_settings.get(name, {}), schema, f"plugins.{name}")[1]
+        found = check_table(config.plugins.settings.get(name, {}), schema, f"plugins.{name}")[1]
         problems += [f"{config.source}: {problem}" for problem in found]
         if found:
             schema_failed.add(name)
     for name, impl in validators.items():
         if name not in schema_failed:  # its own checks assume the schema's; no second line for one mistake
-            problems += _call_validate_settings(name, impl, config.plugin_settings.get(name, {}), config.source)
+            problems += _call_validate_settings(name, impl, config.plugins.settings.get(name, {}), config.source)
     if problems:
         raise ConfigError("\n".join(problems))
 
@@ -358,7 +358,7 @@ def settings_with_defaults(config: Config, loaded: LoadedPlugins) -> dict[str, d
     """Every plugin's ``[plugins.NAME]`` table with its schema's top-level defaults filled in: what ``app.settings``
     holds, so a plugin reads ``app.settings["key"]`` without repeating its defaults. Assumes the tables passed
     ``validate_plugin_settings``."""
-    tables = {name: dict(table) for name, table in config.plugin_settings.items()}
+    tables = {name: dict(table) for name, table in config.plugins.settings.items()}
     for name, schema in plugin_schemas(loaded).items():
         if isinstance(schema, dict):
             tables[name] = check_table(tables.get(name, {}), schema, open_keys=True)[0]

@@ -8,7 +8,6 @@ hooks, so a plugin sees a call's events in order and never two at once, while ca
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import signal
@@ -69,8 +68,6 @@ EXIT_OK, EXIT_SOME_CALLS_FAILED, EXIT_USAGE = 0, 1, 2
 
 DRAIN, SUBSCRIPTION, FINAL = "drain", "subscription", "final"
 #: Config fields SIGHUP applies (and those that only say where the config came from).
-RELOADED_FIELDS = frozenset({"plugin_settings", "source", "path", "base_dir"})
-
 
 class Runner:
     """Follows calls to their end; ``await runner.run()`` returns the process exit code.
@@ -96,10 +93,10 @@ class Runner:
         self.config = config
         self.plugins = plugins
         self.stats = Stats()
-        self.dispatcher = HookDispatcher(plugins.pm, config.hook_timeout, self.stats)
+        self.dispatcher = HookDispatcher(plugins.pm, config.runner.hook_timeout, self.stats)
         self._api_key = api_key
         self._call_ids = list(dict.fromkeys(calls))
-        self.calls = CallBook(config.max_calls)
+        self.calls = CallBook(config.runner.max_calls)
         self.metrics = RunnerMetrics(self.stats, self.calls)
         if config.server.enabled:  # only a scraped histogram is worth its cost per hook call
             self.dispatcher.observe = self.metrics.observe_hook
@@ -176,12 +173,12 @@ class Runner:
             trio.open_nursery() as background,
         ):
             self._background = background
-            self._rest_limiter = RateLimiter(self.config.max_requests_per_second)
+            self._rest_limiter = RateLimiter(self.config.atoms.max_requests_per_second)
             if self.config.backfill.enabled:
                 self._backfiller = Backfiller(
                     self.config.backfill,
                     client=stream_client,
-                    base_url=self.config.base_url,
+                    base_url=self.config.atoms.base_url,
                     api_key=self._api_key,
                     limiter=self._rest_limiter,
                     stats=self.stats,
@@ -228,7 +225,7 @@ class Runner:
                 self._platform_webhooks.close()  # deliveries from now on are refused (503): plugins are shutting down
             with self._stoppable(FINAL):
                 # on_shutdown flushes what plugins hold (outboxes): it gets shutdown_grace, or what a stop left of it
-                self._shutdown_deadline = trio.current_time() + self.config.shutdown_grace
+                self._shutdown_deadline = trio.current_time() + self.config.runner.shutdown_grace
                 if self._stopping:
                     self._shutdown_deadline = min(self._shutdown_deadline, self._deadlines[FINAL])
                 async with trio.open_nursery() as closing:  # the outboxes need not wait for any plugin's on_shutdown
@@ -246,7 +243,7 @@ class Runner:
     def shutdown_time_left(self) -> float:
         """Seconds ``on_shutdown`` may still take (``shutdown_grace`` until it starts)."""
         if self._shutdown_deadline is None:
-            return self.config.shutdown_grace
+            return self.config.runner.shutdown_grace
         return max(0.0, self._shutdown_deadline - trio.current_time())
 
     async def reload(self) -> bool:
@@ -262,16 +259,12 @@ class Runner:
             problems = str(exc).splitlines()
             log.error("%s: reload refused, the running settings stay: %s", path, "; ".join(problems))
             return False
-        ignored = [
-            item.name
-            for item in dataclasses.fields(config)
-            if item.name not in RELOADED_FIELDS and getattr(config, item.name) != getattr(self.config, item.name)
-        ]
+        ignored = self.config.needs_restart_for(config)
         if ignored:
             log.warning("%s: reload applies [plugins.NAME] tables only; restart to apply: %s", path, ", ".join(ignored))
         for name, app in self._apps.items():
             app.settings = settings.get(name, {})
-        self.config = dataclasses.replace(self.config, plugin_settings=config.plugin_settings)
+        self.config = self.config.with_plugin_settings(config.plugins.settings)
         await self.dispatcher.call("on_reload", lambda name: {"app": self._apps[name]})
         log.info("%s: plugin settings reloaded", path)
         return True
@@ -283,7 +276,7 @@ class Runner:
         self._stopping = True
         self.state = "draining"
         now = trio.current_time()
-        self._deadlines = {DRAIN: now + self.config.shutdown_grace / 2, FINAL: now + self.config.shutdown_grace}
+        self._deadlines = {DRAIN: now + self.config.runner.shutdown_grace / 2, FINAL: now + self.config.runner.shutdown_grace}
         for scope, kind in self._scopes.items():
             self._apply_stop(scope, kind)
 
@@ -315,7 +308,7 @@ class Runner:
                     log.warning(
                         "%s: stopping; draining received events for up to %g s (again to stop at once)",
                         signal.Signals(signum).name,
-                        self.config.shutdown_grace,
+                        self.config.runner.shutdown_grace,
                     )
                     self.stop()
                 else:
@@ -350,7 +343,7 @@ class Runner:
                 "%s: waiting: runner.max_calls (%d) calls are followed already; it is followed when one ends "
                 "(%d waiting)",
                 call_id,
-                self.config.max_calls,
+                self.config.runner.max_calls,
                 self.calls.waiting,
             )
         return offer
@@ -424,7 +417,7 @@ class Runner:
         if self._journal is not None and left:
             log.warning("atoms webhook: %d deliveries not dispatched stay in the journal for the next run", len(left))
         else:
-            spool_platform_webhooks(self.config.spool_file, left)
+            spool_platform_webhooks(self.config.runner.spool_file, left)
 
     # --- one call ---------------------------------------------------------------------------------------------
 
@@ -465,18 +458,18 @@ class Runner:
         subscription = Subscription(
             call_id,
             client=self._stream_client,
-            base_url=self.config.base_url,
+            base_url=self.config.atoms.base_url,
             api_key=self._api_key,
-            connect_timeout=self.config.connect_timeout,
-            idle_timeout=self.config.idle_timeout,
-            reconnect=self.config.reconnect,
+            connect_timeout=self.config.atoms.connect_timeout,
+            idle_timeout=self.config.runner.idle_timeout,
+            reconnect=self.config.runner.reconnect,
             stats=self.stats,
             not_found_grace=self.config.discovery.not_found_grace if source in PUSHED else 0.0,
-            max_event_size=self.config.max_event_bytes,
+            max_event_size=self.config.runner.max_event_bytes,
             seen_before=dispatched_before,
             on_received=journal.received if journal is not None else None,
         )
-        send, receive = trio.open_memory_channel[Event | Subscribed](self.config.buffer)
+        send, receive = trio.open_memory_channel[Event | Subscribed](self.config.runner.buffer)
         reason = SHUTDOWN
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._dispatch_call, call, receive, journal)
@@ -503,7 +496,7 @@ class Runner:
         if journal is not None and journal.unfinished:  # a stop cut its backfill short: the next run finishes it
             reason = SHUTDOWN
         if subscription.pending is not None and journal is None:  # after the buffer the dispatch task spooled
-            self.stats.events_spooled += spool_events(self.config.spool_file, call_id, [subscription.pending])
+            self.stats.events_spooled += spool_events(self.config.runner.spool_file, call_id, [subscription.pending])
         if reason == SHUTDOWN and self._auth_error is not None:
             reason = AUTH_FAILED
         elif reason == SHUTDOWN:
@@ -589,7 +582,7 @@ class Runner:
                     if left:
                         log.warning("%s: %d events not dispatched stay in the journal for the next run", call.id, len(left))
                 else:
-                    self.stats.events_spooled += spool_events(self.config.spool_file, call.id, left)
+                    self.stats.events_spooled += spool_events(self.config.runner.spool_file, call.id, left)
 
     async def _dispatch_event(self, call: CallContext, event: Event) -> None:
         self.stats.events_by_type[type_label(event.event_type)] += 1

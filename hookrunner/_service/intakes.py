@@ -30,7 +30,7 @@ class ListingIntake:
         poller = ListingPoller(
             runner.config.discovery,
             client=runner.atoms_client,
-            base_url=runner.config.base_url,
+            base_url=runner.config.atoms.base_url,
             api_key=runner.api_key,
             follow=runner.follow,
             stats=runner.stats,

@@ -122,7 +122,7 @@ class ServiceApp:
             outcomes["bad_call_id"] += 1
             self.runner.refuse_call_id("push", f"delivery {shown(delivery.id)}: metadata.callId: {problem}")
             # signed, so Atoms' own: it never retries, so it is kept where a person can see it
-            spool_platform_webhooks(self.runner.config.spool_file, [delivery], why="refused for its metadata.callId")
+            spool_platform_webhooks(self.runner.config.runner.spool_file, [delivery], why="refused for its metadata.callId")
             await send_json(send, 400, errors(f"metadata.callId: {problem}"))
             return
         answer: dict[str, Any] = {"status": True}

@@ -313,7 +313,7 @@ async def run_faults(script: Script, workdir: Path, *, seed: int, deadline: floa
                     calls=[call.id for call in script.calls],
                     base_dir=workdir,
                 )
-                run.max_event_size = runner.config.max_event_bytes
+                run.max_event_size = runner.config.runner.max_event_bytes
                 started = trio.current_time()
                 await _run(runner, run, deadline, recording.finished)
                 run.elapsed = trio.current_time() - started
