@@ -1,20 +1,16 @@
-"""The runner: one nursery that owns every call's subscription and dispatch tasks, the trigger queue, plugins'
-background tasks, and the way all of them stop.
+"""The runner: one nursery that owns every call's task, the trigger and Atoms-webhook queues, plugins' background
+tasks and outboxes, and the order in which all of them start and stop.
 
-Data flows one way: a call's ``Subscription`` decodes lines into events and sends them down a bounded channel
-(full channel = the socket waits); the call's dispatch task takes them one at a time and calls every plugin's
-hooks, so a plugin sees a call's events in order and never two at once, while calls run side by side.
+Calls reach it through ``follow`` (the config's list, the journal's, the intakes'); the call book decides which
+run now and which wait for a slot; each call runs in the per-call pipeline (``call_pipeline.py``); a stop is
+deadlines on cancel scopes (``stopping.py``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import signal
-import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime, timezone
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx
@@ -22,32 +18,32 @@ import msgspec
 import trio
 
 from hookrunner._core.api import __version__
-from hookrunner._core.config import Config, load_config
-from hookrunner._run.callbook import CallBook, Offer
 from hookrunner._core.callids import call_id_problem
-from hookrunner._run.context import App, CallContext
-from hookrunner._stream.backfill import Backfiller
-from hookrunner._state.journal import CallJournal, Journal
-from hookrunner._stream.ratelimit import RateLimiter
+from hookrunner._core.config import Config, load_config
+from hookrunner._core.errors import AuthError, HookrunnerError
+from hookrunner._core.failures import is_cancellation
 from hookrunner._core.limits import raise_open_file_limit
 from hookrunner._core.logs import logged_at, redact_in_logs
+from hookrunner._core.platform_delivery import BadDelivery, PlatformDelivery, parse_delivery
+from hookrunner._core.stats import Stats
+from hookrunner._core.text import one_line, shown
+from hookrunner._core.triggers import Trigger
+from hookrunner._run.call_pipeline import CallPipeline, call_failed
+from hookrunner._run.callbook import CallBook, Offer
+from hookrunner._run.context import App
+from hookrunner._run.dispatch import HookDispatcher
+from hookrunner._run.hook_queue import HookQueue
+from hookrunner._run.intake import Intake
 from hookrunner._run.metrics import RunnerMetrics
 from hookrunner._run.outboxes import RunOutboxes
-from hookrunner._core.platform_delivery import BadDelivery, PlatformDelivery, parse_delivery
-from hookrunner._core.failures import first_leaf, is_cancellation
-from hookrunner._core.finish import FinishReason
-from hookrunner._run.dispatch import HookDispatcher
-from hookrunner._run.hook_queue import HookQueue, left_in
-from hookrunner._run.intake import Intake
-from hookrunner._core.errors import AuthError, HookrunnerError
-from hookrunner._core.events import Event, MalformedEvent, decode_event, type_label
 from hookrunner._run.plugin_setup import checked_settings, plugin_apps
 from hookrunner._run.plugins import LoadedPlugins
-from hookrunner._state.spool import spool_events, spool_platform_webhooks
-from hookrunner._core.stats import Stats
-from hookrunner._stream.subscription import AUTH_FAILED, COMPLETED, ENDED, FAILED, NOT_FOUND, SHUTDOWN, Subscribed, Subscription, event_key
-from hookrunner._core.text import json_bytes, one_line, shown
-from hookrunner._core.triggers import Trigger
+from hookrunner._run.stopping import DRAIN, FINAL, SUBSCRIPTION, Stopping, watch_signals
+from hookrunner._state.journal import Journal
+from hookrunner._state.spool import spool_platform_webhooks
+from hookrunner._stream.backfill import Backfiller
+from hookrunner._stream.ratelimit import RateLimiter
+from hookrunner._stream.subscription import AUTH_FAILED, COMPLETED, ENDED, FAILED, NOT_FOUND, SHUTDOWN
 
 log = logging.getLogger("hookrunner.runner")
 
@@ -55,19 +51,11 @@ OK_REASONS = frozenset({ENDED, COMPLETED, SHUTDOWN})
 #: Ends after which the journal forgets a call: it is over, or cannot be followed (a refused key, a stream that
 #: gave up may leave a call still live: the next run follows it again).
 FORGOTTEN_REASONS = frozenset({ENDED, COMPLETED, NOT_FOUND, FAILED})
-#: Ends after which the call's stored conversation is compared with what was dispatched (``[backfill]``): the call
-#: is over (a stream that gave up or was not found may still be live, and comes back).
-BACKFILLED_REASONS = frozenset({ENDED, COMPLETED})
-#: Sources of call ids that may name a call before its stream exists (a pre-conversation webhook, POST /calls).
-PUSHED = frozenset({"push", "api"})
 #: Ends after which a call is never followed again; after the others (not found, given up) a later listing or
 #: push may bring it back (CallBook's retry_after), since the call may still be live.
 FINAL_REASONS = frozenset({ENDED, COMPLETED, SHUTDOWN, AUTH_FAILED, FAILED})  # (failed: again would replay it)
 EXIT_OK, EXIT_SOME_CALLS_FAILED, EXIT_USAGE = 0, 1, 2
 
-
-DRAIN, SUBSCRIPTION, FINAL = "drain", "subscription", "final"
-#: Config fields SIGHUP applies (and those that only say where the config came from).
 
 class Runner:
     """Follows calls to their end; ``await runner.run()`` returns the process exit code.
@@ -111,10 +99,8 @@ class Runner:
         self._intakes = list(intakes)
         #: The server's base URL once it listens (``[server]``), e.g. ``http://127.0.0.1:8787``.
         self.server_url: str | None = None
-        # Every scope a stop must reach, with its kind: subscriptions are cancelled, the rest get deadlines.
-        self._scopes: dict[trio.CancelScope, str] = {}
-        self._stopping = False
-        self._deadlines = {DRAIN: math.inf, FINAL: math.inf}
+        # Every scope a stop must reach: subscriptions are cancelled, the rest get deadlines.
+        self._stop = Stopping(config.runner.shutdown_grace)
         self._triggers = HookQueue[Trigger]()  # emitted by plugins, for on_trigger
         self._platform_webhooks = HookQueue[PlatformDelivery]()  # accepted by the server, for on_platform_webhook
         self._background: trio.Nursery | None = None
@@ -124,7 +110,7 @@ class Runner:
         self._resumed_calls: dict[str, None] = {}  # what the journal said was followed when this run began, in order
         #: Every Atoms REST request (listings, backfill) waits here: one limit, atoms.max_requests_per_second.
         self._rest_limiter: RateLimiter | None = None
-        self._backfiller: Backfiller | None = None
+        self._pipeline: CallPipeline | None = None  # built once the run has its Atoms client
 
     # --- the whole run ----------------------------------------------------------------------------------------
 
@@ -145,7 +131,7 @@ class Runner:
             self._platform_webhooks.keep_in_journal(self._journal.platform_received, self._journal.platform_dispatched)
         try:
             async with trio.open_nursery() as watcher:  # signals are watched from on_startup to on_shutdown
-                watcher.start_soon(self._watch_signals)
+                watcher.start_soon(watch_signals, self.stop, self._stop, self.reload)
                 await self._run_plugins_and_calls()
                 watcher.cancel_scope.cancel()
         finally:
@@ -174,8 +160,9 @@ class Runner:
         ):
             self._background = background
             self._rest_limiter = RateLimiter(self.config.atoms.max_requests_per_second)
+            backfiller = None
             if self.config.backfill.enabled:
-                self._backfiller = Backfiller(
+                backfiller = Backfiller(
                     self.config.backfill,
                     client=stream_client,
                     base_url=self.config.atoms.base_url,
@@ -183,6 +170,19 @@ class Runner:
                     limiter=self._rest_limiter,
                     stats=self.stats,
                 )
+            self._pipeline = CallPipeline(
+                self.config,
+                client=stream_client,
+                api_key=self._api_key,
+                stats=self.stats,
+                dispatcher=self.dispatcher,
+                stopping=self._stop,
+                key_refused=self.key_refused,
+                key_was_refused=lambda: self._auth_error is not None,
+                journal=self._journal,
+                resumed_calls=self._resumed_calls,
+                backfiller=backfiller,
+            )
             if self._journal is not None:
                 background.start_soon(self._journal.run)
             outboxes = RunOutboxes(
@@ -207,7 +207,7 @@ class Runner:
                 core.start_soon(self._dispatch_platform_webhooks)
                 async with trio.open_nursery() as calls:
                     self._calls_nursery, self._stream_client = calls, stream_client
-                    if not self._stopping:
+                    if not self._stop.begun:
                         self.state = "serving"
                     for call_id in self._call_ids:
                         self.follow(call_id, "config")
@@ -223,11 +223,11 @@ class Runner:
                     log.warning("%s: never followed: the runner stopped while it waited for a free slot", call_id)
                 self._triggers.close()  # no call can emit any more: the trigger queue drains and ends
                 self._platform_webhooks.close()  # deliveries from now on are refused (503): plugins are shutting down
-            with self._stoppable(FINAL):
+            with self._stop.stoppable(FINAL):
                 # on_shutdown flushes what plugins hold (outboxes): it gets shutdown_grace, or what a stop left of it
                 self._shutdown_deadline = trio.current_time() + self.config.runner.shutdown_grace
-                if self._stopping:
-                    self._shutdown_deadline = min(self._shutdown_deadline, self._deadlines[FINAL])
+                if self._stop.begun:
+                    self._shutdown_deadline = min(self._shutdown_deadline, self._stop.deadline(FINAL))
                 async with trio.open_nursery() as closing:  # the outboxes need not wait for any plugin's on_shutdown
                     closing.start_soon(outboxes.close_all, self.shutdown_time_left())
                     await self.dispatcher.call(
@@ -271,58 +271,15 @@ class Runner:
 
     def stop(self) -> None:
         """Begin a graceful stop: no new events are read; what was received is dispatched within the grace."""
-        if self._stopping:
-            return
-        self._stopping = True
-        self.state = "draining"
-        now = trio.current_time()
-        self._deadlines = {DRAIN: now + self.config.runner.shutdown_grace / 2, FINAL: now + self.config.runner.shutdown_grace}
-        for scope, kind in self._scopes.items():
-            self._apply_stop(scope, kind)
-
-    def _apply_stop(self, scope: trio.CancelScope, kind: str) -> None:
-        if kind == SUBSCRIPTION:
-            scope.cancel()
-        else:
-            scope.deadline = min(scope.deadline, self._deadlines[kind])
-
-    @contextmanager
-    def _stoppable(self, kind: str) -> Iterator[trio.CancelScope]:
-        """A cancel scope that a stop reaches, even one begun before the scope was entered."""
-        scope = trio.CancelScope()
-        self._scopes[scope] = kind
-        if self._stopping:
-            self._apply_stop(scope, kind)
-        try:
-            with scope:
-                yield scope
-        finally:
-            del self._scopes[scope]
-
-    async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    await self.reload()
-                elif not self._stopping:
-                    log.warning(
-                        "%s: stopping; draining received events for up to %g s (again to stop at once)",
-                        signal.Signals(signum).name,
-                        self.config.runner.shutdown_grace,
-                    )
-                    self.stop()
-                else:
-                    log.warning("%s again: stopping at once", signal.Signals(signum).name)
-                    self._deadlines = {DRAIN: trio.current_time(), FINAL: trio.current_time()}
-                    for scope in self._scopes:
-                        scope.cancel()
+        if self._stop.stop():
+            self.state = "draining"
 
     # --- which calls ------------------------------------------------------------------------------------------
 
     def follow(self, call_id: str, source: str) -> Offer | None:
         """Follow ``call_id`` unless it is followed, over, or waiting already; ``source`` says who found it
         (config, listing, push, api). Returns what was decided, or None when the runner no longer takes calls."""
-        if self._calls_nursery is None or (self._stopping and source != "config"):
+        if self._calls_nursery is None or (self._stop.begun and source != "config"):
             return None  # (listed calls still start during a stop, to end as "shutdown" as they always have)
         problem = call_id_problem(call_id)
         if problem is not None:  # every intake checks first; this is the guard behind them
@@ -357,7 +314,7 @@ class Runner:
             log.warning("%s: refused a call id (%s); %d refused from %s so far", source, problem, count, source)
 
     async def _until_stopped(self) -> None:
-        with self._stoppable(SUBSCRIPTION):
+        with self._stop.stoppable(SUBSCRIPTION):
             await trio.sleep_forever()
 
     # --- what intakes see (hookrunner._run.intake.RunnerView) -----------------------------------------------
@@ -379,7 +336,7 @@ class Runner:
         return self._rest_limiter
 
     def until_stop(self) -> AbstractContextManager[trio.CancelScope]:
-        return self._stoppable(SUBSCRIPTION)
+        return self._stop.stoppable(SUBSCRIPTION)
 
     def cannot_go_on(self, exc: HookrunnerError) -> None:
         if self._fatal_error is None:
@@ -410,7 +367,7 @@ class Runner:
         async def dispatch(delivery: PlatformDelivery) -> None:
             await self.dispatcher.call("on_platform_webhook", {"delivery": delivery}, call_id=delivery.call_id)
 
-        with self._stoppable(DRAIN):
+        with self._stop.stoppable(DRAIN):
             await self._platform_webhooks.dispatch_each(dispatch)
         left = self._platform_webhooks.left()
         self.stats.platform_webhooks["not_dispatched"] += len(left)
@@ -425,18 +382,19 @@ class Runner:
         reason = SHUTDOWN
         journal = self._journal.for_call(call_id) if self._journal is not None else None
         try:
-            reason = await self._follow_one(call_id, source, journal)
+            assert self._pipeline is not None
+            reason = await self._pipeline.follow(call_id, source, journal)
         except BaseException as exc:  # a failure while following one call is that call's, never the runner's
             if is_cancellation(exc):
                 raise
-            reason = self._call_failed(call_id, exc)
+            reason = call_failed(call_id, exc)
             self.stats.calls_finished[reason] += 1
         finally:
             # A stop, or events left undispatched, leave the call in the journal for the next run to resume.
             owed = journal is not None and (journal.undispatched or journal.unfinished)
             if journal is not None and reason in FORGOTTEN_REASONS and not owed:
                 journal.over()
-            taking_calls = self._calls_nursery is not None and not self._stopping
+            taking_calls = self._calls_nursery is not None and not self._stop.begun
             next_id = self.calls.finish(
                 call_id, final=reason in FINAL_REASONS, now=trio.current_time(), promote=taking_calls
             )
@@ -444,154 +402,11 @@ class Runner:
                 log.info("%s: a slot is free: following it", next_id)
                 self._calls_nursery.start_soon(self._follow_call, next_id, "waiting")  # type: ignore[union-attr]
 
-    def _call_failed(self, call_id: str, exc: BaseException) -> FinishReason:
-        leaf = first_leaf(exc)
-        log.error("%s: failed: %s: %s", call_id, type(leaf).__name__, one_line(str(leaf), 300))
-        log.debug("%s: traceback", call_id, exc_info=exc)
-        return FAILED
-
-    async def _follow_one(self, call_id: str, source: str, journal: CallJournal | None) -> FinishReason:
-        """Follow one call to its end; the reason it ended."""
-        assert self._stream_client is not None
-        call = CallContext(call_id)
-        dispatched_before = self._journal.dispatched_keys(call_id) if self._journal is not None else []
-        subscription = Subscription(
-            call_id,
-            client=self._stream_client,
-            base_url=self.config.atoms.base_url,
-            api_key=self._api_key,
-            connect_timeout=self.config.atoms.connect_timeout,
-            idle_timeout=self.config.runner.idle_timeout,
-            reconnect=self.config.runner.reconnect,
-            stats=self.stats,
-            not_found_grace=self.config.discovery.not_found_grace if source in PUSHED else 0.0,
-            max_event_size=self.config.runner.max_event_bytes,
-            seen_before=dispatched_before,
-            on_received=journal.received if journal is not None else None,
-        )
-        send, receive = trio.open_memory_channel[Event | Subscribed](self.config.runner.buffer)
-        reason = SHUTDOWN
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._dispatch_call, call, receive, journal)
-            async with send:
-                with self._stoppable(SUBSCRIPTION):
-                    try:
-                        if journal is not None:
-                            await self._restore_events(journal, subscription, send)
-                        reason = await subscription.run(send)
-                        # (a call never streamed to us, in this run or one before, is owed nothing)
-                        followed_before = call_id in self._resumed_calls or bool(dispatched_before)
-                        if reason in BACKFILLED_REASONS and (subscription.subscribed or followed_before):
-                            await self._backfill(call_id, subscription, send, journal)
-                    except AuthError as exc:
-                        self.key_refused(exc)
-                    except BaseException as exc:  # what was received is still dispatched, and the call finished
-                        if is_cancellation(exc):
-                            raise
-                        reason = self._call_failed(call_id, exc)
-                if subscription.pending is not None:  # a stop caught the stream waiting on a full buffer
-                    with self._stoppable(DRAIN):
-                        await send.send(subscription.pending)
-                        subscription.pending = None
-        if journal is not None and journal.unfinished:  # a stop cut its backfill short: the next run finishes it
-            reason = SHUTDOWN
-        if subscription.pending is not None and journal is None:  # after the buffer the dispatch task spooled
-            self.stats.events_spooled += spool_events(self.config.runner.spool_file, call_id, [subscription.pending])
-        if reason == SHUTDOWN and self._auth_error is not None:
-            reason = AUTH_FAILED
-        elif reason == SHUTDOWN:
-            log.info("%s: stopped by shutdown after %d events", call_id, call.events_dispatched)
-        call.finished_reason = reason
-        self.stats.calls_finished[reason] += 1
-        with self._stoppable(DRAIN):
-            await self.dispatcher.call("on_call_finished", {"call": call, "reason": reason}, call_id=call_id)
-        return reason
-
     def key_refused(self, exc: AuthError) -> None:
         """Atoms refused the API key: it is wrong for every call, so the runner stops and exits with it."""
         if self._auth_error is None:
             self._auth_error = exc
             self.stop()
-
-    async def _restore_events(
-        self, journal: CallJournal, subscription: Subscription, send: trio.MemorySendChannel[Event | Subscribed]
-    ) -> None:
-        """Put first in the call's buffer the events a previous run received and did not dispatch."""
-        assert self._journal is not None
-        rows = self._journal.undispatched_events(journal.call_id)
-        for seq, data, received, backfilled in rows:
-            try:
-                event = decode_event(data, journal.call_id, datetime.fromtimestamp(received, timezone.utc))
-            except MalformedEvent:  # (it was decoded once: only a damaged file could do this)
-                journal.restored(seq, None)
-                journal.dispatched()
-                continue
-            if backfilled:
-                event = msgspec.structs.replace(event, backfilled=True)
-            journal.restored(seq, subscription.passed_on_before(event, data))
-            await send.send(event)
-        if rows:
-            log.info("%s: %d events a previous run received are dispatched first", journal.call_id, len(rows))
-
-    async def _backfill(
-        self,
-        call_id: str,
-        subscription: Subscription,
-        send: trio.MemorySendChannel[Event | Subscribed],
-        journal: CallJournal | None,
-    ) -> None:
-        """Queue after the call's live events those its stored conversation holds and the stream never passed on
-        (unless ``[backfill]`` is off). Until that is done, a stop leaves the call owed to the next run."""
-        if self._backfiller is None:
-            return
-        if journal is not None:
-            journal.unfinished = True
-        for event in await self._backfiller.missing(call_id, subscription.passed_on):
-            if journal is not None:
-                journal.received(json_bytes(event.raw).decode(), time.time(), event_key(event), backfilled=True)
-            await send.send(event)
-        if journal is not None:
-            journal.unfinished = False
-
-    async def _dispatch_call(
-        self,
-        call: CallContext,
-        receive: trio.MemoryReceiveChannel[Event | Subscribed],
-        journal: CallJournal | None = None,
-    ) -> None:
-        current: Event | None = None
-        async with receive:
-            try:
-                with self._stoppable(DRAIN):
-                    async for item in receive:
-                        if isinstance(item, Subscribed):
-                            await self.dispatcher.call("on_call_subscribed", {"call": call}, call_id=call.id)
-                            continue
-                        current = item
-                        await self._dispatch_event(call, item)
-                        current = None
-                        if journal is not None:
-                            journal.dispatched()
-            finally:
-                # Items are left (or one half dispatched) only when the grace ran out, or a stop at once, or a
-                # bug cut this task: in every case they are kept where they can be replayed from (the journal,
-                # whose next run dispatches them, or else the spool file).
-                left = [current] if current is not None else []
-                left += [item for item in left_in(receive) if isinstance(item, Event)]
-                if journal is not None:
-                    if left:
-                        log.warning("%s: %d events not dispatched stay in the journal for the next run", call.id, len(left))
-                else:
-                    self.stats.events_spooled += spool_events(self.config.runner.spool_file, call.id, left)
-
-    async def _dispatch_event(self, call: CallContext, event: Event) -> None:
-        self.stats.events_by_type[type_label(event.event_type)] += 1
-        call.record_turn(event)
-        arguments = {"event": event, "call": call}
-        if event.HOOK is not None:
-            await self.dispatcher.call(event.HOOK, arguments, call_id=call.id, event_id=event.event_id)
-        await self.dispatcher.call("on_event", arguments, call_id=call.id, event_id=event.event_id)
-        call.events_dispatched += 1
 
     # --- triggers and plugins' background work ------------------------------------------------------------
 
@@ -607,7 +422,7 @@ class Runner:
             self.stats.triggers += 1
             await self.dispatcher.call("on_trigger", {"trigger": trigger}, call_id=trigger.call_id, event_id=trigger.event_id)
 
-        with self._stoppable(DRAIN):
+        with self._stop.stoppable(DRAIN):
             await self._triggers.dispatch_each(dispatch)
         left = self._triggers.left()
         if self._journal is not None:
