@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runner import ROOT, bench_arguments
+from benchlib import ROOT, bench_arguments
 
 CHILD_TIMEOUT = 180.0  # seconds: the run's own deadline (90 s) plus its stop, and a margin for a slow machine
 RUN_DEADLINE = 90.0

@@ -39,11 +39,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runner import bench_arguments, fixtures_argument, stream_lines
-
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "streams"  # the project's example streams; --fixtures DIR reads others
-PAGE = os.sysconf("SC_PAGE_SIZE")
+from benchlib import FIXTURES, bench_arguments, fixtures_argument, rss_mib, stream_lines
 
 # --- the rules -----------------------------------------------------------------------------------------------
 
@@ -195,11 +191,6 @@ def fixture_texts() -> list[str]:
 # --- one scenario (inside a --child process) -----------------------------------------------------------------
 
 KINDS = {"user_interim_transcription": "interim", "user_transcription": "final", "tts_completed": "tts"}
-
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE / 2**20
 
 
 class StandInApp:

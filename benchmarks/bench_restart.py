@@ -4,9 +4,10 @@
     .venv/bin/python benchmarks/bench_restart.py [--quick] [--rounds N] [--pending N] [--json FILE]
 
 Everything is a real process, started as a user would: the simulator (``hookrunner simulate``, as
-``bench_runner.Server``), ``hookrunner run CONFIG`` with only the bundled ``webhook`` plugin (one endpoint,
-``events = ["*"]``: one message per event), and for each run a fresh receiver (``bench_webhook.ReceiverProcess``:
-a raw asyncio HTTP/1.1 server answering one status to every request, which keeps each request's arrival time).
+``benchlib.Server``), ``hookrunner run CONFIG`` with only the bundled ``webhook`` plugin (one endpoint,
+``events = ["*"]``: one message per event), and for each run a fresh receiver (``benchlib.ReceiverProcess``,
+which starts ``bench_webhook.py --receiver``: a raw asyncio HTTP/1.1 server answering one status to every request,
+which keeps each request's arrival time).
 
 1. fill, once: ``hookrunner run`` follows 100 calls whose events all come at once, N messages in all (default
    10,000), while the receiver answers 503: each call's first message is retried, the rest wait behind it, and
@@ -44,9 +45,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runner import (
+from benchlib import (
     KEY,
+    WEBHOOK_SECRET_ENV,
     CallIds,
+    ReceiverProcess,
     Server,
     bench_arguments,
     event_mix,
@@ -54,7 +57,6 @@ from bench_runner import (
     journal_sizes,
     without_backfill,
 )
-from bench_webhook import SECRET_ENV, ReceiverProcess
 
 HOOKRUNNER = Path(sys.executable).with_name("hookrunner")
 FILL_CALLS = 100
@@ -76,8 +78,8 @@ class Plan(CallIds):
             "keepalive": 0,
             "timestamp_format": "iso",
             "calls": [
-                self._group("FILL", FILL_CALLS, event_mix(self.per_call - 2, seed=31)),
-                self._group("FRESH", 2 * self.rounds, event_mix(FRESH_EVENTS - 2, seed=32)),
+                self.group("FILL", FILL_CALLS, event_mix(self.per_call - 2, seed=31)),
+                self.group("FRESH", 2 * self.rounds, event_mix(FRESH_EVENTS - 2, seed=32)),
             ],
         }
 
@@ -93,7 +95,8 @@ def write_config(folder: Path, base_url: str, receiver_url: str, *, calls: list[
     from hookrunner._run.plugins import ENTRY_POINT_GROUP
 
     installed = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    endpoint = {"name": "bench", "url": receiver_url, "secret_env": SECRET_ENV, "events": ["*"], "max_queue": max_queue}
+    endpoint = {"name": "bench", "url": receiver_url, "secret_env": WEBHOOK_SECRET_ENV, "events": ["*"],
+                "max_queue": max_queue}  # fmt: skip
     table = {
         "atoms": {"base_url": base_url, "api_key": KEY},
         "runner": {"calls": calls, "reconnect": {"max_attempts": 3}, "shutdown_grace": 600.0},
@@ -285,7 +288,7 @@ def main() -> None:
         return
     started = time.perf_counter()
     plan = Plan(args.quick, args.rounds, args.pending)
-    os.environ[SECRET_ENV] = "whsec_" + base64.b64encode(os.urandom(32)).decode()  # the runners' and receivers'
+    os.environ[WEBHOOK_SECRET_ENV] = "whsec_" + base64.b64encode(os.urandom(32)).decode()  # the runners' and receivers'
     print(f"hookrunner restart benchmark ({'quick' if args.quick else 'full'}), {os.cpu_count()} CPUs, "
           f"Python {sys.version.split()[0]}", flush=True)  # fmt: skip
     runs: list[dict[str, Any]] = []

@@ -3,8 +3,8 @@
 
     .venv/bin/python benchmarks/bench_service.py [--quick] [--rounds N] [--json FILE]
 
-Every figure is taken against the project's simulator over loopback sockets, as in ``bench_runner.py`` (its
-``Server``: a ``hookrunner simulate`` subprocess, a fresh one per scenario so that a listing shows only that
+Every figure is taken against the project's simulator over loopback sockets, as in ``bench_runner.py``
+(``benchlib.Server``: a ``hookrunner simulate`` subprocess, a fresh one per scenario so that a listing shows only that
 scenario's calls). The runner is a fresh child process per run (this script with ``--child``): a ``Runner`` in
 service mode with the installed plugins but ``console``, plus a recorder plugin that notes ``time.time()`` at each
 ``on_call_subscribed`` and stops the runner once the expected calls are over. Pushes, ``POST``s and scrapes come
@@ -45,16 +45,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runner import (
+from benchlib import (
     KEY,
     CallIds,
     Server,
-    _percentiles,
     bench_arguments,
     bench_config,
     event_mix,
     median,
     peak_rss_mib,
+    percentiles,
     rss_mib,
     run_child,
 )
@@ -333,7 +333,7 @@ def push_latency(plan: Plan, workdir: Path) -> list[dict[str, Any]]:
     ids = CallIds()
     short = event_mix(6, seed=21, at=lambda i: round(i * 0.2, 3))  # a call of 1 s
     variants = [(f"paced, {plan.push_rate:g}/s", plan.push_calls, plan.push_rate), ("burst, all at once", plan.burst_calls, None)]
-    script = {"api_key": KEY, "keepalive": 0, "calls": [ids._group(f"PUSH{i}", n, short) for i, (_, n, _) in enumerate(variants)]}
+    script = {"api_key": KEY, "keepalive": 0, "calls": [ids.group(f"PUSH{i}", n, short) for i, (_, n, _) in enumerate(variants)]}
     server = Server(script, workdir)
     rows = []
     try:
@@ -352,9 +352,9 @@ def push_latency(plan: Plan, workdir: Path) -> list[dict[str, Any]]:
                 "n": n,
                 "accepted": len(answered),
                 "subscribed": sum(p["call_id"] in subscribed for p in pushes),
-                "post_ms": _percentiles([p["answered"] - p["sent"] for p in answered]),
-                "from_send_ms": _percentiles([subscribed[p["call_id"]] - p["sent"] for p in answered if p["call_id"] in subscribed]),
-                "from_answer_ms": _percentiles([subscribed[p["call_id"]] - p["answered"] for p in answered if p["call_id"] in subscribed]),
+                "post_ms": percentiles([p["answered"] - p["sent"] for p in answered]),
+                "from_send_ms": percentiles([subscribed[p["call_id"]] - p["sent"] for p in answered if p["call_id"] in subscribed]),
+                "from_answer_ms": percentiles([subscribed[p["call_id"]] - p["answered"] for p in answered if p["call_id"] in subscribed]),
                 "over_target": sum(subscribed[p["call_id"]] - p["sent"] > PUSH_TARGET_MS / 1000 for p in answered if p["call_id"] in subscribed),
                 "errors": _errors(pushes),
                 "listen_overflows": overflows,
@@ -396,7 +396,7 @@ def listing_latency(plan: Plan, workdir: Path) -> list[dict[str, Any]]:
             "label": f"{n} calls, 1 every {every:g} s, {length:g} s each, page_size {page_size}",
             "n": n,
             "subscribed": len(latencies),
-            "latency_ms": _percentiles(latencies),
+            "latency_ms": percentiles(latencies),
             "over_target": sum(latency > 2.0 for latency in latencies),
             "early": sum(start < result["ready_at"] for start in starts.values()),
             "requests_per_s": result["listing_requests"] / seconds,
@@ -404,7 +404,7 @@ def listing_latency(plan: Plan, workdir: Path) -> list[dict[str, Any]]:
             "pages_per_listing": result["listing_requests"] / max(result["listings"], 1),
             "max_pages": max(pages, default=0),
             "max_listed": max((count for _, count in result["listing_runs"]), default=0),
-            "listing_ms": _percentiles([duration for duration, _ in result["listing_runs"]]),
+            "listing_ms": percentiles([duration for duration, _ in result["listing_runs"]]),
             "failures": result["listing_failures"],
             "runner": _trim(result),
         }
@@ -421,7 +421,7 @@ def flood_cost(plan: Plan, workdir: Path) -> dict[str, list[dict[str, Any]]]:
     n, events = plan.flood
     # The same event mix as bench_runner.py's first flood (seed 0).
     script = {"api_key": KEY, "keepalive": 0, "timestamp_format": "iso",
-              "calls": [ids._group("FLOOD", n * plan.flood_rounds * len(FLOOD_VARIANTS), event_mix(events - 2, seed=0))]}  # fmt: skip
+              "calls": [ids.group("FLOOD", n * plan.flood_rounds * len(FLOOD_VARIANTS), event_mix(events - 2, seed=0))]}  # fmt: skip
     server = Server(script, workdir)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in FLOOD_VARIANTS}
     names = list(FLOOD_VARIANTS)
@@ -499,7 +499,7 @@ def scrape_cost(plan: Plan, workdir: Path) -> dict[str, Any]:
     ids = CallIds()
     n = plan.scrape_calls
     mix = event_mix(240, seed=31, at=lambda i: round(i * 0.5, 3))  # 2 events/s for 2 minutes: stopped long before
-    server = Server({"api_key": KEY, "keepalive": 0, "calls": [ids._group("SCRAPE", n, mix)]}, workdir)
+    server = Server({"api_key": KEY, "keepalive": 0, "calls": [ids.group("SCRAPE", n, mix)]}, workdir)
     try:
         child = RunnerChild({"name": "scrape", "base": server.base_url, "config": SERVER_ON, "calls": ids.take("SCRAPE", n)}, workdir)
         times, sizes, body = [], [], b""
@@ -530,11 +530,11 @@ def scrape_cost(plan: Plan, workdir: Path) -> dict[str, Any]:
     hook_pairs = {(s.labels["plugin"], s.labels["hook"]) for f in families if f.name == "hookrunner_hook_duration_seconds" for s in f.samples}
     row = {
         "calls_active": active,
-        "scrape_ms": _percentiles(times),
-        "render_ms": _percentiles([seconds for seconds, _ in result["renders"]]),
-        "render_no_gc_ms": _percentiles([seconds for seconds, full_gc in result["renders"] if not full_gc]),
+        "scrape_ms": percentiles(times),
+        "render_ms": percentiles([seconds for seconds, _ in result["renders"]]),
+        "render_no_gc_ms": percentiles([seconds for seconds, full_gc in result["renders"] if not full_gc]),
         "renders_with_gc": sum(full_gc for _, full_gc in result["renders"]),
-        "full_gc_ms": _percentiles(result["full_gc_s"]),
+        "full_gc_ms": percentiles(result["full_gc_s"]),
         "body_bytes": statistics.median(sizes),
         "samples": series,
         "hook_series": len(hook_pairs),
@@ -554,7 +554,7 @@ def memory_over_calls(plan: Plan, workdir: Path) -> dict[str, Any]:
 
     ids = CallIds()
     n, rate = plan.short_calls, plan.short_rate
-    server = Server({"api_key": KEY, "keepalive": 0, "calls": [ids._group("SHORT", n, event_mix(8, seed=41))]}, workdir)
+    server = Server({"api_key": KEY, "keepalive": 0, "calls": [ids.group("SHORT", n, event_mix(8, seed=41))]}, workdir)
     try:
         config = {**SERVER_ON, "discovery": {"webhook_secret_env": SECRET_ENV}}
         child = RunnerChild({"name": "memory", "base": server.base_url, "config": config, "expected": n, "rss_every": n // 20}, workdir)

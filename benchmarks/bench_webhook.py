@@ -5,15 +5,16 @@
 
 Besides this one, three processes, so that each one's CPU is its own:
 
-- the simulator: ``hookrunner simulate`` (``bench_runner.Server``), started once; its CPU read from /proc;
+- the simulator: ``hookrunner simulate`` (``benchlib.Server``), started once; its CPU read from /proc;
 - the runner: a fresh child per run (this script with ``--child``): ``Runner`` with every installed plugin disabled
   but the bundled ``webhook`` plugin, with one endpoint (secret from the environment). It measures its own CPU
   (``time.process_time``, imports excluded) and reads the outbox's own figures (delivered, dead-lettered, and
   the latency from the hook's submit to the 2xx read back);
-- the receiver: a fresh child per run (``--receiver``): a raw asyncio HTTP/1.1 server that answers 200 at once
-  and records each request's arrival time and bytes. It reports its CPU for the run and only then parses what
-  it got: end-to-end latency (arrival minus the event's ``timestamp``, the simulator's *scheduled* send time, ms
-  resolution), per-call order, duplicates, and a sample of signatures checked with ``standardwebhooks``.
+- the receiver: a fresh child per run (``--receiver``, started by ``benchlib.ReceiverProcess``): a raw asyncio
+  HTTP/1.1 server that answers 200 at once and records each request's arrival time and bytes. It reports its CPU
+  for the run and only then parses what it got: end-to-end latency (arrival minus the event's ``timestamp``, the
+  simulator's *scheduled* send time, ms resolution), per-call order, duplicates, and a sample of signatures checked
+  with ``standardwebhooks``.
 
 Endpoint variants (``max_in_flight = 50``, and ``max_queue`` raised so that a backlog is measured, not
 dead-lettered): ``unbatched`` (every event, ``batch_max_events = 1``), ``batched`` (every event,
@@ -47,23 +48,24 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runner import (
+from benchlib import (
     JOURNAL_LEGEND,
     JOURNAL_TARGET,
     KEY,
+    WEBHOOK_SECRET_ENV,
     CallIds,
     JournalWatch,
+    ReceiverProcess,
     Server,
-    _epoch,
-    _percentiles,
+    epoch,
     event_mix,
     journal_table,
     peak_rss_mib,
+    percentiles,
     run_watched,
     without_backfill,
 )
 
-SECRET_ENV = "BENCH_WEBHOOK_SECRET"
 UNBOUNDED = {"max_in_flight": 50, "max_queue": 10_000_000}
 JOURNAL_OFF = "_journal_off"  # a variant's marker, not an endpoint setting
 #: name -> the endpoint's settings; None: the webhook plugin disabled (the runner's own cost)
@@ -95,14 +97,14 @@ class Plan(CallIds):
     def script(self) -> dict[str, Any]:
         calls = []
         n, events = self.flood
-        calls.append(self._group("WHFLOOD", n * self.flood_rounds * len(FLOOD_VARIANTS), event_mix(events - 2, seed=11)))
+        calls.append(self.group("WHFLOOD", n * self.flood_rounds * len(FLOOD_VARIANTS), event_mix(events - 2, seed=11)))
         n, seconds = self.paced
         per_call = int(self.rate * seconds)
         for phase in range(PHASES):
             shift = phase / PHASES / self.rate
             repeat = -(-n // PHASES) * self.paced_rounds * len(PACED_VARIANTS)
             mix = event_mix(per_call, seed=200 + phase, at=lambda i, s=shift: round(s + i / self.rate, 4))
-            calls.append(self._group(f"WHPACED{phase}", repeat, mix))
+            calls.append(self.group(f"WHPACED{phase}", repeat, mix))
         return {"api_key": KEY, "keepalive": 0, "timestamp_format": "iso", "calls": calls}
 
     def paced_ids(self, n: int) -> list[str]:
@@ -173,7 +175,7 @@ def analyse(records: list[tuple[int, bytes, bytes]]) -> dict[str, Any]:
     """Latency, order, duplicates and a sample of signatures of what the receiver got (after its CPU figure)."""
     from standardwebhooks.webhooks import Webhook
 
-    webhook = Webhook(os.environ[SECRET_ENV])
+    webhook = Webhook(os.environ[WEBHOOK_SECRET_ENV])
     messages = order_violations = duplicates = duplicate_ids = bad_bodies = signatures_checked = signatures_bad = 0
     latencies: list[tuple[float, float]] = []  # (scheduled epoch s, arrival - scheduled)
     last_index: dict[str, int] = {}
@@ -211,7 +213,7 @@ def analyse(records: list[tuple[int, bytes, bytes]]) -> dict[str, Any]:
             last_index[call_id] = index
             by_call.setdefault(call_id, [arrival, arrival])[1] = arrival
             if "timestamp" in data:  # every event but sse_init (event_time, the actual send time)
-                scheduled = _epoch(data["timestamp"])
+                scheduled = epoch(data["timestamp"])
                 latencies.append((scheduled, arrival - scheduled))
     result: dict[str, Any] = {
         "requests": len(records),
@@ -229,33 +231,10 @@ def analyse(records: list[tuple[int, bytes, bytes]]) -> dict[str, Any]:
         result["first_arrival"], result["last_arrival"] = records[0][0] / 1e9, records[-1][0] / 1e9
     if latencies:
         first, last = min(s for s, _ in latencies), max(s for s, _ in latencies)
-        result["latency_ms"] = _percentiles([lag for _, lag in latencies])
+        result["latency_ms"] = percentiles([lag for _, lag in latencies])
         # Without the first 2 s of the schedule (every call subscribes at once) and its last 1 s.
-        result["steady_latency_ms"] = _percentiles([lag for s, lag in latencies if first + 2 <= s <= last - 1])
+        result["steady_latency_ms"] = percentiles([lag for s, lag in latencies if first + 2 <= s <= last - 1])
     return result
-
-
-class ReceiverProcess:
-    """A ``--receiver`` child answering ``status`` to every request; ``finish()`` stops it and returns its report."""
-
-    def __init__(self, workdir: Path, status: int = 200) -> None:
-        self._err = open(workdir / "receiver.err", "w+")  # noqa: SIM115  (open for the receiver's life)
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--receiver", str(status)], stdout=subprocess.PIPE, stderr=self._err, text=True
-        )
-        line = self.proc.stdout.readline() if self.proc.stdout else ""
-        if not line.startswith("receiver listening on "):
-            self.proc.kill()
-            raise SystemExit(f"the receiver did not start: {line!r}")
-        self.url = f"http://127.0.0.1:{line.split()[3]}/hooks"
-
-    def finish(self) -> dict[str, Any]:
-        self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=300)
-        if self.proc.returncode != 0 or not out.strip():
-            self._err.seek(0)
-            raise SystemExit(f"the receiver failed ({self.proc.returncode}): {self._err.read()[-2000:]}")
-        return json.loads(out.strip().splitlines()[-1])
 
 
 # --- the runner (inside a --child process) -------------------------------------------------------------------
@@ -283,7 +262,7 @@ def child_main(spec: dict[str, Any]) -> None:
     if endpoint is not None:
         plugins["webhook"] = {
             "dead_letter": dead_letter.name,
-            "endpoints": [{"name": "bench", "url": spec["url"], "secret_env": SECRET_ENV, **endpoint}],
+            "endpoints": [{"name": "bench", "url": spec["url"], "secret_env": WEBHOOK_SECRET_ENV, **endpoint}],
         }
     config = config_from_dict(
         {
@@ -344,11 +323,11 @@ def child_main(spec: dict[str, Any]) -> None:
         settings, stats = endpoints[0].settings, endpoints[0].outbox.stats
         result["messages"] = sum(n for kind, n in runner.stats.events_by_type.items() if settings.wants_type(kind))
         result.update(delivered=stats.delivered, retried=stats.retried, dead_lettered=stats.dead_lettered)
-        result["outbox_latency_ms"] = _percentiles(stats.latencies)
+        result["outbox_latency_ms"] = percentiles(stats.latencies)
         # Delivered from 2 s after the start to 1 s before the end, as bench_runner's steady part.
         start = next((n for t, n in marks if t >= wall0 + 2), 0)
         stop = next((n for t, n in reversed(marks) if t <= wall0 + wall - 1), len(stats.latencies))
-        result["steady_outbox_latency_ms"] = _percentiles(list(stats.latencies)[start:stop])
+        result["steady_outbox_latency_ms"] = percentiles(list(stats.latencies)[start:stop])
     result["dead_letter_lines"] = sum(1 for _ in dead_letter.open()) if dead_letter.exists() else 0
     print(json.dumps(result), flush=True)
 
@@ -461,7 +440,7 @@ def main() -> None:
 
     started = time.perf_counter()
     plan = Plan(args.quick, args.rounds, args.rate)
-    os.environ[SECRET_ENV] = "whsec_" + base64.b64encode(os.urandom(32)).decode()  # inherited by the children
+    os.environ[WEBHOOK_SECRET_ENV] = "whsec_" + base64.b64encode(os.urandom(32)).decode()  # inherited by the children
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     print(f"hookrunner webhook benchmark ({'quick' if args.quick else 'full'}), {os.cpu_count()} CPUs, "

@@ -1,4 +1,5 @@
-"""The tests' fixtures; the helpers test modules import are in ``helpers.py``."""
+"""The tests' fixtures; the helpers test modules import are in ``helpers.py`` (and, for the journal's and service
+mode's tests, ``journal_helpers.py`` and ``service_helpers.py``)."""
 
 from __future__ import annotations
 

@@ -172,6 +172,18 @@ def assert_one_line_script_error(tmp_path: Path, text: str, message: str) -> Non
     assert "\n" not in str(caught.value)
 
 
+def assert_one_error_line(out: str, err: str, *words: str) -> str:
+    """stderr holds exactly one `error:` line and it holds every one of ``words``; no traceback anywhere. What a
+    refused config or argument looks like from the command line (``assert_one_line_script_error`` checks the
+    exception of a script loaded in-process instead); returns the line."""
+    assert "Traceback" not in out + err, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1, err
+    for word in words:
+        assert word in errors[0], err
+    return errors[0]
+
+
 async def wait_until_call_over(sim: Any, call_id: str, timeout: float = 5.0) -> None:
     """Wait until the simulator's call ``call_id`` has ended (its stream answers 400 from then on)."""
     with trio.fail_after(timeout):

@@ -15,20 +15,10 @@ import tomli_w
 from hookrunner._core.config import DEFAULT_API_KEY_ENV, config_from_dict, default_config_table
 from hookrunner.testing import config_table
 
-from helpers import REPO, finish, write_config
+from helpers import REPO, assert_one_error_line, finish, write_config
 
 UNREACHABLE = "http://127.0.0.1:9"  # every config here is refused before anything connects
 KEY_ENV = "HR_TEST_BOUNDS_KEY"
-
-
-def assert_one_error_line(out: str, err: str, *words: str) -> str:
-    """stderr holds exactly one `error:` line and it holds every one of ``words``; no traceback anywhere."""
-    assert "Traceback" not in out + err, err
-    errors = [line for line in err.splitlines() if "error:" in line]
-    assert len(errors) == 1, err
-    for word in words:
-        assert word in errors[0], err
-    return errors[0]
 
 
 def config_file(tmp_path: Path, table: dict[str, Any]) -> Path:

@@ -21,7 +21,7 @@ from hookrunner._core.limits import raise_open_file_limit
 from hookrunner._simulator import running_simulator
 
 from helpers import hookrunner_process, script, write_config
-from test_service import SECRET, TOKEN, long_call, running_service, service_config
+from service_helpers import SECRET, TOKEN, long_call, running_service, service_config
 
 FLOOD = 1100
 RECORDING_PLUGIN = """\

@@ -6,7 +6,6 @@ again with the endpoint healthy; the simulator and the receiver run in the test,
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -26,28 +25,7 @@ from hookrunner.testing import config_table
 from hookrunner.testing.receiver import Reply, running_receiver
 
 from helpers import afinish, hookrunner_process, kill_9_after_lines, script, server_url_of, write_config
-
-SECRET_ENV = "HR_TEST_JOURNAL_SECRET"
-SECRET = "whsec_" + base64.b64encode(b"journal-test-secret-32-bytes-ok!").decode()
-
-
-def finals(n: int) -> list[dict[str, Any]]:
-    return [{"at": 0, "event_type": "user_transcription", "user_transcription_text": f"turn {i}"} for i in range(n)]
-
-
-def journal_config(base_url: str, hook_url: str, tmp_path: Path, *, shutdown_grace: float = 30.0, **state: Any) -> Path:
-    endpoint = {
-        "name": "crm", "url": hook_url, "secret_env": SECRET_ENV, "events": ["user_transcription"],
-        "timeout": 1.0, "retry_initial_delay": 0.2, "retry_max_delay": 0.3, "max_attempts": 1000,
-    }  # fmt: skip
-    table = config_table(
-        base_url,
-        enable=["webhook"],
-        settings={"webhook": {"endpoints": [endpoint], "dead_letter": str(tmp_path / "dead.jsonl")}},
-        runner={"shutdown_grace": shutdown_grace},  # (30 s: the first run is still retrying when it is killed)
-    )
-    table["state"] = state
-    return write_config(tmp_path, table)
+from journal_helpers import SECRET, SECRET_ENV, finals, journal_config
 
 
 async def test_messages_pending_at_a_kill_9_are_all_delivered_after_a_restart_with_their_ids_and_order(

@@ -31,7 +31,7 @@ from helpers import (
     wait_until_call_over,
     write_config,
 )
-from test_journal import SECRET, SECRET_ENV, finals, journal_config
+from journal_helpers import SECRET, SECRET_ENV, finals, journal_config
 
 #: Records each event as its hook starts (the moment it reached the plugin), then awaits SLOW seconds over it
 #: (a slow request, say), while the stream goes on filling the call's buffer.

@@ -21,9 +21,8 @@ from hookrunner._simulator import running_simulator
 from hookrunner.testing import config_table
 from hookrunner.testing.receiver import Receiver, ReceivedRequest, Reply, running_receiver
 
-from helpers import afinish, hookrunner_process, script, write_config
-from test_config_bounds import assert_one_error_line
-from test_journal import SECRET, SECRET_ENV, finals
+from helpers import afinish, assert_one_error_line, hookrunner_process, script, write_config
+from journal_helpers import SECRET, SECRET_ENV, finals
 
 ENV = {SECRET_ENV: SECRET}
 CALLS = ("CALL-A", "CALL-B")

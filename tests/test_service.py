@@ -11,8 +11,6 @@ import hashlib
 import hmac
 import json
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +23,10 @@ from hookrunner import hookimpl
 from hookrunner._run.callbook import CallBook, Offer
 from hookrunner._service.atoms_webhook import SeenDeliveries, signature_valid
 from hookrunner._core.platform_delivery import parse_delivery
-from hookrunner._run.runner import Runner
 from hookrunner._simulator import running_simulator
 
 from helpers import API_KEY, afinish, build_runner, call_events, hookrunner_process, make_config, script, write_config
-
-SECRET = "whsec-atoms-test-secret"
-TOKEN = "service-token-123"
+from service_helpers import SECRET, TOKEN, long_call, running_service, service_config
 
 
 # --- signatures, deliveries and the call book, alone ------------------------------------------------------------
@@ -134,37 +129,6 @@ class Subscriptions:
         self.deliveries.append(delivery)
 
 
-def service_config(base_url: str, spool: Path | None = None, **server: Any) -> dict[str, Any]:
-    config = make_config(base_url, **({"spool_file": str(spool)} if spool else {}))
-    config["server"] = {"enabled": True, "port": 0, "token_env": "HR_TEST_TOKEN", **server}
-    config["discovery"] = {"webhook_secret_env": "HR_TEST_WEBHOOK_SECRET"}
-    return config
-
-
-@asynccontextmanager
-async def running_service(
-    calls: list[dict[str, Any]], *plugins: Any, spool: Path | None = None, **server: Any
-) -> AsyncIterator[tuple[Runner, httpx.AsyncClient, Any]]:
-    """A simulator with ``calls`` and a runner in service mode (no call listed) with its server on a free port."""
-    async with running_simulator(script(calls)) as sim, trio.open_nursery() as nursery:
-        runner = build_runner(service_config(sim.base_url, spool, **server), [], *plugins)
-        done = trio.Event()
-
-        async def run() -> None:
-            runner.exit_code = await runner.run()
-            done.set()
-
-        nursery.start_soon(run)
-        with trio.fail_after(5):
-            while runner.server_url is None:
-                await trio.sleep(0.01)
-        async with httpx.AsyncClient(base_url=runner.server_url, timeout=5) as client:
-            yield runner, client, sim
-            runner.stop()
-            with trio.fail_after(10):
-                await done.wait()
-
-
 @pytest.fixture(autouse=True)
 def _secrets(monkeypatch) -> None:
     monkeypatch.setenv("HR_TEST_TOKEN", TOKEN)
@@ -188,10 +152,6 @@ def pre_conversation(call_id: str, delivery_id: str, agent: str = "agent-1") -> 
             },
         }
     ).encode()
-
-
-def long_call(call_id: str, n: int = 6, spacing: float = 0.1) -> dict[str, Any]:
-    return {"id": call_id, "events": call_events(n, spacing)}
 
 
 async def test_a_signed_pre_conversation_push_subscribes_within_200_ms() -> None:
