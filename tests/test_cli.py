@@ -827,3 +827,59 @@ async def test_log_format_json_writes_one_json_object_per_stderr_line(cli, tmp_p
     assert all({"time", "level", "message"} <= record.keys() for record in records)
     assert any(record["level"] == "error" and "CALL-JNOPE" in record["message"] for record in records)
     assert any(record["level"] == "info" and "CALL-JDONE" in record["message"] for record in records)
+
+
+WARNING_AND_RAISING = """
+import warnings
+from hookrunner import hookimpl
+
+@hookimpl
+def on_startup(app):
+    warnings.warn("this plugin uses an old thing", UserWarning)
+
+@hookimpl
+def on_user_transcription(event, call):
+    raise ValueError("chaos in " + event.text)
+"""
+
+
+def json_records(err: str) -> list[dict[str, Any]]:
+    """Every stderr line as a JSON object; a line that is not one fails the test, quoted."""
+    records = []
+    for line in err.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"not a JSON line under --log-format json: {line!r}")
+    return records
+
+
+async def test_under_log_format_json_every_stderr_line_of_run_check_and_a_fatal_error_is_an_object_with_fields(
+    cli, tmp_path: Path
+) -> None:
+    load = [write_plugin(tmp_path, "warns_and_raises", WARNING_AND_RAISING)]
+    calls = [{"id": "CALL-FIELDS", "events": call_events(2, spacing=0.02)}]
+    async with running_simulator(script(calls)) as sim:
+        table = make_config(sim.base_url, calls=["CALL-FIELDS"], plugins={"load": load, "disable": ["console"]})
+        config = write_config(tmp_path, table)
+        code, out, err = await afinish(cli("--log-format", "json", "run", str(config)))
+    assert code == 0, err
+    records = json_records(err)
+    [raised] = [record for record in records if "raised ValueError" in record["message"]]
+    assert raised["plugin"] == "warns_and_raises" and raised["hook"] == "on_user_transcription"
+    assert raised["call_id"] == "CALL-FIELDS" and raised["event_id"].startswith("CALL-FIELDS_1_")
+    [warned] = [record for record in records if record["logger"] == "py.warnings"]  # a Python warning, as JSON
+    assert "this plugin uses an old thing" in warned["message"] and warned["level"] == "warning"
+    assert all(record["call_id"] == "CALL-FIELDS" for record in records if "CALL-FIELDS:" in record["message"])
+
+    code, out, err = finish(cli("--log-format", "json", "check", str(config)))
+    assert code == 0, err
+    assert all(record["level"] in ("info", "warning") for record in json_records(err))
+
+    broken = write_config(tmp_path, {**table, "runner": {**table["runner"], "hook_timeout": "ten"}}, name="broken.toml")
+    code, out, err = finish(cli("--log-format", "json", "run", str(broken)))
+    assert code == 2 and out == ""
+    [fatal] = json_records(err)  # the line that says why it exits
+    assert fatal["level"] == "error" and fatal["message"] == f'{broken}: runner.hook_timeout: expected a number of seconds, got "ten"'
+    code, out, err = finish(cli("run", str(broken)))  # in text, as before
+    assert err.splitlines() == [f'error: {broken}: runner.hook_timeout: expected a number of seconds, got "ten"']

@@ -23,7 +23,7 @@ from hookrunner._core.callids import call_id_problem
 from hookrunner._core.config import DEFAULT_API_KEY_ENV, Config, config_from_dict, default_config_table, load_config
 from hookrunner._core.errors import ConfigError, HookrunnerError, UsageError
 from hookrunner._state.journal import work_left
-from hookrunner._core.logs import LEVELS, setup_logging
+from hookrunner._core.logs import LEVELS, command_line, setup_logging
 from hookrunner._core.settings import url_problem
 from hookrunner._core.text import shown
 from hookrunner._run.plugin_setup import prepare_plugins
@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands[args.command](args)
     except HookrunnerError as exc:
         for line in str(exc).splitlines():
-            print(f"error: {line}", file=sys.stderr)
+            command_line(line)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -349,7 +349,7 @@ def starter_config() -> dict:
 def cmd_init(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if path.exists():
-        print(f"error: {path}: already exists; not overwriting it (choose another PATH)", file=sys.stderr)
+        command_line(f"{path}: already exists; not overwriting it (choose another PATH)")
         return EXIT_USAGE
     try:
         with path.open("xb") as handle:
@@ -361,7 +361,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             )
             tomli_w.dump(starter_config(), handle)
     except OSError as exc:
-        print(f"error: {path}: cannot write ({exc.strerror})", file=sys.stderr)
+        command_line(f"{path}: cannot write ({exc.strerror})")
         return EXIT_USAGE
     print(f"wrote {path}")
     return 0

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
 
+from hookrunner._core.logs import log_fields
 from hookrunner._core.text import json_line
 
 if TYPE_CHECKING:
@@ -76,12 +77,19 @@ class DeadLetterFile:
                 os.fsync(handle.fileno())
         except OSError as exc:
             # The last place left: the log, whole, so the messages can still be recovered by hand.
-            log.error("%s: cannot write the dead-letter file %s (%s); the messages follow", endpoint, self.path, exc.strerror)
+            fields = log_fields(plugin=plugin, endpoint=endpoint)
+            log.error(
+                "%s: cannot write the dead-letter file %s (%s); the messages follow", endpoint, self.path, exc.strerror,
+                extra=fields,
+            )  # fmt: skip
             for line in data.decode("utf-8", "replace").splitlines():
-                log.error("dead letter: %s", line)
+                log.error("dead letter: %s", line, extra=fields)
             return
         if not quiet:
-            log.warning("%s: %d message(s) written to the dead-letter file %s (%s)", endpoint, len(records), self.path, reason)
+            log.warning(
+                "%s: %d message(s) written to the dead-letter file %s (%s)", endpoint, len(records), self.path, reason,
+                extra=log_fields(plugin=plugin, endpoint=endpoint),
+            )  # fmt: skip
 
 
 @dataclass

@@ -32,6 +32,7 @@ from hookrunner._core.backoff import DEFAULT_MAX_RETRY_AFTER, backoff_delay
 from hookrunner._delivery.dead_letters import DeadLetterFile
 from hookrunner._delivery.messages import Deliverer, OutboxMessage, Outcome
 from hookrunner._core.failures import first_leaf, is_cancellation
+from hookrunner._core.logs import FieldsAdapter, log_fields
 from hookrunner._core.text import one_line
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class Outbox:
     ) -> None:
         self.name = name
         self.plugin = plugin
+        self._log = FieldsAdapter(log, log_fields(plugin=plugin, endpoint=name))
         self.stats = OutboxStats()
         self._deliver = deliver
         self._dead_letters = dead_letters
@@ -171,7 +173,7 @@ class Outbox:
                 )
             )
         if left:
-            log.info("%s: %d messages a previous run did not deliver are sent first (from the journal)", self.name, len(left))
+            self._log.info("%s: %d messages a previous run did not deliver are sent first (from the journal)", self.name, len(left))
 
     def _enqueue(self, message: OutboxMessage) -> None:
         queue = self._queues.get(message.key)
@@ -189,7 +191,7 @@ class Outbox:
         """Past ``max_queue`` the message goes to the dead-letter file, announced by one warning per overflow
         episode, so an overload does not turn into a flood of log lines."""
         if not self._overflowing:
-            log.warning(
+            self._log.warning(
                 "%s: outbox full (%d messages queued); new messages go to the dead-letter file until it drains",
                 self.name,
                 self._queued,
@@ -213,7 +215,7 @@ class Outbox:
         for reason, messages in by_reason.items():
             self._dead_letter(messages, reason)
         if self._overflowing and self._queued < self._max_queue:
-            log.warning("%s: outbox has room again; %d messages went to the dead-letter file", self.name, self._overflowing)
+            self._log.warning("%s: outbox has room again; %d messages went to the dead-letter file", self.name, self._overflowing)
             self._overflowing = 0
 
     @property
@@ -273,12 +275,12 @@ class Outbox:
         self._slots = trio.Semaphore(self._max_in_flight)  # no task holds the old one now
         leaf = first_leaf(exc)
         what = f"{type(leaf).__name__}: {one_line(str(leaf), 200)}"
-        log.debug("%s: traceback", self.name, exc_info=exc)
+        self._log.debug("%s: traceback", self.name, exc_info=exc)
         if restarts >= MAX_RESTARTS:
-            log.error("%s: the delivery task failed %d times in a row (last: %s)", self.name, restarts, what)
+            self._log.error("%s: the delivery task failed %d times in a row (last: %s)", self.name, restarts, what)
             self._stop_endpoint(Outcome.gone(f"the delivery task failed {restarts} times ({what})"))
         else:
-            log.error("%s: the delivery task failed (%s); starting it again with %d messages", self.name, what, self._queued)
+            self._log.error("%s: the delivery task failed (%s); starting it again with %d messages", self.name, what, self._queued)
             await trio.sleep(min(1.0, 0.05 * 2**restarts))  # a failure that repeats at once must not spin
         if not self._queued and not self._in_flight:
             self._idle.set()
@@ -346,7 +348,10 @@ class Outbox:
                     break
                 if outcome.kind == "reject":
                     finished = True
-                    log.error("%s: message %s rejected, not retried: %s", self.name, batch[0].id, outcome.why)
+                    self._log.error(
+                        "%s: message %s rejected, not retried: %s", self.name, batch[0].id, outcome.why,
+                        extra=_message_fields(batch[0], outcome),
+                    )  # fmt: skip
                     self._dead_letter(batch, f"rejected: {outcome.why}")
                     break
                 delay = backoff_delay(batch[0].attempts, self._policy, outcome.retry_after)
@@ -354,13 +359,14 @@ class Outbox:
                 elapsed = (datetime.now(timezone.utc) - first_attempt).total_seconds()
                 if batch[0].attempts >= self._policy.max_attempts or elapsed + delay > self._policy.max_retry_time:
                     finished = True
-                    log.error(
+                    self._log.error(
                         "%s: message %s not delivered after %d attempts over %.0f s (last: %s)",
                         self.name,
                         batch[0].id,
                         batch[0].attempts,
                         elapsed,
                         outcome.why,
+                        extra=_message_fields(batch[0], outcome),
                     )
                     self._dead_letter(batch, f"retries exhausted: {outcome.why}")
                     break
@@ -370,13 +376,14 @@ class Outbox:
                     for message in batch:
                         message.not_before = not_before
                         self._journal.attempted(message)
-                log.warning(
+                self._log.warning(
                     "%s: message %s attempt %d failed (%s); retrying in %.2f s",
                     self.name,
                     batch[0].id,
                     batch[0].attempts,
                     outcome.why,
                     delay,
+                    extra=_message_fields(batch[0], outcome),
                 )
                 self._slots.release()  # waiting is not a request: let other keys use the slot
                 holding_slot = False
@@ -407,7 +414,7 @@ class Outbox:
         except BaseException as exc:  # a deliverer's bug must not kill the outbox: treat it as a failed attempt
             if is_cancellation(exc):
                 raise
-            log.error("%s: deliverer raised %s: %s", self.name, type(exc).__name__, one_line(str(exc), 500))
+            self._log.error("%s: deliverer raised %s: %s", self.name, type(exc).__name__, one_line(str(exc), 500))
             outcome = Outcome.retry(f"deliverer raised {type(exc).__name__}")
         for message in batch:
             message.last_status = outcome.status
@@ -430,7 +437,7 @@ class Outbox:
         if self._gone is not None:
             return
         self._gone = outcome.why
-        log.error(
+        self._log.error(
             "%s: endpoint stopped for this run: %s; its messages go to the dead-letter file %s, counted, not logged "
             "one by one",
             self.name,
@@ -491,7 +498,7 @@ class Outbox:
             self._flush_refused()
             if self._journal is not None and left:  # the next run sends them first, with the same ids
                 self.stats.left_in_journal += len(left)
-                log.warning(
+                self._log.warning(
                     "%s: %d messages not delivered before shutdown stay in the journal; the next run sends them first",
                     self.name,
                     len(left),
@@ -499,10 +506,15 @@ class Outbox:
             else:
                 self._dead_letter(left, "not delivered before shutdown")
             if self._after_stop:
-                log.warning(
+                self._log.warning(
                     "%s: %d messages went to the dead-letter file %s after the endpoint stopped (%s)",
                     self.name,
                     self._after_stop,
                     self._dead_letters.path,
                     self._gone,
                 )
+
+
+def _message_fields(message: OutboxMessage, outcome: Outcome) -> dict[str, Any]:
+    """The fields of a line about one delivery attempt: which message, which attempt, what the receiver said."""
+    return log_fields(message_id=message.id, attempt=message.attempts, status=outcome.status)

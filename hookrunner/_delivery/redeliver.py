@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
+from hookrunner._core.logs import command_line
 from hookrunner._core.api import __version__
 from hookrunner._delivery.dead_letters import DeadLetter, read_dead_letters, rewrite_dead_letters
 from hookrunner._core.errors import ConfigError
@@ -69,7 +70,7 @@ async def _redeliver_one(
     where = f"{path}:{letter.line_number}: {record.get('id')} for {letter.endpoint}"
     deliver = deliverers.get((letter.plugin, letter.endpoint))
     if deliver is None:
-        print(f"{where}: no endpoint {letter.endpoint} of plugin {letter.plugin} in {config_path}; kept", file=sys.stderr)
+        command_line(f"{where}: no endpoint {letter.endpoint} of plugin {letter.plugin} in {config_path}; kept", level="warning", prefix="")
         return False
     if dry_run:
         print(f"{where}: would be sent (call {record.get('key')}, dead-lettered for: {record.get('reason')})")
@@ -77,7 +78,7 @@ async def _redeliver_one(
     message = OutboxMessage(id=str(record["id"]), key=str(record.get("key")), body=record["body"])
     outcome = await deliver([message])
     if outcome.kind != "delivered":
-        print(f"{where}: not delivered ({outcome.why}); kept", file=sys.stderr)
+        command_line(f"{where}: not delivered ({outcome.why}); kept", level="warning", prefix="")
         return False
     rewrite_dead_letters(path, {(letter.plugin, letter.endpoint, str(record["id"]))})
     print(f"{where}: delivered")

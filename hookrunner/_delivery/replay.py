@@ -12,13 +12,13 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
+from hookrunner._core.logs import command_line
 from hookrunner._core.api import __version__
 from hookrunner._core.config import load_config
 from hookrunner._core.errors import ConfigError, UsageError
@@ -148,7 +148,7 @@ async def _send(
             print(f"{_where(message)}: {'would be sent' if dry_run else 'sent'}")
             sent += 1
         else:
-            print(f"{_where(message)}: not sent ({why})", file=sys.stderr)
+            command_line(f"{_where(message)}: not sent ({why})", level="warning", prefix="")
     return sent
 
 

@@ -22,6 +22,7 @@ import pluggy
 import trio
 
 from hookrunner._core.failures import is_cancellation
+from hookrunner._core.logs import log_fields
 from hookrunner._core.stats import Stats
 from hookrunner._core.text import one_line
 
@@ -90,6 +91,7 @@ class HookDispatcher:
                         "%s timed out after %.3g s (runner.hook_timeout); the runner moved on",
                         _where(impl.plugin_name, hook_name, call_id, event_id),
                         limit,
+                        extra=log_fields(plugin=impl.plugin_name, hook=hook_name, call_id=call_id, event_id=event_id),
                     )
                     return
                 if self.observe is not None:
@@ -100,8 +102,9 @@ class HookDispatcher:
                 raise
             self._stats.hook_errors[impl.plugin_name] += 1
             where = _where(impl.plugin_name, hook_name, call_id, event_id)
-            log.error("%s raised %s: %s%s", where, type(exc).__name__, one_line(str(exc), 500), _origin(exc))
-            log.debug("%s: traceback", where, exc_info=True)
+            fields = log_fields(plugin=impl.plugin_name, hook=hook_name, call_id=call_id, event_id=event_id)
+            log.error("%s raised %s: %s%s", where, type(exc).__name__, one_line(str(exc), 500), _origin(exc), extra=fields)
+            log.debug("%s: traceback", where, exc_info=True, extra=fields)
             return
         elapsed = time.monotonic() - started
         if self.observe is not None:
@@ -115,6 +118,7 @@ class HookDispatcher:
                 _where(impl.plugin_name, hook_name, call_id, event_id),
                 elapsed,
                 limit,
+                extra=log_fields(plugin=impl.plugin_name, hook=hook_name, call_id=call_id, event_id=event_id),
             )
 
 

@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -48,6 +48,9 @@ class RunnerMetrics:
         )
         self._observers: dict[tuple[str, str], Callable[[float], None]] = {}
         self.registry.register(_StatsCollector(stats, calls, self._outboxes))
+        # process_* (CPU seconds, resident memory, open fds, start time): what every exporter shows, so the usual
+        # dashboards and alerts (memory growth, fd leaks) work on hookrunner unchanged
+        ProcessCollector(registry=self.registry)
 
     def track_outbox(self, outbox: Outbox) -> None:
         """Show an outbox's delivered / retried / dead-lettered counts (labelled by plugin and endpoint)."""

@@ -23,7 +23,7 @@ from hookrunner._core.config import Config, load_config
 from hookrunner._core.errors import AuthError, HookrunnerError
 from hookrunner._core.failures import is_cancellation
 from hookrunner._core.limits import raise_open_file_limit
-from hookrunner._core.logs import logged_at, redact_in_logs
+from hookrunner._core.logs import bind_log_fields, logged_at, redact_in_logs
 from hookrunner._core.platform_delivery import BadDelivery, PlatformDelivery, parse_delivery
 from hookrunner._core.stats import Stats
 from hookrunner._core.text import one_line, shown
@@ -207,14 +207,14 @@ class Runner:
                 core.start_soon(self._dispatch_platform_webhooks)
                 async with trio.open_nursery() as calls:
                     self._calls_nursery, self._stream_client = calls, stream_client
-                    if not self._stop.begun:
-                        self.state = "serving"
                     for call_id in self._call_ids:
                         self.follow(call_id, "config")
                     for call_id in self._resumed_calls:
                         self.follow(call_id, "journal")  # followed when the last run stopped: still live?
                     for intake in self._intakes:
                         await intake.start(self, background)
+                    if not self._stop.begun:  # every intake is up (the server listens): ready for what they bring
+                        self.state = "serving"
                     if self.config.service:
                         calls.start_soon(self._until_stopped)  # a service takes calls until it is stopped
                 self._calls_nursery = None
@@ -379,6 +379,7 @@ class Runner:
     # --- one call ---------------------------------------------------------------------------------------------
 
     async def _follow_call(self, call_id: str, source: str) -> None:
+        bind_log_fields(call_id=call_id)  # every line of this call's task (its stream, its dispatch) names it
         reason = SHUTDOWN
         journal = self._journal.for_call(call_id) if self._journal is not None else None
         try:
@@ -399,7 +400,7 @@ class Runner:
                 call_id, final=reason in FINAL_REASONS, now=trio.current_time(), promote=taking_calls
             )
             if next_id is not None:
-                log.info("%s: a slot is free: following it", next_id)
+                log.info("%s: a slot is free: following it", next_id, extra={"call_id": next_id})
                 self._calls_nursery.start_soon(self._follow_call, next_id, "waiting")  # type: ignore[union-attr]
 
     def key_refused(self, exc: AuthError) -> None:
