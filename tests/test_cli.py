@@ -99,8 +99,8 @@ def error_lines(err: str) -> list[str]:
 
 
 def with_console(base_url: str, load: list[str] | None = None, **runner: Any) -> dict[str, Any]:
-    """``make_config`` with the console transcript on (make_config turns it off)."""
-    return make_config(base_url, plugins={"disable": [], "load": load or []}, **runner)
+    """``make_config`` with the console transcript on (make_config turns it off), printed though stdout is a pipe."""
+    return make_config(base_url, plugins={"disable": [], "load": load or [], "console": {"output": "always"}}, **runner)
 
 
 def assert_no_traceback(*outputs: str) -> None:
@@ -142,6 +142,13 @@ def test_demo_prints_the_transcript_of_every_scripted_call_and_exits_0(cli) -> N
     # nothing told the runner the call ids: it found each call by listing the simulator's calls as they started
     found = sorted(line.split(": following", 1)[0].rsplit(" ", 1)[-1] for line in err.splitlines() if "found by listing" in line)
     assert found == sorted(call.id for call in calls)
+
+
+def test_a_fast_demo_lists_as_often_as_its_calls_need_and_follows_every_one(cli) -> None:
+    code, out, err = finish(cli("demo", "--speed", "20"), timeout=20)  # calls of a fraction of a second
+    assert code == 0, err
+    assert "lists calls every 0.025 s" in out.splitlines()[0]
+    assert sum(" -- call ended" in line for line in out.splitlines()) == 3, out
 
 
 # -- run: how calls end, and the exit code ---------------------------------------------------------------------

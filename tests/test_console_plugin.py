@@ -25,7 +25,8 @@ async def run_console(stream, settings=None) -> str:
     """One call through the real runner, printed by a console plugin writing to ``stream``, registered under the
     name users configure it by (``[plugins.console]``)."""
     calls = [{"id": "CALL-1764000000000-abc123", "events": EVENTS}]
-    result = await run_plugins({"console": ConsolePlugin(stream)}, calls, settings={"console": settings or {}})
+    settings = {"output": "always", **(settings or {})}
+    result = await run_plugins({"console": ConsolePlugin(stream)}, calls, settings={"console": settings})
     assert result.exit_code == 0 and result.hook_errors == {}
     return stream.getvalue()
 
@@ -38,6 +39,12 @@ async def test_transcript_on_a_pipe_shows_finished_turns_and_lifecycle_only() ->
         "[abc123] caller: I want to pay my bill.",
         "[abc123] -- call ended (2 turns, 6 events)",
     ]
+
+
+async def test_by_default_it_prints_on_a_terminal_only_so_a_services_stdout_stays_free_of_caller_text() -> None:
+    assert await run_console(io.StringIO(), {"output": "auto"}) == ""
+    assert "[abc123] caller: I want to pay my bill." in await run_console(Terminal(), {"output": "auto"})
+    assert await run_console(Terminal(), {"output": "never"}) == ""
 
 
 async def test_on_a_terminal_interims_are_rewritten_in_place_then_replaced_by_the_final() -> None:

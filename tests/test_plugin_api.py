@@ -324,7 +324,7 @@ async def test_app_settings_hold_the_schemas_defaults_for_keys_the_table_leaves_
 # -- outboxes the runner runs ---------------------------------------------------------------------------------------
 
 
-class Notifier:
+class OutboxNotifier:
     """A third party's notifier: one outbox whose receiver never answers, one that takes everything, both naming the
     same dead-letter file; it never closes either (it has no on_shutdown at all)."""
 
@@ -361,7 +361,7 @@ async def test_the_runner_closes_the_outboxes_plugins_open_within_the_grace_and_
     from hookrunner.testing import run_plugins, sim_call
 
     caplog.set_level(logging.INFO)
-    stuck, quick = Notifier("stuck", deliver_ok=False), Notifier("quick", deliver_ok=True)
+    stuck, quick = OutboxNotifier("stuck", deliver_ok=False), OutboxNotifier("quick", deliver_ok=True)
     calls = [sim_call("CALL-A", user=["one", "two", "three"])]
     result = await run_plugins(
         {"stuck-notifier": stuck, "quick-notifier": quick}, calls, runner={"shutdown_grace": 1.0}, base_dir=tmp_path

@@ -43,7 +43,12 @@ def as_bash(steps: list[tuple[str, str]]) -> str:
     for index, (kind, content) in enumerate(steps):
         lines.append(f"echo '### step {index}' >&2; echo '### step {index}'")
         if kind == "run":
-            lines.append(content)
+            # the reader runs `hookrunner run` in a terminal, where the console plugin prints the transcript:
+            # `script` gives it one
+            lines += [
+                f"script -qefc {shlex.quote(line)} /dev/null" if line.startswith("hookrunner run ") else line
+                for line in content.splitlines()
+            ]
         else:
             path, body = content.split("\n", 1)
             lines.append(f"mkdir -p \"$(dirname {shlex.quote(path)})\"")
@@ -97,8 +102,9 @@ def test_following_the_tutorial_literally_in_a_fresh_venv_works(tmp_path: Path) 
     # `plugins --settings sentiment` prints the tutorial's settings with their defaults
     assert "[plugins.sentiment]" in out and "alert_at = -2" in out
     # `hookrunner run` against the simulator called the plugin for both calls (the tutorial's own scores)
-    assert "sentiment: CALL-1767225600101-5d2e7a ended with mood +2" in err
-    assert "sentiment: CALL-1767225600303-e49f16 ended with mood +2" in err
+    # (on the terminal, the run's log lines and its transcript are one stream)
+    assert "sentiment: CALL-1767225600101-5d2e7a ended with mood +2" in out
+    assert "sentiment: CALL-1767225600303-e49f16 ended with mood +2" in out
     assert "Perfect, thanks." in out  # the console transcript of the run
     assert list((work / "hookrunner-sentiment" / "dist").glob("hookrunner_sentiment-0.1.0-*.whl"))
     assert steps and errs

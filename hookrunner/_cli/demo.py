@@ -39,8 +39,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     simulator = Simulator(script, api_key=api_key, speed=args.speed)
     data = load_example_config()
     data["discovery"] = {**data.get("discovery", {}), "poll": True, "interval": DEMO_POLL_INTERVAL}
+    # The demo is there to be watched: its transcript prints on a pipe too.
+    data.setdefault("plugins", {}).setdefault("console", {})["output"] = "always"
     data["state"] = {"path": ""}  # the demo's calls are new every time: nothing to resume, no file to leave
     config = config_from_dict(data, source=f"{EXAMPLE_CONFIG.name} (demo)", base_dir=Path.cwd())
+    # The listing keeps pace with the calls: at --speed 10 a call lasts a tenth as long, and a fixed interval would
+    # let calls start and end between two listings, unseen. The floor of discovery.interval spares the real API's
+    # rate limit; the demo lists its own simulator, so it may go below it.
+    interval = DEMO_POLL_INTERVAL / args.speed
+    config = dataclasses.replace(config, discovery=dataclasses.replace(config.discovery, interval=interval))
     loaded = prepare_plugins(config)
 
     async def demo() -> int:
@@ -51,7 +58,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             runner = service_runner(demo_config, loaded, api_key=api_key)
             print(
                 f"demo: simulator on {base_url} with {len(script.calls)} calls starting {DEMO_STAGGER / args.speed:g} s "
-                f"apart; the runner lists calls every {DEMO_POLL_INTERVAL:g} s and follows each new one; Ctrl-C to stop",
+                f"apart; the runner lists calls every {interval:g} s and follows each new one; Ctrl-C to stop",
                 flush=True,
             )
             nursery.start_soon(_stop_when_every_call_is_over, runner, simulator)

@@ -1,7 +1,9 @@
 """The ``console`` plugin: a readable live transcript of every call on standard output.
 
-On a terminal, a caller's interim transcription is shown as it grows, rewritten in place on one line, and
-replaced by the final text; elsewhere (a pipe, a log file) only finished turns are printed, so logs stay clean.
+By default it prints only when standard output is a terminal: a service's stdout (systemd's journal, a container
+log) gets no caller text mixed into its log lines unless ``output = "always"`` asks for it (``hookrunner demo``
+does). On a terminal, a caller's interim transcription is shown as it grows, rewritten in place on one line, and
+replaced by the final text; elsewhere only finished turns are printed.
 """
 
 from __future__ import annotations
@@ -11,11 +13,22 @@ from typing import Any, TextIO
 
 from hookrunner import App, CallContext, Setting, Trigger, TtsCompleted, UserInterimTranscription, UserTranscription, check_table, hookimpl
 
+_MODES = ("auto", "always", "never")
+
+
+def _mode(value: str) -> str | None:
+    return None if value in _MODES else f'expected "auto", "always" or "never", got "{value}"'
+
+
 SETTINGS = {
+    "output": Setting(
+        "str", "auto", check=_mode,
+        doc="print the transcript: auto = only when standard output is a terminal (not under systemd or a pipe)",
+    ),  # fmt: skip
     "interims": Setting(
         "str",
         "auto",
-        check=lambda v: None if v in ("auto", "always", "never") else f'expected "auto", "always" or "never", got "{v}"',
+        check=_mode,
         doc="show interim transcriptions as they update: auto = only when the output is a terminal",
     ),
     "latency": Setting("bool", False, doc="append the agent's tts latency to its lines"),
@@ -28,6 +41,7 @@ class ConsolePlugin:
         self._stream = stream
         self._settings: dict[str, Any] = {}
         self._live_interim = False  # a rewritable interim line is on screen
+        self._printing = True
 
     @property
     def out(self) -> TextIO:
@@ -41,6 +55,8 @@ class ConsolePlugin:
     def on_startup(self, app: App) -> None:
         self._settings, _ = check_table(app.settings, SETTINGS)
         self._live_interim = False
+        output = self._settings["output"]
+        self._printing = output == "always" or (output == "auto" and self.out.isatty())
 
     def _label(self, call_id: str) -> str:
         if self._settings.get("short_ids", True) and call_id.count("-") >= 2:
@@ -49,9 +65,11 @@ class ConsolePlugin:
 
     def _show_interims(self) -> bool:
         mode = self._settings.get("interims", "auto")
-        return mode == "always" or (mode == "auto" and self.out.isatty())
+        return self._printing and (mode == "always" or (mode == "auto" and self.out.isatty()))
 
     def _line(self, text: str) -> None:
+        if not self._printing:
+            return
         prefix = "\r\x1b[2K" if self._live_interim else ""
         self._live_interim = False
         self.out.write(f"{prefix}{text}\n")
