@@ -63,3 +63,11 @@ def test_metrics_show_the_process_series() -> None:
     page = RunnerMetrics(Stats(), CallBook(5)).render().decode()
     names = {line.split(" ")[0] for line in page.splitlines() if line.startswith("process_")}
     assert {"process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"} <= names
+
+
+def test_the_end_of_run_line_counts_one_of_a_thing_in_the_singular() -> None:
+    stats = Stats()
+    stats.calls_finished["ended"] = 1
+    stats.events_by_type["user_transcription"] = 1
+    stats.triggers = 2
+    assert stats.summary().startswith("1 call (1 ended); 1 event; 2 triggers; 0 reconnects; 0 malformed lines;")

@@ -94,6 +94,7 @@ async def test_an_invalid_reload_is_refused_in_one_line_and_the_old_rules_stay(t
     refused = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
     assert len(refused) == 1
     assert "rules[1].patterns[0]: rule bad" in refused[0] and "rules[1].speaker: rule bad" in refused[0]
+    assert refused[0].count(str(tmp_path)) == 1, refused[0]  # the file is named once, in front
 
 
 async def test_a_reload_of_a_file_that_is_not_toml_is_refused(tmp_path: Path, caplog) -> None:

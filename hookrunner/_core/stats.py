@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from hookrunner._core.text import count
+
 
 @dataclass
 class Stats:
@@ -37,18 +39,19 @@ class Stats:
     def summary(self) -> str:
         """One line for the end of a run."""
         parts = [
-            f"{sum(self.calls_finished.values())} calls ("
+            count(sum(self.calls_finished.values()), "call")
+            + " ("
             + ", ".join(f"{n} {reason}" for reason, n in sorted(self.calls_finished.items()))
             + ")",
-            f"{sum(self.events_by_type.values())} events",
-            f"{self.triggers} triggers",
-            f"{self.reconnects} reconnects",
-            f"{self.malformed_lines} malformed lines",
-            f"{sum(self.hook_errors.values())} hook errors",
-            f"{sum(self.hook_timeouts.values())} hook timeouts",
+            count(sum(self.events_by_type.values()), "event"),
+            count(self.triggers, "trigger"),
+            count(self.reconnects, "reconnect"),
+            count(self.malformed_lines, "malformed line"),
+            count(sum(self.hook_errors.values()), "hook error"),
+            count(sum(self.hook_timeouts.values()), "hook timeout"),
         ]
         if self.events_backfilled:
-            parts.append(f"{self.events_backfilled} events backfilled")
+            parts.append(count(self.events_backfilled, "event") + " backfilled")
         if self.events_spooled:
-            parts.append(f"{self.events_spooled} events not dispatched, written to the spool file")
+            parts.append(count(self.events_spooled, "event") + " not dispatched, written to the spool file")
         return "; ".join(parts)

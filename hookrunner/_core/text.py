@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["encodable", "json_bytes", "json_line", "one_line", "shown", "SHOWN_LENGTH"]
+__all__ = ["encodable", "json_bytes", "json_line", "one_line", "shown", "SHOWN_LENGTH", "count"]
 
 _encode = msgspec.json.Encoder().encode
 _encode_anything = msgspec.json.Encoder(enc_hook=repr).encode  # a value JSON cannot hold is kept as its repr
@@ -84,3 +84,8 @@ def one_line(text: str, limit: int = 300) -> str:
     if not cut.isprintable():
         cut = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in _encodable_str(cut))
     return cut + "..." if len(text) > limit else cut
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 call``, ``3 calls``: a count and its noun, which a log line should get right for one too."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

@@ -256,7 +256,8 @@ class Runner:
             config = load_config(path)
             settings = checked_settings(config, self.plugins)
         except HookrunnerError as exc:
-            problems = str(exc).splitlines()
+            # each problem names the file already ("PATH: key: ..."): said once, in front
+            problems = [line.removeprefix(f"{path}: ") for line in str(exc).splitlines()]
             log.error("%s: reload refused, the running settings stay: %s", path, "; ".join(problems))
             return False
         ignored = self.config.needs_restart_for(config)

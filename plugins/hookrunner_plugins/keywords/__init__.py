@@ -114,7 +114,9 @@ class KeywordsPlugin:
             self._watching = True
             app.start_soon(self._watch_deadlines)
         if rules:
-            log.info("keywords: %d rules, %d phrases", len(rules), matcher.phrase_count)
+            rules_text = f"{len(rules)} rule{'' if len(rules) == 1 else 's'}"
+            phrases_text = f"{matcher.phrase_count} phrase{'' if matcher.phrase_count == 1 else 's'}"
+            log.info("keywords: %s, %s", rules_text, phrases_text)
 
     # --- the calls' lives -----------------------------------------------------------------------------------
 
