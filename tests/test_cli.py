@@ -890,3 +890,12 @@ async def test_under_log_format_json_every_stderr_line_of_run_check_and_a_fatal_
     assert fatal["level"] == "error" and fatal["message"] == f'{broken}: runner.hook_timeout: expected a number of seconds, got "ten"'
     code, out, err = finish(cli("run", str(broken)))  # in text, as before
     assert err.splitlines() == [f'error: {broken}: runner.hook_timeout: expected a number of seconds, got "ten"']
+
+
+def test_run_without_atoms_and_without_the_variable_says_which_variable_in_one_line(cli, tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"runner": {"calls": ["CALL-1"]}})
+    code, out, err = finish(cli("run", str(config), env={"ATOMS_API_KEY": ""}))
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines() == [
+        f"error: {config}: atoms.api_key_env: environment variable ATOMS_API_KEY is not set (export it with your Atoms API key)"
+    ]

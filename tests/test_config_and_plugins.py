@@ -148,3 +148,12 @@ def test_run_without_calls_raises_a_config_error_for_main_to_print(tmp_path: Pat
         f"{path}: runner.calls: no calls to subscribe (list call ids there, pass --call ID, or let the runner find "
         "calls: discovery.poll or server.enabled)"
     )
+
+
+def test_atoms_may_be_left_out_and_the_key_then_comes_from_atoms_api_key() -> None:
+    config = config_from_dict({"runner": {"calls": ["CALL-1"]}}, source="c.toml")
+    assert config.atoms.api_key_env == DEFAULT_API_KEY_ENV == "ATOMS_API_KEY"
+    assert config.atoms.base_url == "https://api.smallest.ai/atoms/v1"
+    inline = config_from_dict({"atoms": {"api_key": "sk-inline-key"}}, source="c.toml")
+    assert inline.atoms.api_key_env is None and inline.api_key() == "sk-inline-key"
+

@@ -76,7 +76,7 @@ def _max_attempts(value: int) -> str | None:
 
 ATOMS_SCHEMA = {
     "base_url": Setting("str", DEFAULT_BASE_URL, check=http_url, doc="Atoms API base URL"),
-    "api_key_env": Setting("str", None, check=_env_name, doc="environment variable holding the API key"),
+    "api_key_env": Setting("str", None, check=_env_name, doc="environment variable holding the API key (ATOMS_API_KEY when neither it nor api_key is set)"),
     "api_key": Setting("str", None, check=_inline_api_key, doc="the API key itself (prefer api_key_env)"),
     "connect_timeout": Setting("number", 10.0, check=POSITIVE),
     "max_requests_per_second": Setting(
@@ -463,15 +463,10 @@ def config_from_dict(
     problems += found
     atoms, found = check_table(top["atoms"], ATOMS_SCHEMA, "atoms")
     problems += found
-    if "atoms" in data and isinstance(data["atoms"], dict):
-        given = data["atoms"]
-        if "api_key_env" not in given and "api_key" not in given:
-            problems.append(
-                "atoms.api_key_env: missing required key (the name of the environment variable holding "
-                f"the Atoms API key, e.g. {DEFAULT_API_KEY_ENV})"
-            )
-    elif "atoms" not in data:
-        problems.append("atoms: missing required table (with api_key_env, the variable holding the API key)")
+    # Every [atoms] key has a default: without api_key_env or api_key, the key comes from $ATOMS_API_KEY (which
+    # `check` reports and `run` requires), so a config for the real service may leave the table out.
+    if atoms["api_key_env"] is None and atoms["api_key"] is None:
+        atoms["api_key_env"] = DEFAULT_API_KEY_ENV
     runner, found = check_table(top["runner"], RUNNER_SCHEMA, "runner")
     problems += found
     reconnect, found = check_table(runner["reconnect"], RECONNECT_SCHEMA, "runner.reconnect")
