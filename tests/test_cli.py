@@ -718,6 +718,20 @@ def test_init_writes_every_key_that_has_a_default_with_the_schema_default(cli, t
     assert tomllib.loads(path.read_text(encoding="utf-8")) == expected
 
 
+def test_init_example_prints_or_writes_the_packaged_commented_example_and_check_accepts_it(cli, tmp_path: Path) -> None:
+    code, out, err = finish(cli("init", "--example", "-"))
+    assert code == 0, err
+    assert out == (REPO / "config.example.toml").read_text(encoding="utf-8")  # every key, with its comment
+    path = tmp_path / "full.toml"
+    code, _, err = finish(cli("init", "--example", str(path)))
+    assert code == 0 and path.read_text(encoding="utf-8") == out, err
+    code, checked, err = finish(cli("check", str(path), env={DEFAULT_API_KEY_ENV: "sk-test-key-123"}))
+    assert code == 0, err
+    code, starter, err = finish(cli("init", "-"))  # the starter on stdout, nothing written
+    assert code == 0 and "hookrunner init --example -" in starter and not (tmp_path / "-").exists()
+    assert tomllib.loads(starter)["runner"]["calls"] == []
+
+
 # -- plugins -----------------------------------------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from hookrunner._core.settings import url_problem
 from hookrunner._core.text import shown
 from hookrunner._run.plugin_setup import prepare_plugins
 from hookrunner._run.plugins import load_plugins
-from hookrunner._cli.demo import cmd_demo
+from hookrunner._cli.demo import EXAMPLE_CONFIG, cmd_demo
 from hookrunner._cli.schema import print_settings
 from hookrunner._run.runner import EXIT_USAGE
 from hookrunner._service.intakes import service_runner
@@ -114,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--settings", metavar="NAME", help="print plugin NAME's settings with their defaults")
 
     init = sub.add_parser("init", parents=[common], help="write a starter config")
-    init.add_argument("path", nargs="?", default="config.toml", metavar="PATH", help="default: config.toml")
+    init.add_argument("path", nargs="?", default="config.toml", metavar="PATH", help="default: config.toml; - for stdout")
+    init.add_argument(
+        "--example", action="store_true", help="write the full example instead: every key, its default, and why"
+    )
 
     simulate = sub.add_parser("simulate", parents=[common], help="serve a local simulator of the Atoms events API")
     simulate.add_argument("script", nargs="?", metavar="SCRIPT", help="a TOML or JSONL script (default: built-in calls)")
@@ -347,24 +350,35 @@ def starter_config() -> dict:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    if args.example and args.path == "-":  # the packaged example, for a pip install that has no checkout to read
+        sys.stdout.write(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
+        return 0
+    if args.path == "-":
+        sys.stdout.write(starter_text("config.toml"))
+        return 0
     path = Path(args.path)
     if path.exists():
         command_line(f"{path}: already exists; not overwriting it (choose another PATH)")
         return EXIT_USAGE
     try:
         with path.open("xb") as handle:
-            handle.write(
-                "# hookrunner config: every key is explained in config.example.toml.\n"
-                "# A plugin's settings go in a [plugins.NAME] table.\n"
-                f"# Put the call ids to follow in runner.calls (or pass --call ID), export {DEFAULT_API_KEY_ENV}, then:\n"
-                f"#   hookrunner check {path}\n\n".encode()
-            )
-            tomli_w.dump(starter_config(), handle)
+            text = EXAMPLE_CONFIG.read_text(encoding="utf-8") if args.example else starter_text(str(path))
+            handle.write(text.encode("utf-8"))
     except OSError as exc:
         command_line(f"{path}: cannot write ({exc.strerror})")
         return EXIT_USAGE
     print(f"wrote {path}")
     return 0
+
+
+def starter_text(path: str) -> str:
+    """The starter config: the few keys a first run needs, and where the rest are explained."""
+    return (
+        "# hookrunner config: `hookrunner init --example -` prints every key, explained.\n"
+        "# A plugin's settings go in a [plugins.NAME] table.\n"
+        f"# Put the call ids to follow in runner.calls (or pass --call ID), export {DEFAULT_API_KEY_ENV}, then:\n"
+        f"#   hookrunner check {path}\n\n" + tomli_w.dumps(starter_config())
+    )
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
