@@ -42,10 +42,12 @@ import trio
 from hookrunner._core.asgi import read_body
 from hookrunner.testing.receiver import LoopbackServer, serving
 
-__all__ = ["FakeSlack", "SlackRequest", "Scripted", "running_fake_slack", "TEXT_LIMIT", "SECTION_LIMIT", "BLOCK_LIMIT"]
+__all__ = ["FakeSlack", "SlackRequest", "Scripted", "running_fake_slack", "TEXT_LIMIT", "ADVISED_TEXT_LIMIT", "SECTION_LIMIT", "BLOCK_LIMIT"]
 
 
 TEXT_LIMIT = 40_000
+#: What Slack's docs advise for the top-level text (a message's fallback): at most this many characters.
+ADVISED_TEXT_LIMIT = 4_000
 SECTION_LIMIT = 3_000
 BLOCK_LIMIT = 50
 CONTEXT_ELEMENTS_LIMIT = 10

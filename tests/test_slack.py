@@ -27,7 +27,7 @@ from hookrunner.testing import config_table, run_plugins, simulator, start_plugi
 
 from helpers import afinish, finish, write_config
 from hookrunner.testing.receiver import refusing_port
-from fake_slack import BLOCK_LIMIT, SECTION_LIMIT, TEXT_LIMIT, FakeSlack, Scripted, SlackRequest, running_fake_slack
+from fake_slack import ADVISED_TEXT_LIMIT, BLOCK_LIMIT, SECTION_LIMIT, FakeSlack, Scripted, SlackRequest, running_fake_slack
 
 TOKEN_ENV = "HR_TEST_SLACK_TOKEN"
 TOKEN = "xoxb-1111-2222-tokencanary7"
@@ -161,7 +161,8 @@ def assert_within_limits(post: SlackRequest) -> None:
     """What Slack's own checks let through (the fake accepted it), restated: Block Kit plus a fallback text."""
     assert post.ok, (post.status, post.error)
     assert isinstance(post.text, str) and post.text.strip(), "no plain-text fallback"
-    assert len(post.text) <= TEXT_LIMIT
+    assert len(post.text) <= ADVISED_TEXT_LIMIT  # within Slack's advice, not only under its hard cut
+    assert post.content_type == "application/json; charset=utf-8"  # else Slack warns missing_charset
     assert post.blocks and len(post.blocks) <= BLOCK_LIMIT
     assert post.section_texts, post.blocks
     assert all(len(text) <= SECTION_LIMIT for text in post.section_texts)

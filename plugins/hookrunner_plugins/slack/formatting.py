@@ -25,7 +25,9 @@ __all__ = [
 ]
 
 SECTION_TEXT_LIMIT = 3000  # characters in one section block
-TEXT_LIMIT = 40000  # characters in a message's top-level text
+#: Characters of a message's top-level text: the fallback notifications and screen readers show. Slack truncates at
+#: 40,000 and advises at most 4,000; the blocks carry the full texts.
+TEXT_LIMIT = 4000
 BLOCK_LIMIT = 50  # blocks in one message
 ELLIPSIS = "…"
 
