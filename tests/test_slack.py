@@ -689,3 +689,28 @@ async def test_what_slack_could_not_take_is_dead_lettered_and_redeliver_sends_it
         code, out, err = await afinish(cli("redeliver", str(dead_letter), env=env))
         assert code == 0, out + err
         assert len(slack.requests) == before + len(sent), "a rerun sent something again"
+
+
+async def test_on_a_shared_channel_an_alert_takes_the_next_turn_before_waiting_transcript_lines() -> None:
+    from hookrunner_plugins.slack.delivery import Pacer
+
+    pacer, order = Pacer(0.05), []
+
+    async def post(name: str, urgent: bool) -> None:
+        await pacer.wait_turn(urgent)
+        order.append(name)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(4):
+            nursery.start_soon(post, f"line {n}", False)
+            await trio.sleep(0.001)  # in this order
+        nursery.start_soon(post, "alert", True)  # arrives last, while three lines still wait
+    # line 0 goes at once, line 1 was already waiting out the interval; then the alert, not the lines behind it
+    assert order == ["line 0", "line 1", "alert", "line 2", "line 3"]  # (first come first would put it last)
+
+    pacer = Pacer(0.2)
+    await pacer.wait_turn()  # the channel's next turn is 0.2 s away
+    with trio.move_on_after(0.05):
+        await pacer.wait_turn()  # taken, then given up while waiting out the interval
+    with trio.fail_after(1):  # a cancelled turn never leaves the channel busy
+        await pacer.wait_turn()

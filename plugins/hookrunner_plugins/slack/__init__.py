@@ -46,7 +46,7 @@ def transcript_deliverer(poster: Poster, threads: dict[str, str]) -> Deliverer:
             call_id = body["call_id"]
             if body["kind"] != "opening" and call_id in threads:
                 body["thread_ts"] = threads[call_id]  # kept in a dead letter, so a redelivery finds the thread
-            outcome, answer = await poster.post(message_payload([body["text"]]), body.get("thread_ts"))
+            outcome, answer = await poster.post(message_payload([body["text"]]), body.get("thread_ts"), urgent=False)
             if outcome.kind != "delivered":
                 return outcome
             if body["kind"] == "opening" and answer.get("ts"):

@@ -35,18 +35,37 @@ RETRYABLE_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error", "s
 
 
 class Pacer:
-    """Spaces the posts to one channel ``interval`` seconds apart; a 429 holds the channel for its Retry-After."""
+    """Spaces the posts to one channel ``interval`` seconds apart; a 429 holds the channel for its Retry-After.
+
+    Alerts go first: a post that is not ``urgent`` (a transcript line) waits while an alert waits, so a channel
+    that also carries live transcripts never makes an alert queue behind them. Among equals, first come first.
+    """
 
     def __init__(self, interval: float) -> None:
         self._interval = interval
         self._next = 0.0
-        self._lock = trio.Lock()
+        self._turns = trio.Condition()
+        self._busy = False  # one post is taking its turn (waiting out the interval)
+        self._urgent_waiting = 0
 
-    async def wait_turn(self) -> None:
-        async with self._lock:
+    async def wait_turn(self, urgent: bool = True) -> None:
+        async with self._turns:
+            self._urgent_waiting += urgent
+            try:
+                while self._busy or (not urgent and self._urgent_waiting):
+                    await self._turns.wait()
+                self._busy = True
+            finally:
+                self._urgent_waiting -= urgent
+        try:
             while trio.current_time() < self._next:  # a 429 may push the turn further while this one waits
                 await trio.sleep_until(self._next)
             self._next = trio.current_time() + self._interval
+        finally:
+            with trio.CancelScope(shield=True):  # a cancelled turn must still hand the channel on
+                async with self._turns:
+                    self._busy = False
+                    self._turns.notify_all()
 
     def hold(self, seconds: float) -> None:
         self._next = max(self._next, trio.current_time() + seconds)
@@ -74,13 +93,16 @@ class Poster:
         if route.token:
             self._headers["Authorization"] = f"Bearer {route.token}"
 
-    async def post(self, payload: dict[str, Any], thread_ts: str | None = None) -> tuple[Outcome, dict[str, Any]]:
+    async def post(
+        self, payload: dict[str, Any], thread_ts: str | None = None, *, urgent: bool = True
+    ) -> tuple[Outcome, dict[str, Any]]:
+        """``urgent``: an alert (it goes before transcript lines waiting for the same channel)."""
         body = dict(payload)
         if self.route.token:
             body["channel"] = self.route.channel
             if thread_ts:
                 body["thread_ts"] = thread_ts
-        await self._pacer.wait_turn()
+        await self._pacer.wait_turn(urgent)
         try:
             # the whole exchange within the timeout; Slack's answer echoes the message, so it may be long, not huge
             response = await request(
