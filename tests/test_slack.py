@@ -714,3 +714,48 @@ async def test_on_a_shared_channel_an_alert_takes_the_next_turn_before_waiting_t
         await pacer.wait_turn()  # taken, then given up while waiting out the interval
     with trio.fail_after(1):  # a cancelled turn never leaves the channel busy
         await pacer.wait_turn()
+
+
+async def test_replies_dead_lettered_before_they_were_tried_keep_their_thread_and_redeliver_posts_them_there(
+    cli, tmp_path: Path
+) -> None:
+    calls = [call("CALL-SLACK-THREAD", [agent(0.05, "Hello there"), user(0.15, "My card was charged twice")], end=0.3)]
+    dead_letter = tmp_path / "dead.jsonl"
+    async with fake() as slack, simulator(calls) as sim:
+        env = {TOKEN_ENV: TOKEN}
+        routes = [api_route("live", channel=SALES, transcript="thread", events=["trigger.*"])]
+
+        def config_with(pace: float) -> Path:
+            table = slack_table(slack, routes, dead_letter, pace=pace)
+            return write_config(tmp_path, slack_config(sim.base_url, table, calls=["CALL-SLACK-THREAD"], shutdown_grace=0.5))
+
+        # the opening goes out at once; the replies wait out a 5 s pace, and the run ends first
+        code, out, err = await afinish(cli("run", str(config_with(pace=5.0)), env=env))
+        assert code == 0, err
+        [opening] = [request for request in slack.requests if request.channel == SALES]
+        assert opening.ok and opening.thread_ts is None and opening.ts
+        letters = read_letters(dead_letter)
+        assert [letter["body"]["kind"] for letter in letters] == ["reply", "reply", "closing"], letters
+        assert all(letter["reason"] == "not delivered before shutdown" for letter in letters)
+        assert all(letter["body"]["thread_ts"] == opening.ts for letter in letters)  # never tried, still threaded
+
+        before = len(slack.requests)
+        config_with(pace=FAST["pace"])  # (the redelivery reads the same config: no need to wait out 5 s a post)
+        code, out, err = await afinish(cli("redeliver", str(dead_letter), env=env))
+        assert code == 0, out + err
+    sent = [request for request in slack.requests[before:] if request.ok]
+    assert len(sent) == 3 and all(request.thread_ts == opening.ts for request in sent), [r.thread_ts for r in sent]
+    assert "Hello there" in sent[0].everything and "charged twice" in sent[1].everything
+
+
+def test_a_reply_queued_before_its_opening_was_posted_learns_the_thread_when_it_is() -> None:
+    from hookrunner_plugins.slack import Threads
+
+    threads = Threads()
+    early = threads.reply("CALL-1", {"kind": "reply", "text": "first words"})
+    assert "thread_ts" not in early  # the opening is still queued
+    threads.opened("CALL-1", "1700000000.000100")
+    assert early["thread_ts"] == "1700000000.000100"  # the same body, still in the queue (or a dead letter)
+    assert threads.reply("CALL-1", {"kind": "reply"})["thread_ts"] == "1700000000.000100"
+    threads.closed("CALL-1")
+    assert "thread_ts" not in threads.reply("CALL-1", {"kind": "reply"})

@@ -21,7 +21,7 @@ from .delivery import Pacer, Poster
 from .formatting import escape, event_fields, message_payload, render, trigger_fields
 from .settings import SETTINGS, RouteSettings, SlackSettings, parse_settings
 
-__all__ = ["plugin", "SlackPlugin"]
+__all__ = ["plugin", "SlackPlugin", "Threads"]
 
 log = logging.getLogger("hookrunner.plugins.slack")
 
@@ -36,7 +36,42 @@ def alert_deliverer(poster: Poster) -> Deliverer:
     return deliver
 
 
-def transcript_deliverer(poster: Poster, threads: dict[str, str]) -> Deliverer:
+class Threads:
+    """Each call's thread (the opening's ``ts``), and the replies still waiting to learn it.
+
+    A reply's body carries its ``thread_ts`` as soon as it is known, also while the reply waits in the queue: a
+    reply dead-lettered at shutdown, before it was tried, then still names its thread, and ``redeliver`` posts it
+    there rather than into the channel. At most ``MAX_WAITING_CALLS`` calls wait for their opening (the oldest
+    forgotten first: an opening that never went out leaves nothing to thread onto anyway).
+    """
+
+    MAX_WAITING_CALLS = 10_000
+
+    def __init__(self) -> None:
+        self.ts: dict[str, str] = {}
+        self._waiting: dict[str, list[dict[str, Any]]] = {}
+
+    def reply(self, call_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` with its thread's ``ts`` when known; otherwise it gets it when the opening is posted."""
+        if call_id in self.ts:
+            body["thread_ts"] = self.ts[call_id]
+        else:
+            if call_id not in self._waiting and len(self._waiting) >= self.MAX_WAITING_CALLS:
+                del self._waiting[next(iter(self._waiting))]
+            self._waiting.setdefault(call_id, []).append(body)
+        return body
+
+    def opened(self, call_id: str, ts: str) -> None:
+        self.ts[call_id] = ts
+        for body in self._waiting.pop(call_id, []):
+            body["thread_ts"] = ts
+
+    def closed(self, call_id: str) -> None:
+        self.ts.pop(call_id, None)
+        self._waiting.pop(call_id, None)
+
+
+def transcript_deliverer(poster: Poster, threads: Threads) -> Deliverer:
     """Posts a call's opening message (remembering its ``ts``) and then its turns as replies in that thread."""
 
     async def deliver(batch: list[OutboxMessage]) -> Outcome:
@@ -44,25 +79,26 @@ def transcript_deliverer(poster: Poster, threads: dict[str, str]) -> Deliverer:
         for message in batch:
             body = message.body
             call_id = body["call_id"]
-            if body["kind"] != "opening" and call_id in threads:
-                body["thread_ts"] = threads[call_id]  # kept in a dead letter, so a redelivery finds the thread
+            if body["kind"] != "opening" and call_id in threads.ts:
+                body["thread_ts"] = threads.ts[call_id]  # kept in a dead letter, so a redelivery finds the thread
             outcome, answer = await poster.post(message_payload([body["text"]]), body.get("thread_ts"), urgent=False)
             if outcome.kind != "delivered":
                 return outcome
             if body["kind"] == "opening" and answer.get("ts"):
-                threads[call_id] = str(answer["ts"])
+                threads.opened(call_id, str(answer["ts"]))
             elif body["kind"] == "closing":
-                threads.pop(call_id, None)
+                threads.closed(call_id)
         return outcome
 
     return deliver
 
 
 class _Route:
-    def __init__(self, settings: RouteSettings, alerts: Outbox, transcript: Outbox | None) -> None:
+    def __init__(self, settings: RouteSettings, alerts: Outbox, transcript: Outbox | None, threads: Threads) -> None:
         self.settings = settings
         self.alerts = alerts
         self.transcript = transcript
+        self.threads = threads
 
 
 class SlackPlugin:
@@ -109,13 +145,13 @@ class SlackPlugin:
                 max_in_flight=1, max_queue=settings.max_queue,
                 batch_max_events=settings.group_max, batch_max_wait=settings.group_wait,
             )  # fmt: skip
-            transcript = None
+            transcript, threads = None, Threads()
             if route.transcript:
                 transcript = app.open_outbox(
-                    f"{route.name}/transcript", transcript_deliverer(poster, {}), dead_letter=settings.dead_letter,
+                    f"{route.name}/transcript", transcript_deliverer(poster, threads), dead_letter=settings.dead_letter,
                     policy=policy, max_in_flight=1, max_queue=settings.max_queue,
                 )  # fmt: skip
-            self._routes.append(_Route(route, alerts, transcript))
+            self._routes.append(_Route(route, alerts, transcript, threads))
             where = f"channel {route.channel}" if route.token else "an incoming webhook"
             log.info("slack %s: posting %s to %s", route.name, ", ".join(route.events), where)
 
@@ -153,7 +189,9 @@ class SlackPlugin:
     def _turn(self, event: UserTranscription | TtsCompleted, call: CallContext, speaker: str) -> None:
         for route in self._routes:
             if route.transcript is not None:
-                body = {"kind": "reply", "call_id": call.id, "text": f"*{speaker}:* {escape(event.text)}"}
+                body = route.threads.reply(
+                    call.id, {"kind": "reply", "call_id": call.id, "text": f"*{speaker}:* {escape(event.text)}"}
+                )
                 route.transcript.submit(OutboxMessage(id=f"slack_turn_{event.event_id}", key=call.id, body=body))
 
     @hookimpl
@@ -169,7 +207,7 @@ class SlackPlugin:
         for route in self._routes:
             if route.transcript is not None:
                 text = f":checkered_flag: Call `{escape(call.id)}` {escape(reason)} after {len(call.turns)} turns"
-                body = {"kind": "closing", "call_id": call.id, "text": text}
+                body = route.threads.reply(call.id, {"kind": "closing", "call_id": call.id, "text": text})
                 route.transcript.submit(OutboxMessage(id=f"slack_end_{call.id}", key=call.id, body=body))
 
     # --- redeliver and replay --------------------------------------------------------------------------------
@@ -182,7 +220,7 @@ class SlackPlugin:
         for route in settings.routes:
             deliverers[route.name] = alert_deliverer(posters[route.name])
             if route.transcript:
-                deliverers[f"{route.name}/transcript"] = transcript_deliverer(posters[route.name], {})
+                deliverers[f"{route.name}/transcript"] = transcript_deliverer(posters[route.name], Threads())
         return deliverers
 
 
