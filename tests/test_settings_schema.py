@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hookrunner import Setting, at_least, hookimpl
+
 from helpers import finish, make_config, write_config
 
 PLUGIN = '''
@@ -65,3 +67,24 @@ def test_plugins_settings_prints_the_schema_with_defaults(cli, tmp_path: Path) -
     assert "(required)" in out.splitlines()[2] and "where alerts go" in out.splitlines()[2]
     code, out, err = finish(cli("plugins", "--settings", "alert"))
     assert code == 2 and "no plugin named alert" in err
+
+
+def test_validate_settings_sees_the_schemas_defaults_as_app_settings_will() -> None:
+    from hookrunner._core.config import config_from_dict
+    from hookrunner._run.plugin_setup import prepare_plugins
+
+    seen = []
+
+    class Defaulted:
+        @hookimpl
+        def settings_schema(self):
+            return {"threshold": Setting("number", 3.0, check=at_least(0)), "name": Setting("str", "x")}
+
+        @hookimpl
+        def validate_settings(self, settings):
+            seen.append(dict(settings))
+            return [] if settings["threshold"] >= 1 else ["threshold: expected at least 1"]  # a defaulted key
+
+    config = config_from_dict({"atoms": {"api_key": "sk-test"}, "plugins": {"defaulted": {"name": "y"}}}, source="c.toml")
+    prepare_plugins(config, [("defaulted", Defaulted())])
+    assert seen == [{"threshold": 3.0, "name": "y"}]

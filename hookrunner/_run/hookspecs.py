@@ -86,7 +86,8 @@ def validate_settings(settings: dict[str, Any]) -> list[str] | None:
     """Check this plugin's ``[plugins.NAME]`` table before anything connects.
 
     Called by ``hookrunner check`` and ``hookrunner run`` with the plugin's own table (an empty dict when the
-    config has none). Return a list of problems, each ``"key.path: what was expected, got what"`` relative to
+    config has none), with its ``settings_schema`` defaults filled in as ``app.settings`` will have them, so
+    ``settings["key"]`` works for a defaulted key. Return a list of problems, each ``"key.path: what was expected, got what"`` relative to
     the table; the runner prefixes the file and ``plugins.NAME.`` and refuses to start. Return ``None`` or ``[]``
     when all is well. Must be a plain function (it runs before the event loop starts).
 

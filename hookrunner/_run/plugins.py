@@ -349,7 +349,11 @@ def validate_plugin_settings(config: Config, loaded: LoadedPlugins) -> None:
             schema_failed.add(name)
     for name, impl in validators.items():
         if name not in schema_failed:  # its own checks assume the schema's; no second line for one mistake
-            problems += _call_validate_settings(name, impl, config.plugins.settings.get(name, {}), config.source)
+            table = config.plugins.settings.get(name, {})
+            schema = schemas.get(name)
+            if isinstance(schema, dict):  # as app.settings will be: settings["key"] works for a defaulted key
+                table = check_table(table, schema, open_keys=True)[0]
+            problems += _call_validate_settings(name, impl, table, config.source)
     if problems:
         raise ConfigError("\n".join(problems))
 
