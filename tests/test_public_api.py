@@ -31,7 +31,7 @@ PUBLIC = {
         "parse_retry_after", "DEFAULT_MAX_RETRY_AFTER", "request", "truncated", "json_bytes", "one_line",
     },
     "hookrunner.testing": {
-        "TEST_API_KEY", "make_event", "make_trigger", "make_delivery", "sim_call", "sim_script", "simulator",
+        "HookFailure", "TEST_API_KEY", "make_event", "make_trigger", "make_delivery", "sim_call", "sim_script", "simulator",
         "config_table", "make_runner", "start_plugins", "run_plugins", "RunResult", "PluginRun",
         "Receiver", "ReceivedRequest", "Reply", "running_receiver", "refusing_port",
     },

@@ -226,3 +226,22 @@ def test_the_pytest_entry_point_imports_nothing_heavy_into_every_pytest_session(
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert loaded.stdout.strip() == "[]", loaded.stdout
+
+
+async def test_run_result_keeps_every_exception_a_hook_raised_with_its_plugin_hook_call_and_event() -> None:
+    from hookrunner import hookimpl
+    from hookrunner.testing import HookFailure, run_plugins, sim_call
+
+    class Picky:
+        @hookimpl
+        def on_user_transcription(self, event, call):
+            assert "refund" in event.text, f"no refund in {event.text!r}"
+
+    result = await run_plugins({"picky": Picky()}, [sim_call("CALL-P", agent=["Hi"], user=["refund please", "thanks"])])
+    assert result.exit_code == 0 and result.hook_errors == {"picky": 1}
+    [failure] = result.failures
+    assert isinstance(failure, HookFailure) and (failure.plugin, failure.hook, failure.call_id) == (
+        "picky", "on_user_transcription", "CALL-P"
+    )  # fmt: skip
+    assert failure.event_id and isinstance(failure.exception, AssertionError)
+    assert "no refund in 'thanks'" in str(failure.exception)

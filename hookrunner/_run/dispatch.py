@@ -16,6 +16,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pluggy
@@ -31,6 +32,17 @@ log = logging.getLogger("hookrunner.dispatch")
 KwargsFor = Mapping[str, Any] | Callable[[str], Mapping[str, Any]]
 
 
+@dataclass(frozen=True)
+class HookFailure:
+    """One hook implementation that raised: which plugin, which hook, on which call and event, and what."""
+
+    plugin: str
+    hook: str
+    call_id: str | None
+    event_id: str | None
+    exception: BaseException
+
+
 class HookDispatcher:
     """Calls one hook on every plugin, isolated; counts and logs failures with plugin, call and event."""
 
@@ -41,6 +53,8 @@ class HookDispatcher:
         self._impls: dict[str, list[pluggy.HookImpl]] = {}
         #: ``observe(plugin, hook, seconds)`` for every implementation that returned (the metrics' histogram).
         self.observe: Callable[[str, str, float], None] | None = None
+        #: ``on_error(failure)`` for every implementation that raised (``hookrunner.testing`` keeps them).
+        self.on_error: Callable[[HookFailure], None] | None = None
 
     def implementations(self, hook_name: str) -> list[pluggy.HookImpl]:
         """The implementations of ``hook_name`` in calling order (cached: plugins are fixed once running)."""
@@ -105,6 +119,8 @@ class HookDispatcher:
             fields = log_fields(plugin=impl.plugin_name, hook=hook_name, call_id=call_id, event_id=event_id)
             log.error("%s raised %s: %s%s", where, type(exc).__name__, one_line(str(exc), 500), _origin(exc), extra=fields)
             log.debug("%s: traceback", where, exc_info=True, extra=fields)
+            if self.on_error is not None:
+                self.on_error(HookFailure(impl.plugin_name, hook_name, call_id, event_id, exc))
             return
         elapsed = time.monotonic() - started
         if self.observe is not None:

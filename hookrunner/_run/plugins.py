@@ -350,9 +350,9 @@ def validate_plugin_settings(config: Config, loaded: LoadedPlugins) -> None:
     for name, impl in validators.items():
         if name not in schema_failed:  # its own checks assume the schema's; no second line for one mistake
             table = config.plugins.settings.get(name, {})
-            schema = schemas.get(name)
-            if isinstance(schema, dict):  # as app.settings will be: settings["key"] works for a defaulted key
-                table = check_table(table, schema, open_keys=True)[0]
+            declared_schema = schemas.get(name)
+            if isinstance(declared_schema, dict):  # as app.settings will be: settings["key"] works for a defaulted key
+                table = check_table(table, declared_schema, open_keys=True)[0]
             problems += _call_validate_settings(name, impl, table, config.source)
     if problems:
         raise ConfigError("\n".join(problems))

@@ -30,6 +30,7 @@ import trio
 
 from hookrunner._core.config import config_from_dict
 from hookrunner._core.events import Event, event_from_dict
+from hookrunner._run.dispatch import HookFailure
 from hookrunner._run.hookspecs import hookimpl
 from hookrunner._run.plugin_setup import prepare_plugins
 from hookrunner._run.plugins import ENTRY_POINT_GROUP
@@ -44,6 +45,7 @@ from hookrunner.testing.errors import plain_errors
 from hookrunner.testing.receiver import ReceivedRequest, Receiver, Reply, refusing_port, running_receiver
 
 __all__ = [
+    "HookFailure",
     "TEST_API_KEY",
     "make_event",
     "make_trigger",
@@ -141,16 +143,20 @@ async def simulator(script: Script | str | Path | Sequence[dict[str, Any]], **kw
 
 @dataclass
 class RunResult:
-    """What a run did: exit code, each call's events in order, triggers, finish reasons and the runner's counters."""
+    """What a run did: exit code, each call's events in order, triggers, finish reasons, the runner's counters, and
+    every exception a hook raised (``failures``: plugin, hook, call, event and the exception itself, so a test can
+    say which assertion in which hook failed instead of reading a count)."""
 
     exit_code: int
     events: dict[str, list[Event]] = field(default_factory=lambda: defaultdict(list))
     triggers: list[Trigger] = field(default_factory=list)
     finished: dict[str, str] = field(default_factory=dict)
     stats: Stats = field(default_factory=Stats)
+    failures: list[HookFailure] = field(default_factory=list)
 
     @property
     def hook_errors(self) -> dict[str, int]:
+        """Hook errors (raised) and timeouts are counted per plugin; ``failures`` has each raise."""
         return dict(self.stats.hook_errors)
 
 
@@ -302,6 +308,7 @@ async def start_plugins(
             table = config_table(sim.base_url, settings=settings, enable=enable, runner=runner)
             built = _runner(table, [*_named(plugins), ("_Recorder", _Recorder(result))], call_ids, base_dir)
             result.stats = built.stats
+            built.dispatcher.on_error = result.failures.append
             run = PluginRun(built, sim, result)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(run._run)
