@@ -567,6 +567,17 @@ def test_check_names_a_local_plugin_implementing_a_misspelled_hook_and_suggests_
     assert '"on_user_transcription"' in lines[0]
 
 
+def test_check_names_a_hook_argument_typo_with_the_nearest_argument_the_hook_gives(cli, tmp_path: Path) -> None:
+    source = "from hookrunner import hookimpl\n\n@hookimpl\ndef on_user_transcription(evnt, call):\n    pass\n"
+    config = write_config(tmp_path, make_config(UNREACHABLE, plugins={"load": [write_plugin(tmp_path, "typo_args", source)]}))
+    code, out, err = finish(cli("check", str(config)))
+    assert code == 2, err
+    assert_no_traceback(out, err)
+    [line] = err.splitlines()
+    assert line.startswith(f"error: {config}: plugins.load[0]: plugin typo_args: "), line
+    assert line.endswith('on_user_transcription: no argument named evnt (did you mean "event"?); the hook gives event, call')
+
+
 def test_check_reports_a_plugins_load_path_that_does_not_exist_in_one_line(cli, tmp_path: Path) -> None:
     config = write_config(tmp_path, make_config(UNREACHABLE, plugins={"load": ["not_written_yet.py"]}))
     code, out, err = finish(cli("check", str(config)))

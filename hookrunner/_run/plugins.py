@@ -128,6 +128,11 @@ class _Loader:
                     where,
                 )
             return
+        misnamed = _misnamed_arguments(pm, plugin)
+        if misnamed:
+            for problem in misnamed:
+                self.fail(info, problem, disabled, where)
+            return
         try:
             pm.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
@@ -293,6 +298,36 @@ def _hook_wrappers(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
         if opts and (opts.get("wrapper") or opts.get("hookwrapper")):
             wrappers.append(opts.get("specname") or attr)
     return sorted(wrappers)
+
+
+def _misnamed_arguments(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
+    """One line per hook implementation asking for an argument its hook does not give, with the nearest one:
+    pluggy matches arguments by name, and its own message names neither the right names nor the likely typo."""
+    problems = []
+    for attr in dir(plugin):
+        try:
+            opts = pm.parse_hookimpl_opts(plugin, attr)
+        except Exception:  # an attribute that raises on access is pluggy's to report at register()
+            continue
+        hook = getattr(pm.hook, (opts or {}).get("specname") or attr, None) if opts else None
+        if hook is None or hook.spec is None:
+            continue  # not a hookrunner hook: _unknown_hooks says so
+        given = list(hook.spec.argnames)
+        try:
+            asked = [
+                name
+                for name, parameter in inspect.signature(getattr(plugin, attr)).parameters.items()
+                if parameter.default is inspect.Parameter.empty
+                and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.POSITIONAL_ONLY)
+            ]
+        except (TypeError, ValueError):
+            continue
+        for name in asked:
+            if name not in given:
+                problems.append(
+                    f"{hook.name}: no argument named {name}{suggest(name, given)}; the hook gives {', '.join(given)}"
+                )
+    return problems
 
 
 def _unknown_hooks(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
