@@ -36,3 +36,13 @@ def test_the_scaffold_writes_a_package_whose_tests_pass_and_refuses_to_overwrite
 def test_a_name_that_cannot_be_a_package_is_refused_in_one_line(cli, tmp_path: Path) -> None:
     code, out, err = finish(cli("new-plugin", "9 lives!", str(tmp_path)))
     assert code == 2 and err.count("\n") == 1 and "not a usable name" in err
+
+
+def test_a_name_an_installed_plugin_has_is_refused_in_one_line_and_nothing_is_written(cli, tmp_path: Path) -> None:
+    code, out, err = finish(cli("new-plugin", "console", str(tmp_path)))
+    assert code == 2, out + err
+    assert err.splitlines() == [
+        "error: new-plugin: console: a plugin named console is installed already (the hookrunner distribution); "
+        "choose another name"
+    ]
+    assert list(tmp_path.iterdir()) == []

@@ -6,12 +6,14 @@ Python and TOML in them need no escaping.
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import string
 from pathlib import Path
 
 from hookrunner._core.api import HOOKRUNNER_API_VERSION
 from hookrunner._core.errors import ConfigError
+from hookrunner._run.plugins import ENTRY_POINT_GROUP
 
 TEMPLATES = {
     "pyproject.toml": "pyproject.toml.tmpl",
@@ -38,9 +40,22 @@ def names(name: str) -> dict[str, str]:
     }
 
 
+def _installed_plugin(plugin: str) -> str | None:
+    """Where an installed plugin of this name comes from (``the hookrunner distribution``), or None."""
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == plugin:
+            return f"the {ep.dist.name} distribution" if ep.dist else ep.value
+    return None
+
+
 def write_plugin(name: str, directory: Path) -> Path:
     """Write the package into ``directory/<distribution>``; refuses to overwrite anything."""
     values = names(name)
+    taken = _installed_plugin(values["plugin"])
+    if taken is not None:  # two entry points of one name: neither plugin would load, and the user learns it late
+        raise ConfigError(
+            f"new-plugin: {name}: a plugin named {values['plugin']} is installed already ({taken}); choose another name"
+        )
     root = directory / values["distribution"]
     if root.exists():
         raise ConfigError(f"new-plugin: {root} already exists; not overwriting it")
