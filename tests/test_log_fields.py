@@ -71,3 +71,19 @@ def test_the_end_of_run_line_counts_one_of_a_thing_in_the_singular() -> None:
     stats.events_by_type["user_transcription"] = 1
     stats.triggers = 2
     assert stats.summary().startswith("1 call (1 ended); 1 event; 2 triggers; 0 reconnects; 0 malformed lines;")
+
+
+async def test_a_known_event_without_its_text_field_is_passed_on_but_counted_and_logged(caplog) -> None:
+    from hookrunner.testing import run_plugins
+
+    caplog.set_level(logging.WARNING)
+    events = [
+        {"at": 0.0, "event_type": "tts_completed", "text": "Hello, how can I help?"},  # the wrong field name
+        {"at": 0.01, "event_type": "user_transcription", "user_transcription_text": "my bill"},
+    ]
+    result = await run_plugins([], [{"id": "CALL-NOTEXT", "events": events}])
+    turns = [event for event in result.events["CALL-NOTEXT"] if event.event_type in ("tts_completed", "user_transcription")]
+    assert [event.text for event in turns] == ["", "my bill"]  # still dispatched, in order
+    assert result.stats.events_without_text == 1
+    [line] = [r.getMessage() for r in caplog.records if "without tts_text" in r.getMessage()]
+    assert line == "CALL-NOTEXT: a tts_completed event without tts_text: passed on with empty text (1 on this call)"

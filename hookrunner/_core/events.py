@@ -234,6 +234,22 @@ def _as_int(value: Any) -> int | None:
     return number if isinstance(number, int) else None
 
 
+
+#: The field that holds the words of each event type that has any: an event of these types without it is decoded
+#: with empty text (it still reaches plugins, in order), and counted and logged as ``events_without_text``.
+TEXT_FIELDS = {
+    "user_transcription": "user_transcription_text",
+    "user_interim_transcription": "interim_transcription_text",
+    "tts_completed": "tts_text",
+}
+
+
+def missing_text_field(event: Event) -> str | None:
+    """The text field ``event`` should have and lacks (a renamed field in a new API version, a broken sender)."""
+    field = TEXT_FIELDS.get(event.event_type)
+    return field if field is not None and field not in event.raw else None
+
+
 def event_from_dict(
     raw: dict[str, Any], call_id: str, received_at: datetime | None = None, *, line: str | bytes | None = None
 ) -> Event:
@@ -256,11 +272,11 @@ def event_from_dict(
         "raw": raw,
     }
     if cls is UserTranscription:
-        return cls(text=_text(raw.get("user_transcription_text")), **common)
+        return cls(text=_text(raw.get(TEXT_FIELDS["user_transcription"])), **common)
     if cls is UserInterimTranscription:
-        return cls(text=_text(raw.get("interim_transcription_text")), **common)
+        return cls(text=_text(raw.get(TEXT_FIELDS["user_interim_transcription"])), **common)
     if cls is TtsCompleted:
-        return cls(text=_text(raw.get("tts_text")), latency_ms=_as_number(raw.get("tts_latency")), **common)
+        return cls(text=_text(raw.get(TEXT_FIELDS["tts_completed"])), latency_ms=_as_number(raw.get("tts_latency")), **common)
     if cls is CallStart:
         telephony_id = raw.get("telephony_id")
         return cls(telephony_id=None if telephony_id is None else str(telephony_id), **common)

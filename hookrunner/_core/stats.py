@@ -15,6 +15,7 @@ class Stats:
     duplicates_skipped: int = 0
     malformed_lines: int = 0  # stream events that were not events (oversized ones included)
     oversized_events: int = 0  # events skipped for a line or data over runner.max_event_bytes
+    events_without_text: int = 0  # transcriptions and agent turns without their text field (passed on, text empty)
     reconnects: int = 0
     hook_errors: Counter[str] = field(default_factory=Counter)  # by plugin name
     hook_timeouts: Counter[str] = field(default_factory=Counter)  # by plugin name

@@ -94,6 +94,9 @@ class _StatsCollector(Collector):
         yield CounterMetricFamily("hookrunner_reconnects", "Stream reconnects", value=stats.reconnects)
         yield CounterMetricFamily("hookrunner_malformed_lines", "Stream lines that were not events", value=stats.malformed_lines)
         yield CounterMetricFamily(
+            "hookrunner_events_without_text", "Transcriptions and agent turns without their text field", value=stats.events_without_text
+        )
+        yield CounterMetricFamily(
             "hookrunner_events_spooled", "Events received but written to the spool file", value=stats.events_spooled
         )
         yield _labelled("hookrunner_hook_errors", "Hook implementations that raised", "plugin", stats.hook_errors)

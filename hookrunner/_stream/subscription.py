@@ -29,7 +29,7 @@ from hookrunner._core.bounded_http import ERROR_BODY_LIMIT, read_response
 from hookrunner._core.config import ReconnectConfig
 from hookrunner._core.errors import AuthError
 from hookrunner._core.finish import FinishReason
-from hookrunner._core.events import MalformedEvent, SseInit, decode_event, Event
+from hookrunner._core.events import missing_text_field, MalformedEvent, SseInit, decode_event, Event
 from hookrunner._core.logs import logged_at
 from hookrunner._stream.atoms_errors import RETRYABLE_STATUSES, error_body
 from hookrunner._stream.sse import SseReader, Oversized
@@ -125,6 +125,7 @@ class Subscription:
         self._saw_call_end = False
         self.events_received = 0
         self._skipped = 0  # malformed or oversized events of this call (logged at logs.logged_at counts)
+        self._without_text = 0  # of this call's events, those missing their text field (logged at logged_at counts)
         #: An event received but not yet accepted by the call's buffer (set while ``run`` waits on a full buffer).
         self.pending: Event | None = None
 
@@ -211,6 +212,17 @@ class Subscription:
         self._stats.oversized_events += 1
         self._skip(f"an event over {self._max_event_size} characters (runner.max_event_bytes); the stream goes on")
 
+    def _no_text(self, event_type: str, field: str) -> None:
+        """A known event without its words is passed on (order and the rest of it still matter), but not quietly:
+        an empty caller line would otherwise look like silence."""
+        self._stats.events_without_text += 1
+        self._without_text += 1
+        if logged_at(self._without_text):
+            log.warning(
+                "%s: a %s event without %s: passed on with empty text (%d on this call)",
+                self.call_id, event_type, field, self._without_text,
+            )  # fmt: skip
+
     def _skip(self, what: str) -> None:
         """One event of this call not passed on (malformed or oversized): counted, logged at ``logged_at`` counts."""
         self._stats.malformed_lines += 1
@@ -232,6 +244,8 @@ class Subscription:
             return False
         self.events_received += 1
         self._stats.events_received += 1
+        if (field := missing_text_field(event)) is not None:
+            self._no_text(event.event_type, field)
         if event.event_type == "call_end":
             self._saw_call_end = True
         if self._on_received is not None:
