@@ -924,3 +924,13 @@ def test_run_without_atoms_and_without_the_variable_says_which_variable_in_one_l
     assert err.splitlines() == [
         f"error: {config}: atoms.api_key_env: environment variable ATOMS_API_KEY is not set (export it with your Atoms API key)"
     ]
+
+
+@pytest.mark.parametrize("command", ["run", "check", "plugins", "init", "simulate", "redeliver", "replay", "new-plugin", "demo"])
+def test_every_commands_help_says_what_it_does_its_exit_statuses_and_an_example(cli, command: str) -> None:
+    code, out, err = finish(cli(command, "--help"))
+    assert code == 0, err
+    head, _, rest = out.partition("\n\n")
+    assert head.startswith(f"usage: hookrunner {command}")
+    assert rest.split("\n\n", 1)[0].strip(), out  # a description before the options
+    assert "exit status: 0" in out and f"\nexample:\n  hookrunner {command}" in out, out

@@ -12,6 +12,7 @@ import functools
 import math
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -183,7 +184,60 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", parents=[common], help="run the example config against a built-in simulator")
     demo.add_argument("script", nargs="?", metavar="SCRIPT", help="a simulator script (default: built-in calls)")
     demo.add_argument("--speed", type=speed_factor, default=1.0, help="play the calls this many times faster (default: 1)")
+    for name, (description, exits, example) in COMMAND_HELP.items():
+        command = sub.choices[name]
+        command.description = textwrap.fill(command.description or description, 100)
+        command.epilog = textwrap.fill(f"exit status: {exits}", 100) + f"\n\nexample:\n  {example}"
+        command.formatter_class = argparse.RawDescriptionHelpFormatter  # (the example's line kept as written)
     return parser
+
+
+#: What each command's --help says beyond its options: what it does, its exit statuses, one example.
+COMMAND_HELP = {
+    "run": (
+        "Follow the calls of CONFIG (runner.calls, --call, and in service mode those the listing, Atoms' webhooks "
+        "and POST /calls find) and run the plugins on every event, until the calls are over or a signal stops it.",
+        "0 every call ended or completed (a service: stopped by a signal); 1 some call could not be followed; "
+        "2 the config, a plugin or the API key was refused (one error line each)",
+        "hookrunner run config.toml --call CALL-1767225600101-5d2e7a",
+    ),
+    "check": (
+        "Validate CONFIG and its plugins' settings as `run` would, without connecting, and show what would run.",
+        "0 the config is usable; 2 it is not (one error line per problem, with its key path)",
+        "hookrunner check config.toml",
+    ),
+    "plugins": ("", "0, or 1 when a plugin that `run` would load is broken", "hookrunner plugins --settings webhook"),
+    "init": (
+        "Write a starter config (the keys a first run needs), or with --example the packaged example that explains "
+        "every key; PATH - prints it instead.",
+        "0 written; 2 PATH exists (never overwritten) or cannot be written",
+        "hookrunner init --example -",
+    ),
+    "simulate": (
+        "Serve a local stand-in for the Atoms events API (the scripted calls, the listing, stored conversations and "
+        "signed webhooks) for trying plugins without an account.",
+        "0 stopped by Ctrl-C; 2 the script or an option was refused",
+        "hookrunner simulate --port 8765 --speed 2",
+    ),
+    "redeliver": (
+        "Send again the messages of a dead-letter file through the endpoints of the config each letter records; what "
+        "is delivered leaves the file, so a rerun sends only what is still left.",
+        "0 every letter was delivered (or --dry-run); 1 some are left in the file; 2 the file or config was refused",
+        "hookrunner redeliver hookrunner-dead-letters.jsonl --endpoint crm",
+    ),
+    "replay": ("", "0 every message was sent (or --dry-run, or none kept); 1 one was not", "hookrunner replay config.toml --since 30m"),
+    "new-plugin": (
+        "Write a plugin package ready to install: its entry point, one hook, settings, tests and a README.",
+        "0 written; 2 the name is unusable or taken by an installed plugin, or the directory exists",
+        "hookrunner new-plugin sentiment && cd hookrunner-sentiment && pip install -e '.[test]' && pytest -q",
+    ),
+    "demo": (
+        "Run the example config against a built-in simulator of three calls: the transcript, a keyword trigger, "
+        "and the runner finding each call by listing them. No account needed.",
+        "0 the calls are over; 2 the script was refused",
+        "hookrunner demo --speed 4",
+    ),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
