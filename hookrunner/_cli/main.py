@@ -404,11 +404,10 @@ def starter_config() -> dict:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    if args.example and args.path == "-":  # the packaged example, for a pip install that has no checkout to read
-        sys.stdout.write(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
-        return 0
+    # --example: the packaged example, for a pip install that has no checkout to read
+    example = EXAMPLE_CONFIG.read_text(encoding="utf-8") if args.example else None
     if args.path == "-":
-        sys.stdout.write(starter_text("config.toml"))
+        sys.stdout.write(example or starter_text("config.toml"))
         return 0
     path = Path(args.path)
     if path.exists():
@@ -416,8 +415,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         with path.open("xb") as handle:
-            text = EXAMPLE_CONFIG.read_text(encoding="utf-8") if args.example else starter_text(str(path))
-            handle.write(text.encode("utf-8"))
+            handle.write((example or starter_text(str(path))).encode("utf-8"))
     except OSError as exc:
         command_line(f"{path}: cannot write ({exc.strerror})")
         return EXIT_USAGE

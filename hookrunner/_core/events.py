@@ -234,7 +234,6 @@ def _as_int(value: Any) -> int | None:
     return number if isinstance(number, int) else None
 
 
-
 #: The field that holds the words of each event type that has any: an event of these types without it is decoded
 #: with empty text (it still reaches plugins, in order), and counted and logged as ``events_without_text``.
 TEXT_FIELDS = {

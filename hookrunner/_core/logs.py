@@ -28,7 +28,7 @@ _secrets: set[str] = set()
 #: What a record may be about, as fields a log pipeline filters on: JSON keys, and ``key=value`` in text where the
 #: message does not already say the value. Set per record (``extra=log_fields(...)``) or for a whole task
 #: (``bind_log_fields``: a call's task binds its ``call_id`` once, and every line of its stream and dispatch has it).
-LOG_FIELDS = ("call_id", "event_id", "plugin", "hook", "endpoint", "message_id", "attempt", "status", "source")
+LOG_FIELDS = ("call_id", "event_id", "plugin", "hook", "endpoint", "message_id", "attempt", "status")
 _bound: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("hookrunner_log_fields", default={})
 
 
@@ -149,13 +149,8 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
 def command_line(text: str, *, level: str = "error", prefix: str = "error: ") -> None:
     """A line a command writes to stderr for its user (why it exits, a dead letter it kept): ``prefix`` and the
     text, or under ``--log-format json`` one object like every log record, so a collector loses none of them."""
-    if _format == "json":
-        entry = {
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "level": level,
-            "logger": "hookrunner.cli",
-            "message": redacted(text),
-        }
-        print(json.dumps(entry, ensure_ascii=False), file=sys.stderr, flush=True)
+    if _format == "json":  # the same object as every log record (not through logging: --log-level must not hide it)
+        record = logging.LogRecord("hookrunner.cli", logging.getLevelName(level.upper()), "", 0, text, None, None)
+        print(JsonFormatter().format(record), file=sys.stderr, flush=True)
     else:
         print(prefix + redacted(text), file=sys.stderr, flush=True)

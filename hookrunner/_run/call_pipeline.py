@@ -85,7 +85,7 @@ class CallPipeline:
         self._key_refused = key_refused
         self._key_was_refused = key_was_refused
         self._journal = journal
-        self._resumed_calls = resumed_calls or {}
+        self._resumed_calls = resumed_calls if resumed_calls is not None else {}
         self._backfiller = backfiller
 
     async def follow(self, call_id: str, source: str, journal: CallJournal | None) -> FinishReason:

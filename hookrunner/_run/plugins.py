@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -286,30 +287,31 @@ def _local_namespace() -> ModuleType:
     return namespace
 
 
-def _hook_wrappers(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
-    """Hooks that ``plugin`` implements as wrappers: hookrunner calls each implementation on its own, so a wrapper
-    (which pluggy runs around the others) would never see what it expects."""
-    wrappers = []
+def _hook_implementations(pm: pluggy.PluginManager, plugin: Any) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """``(attribute, hook name, options)`` of each hook implementation of ``plugin``, before it is registered."""
     for attr in dir(plugin):
         try:
             opts = pm.parse_hookimpl_opts(plugin, attr)
         except Exception:  # an attribute that raises on access is pluggy's to report at register()
             continue
-        if opts and (opts.get("wrapper") or opts.get("hookwrapper")):
-            wrappers.append(opts.get("specname") or attr)
-    return sorted(wrappers)
+        if opts:
+            yield attr, opts.get("specname") or attr, dict(opts)
+
+
+def _hook_wrappers(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
+    """Hooks that ``plugin`` implements as wrappers: hookrunner calls each implementation on its own, so a wrapper
+    (which pluggy runs around the others) would never see what it expects."""
+    return sorted(
+        hook for _, hook, opts in _hook_implementations(pm, plugin) if opts.get("wrapper") or opts.get("hookwrapper")
+    )
 
 
 def _misnamed_arguments(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
     """One line per hook implementation asking for an argument its hook does not give, with the nearest one:
     pluggy matches arguments by name, and its own message names neither the right names nor the likely typo."""
     problems = []
-    for attr in dir(plugin):
-        try:
-            opts = pm.parse_hookimpl_opts(plugin, attr)
-        except Exception:  # an attribute that raises on access is pluggy's to report at register()
-            continue
-        hook = getattr(pm.hook, (opts or {}).get("specname") or attr, None) if opts else None
+    for attr, hook_name, _ in _hook_implementations(pm, plugin):
+        hook = getattr(pm.hook, hook_name, None)
         if hook is None or hook.spec is None:
             continue  # not a hookrunner hook: _unknown_hooks says so
         given = list(hook.spec.argnames)
