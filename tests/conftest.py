@@ -10,11 +10,20 @@ from pathlib import Path
 import pytest
 
 from helpers import Recorder, hookrunner_process
+from service_helpers import SECRET, TOKEN
 
 
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
+
+
+@pytest.fixture
+def service_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variables ``service_helpers.service_config`` names, set to its ``TOKEN`` and ``SECRET``; service-mode
+    modules use it for every test (``pytestmark = pytest.mark.usefixtures("service_secrets")``)."""
+    monkeypatch.setenv("HR_TEST_TOKEN", TOKEN)
+    monkeypatch.setenv("HR_TEST_WEBHOOK_SECRET", SECRET)
 
 
 @pytest.fixture

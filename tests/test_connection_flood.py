@@ -45,10 +45,7 @@ def on_call_finished(call, reason):
 """
 
 
-@pytest.fixture(autouse=True)
-def _secrets(monkeypatch) -> None:
-    monkeypatch.setenv("HR_TEST_TOKEN", TOKEN)
-    monkeypatch.setenv("HR_TEST_WEBHOOK_SECRET", SECRET)
+pytestmark = pytest.mark.usefixtures("service_secrets")  # conftest.py: HR_TEST_TOKEN, HR_TEST_WEBHOOK_SECRET
 
 
 class Stderr:

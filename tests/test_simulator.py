@@ -484,8 +484,11 @@ def test_cli_prints_one_listening_line_serves_and_stops_on_a_signal(stop: signal
     process = _cli(0, None, "k", 1.0)
     try:
         line = process.stdout.readline()
-        match = re.fullmatch(r"simulator listening on (http://127\.0\.0\.1:\d+) \(3 calls: (.+)\)\n", line)
+        match = re.fullmatch(
+            r"simulator listening on (http://127\.0\.0\.1:\d+) \(3 calls: (.+)\); another call: POST (\S+)\n", line
+        )
         assert match, line
+        assert match[3] == f"{match[1]}/simulator/calls"  # how to start one more, on the same line
         assert match[2].split(", ") == [c.id for c in load_script(default_script_path()).calls]
         response = httpx.get(f"{match[1]}/events?callId=CALL-nope", headers={"Authorization": "Bearer k"})
         assert response.status_code == 404

@@ -193,7 +193,9 @@ async def test_a_completed_conversation_holds_every_event_exactly_as_the_stream_
         "type": "telephony_outbound",
         "agent": {"_id": "agent-7"},
     }
-    assert (stored["variables"], stored["recordingUrl"]) == ({}, None)
+    assert stored["variables"] == {"agent_name": "agent-7", "current_date": stored["variables"]["current_date"],
+                                   "default_language": "en"}  # fmt: skip
+    assert stored["recordingUrl"] == "https://recordings.simulator.invalid/CALL-7.wav"  # completed: a recording
     assert isinstance(stored["_id"], str) and stored["_id"] and stored["_id"] != "CALL-7"
 
 

@@ -130,6 +130,27 @@ async def test_a_late_subscriber_gets_sse_init_and_only_events_not_yet_due_unles
     assert live[-1]["event_type"] == replay[-1]["event_type"] == "sse_close"
 
 
+async def test_a_late_live_subscriber_still_gets_the_calls_call_start_with_its_own_time() -> None:
+    """A runner learns of a call from its pre-conversation webhook or the listing, a moment after it began: the
+    call_start must still reach it (its on_call_start hook), but nothing else already said."""
+    start = {"at": 0.0, "event_type": "call_start", "telephony_id": "TEL-1", "agent_id": "agent-s"}
+    script = make_script({
+        "id": "CALL-S", "start": 0.0,
+        "events": [start, {"at": 0.05, "event_type": "step", "n": 1}, {"at": 0.5, "event_type": "step", "n": 2}],
+    })  # fmt: skip
+    async with running_simulator(script) as sim:
+        await at_offset(sim, 0.25)
+        status, got, _ = await subscribe(sim, "CALL-S")
+        started_wall = sim.app.calls.serving_wall
+    assert status == 200
+    assert [(e["event_type"], e.get("n")) for e in got] == [
+        ("sse_init", None), ("call_start", None), ("step", 2), ("sse_close", None),
+    ]  # fmt: skip
+    said_at = datetime.fromisoformat(got[1]["timestamp"].replace("Z", "+00:00")).timestamp()
+    assert said_at == pytest.approx(started_wall, abs=0.002)  # when the call started, not when it was sent
+    assert got[1]["telephony_id"] == "TEL-1"
+
+
 async def test_calls_without_start_keep_their_clock_at_the_first_subscription_and_subscriptions_are_recorded() -> None:
     script = make_script(call("CALL-L", 0.0, 0.1, fail_first=1), call("CALL-IDLE", 0.0))
     async with running_simulator(script) as sim, httpx.AsyncClient() as client:
@@ -176,8 +197,9 @@ async def test_the_listing_shows_calls_in_progress_once_started_and_completed_af
     assert full["status"] is True
     soon = next(log for log in full["data"]["logs"] if log["callId"] == "CALL-SOON")
     assert set(soon) == {
-        "callId", "status", "agentId", "campaignId", "conversationType", "fromPhone", "toPhone", "createdAt"
-    }  # fmt: skip
+        "_id", "callId", "status", "duration", "from", "to", "type", "agentId", "recordingUrl", "createdAt"
+    }  # fmt: skip: the SDK's ListCallsResponseDataLogsItem names (test_simulator_vendor_models validates them)
+    assert (soon["duration"], soon["recordingUrl"]) == (1.0, "https://recordings.simulator.invalid/CALL-SOON.wav")
     assert ISO_Z.match(soon["createdAt"])
     moment = datetime.fromisoformat(soon["createdAt"].replace("Z", "+00:00")).timestamp()
     assert moment == pytest.approx(wall_start + 0.3, abs=0.002)  # when it started, not when it was listed
@@ -229,12 +251,13 @@ async def test_the_listing_filters_by_agent_and_campaign_ids() -> None:
     assert both == ["CALL-B"]
     assert empty_filter == ["CALL-A", "CALL-B", "CALL-C", "CALL-D", "CALL-E"]
     assert defaults == ["CALL-E"]  # no agent_id and no call_start event saying one
-    a, d = ({key: value for key, value in log.items() if key != "createdAt"} for log in logs)
+    a, d = ({key: value for key, value in log.items() if key not in ("createdAt", "_id")} for log in logs)
     assert a == {
-        "callId": "CALL-A", "status": "in_progress", "agentId": "agent-a", "campaignId": "camp-1",
-        "conversationType": "outbound", "fromPhone": "+15550100", "toPhone": "+15550199",
+        "callId": "CALL-A", "status": "in_progress", "duration": None, "agentId": "agent-a",
+        "type": "telephony_outbound", "from": "+15550100", "to": "+15550199", "recordingUrl": None,
     }  # fmt: skip
-    assert (d["agentId"], d["conversationType"], d["campaignId"]) == ("agent-d", "web", None)  # from call_start
+    assert (d["agentId"], d["type"]) == ("agent-d", "webcall")  # from call_start
+    assert d["from"].startswith("+1415555") and d["to"] == "+18005550100"  # made up, E.164
 
 
 async def test_the_listing_rejects_a_bad_limit_or_page_caps_the_limit_and_needs_the_key() -> None:
@@ -338,24 +361,33 @@ async def test_a_started_call_pushes_a_signed_pre_conversation_then_a_post_conve
         assert request.method == "POST" and request.headers["content-type"] == "application/json"
         assert request.headers["x-signature"] == expected_signature(request.body)
     metadata = {
-        "callId": "CALL-P", "agentId": "agent-x", "eventType": "pre-conversation", "conversationType": "outbound",
-        "fromPhone": "+15550100", "toPhone": "+15550199",
-    }  # fmt: skip
+        "callId": "CALL-P", "agentId": "agent-x", "eventType": "pre-conversation",
+        "conversationType": "telephonyOutbound", "fromPhone": "+15550100", "toPhone": "+15550199",
+    }  # fmt: skip: the SDK's WebhookEventPreConversationMetadata (test_simulator_vendor_models validates it)
     body = pre.json()
     assert set(body) == {"id", "event", "url", "description", "metadata"}
     assert (body["event"], body["url"], body["metadata"]) == ("agent-x.pre-conversation", receiver.url("/atoms"), metadata)
     assert isinstance(body["description"], str) and body["description"]
     after = post.json()
     assert after["event"] == "agent-x.post-conversation"
+    turns = after["metadata"].pop("transcript")
+    assert [(turn["role"], turn["content"]) for turn in turns] == [
+        ("agent", "Hi, how can I help?"), ("user", "My order is late."), ("agent", "Let me check."),
+    ]  # fmt: skip
+    stamps = [datetime.fromisoformat(turn["timestamp"].replace("Z", "+00:00")).timestamp() for turn in turns]
+    call_wall = sim.app.calls.serving_wall + 0.2
+    assert stamps == pytest.approx([call_wall, call_wall + 0.1, call_wall + 0.2], abs=0.002)  # when each was said
+    call_data = after["metadata"].pop("callData")
+    assert {key: call_data[key] for key in ("fromNumber", "toNumber", "callDuration", "callStatus", "callDirection")} == {
+        "fromNumber": "+15550100", "toNumber": "+15550199", "callDuration": 0.2, "callStatus": "completed",
+        "callDirection": "telephony_outbound",
+    }  # fmt: skip
     assert after["metadata"] == {
-        **metadata,
-        "eventType": "post-conversation",
-        "transcript": [
-            {"role": "agent", "text": "Hi, how can I help?"},
-            {"role": "user", "text": "My order is late."},
-            {"role": "agent", "text": "Let me check."},
-        ],
-    }
+        "callId": "CALL-P", "agentId": "agent-x", "eventType": "post-conversation",
+        "conversationType": "telephonyOutbound", "recordingUrl": "https://recordings.simulator.invalid/CALL-P.wav",
+        "variables": {"agent_name": "agent-x", "current_date": after["metadata"]["variables"]["current_date"],
+                      "default_language": "en"},
+    }  # fmt: skip
     assert body["id"] != after["id"]
     assert results == [
         (body["id"], "agent-x.pre-conversation", "CALL-P", 200, None, "first"),
@@ -475,7 +507,7 @@ async def test_simulate_pushes_signed_webhooks_with_the_secret_from_the_named_va
             process.send_signal(signal.SIGINT)
             code = await trio.to_thread.run_sync(process.wait, 10)
             err = process.stderr.read()
-    assert re.fullmatch(rf"simulator listening on http://127\.0\.0\.1:\d+ \(3 calls: .+\), webhooks to {re.escape(receiver.url())}\n", line)
+    assert re.fullmatch(rf"simulator listening on http://127\.0\.0\.1:\d+ \(3 calls: .+\), webhooks to {re.escape(receiver.url())}; another call: POST \S+\n", line)
     assert code == 0 and err == ""
     assert sorted(request.json()["event"] for request in requests) == [
         "agent-copperleaf-rx.pre-conversation", "agent-lumen-care.pre-conversation",

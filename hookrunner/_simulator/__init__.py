@@ -5,7 +5,8 @@ code under test goes through the same httpx, SSE parsing, reconnects and error a
 service, including the faults the real service and the proxies in front of it produce. For a runner that finds
 calls by itself it also serves the conversation listing (``GET {base_url}/conversation``, ``listing.py``) and
 POSTs signed pre-/post-conversation webhooks to a push URL (``push.py``); for one that backfills what a stream
-skipped, each call's stored conversation (``GET {base_url}/conversation/{callId}``, ``conversation.py``). See
+skipped, each call's stored conversation (``GET {base_url}/conversation/{callId}``, ``conversation.py``); and for
+a dev loop, new calls on demand (``POST {base_url}/simulator/calls``, ``--loop``: ``on_demand.py``). See
 ``script.py`` for the script format, ``calls.py`` for when a call exists, and ``app.py`` for what goes on the
 wire.
 """
@@ -29,6 +30,8 @@ from hookrunner._simulator.app import SimulatorApp
 from hookrunner._simulator.calls import SentFrame
 from hookrunner._simulator.conversation import ConversationRequest
 from hookrunner._simulator.listing import ListingRequest
+from hookrunner._simulator.on_demand import PATH as ON_DEMAND_PATH
+from hookrunner._simulator.on_demand import loop_calls
 from hookrunner._simulator.push import Delivery, Pusher, PushResult
 from hookrunner._simulator.script import ListingFault, Script, ScriptError, SimCall, SimEvent, default_script_path, load_script, parse_script
 
@@ -78,6 +81,7 @@ class Simulator:
         push_secret: str | None = None,
         push_signature: str | None = None,
         push_timeout: float = 30.0,
+        loop: float | None = None,
     ) -> None:
         if speed is not None and not speed > 0:
             raise ValueError(f"speed must be above 0, got {speed!r}")
@@ -85,6 +89,9 @@ class Simulator:
             raise ValueError(f"keepalive must be 0 (off) or more seconds, got {keepalive!r}")
         if not push_timeout > 0:
             raise ValueError(f"push_timeout must be above 0 seconds, got {push_timeout!r}")
+        if loop is not None and not loop >= 0:
+            raise ValueError(f"loop must be 0 or more seconds between a call's end and its copy, got {loop!r}")
+        self.loop = loop
         self.script = script
         self.app = SimulatorApp(
             script,
@@ -97,7 +104,9 @@ class Simulator:
             script.push_secret if push_secret is None else push_secret,
             script.push_signature if push_signature is None else push_signature,
             timeout=push_timeout,
+            event_fields=self.app.event_fields,
         )
+        self.app.on_demand.started = self.pusher.follow
         self.base_url = ""
         self.connections: dict[str, int] = self.app.connections
         self.statuses: list[tuple[str, int]] = self.app.statuses
@@ -112,6 +121,21 @@ class Simulator:
     def conversation_url(self, call_id: str) -> str:
         """``GET`` it for the call's stored conversation (the id percent-encoded)."""
         return f"{self.base_url}/conversation/{quote(call_id, safe='')}"
+
+    @property
+    def on_demand_url(self) -> str:
+        """``POST`` it (with the key) to start a new call now: ``on_demand.py``."""
+        return f"{self.base_url}{ON_DEMAND_PATH}"
+
+    def start_call(self, like: str | None = None, call_id: str | None = None) -> str:
+        """Start a copy of script call ``like`` (default: the next in turn) now, as ``POST /simulator/calls``
+        does; returns its id. Only while serving."""
+        return self.app.on_demand.start(like, call_id).call.id
+
+    @property
+    def started_on_demand(self) -> list[tuple[str, str]]:
+        """``(call id, template id)`` of every call started on demand or by ``loop``, in order."""
+        return list(self.app.on_demand.log)
 
     @property
     def listing_url(self) -> str:
@@ -234,6 +258,8 @@ class Simulator:
             self.app.calls.begin()  # the zero of scripted starts: just before listening, so none is missed
             self.base_url = await nursery.start(serve)  # e.g. "http://127.0.0.1:54321"
             nursery.start_soon(self.pusher.run, self.app.calls)
+            if self.loop is not None:
+                nursery.start_soon(loop_calls, self.app.on_demand, self.loop / self.app.speed)
             task_status.started(self.base_url)
 
 
@@ -261,6 +287,7 @@ def run_simulator_cli(
     push_url: str | None = None,
     push_secret_env: str | None = None,
     push_signature: str | None = None,
+    loop: float | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM; print one "listening" line first. Returns 0, 2 for a bad script or option, 1 if
     it cannot listen. ``None`` for an option means the script's own value. The push secret is read from the
@@ -284,6 +311,7 @@ def run_simulator_cli(
             push_url=push_url,
             push_secret=push_secret,
             push_signature=push_signature,
+            loop=loop,
         )
     except ValueError as error:
         print(f"simulator: {error}", file=sys.stderr, flush=True)
@@ -294,7 +322,12 @@ def run_simulator_cli(
             async with trio.open_nursery() as nursery:
                 base_url = await nursery.start(simulator.serve, host, port)
                 pushing = f", webhooks to {simulator.push_url}" if simulator.push_url else ""
-                print(f"simulator listening on {base_url} ({_describe_calls(script)}){pushing}", flush=True)
+                again = f"; each call starts again {loop:g} s after it ends" if loop is not None else ""
+                print(
+                    f"simulator listening on {base_url} ({_describe_calls(script)}){pushing}{again}; "
+                    f"another call: POST {simulator.on_demand_url}",
+                    flush=True,
+                )
                 async for _ in signals:
                     nursery.cancel_scope.cancel()
                     break

@@ -11,8 +11,9 @@ is noted in the call's ``sent`` (``SentFrame``), so tests can hold a client to w
 A call without a scripted ``start`` starts its clock at its first successful subscription, and every connection
 replays the script from the start: what is already due is sent at once (as the real server may do after a
 reconnect), the rest on time. A call with ``start`` runs on its own clock (``calls.py``): before its start it is
-not found (404); a subscriber that connects late gets sse_init and then only the events not yet due
-(``late_join = "live"``, the default, like the real service's live stream) or everything due so far at once
+not found (404); a subscriber that connects late gets sse_init, the call's ``call_start`` (see ``script.py``)
+and then only the events not yet due (``late_join = "live"``, the default, like the real service's live stream)
+or everything due so far at once
 (``late_join = "replay"``). Faults hit the first connection(s) only; faults keyed to an event count
 (``drop_after``...) count the script's events, sent or skipped by a late join.
 
@@ -37,6 +38,8 @@ from hookrunner._core.asgi import cancel_on_disconnect, lifespan
 from hookrunner._simulator.calls import Calls, CallState, SentFrame
 from hookrunner._simulator.conversation import PATH_PREFIX, Conversation
 from hookrunner._simulator.listing import Listing
+from hookrunner._simulator.on_demand import PATH as ON_DEMAND_PATH
+from hookrunner._simulator.on_demand import OnDemand
 from hookrunner._simulator.responses import Answer, encode, encode_lenient, error_answer, errors, iso, send_json
 from hookrunner._simulator.script import Script, SimEvent
 
@@ -72,6 +75,7 @@ class SimulatorApp:
         self.calls = Calls(script, speed)
         self.listing = Listing(self.calls, script.listing_faults, script.listing_lag)
         self.conversation = Conversation(self.calls, self.event_fields)
+        self.on_demand = OnDemand(self.calls, script.calls)
         self._prefix = b"event: message\ndata: " if script.framing == "event-message" else b"data: "
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -90,6 +94,9 @@ class SimulatorApp:
             return
         if scope["method"] == "GET" and scope["path"].startswith(PATH_PREFIX):
             await self.conversation.handle(scope, send, authorized=self._authorized(scope))
+            return
+        if scope["method"] == "POST" and scope["path"] == ON_DEMAND_PATH:
+            await self.on_demand.handle(receive, send, authorized=self._authorized(scope), base_url=_base_url(scope))
             return
         if scope["path"] != "/events" or scope["method"] != "GET":
             await send_json(send, 404, {"status": False, "errors": ["Not found"]})
@@ -268,7 +275,7 @@ class _Writer:
             if index < self.resume or index in (state.skip_window or ()):
                 continue
             due = app.at_time(state, event.at)
-            if due < self.joined:
+            if due < self.joined and event.event_type != "call_start":
                 self.passed = index + 1
                 continue
             await self._wait_until(due)
@@ -349,3 +356,9 @@ class _Writer:
             self.state.sent.extend(noted)
             self.unflushed = 0
             self.last_write = trio.current_time()
+
+
+def _base_url(scope: dict[str, Any]) -> str:
+    """The URL the request reached the simulator at, for links in answers."""
+    host, port = scope.get("server") or ("127.0.0.1", 0)
+    return f"{scope.get('scheme', 'http')}://{host}:{port}{scope.get('root_path', '')}"

@@ -80,6 +80,14 @@ class Calls:
     def get(self, call_id: str) -> CallState | None:
         return self.states.get(call_id)
 
+    def add(self, call: SimCall) -> CallState:
+        """A call started while serving (``on_demand.py``): its clock starts at its ``start``."""
+        assert self.serving_start is not None and call.start is not None and call.id not in self.states
+        state = self.states[call.id] = CallState(call)
+        offset = call.start / self.speed
+        self._start(state, self.serving_start + offset, self.serving_wall + offset)
+        return state
+
     def begin(self) -> None:
         """Start the simulator's clock (once; later calls do nothing) and with it every scripted start."""
         if self.serving_start is not None:

@@ -1,10 +1,11 @@
 """``GET /conversation/{callId}``: one call's stored conversation, what the Atoms SDK's ``calls.get(id)`` reads and
 what a runner reads to backfill the events a stream skipped.
 
-Answers ``{"status": true, "data": {...}}`` with the SDK's field names (``GetCallsResponseData``): ``_id`` (the
-log's own id, stable per call), ``callId``, ``status``, ``duration``, ``from``, ``to``, ``type``, ``agent``
-(``{"_id": agent_id}``), ``transcript``, ``events``, ``variables`` (``{}``) and ``recordingUrl`` (null). It reads
-the same clocks as the stream and the listing (``calls.py``):
+Answers ``{"status": true, "data": {...}}`` with the SDK's field names (``GetCallsResponseData``, rendered by
+``records.py`` as the listing and the webhooks are): ``_id`` (the log's own id, stable per call), ``callId``,
+``status``, ``duration``, ``from``, ``to`` (E.164), ``type``, ``agent`` (``{"_id": agent_id}``), ``transcript``,
+``events``, ``variables`` and ``recordingUrl`` (null until completed). It reads the same clocks as the stream and
+the listing (``calls.py``):
 
 * an id not in the script, or a call whose scripted ``start`` has not come: 404 ``Call not found``;
 * until the call's clock reaches its end: ``in_progress``, with the script events due by now; a call without
@@ -30,30 +31,19 @@ is recorded in ``requests``, whatever the answer.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import trio
 
 from hookrunner._simulator.calls import Calls, CallState
-from hookrunner._simulator.responses import Answer, encode_lenient, error_answer, errors, iso, send_body
-from hookrunner._simulator.script import SimEvent, _epoch_seconds
+from hookrunner._simulator.records import log_id, phones, recording_url, rest_type, transcript, variables
+from hookrunner._simulator.responses import Answer, encode_lenient, error_answer, errors, send_body
+from hookrunner._simulator.script import SimEvent
 
 __all__ = ["PATH_PREFIX", "Conversation", "ConversationRequest"]
 
 PATH_PREFIX = "/conversation/"
-
-#: A call's ``conversation_type`` (the listing's and webhooks' word) as the SDK's ``type``; others pass unchanged.
-_TYPES = {
-    "inbound": "telephony_inbound",
-    "outbound": "telephony_outbound",
-    "web": "webcall",
-    "webcall": "webcall",
-    "web_call": "webcall",
-}
-_SPEAKERS = {"user_transcription": ("user", "user_transcription_text"), "tts_completed": ("agent", "tts_text")}
-
 
 class ConversationRequest(NamedTuple):
     """One ``GET /conversation/{id}`` as the simulator saw it."""
@@ -110,38 +100,21 @@ class Conversation:
             status, indexes = "processing", []
         else:
             status, indexes = "completed", range(len(call.events))
-        events, transcript = [], []
-        for index in indexes:
-            fields = self.event_fields(state, index, call.events[index])
-            events.append(fields)
-            turn = _turn(fields, state.start_wall + call.events[index].at / speed)
-            if turn is not None:
-                transcript.append(turn)
+        events = [self.event_fields(state, index, call.events[index]) for index in indexes]
+        scheduled = [state.start_wall + call.events[index].at / speed for index in indexes]
+        completed = status == "completed"
+        from_phone, to_phone = phones(call)
         return {
-            "_id": hashlib.sha256(call.id.encode()).hexdigest()[:24],
+            "_id": log_id(call),
             "callId": call.id,
             "status": status,
-            "duration": round(call.end_at / speed, 3) if status == "completed" else None,
-            "from": call.from_phone,
-            "to": call.to_phone,
-            "type": _TYPES.get(call.conversation_type.lower(), call.conversation_type),
+            "duration": round(call.end_at / speed, 3) if completed else None,
+            "from": from_phone,
+            "to": to_phone,
+            "type": rest_type(call),
             "agent": {"_id": call.agent_id},
-            "transcript": transcript,
+            "transcript": transcript(zip(events, scheduled)),
             "events": events,
-            "variables": {},
-            "recordingUrl": None,
+            "variables": variables(call, state.start_wall),
+            "recordingUrl": recording_url(call) if completed else None,
         }
-
-
-def _turn(fields: dict[str, Any], scheduled: float) -> dict[str, str] | None:
-    """A transcript turn for a final user transcription or agent speech with its text, else None. Its timestamp is
-    the event's own (ISO or epoch, as sent), or the scheduled wall time ``scheduled`` when that is unreadable."""
-    speaker = _SPEAKERS.get(fields["event_type"])
-    if speaker is None or not isinstance(fields.get(speaker[1]), str):
-        return None
-    moment = _epoch_seconds(fields.get("timestamp"))
-    return {
-        "role": speaker[0],
-        "content": fields[speaker[1]],
-        "timestamp": iso(round((scheduled if moment is None else moment) * 1000)),
-    }

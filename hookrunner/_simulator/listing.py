@@ -1,7 +1,9 @@
 """``GET /conversation``: the simulator's conversation listing, how a runner finds calls by polling.
 
 Answers ``{"status": true, "data": {"logs": [...], "pagination": {...}}}`` over the calls that exist now, in
-order of start (script order among equal starts), as Atoms' ``GET /conversation?statusFilter=in_progress`` does.
+order of start (script order among equal starts), as Atoms' ``GET /conversation?statusFilter=in_progress`` does;
+each log has the SDK's fields (``_id``, ``callId``, ``status``, ``duration``, ``from``, ``to``, ``type``,
+``agentId``, ``recordingUrl``, ``createdAt``; ``records.py``).
 A call is listed ``in_progress`` while active and ``completed`` after; a call whose scripted ``start`` has not come
 is not listed; a call without ``start`` is listed ``in_progress`` from the moment the simulator serves until its
 clock (started by its first subscription) reaches its end. See ``calls.py``.
@@ -23,6 +25,7 @@ import trio
 
 from hookrunner._core.asgi import cancel_on_disconnect
 from hookrunner._simulator.calls import Calls, CallState
+from hookrunner._simulator.records import log_id, phones, recording_url, rest_type
 from hookrunner._simulator.responses import Answer, error_answer, errors, iso, send_json
 from hookrunner._simulator.script import ListingFault
 
@@ -110,6 +113,8 @@ class Listing:
         page: int,
     ) -> Answer:
         now = trio.current_time()
+        if len(self._ordered) != len(self.calls.states):  # calls started on demand since the last page
+            self._ordered = sorted(self.calls, key=lambda state: state.call.start or 0.0)
         logs = []
         lag = self.lag / self.calls.speed
         for state in self._ordered:
@@ -140,15 +145,20 @@ class Listing:
         return 200, {"status": True, "data": {"logs": shown, "pagination": pagination}}, []
 
     def _log(self, state: CallState, status: str) -> dict[str, Any]:
+        """One log in the SDK's ``ListCallsResponseDataLogsItem`` fields (``records.py``)."""
         call = state.call
+        from_phone, to_phone = phones(call)
+        completed = status == "completed"
         return {
+            "_id": log_id(call),
             "callId": call.id,
             "status": status,
+            "duration": round(call.end_at / self.calls.speed, 3) if completed else None,
+            "from": from_phone,
+            "to": to_phone,
+            "type": rest_type(call),
             "agentId": call.agent_id,
-            "campaignId": call.campaign_id,
-            "conversationType": call.conversation_type,
-            "fromPhone": call.from_phone,
-            "toPhone": call.to_phone,
+            "recordingUrl": recording_url(call) if completed else None,
             "createdAt": iso(round(self.calls.listed_from_wall(state) * 1000)),
         }
 

@@ -7,16 +7,20 @@ when a webhook-driven runner must learn of it). The post-conversation delivery g
 its end, so a call without ``start`` gets one only after somebody subscribed. Calls declared
 ``status = "completed"`` get none. Each delivery is its own task: a slow receiver holds up nothing else.
 
-Body (JSON, compact, UTF-8)::
+Body (JSON, compact, UTF-8), in the SDK's models (``WebhookEventPreConversation``, ``WebhookEventPostConversation``;
+the values rendered by ``records.py``, as the listing's and the stored conversation's are)::
 
     {"id": "dlv_...", "event": "{agentId}.pre-conversation", "url": PUSH_URL, "description": "...",
-     "metadata": {"callId", "agentId", "eventType": "pre-conversation", "conversationType", "fromPhone",
-                  "toPhone"}}
+     "metadata": {"callId", "agentId", "eventType": "pre-conversation",
+                  "conversationType": "telephonyInbound" | "telephonyOutbound" | "webcall",
+                  "fromPhone", "toPhone" (E.164)}}
 
-and for ``post-conversation`` ``metadata`` also has ``transcript``: ``[{"role": "agent"|"user", "text"}]`` from the
-script's ``tts_completed`` and ``user_transcription`` events. ``X-Signature`` is HMAC-SHA256 over the raw body
-bytes keyed with the secret's UTF-8 bytes, as ``hex`` (default), ``base64`` or ``sha256=hex``; no secret: no
-header. The same bytes and signature go out again on ``send_again`` (a replay).
+and for ``post-conversation`` ``metadata`` has ``callId``, ``agentId``, ``eventType``, ``conversationType``,
+``recordingUrl``, ``callData`` (``fromNumber``, ``toNumber``, ``callDuration`` in seconds, ``callStatus``,
+``callDirection``, ``answerTime``, ``endTime``), ``transcript`` (``[{"role": "agent"|"user", "content",
+"timestamp"}]``, the stream's ``tts_completed`` and ``user_transcription`` events) and ``variables``.
+``X-Signature`` is HMAC-SHA256 over the raw body bytes keyed with the secret's UTF-8 bytes, as ``hex`` (default),
+``base64`` or ``sha256=hex``; no secret: no header. The same bytes and signature go out again on ``send_again`` (a replay).
 """
 
 from __future__ import annotations
@@ -25,15 +29,20 @@ import base64
 import hashlib
 import hmac
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import httpx
 import trio
 
+from hookrunner._simulator import records
 from hookrunner._simulator.calls import Calls, CallState
-from hookrunner._simulator.responses import encode
-from hookrunner._simulator.script import SIGNATURE_ENCODINGS, SimCall
+from hookrunner._simulator.responses import encode, iso
+from hookrunner._simulator.script import SIGNATURE_ENCODINGS, SimEvent
+
+#: How the stream renders a call's script event (``SimulatorApp.event_fields``): the transcript quotes it.
+EventFields = Callable[[CallState, int, SimEvent], dict[str, Any]]
 
 __all__ = ["Delivery", "PushResult", "Pusher", "sign"]
 
@@ -42,7 +51,6 @@ _DESCRIPTIONS = {
     "pre-conversation": "Sent before the conversation starts (simulated)",
     "post-conversation": "Sent after the conversation ends (simulated)",
 }
-_SPEAKERS = {"tts_completed": ("agent", "tts_text"), "user_transcription": ("user", "user_transcription_text")}
 
 
 @dataclass(frozen=True)
@@ -82,15 +90,26 @@ def sign(body: bytes, secret: str, encoding: str = "hex") -> str:
 class Pusher:
     """Builds and sends one simulator's deliveries. ``deliveries`` by id; ``results`` in the order sends ended."""
 
-    def __init__(self, url: str | None, secret: str | None, encoding: str = "hex", timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        secret: str | None,
+        encoding: str = "hex",
+        timeout: float = 30.0,
+        *,
+        event_fields: EventFields,
+    ) -> None:
         if url is not None and not url.startswith(("http://", "https://")):
             raise ValueError(f"push URL must start with http:// or https://, got {url!r}")
         sign(b"", "", encoding)  # reject an unknown encoding now, not at the first delivery
         self.url, self.secret, self.encoding, self.timeout = url, secret, encoding, timeout
+        self.event_fields = event_fields
         self.deliveries: dict[str, Delivery] = {}
         self.results: list[PushResult] = []
         self._client: httpx.AsyncClient | None = None
         self._changed = trio.Event()
+        self._calls: Calls | None = None
+        self._nursery: trio.Nursery | None = None
 
     async def run(self, calls: Calls) -> None:
         """Send every call's deliveries at their moments, until cancelled. Nothing to do without a URL."""
@@ -100,33 +119,41 @@ class Pusher:
             self._client = client
             try:
                 async with trio.open_nursery() as nursery:
+                    self._calls, self._nursery = calls, nursery
                     for state in calls:
                         if state.call.status != "completed":
                             nursery.start_soon(self._follow, calls, state, nursery)
             finally:
-                self._client = None
+                self._client = self._calls = self._nursery = None
+
+    def follow(self, state: CallState) -> None:
+        """Send the deliveries of a call started while serving (``on_demand.py``); nothing without a URL."""
+        if self._nursery is not None and self._calls is not None:
+            self._nursery.start_soon(self._follow, self._calls, state, self._nursery)
 
     async def _follow(self, calls: Calls, state: CallState, nursery: trio.Nursery) -> None:
         await trio.sleep_until(calls.listed_from(state))
-        nursery.start_soon(self._send, self._build(state.call, "pre-conversation"), "first")
+        nursery.start_soon(self._send, self._build(calls, state, "pre-conversation"), "first")
         await state.clock_started.wait()
         end = calls.end_time(state)
         assert end is not None
         await trio.sleep_until(end)
-        nursery.start_soon(self._send, self._build(state.call, "post-conversation"), "first")
+        nursery.start_soon(self._send, self._build(calls, state, "post-conversation"), "first")
 
-    def _build(self, call: SimCall, kind: Kind) -> Delivery:
+    def _build(self, calls: Calls, state: CallState, kind: Kind) -> Delivery:
+        call = state.call
         delivery_id = f"dlv_{uuid.uuid4().hex}"
         metadata: dict[str, Any] = {
             "callId": call.id,
             "agentId": call.agent_id,
             "eventType": kind,
-            "conversationType": call.conversation_type,
-            "fromPhone": call.from_phone,
-            "toPhone": call.to_phone,
+            "conversationType": records.webhook_conversation_type(call),
         }
-        if kind == "post-conversation":
-            metadata["transcript"] = transcript(call)
+        from_phone, to_phone = records.phones(call)
+        if kind == "pre-conversation":
+            metadata.update(fromPhone=from_phone, toPhone=to_phone)
+        else:
+            metadata.update(self._after(calls, state, from_phone, to_phone))
         body = encode({
             "id": delivery_id,
             "event": f"{call.agent_id}.{kind}",
@@ -138,6 +165,29 @@ class Pusher:
         delivery = Delivery(delivery_id, f"{call.agent_id}.{kind}", call.id, body, signature)
         self.deliveries[delivery_id] = delivery
         return delivery
+
+    def _after(self, calls: Calls, state: CallState, from_phone: str, to_phone: str) -> dict[str, Any]:
+        """The post-conversation metadata beyond the ids: the recording, callData, transcript and variables."""
+        call, speed = state.call, calls.speed
+        events = [self.event_fields(state, index, event) for index, event in enumerate(call.events)]
+        scheduled = [state.start_wall + event.at / speed for event in call.events]
+        call_data: dict[str, Any] = {
+            "fromNumber": from_phone,
+            "toNumber": to_phone,
+            "callDuration": round(call.end_at / speed, 3),
+            "callStatus": "completed",
+            "answerTime": iso(round(state.start_wall * 1000)),
+            "endTime": iso(round((state.start_wall + call.end_at / speed) * 1000)),
+        }
+        direction = records.call_direction(call)
+        if direction is not None:
+            call_data["callDirection"] = direction
+        return {
+            "recordingUrl": records.recording_url(call),
+            "callData": call_data,
+            "transcript": records.transcript(zip(events, scheduled)),
+            "variables": records.variables(call, state.start_wall),
+        }
 
     async def send_again(self, delivery_id: str, *, wrong_signature: bool = False) -> PushResult:
         """Send a delivery again, byte for byte (a replay), or with a signature made with another key."""
@@ -182,13 +232,3 @@ class Pusher:
                     self._changed = trio.Event()
                 await self._changed.wait()
         return list(self.results)
-
-
-def transcript(call: SimCall) -> list[dict[str, str]]:
-    """The call's scripted finals as ``{"role", "text"}``: agent speech (tts_completed) and user turns."""
-    turns = []
-    for event in call.events:
-        speaker = _SPEAKERS.get(event.event_type)
-        if speaker is not None and isinstance(event.fields.get(speaker[1]), str):
-            turns.append({"role": speaker[0], "text": event.fields[speaker[1]]})
-    return turns

@@ -41,13 +41,19 @@ Finding calls (for a runner that discovers calls by itself rather than being giv
 * ``[[calls]] start``: seconds after the simulator starts serving (divided by ``speed``) at which the call starts.
   Before then it does not exist (404, not listed); from then until ``start`` + its end time it is active (listed
   ``in_progress``, its events play on that clock whoever subscribes); after, completed (400, listed ``completed``).
-  A late subscriber gets sse_init and only the events not yet due (``late_join = "live"``, like the real service)
-  or every event so far at once (``late_join = "replay"``). With ``repeat``, ``start_every`` spaces the copies.
+  A late subscriber gets sse_init, the call's ``call_start`` and only the events not yet due (``late_join =
+  "live"``, like the real service's live stream) or every event so far at once (``late_join = "replay"``).
+  ``call_start`` is the exception to a live join because a runner learns of a call from its pre-conversation
+  webhook or the listing, a moment after the call began, and it is the event that says which call and agent this
+  is: dropping it would mean no ``on_call_start`` hook ever runs for a call found that way. With ``repeat``, ``start_every`` spaces the copies.
   A call without ``start`` keeps its clock at its first successful subscription and is listed ``in_progress``
   from the moment the simulator serves until that clock reaches its end.
-* ``[[calls]] agent_id``, ``campaign_id``, ``conversation_type``, ``from_phone``, ``to_phone``: what the listing
-  and the webhook deliveries say about the call. ``agent_id`` and ``conversation_type`` default to the call's
-  ``call_start`` event's ``agent_id`` and ``direction``, else ``"sim-agent"`` and ``"inbound"``.
+* ``[[calls]] agent_id``, ``campaign_id``, ``conversation_type``, ``from_phone``, ``to_phone`` (E.164),
+  ``variables`` (a table): what the listing, the stored conversation and the webhook deliveries say about the call,
+  in the vendor's field names (``records.py``). ``agent_id`` and ``conversation_type`` default to the call's
+  ``call_start`` event's ``agent_id`` and ``direction``, else ``"sim-agent"`` and ``"inbound"``;
+  ``conversation_type`` may be ``inbound``, ``outbound``, ``web`` or the vendor's ``telephony_inbound``,
+  ``telephony_outbound``, ``webcall``; phone numbers default to made-up ones.
 * ``listing_lag``: seconds a call stays listed ``in_progress`` after its end (Atoms' status lags the stream).
 * ``[[listing_faults]]``: ``from`` and ``until`` (seconds after serving start, divided by ``speed``) during which
   ``GET /conversation`` answers ``status`` (with ``retry_after``: a ``Retry-After`` header, and the rate-limit
@@ -76,6 +82,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -112,12 +119,13 @@ _CALL_KEYS = (
     "drop_after", "end_after", "malformed_after", "stall_after", "stall_seconds",
     "oversized_after", "oversized_bytes", "partial_after",
     "start", "start_every", "late_join",
-    "agent_id", "campaign_id", "conversation_type", "from_phone", "to_phone",
+    "agent_id", "campaign_id", "conversation_type", "from_phone", "to_phone", "variables",
     "reconnect_skips", "conversation_lag", "conversation_fail_first", "conversation_fail_status",
 )  # fmt: skip
 _FAULT_KEYS = ("from", "until", "status", "retry_after", "stall")
 _DEFAULT_AGENT = "sim-agent"
 _DEFAULT_CONVERSATION_TYPE = "inbound"
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 #: How long an ``oversized_after`` line is unless ``oversized_bytes`` says otherwise.
 DEFAULT_OVERSIZED_BYTES = 8 * 1024 * 1024
 
@@ -167,8 +175,10 @@ class SimCall:
     agent_id: str = _DEFAULT_AGENT
     campaign_id: str | None = None
     conversation_type: str = _DEFAULT_CONVERSATION_TYPE
-    from_phone: str | None = None
+    from_phone: str | None = None  # E.164; None: made up per call (records.phones)
     to_phone: str | None = None
+    #: The agent variables the post-conversation webhook and the stored conversation carry, over made-up ones.
+    variables: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     #: Script events the first connection after the first stream ended leaves out beyond those the first stream
     #: got through; no stream ever sends them (only ``GET /conversation/{id}`` has them).
     reconnect_skips: int = 0
@@ -376,8 +386,9 @@ def _parse_call(v: _Validator, data: Any, where: str) -> list[SimCall]:
         agent_id=v.string(data, "agent_id", p, default=agent_id, non_empty=True),
         campaign_id=v.string(data, "campaign_id", p, default=None, non_empty=True),
         conversation_type=v.string(data, "conversation_type", p, default=conversation_type, non_empty=True),
-        from_phone=v.string(data, "from_phone", p, default=None),
-        to_phone=v.string(data, "to_phone", p, default=None),
+        from_phone=v.phone(data, "from_phone", p),
+        to_phone=v.phone(data, "to_phone", p),
+        variables=MappingProxyType(v.table(data, "variables", p)),
     )
     template = dict(
         events=events,
@@ -554,6 +565,20 @@ class _Validator:
         if not isinstance(data[key], str) or (non_empty and not data[key]):
             self.fail(prefix + key, "expected a non-empty string" if non_empty else "expected a string", data[key])
         return data[key]
+
+    def phone(self, data, key, prefix) -> Any:
+        """An E.164 number (``+`` and 2 to 15 digits, no leading 0), as the vendor's models want; None if absent."""
+        value = self.string(data, key, prefix, default=None)
+        if value is not None and not _E164.fullmatch(value):
+            self.fail(prefix + key, "expected an E.164 phone number such as \"+14155550123\"", value)
+        return value
+
+    def table(self, data, key, prefix) -> Any:
+        if key not in data:
+            return {}
+        if not isinstance(data[key], Mapping):
+            self.fail(prefix + key, "expected a table of names to values", data[key])
+        return dict(data[key])
 
     def boolean(self, data, key, prefix, *, default) -> Any:
         if key not in data:

@@ -16,8 +16,10 @@ run (stop it mid-call, look at its counters)::
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
+import tempfile
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -94,7 +96,9 @@ def make_delivery(
     **metadata: Any,
 ) -> PlatformDelivery:
     """An Atoms webhook delivery as ``on_platform_webhook`` receives it, for unit tests of that hook; extra
-    ``metadata`` keys (``transcript=[...]``, ``fromPhone=...``) go into the envelope's metadata."""
+    ``metadata`` keys go into the envelope's metadata, named as Atoms names them (``fromPhone=...`` on a
+    pre-conversation; ``transcript=[{"role": "user", "content": ..., "timestamp": ...}]``, ``callData={...}``,
+    ``recordingUrl=...``, ``variables={...}`` on a post-conversation)."""
     body = {
         "id": delivery_id or f"dlv-{kind}-{call_id}",
         "event": f"{agent_id}.{kind}",
@@ -177,8 +181,9 @@ class _Recorder:
         self.result.finished[call.id] = reason
 
 
-#: Plugins under test: modules or objects, each named after its module or class (``[plugins.NAME]``, the
-#: ``source`` of its triggers, its line in ``hook_errors``); or a ``{name: plugin}`` dict to choose the names.
+#: Plugins under test: modules, objects or classes (a class is instantiated for each run, as an entry point's is),
+#: each named after its module or class (``[plugins.NAME]``, the ``source`` of its triggers, its line in
+#: ``hook_errors``); or a ``{name: plugin}`` dict to choose the names.
 Plugins = Sequence[Any] | Mapping[str, Any]
 
 #: What the simulator plays: a Script, a TOML/JSONL file, a list of ``sim_call`` entries, or a simulator already
@@ -208,11 +213,19 @@ def config_table(
             "idle_timeout": 5.0,
             "shutdown_grace": 2.0,
             "reconnect": {"initial_delay": 0.05, "max_delay": 0.2, "max_attempts": 5},
+            "spool_file": str(_scratch_dir() / "undispatched.jsonl"),  # a stopped run's leftovers: not in the cwd
             **(runner or {}),
         },
         "plugins": {"disable": sorted(installed - set(enable)), **(settings or {})},
         "state": {"path": ""},  # no journal: one test's undelivered messages must not reach the next
     }
+
+
+@functools.cache
+def _scratch_dir() -> Path:
+    """One temporary directory per test process, for what a run writes beside its config (the spool file), so a
+    test run never leaves files in the directory pytest was started from."""
+    return Path(tempfile.mkdtemp(prefix="hookrunner-testing-"))
 
 
 def _named(plugins: Plugins) -> list[tuple[str, Any]]:
@@ -327,8 +340,9 @@ async def run_plugins(
     runner: dict[str, Any] | None = None,
     base_dir: Path | None = None,
 ) -> RunResult:
-    """Run the real runner, with ``plugins`` (modules or objects, named after their module or class, or a
-    ``{name: plugin}`` dict), against a simulator of ``script``, until every call is over.
+    """Run the real runner, with ``plugins`` (modules, objects or classes, named after their module or class, or a
+    ``{name: plugin}`` dict; a class gets a new instance for this run), against a simulator of ``script``, until
+    every call is over.
 
     Installed plugins stay out unless named in ``enable`` (``enable=["keywords"]`` to test with triggers from the
     bundled detector). ``settings`` are ``[plugins.NAME]`` tables; ``runner`` overrides ``[runner]`` keys (the
