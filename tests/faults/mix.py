@@ -75,13 +75,16 @@ def fault_mix(seed: int, calls: int = 200) -> Script:
     tables = [_call(rng, f"CALL-FAULT-{seed}-{index:03d}") for index in range(calls)]
     if tables:
         # One SystemExit per run, in the first half (later calls see its aftermath), on a call whose stream has
-        # no fault, so that the event surely reaches the plugins.
+        # no fault, so that the event surely reaches the plugins. That call also lasts until nearly the end: on a
+        # starved loop its first connection can go unanswered past the idle timeout while the simulator plays the
+        # call to nobody, and a call that is still active when the runner reconnects is replayed from its start.
         first_half = tables[: max(1, calls // 2)]
         sure = [table for table in first_half if not STREAM_KEYS & set(table)]
         exiting = rng.choice(sure or first_half)
         event = rng.choice(exiting["events"][1:])
         event["chaos"] = {**event.get("chaos", {}), "raise": "SystemExit"}
         event["chaos"].pop("sleep", None)
+        exiting["events"][-1]["at"] = max(table["events"][-1]["at"] for table in tables) + 5.0
         # And one rate-limit answer asking for an hour, whatever else the dice gave.
         others = [table for table in tables if "fail_first" not in table and table is not exiting]
         rng.choice(others or tables).update(fail_first=1, fail_status=429, retry_after=HUGE_RETRY_AFTER)
