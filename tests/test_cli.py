@@ -27,7 +27,18 @@ import hookrunner
 from hookrunner._core.config import DEFAULT_API_KEY_ENV, default_config_table
 from hookrunner._simulator import default_script_path, load_script, running_simulator
 
-from helpers import API_KEY, REPO, afinish, call_events, finish, hookrunner_process, make_config, script, write_config
+from helpers import (
+    API_KEY,
+    REPO,
+    afinish,
+    call_events,
+    finish,
+    hookrunner_process,
+    make_config,
+    script,
+    wait_until_call_over,
+    write_config,
+)
 
 UNREACHABLE = "http://127.0.0.1:9"  # for configs that must be refused before anything connects
 
@@ -520,7 +531,7 @@ def test_check_reports_a_wrong_type_an_unknown_key_and_two_keys_that_disagree_on
 
 
 def test_check_accepts_the_repositorys_example_config(cli) -> None:
-    code, out, err = finish(cli("check", str(REPO / "config.example.toml")))
+    code, out, err = finish(cli("check", str(REPO / "config.example.toml"), env={DEFAULT_API_KEY_ENV: "sk-test-key-123"}))
     assert code == 0, err
     assert_no_traceback(out, err)
     assert "config.example.toml: OK" in out
@@ -713,7 +724,7 @@ def test_init_writes_a_config_that_check_accepts_and_never_overwrites_it(cli, tm
     assert code == 0, err
     assert path.is_file()
     written = path.read_bytes()
-    code, out, err = finish(cli("check", str(path)))
+    code, out, err = finish(cli("check", str(path), env={DEFAULT_API_KEY_ENV: "sk-test-key-123"}))
     assert code == 0, err
     assert f"{path}: OK" in out
 
@@ -920,6 +931,31 @@ async def test_under_log_format_json_every_stderr_line_of_run_check_and_a_fatal_
     assert fatal["level"] == "error" and fatal["message"] == f'{broken}: runner.hook_timeout: expected a number of seconds, got "ten"'
     code, out, err = finish(cli("run", str(broken)))  # in text, as before
     assert err.splitlines() == [f'error: {broken}: runner.hook_timeout: expected a number of seconds, got "ten"']
+
+
+async def test_under_log_format_json_a_service_with_its_server_writes_only_json_lines_from_start_to_stop(
+    cli, tmp_path: Path
+) -> None:
+    """The HTTP server (hypercorn) has log lines of its own, at start and stop: they must be JSON too."""
+    calls = [{"id": "CALL-SRV", "events": call_events(2, spacing=0.02)}]
+    async with running_simulator(script(calls)) as sim:
+        table = make_config(sim.base_url, calls=["CALL-SRV"])
+        table["server"] = {"enabled": True, "port": 0}
+        process = cli("--log-format", "json", "run", str(write_config(tmp_path, table)))
+        assert process.stderr is not None
+        seen: list[str] = []
+        with trio.fail_after(15):
+            while not any("server: listening on" in line for line in seen):
+                line = await trio.to_thread.run_sync(process.stderr.readline, abandon_on_cancel=True)
+                assert line, f"stderr ended before the server listened: {seen}"
+                seen.append(line)
+            await wait_until_call_over(sim, "CALL-SRV")
+        process.send_signal(signal.SIGINT)
+        code, out, err = await afinish(process)
+    assert code == 0
+    records = json_records("".join(seen) + err)
+    assert any(record["message"].startswith("server: listening on http://127.0.0.1:") for record in records)
+    assert any(record["message"].startswith("finished:") for record in records)  # the last line, after the stop
 
 
 def test_run_without_atoms_and_without_the_variable_says_which_variable_in_one_line(cli, tmp_path: Path) -> None:

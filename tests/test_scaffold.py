@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
+from packaging.requirements import Requirement
+
+import hookrunner
 from helpers import finish
 
 
@@ -17,7 +21,15 @@ def test_the_scaffold_writes_a_package_whose_tests_pass_and_refuses_to_overwrite
     assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == [
         "README.md", "hookrunner_sentiment/__init__.py", "pyproject.toml", "tests/test_plugin.py",
     ]  # fmt: skip
-    assert '[project.entry-points.hookrunner]\nsentiment = "hookrunner_sentiment"' in (root / "pyproject.toml").read_text()
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    # the entry point names the plugin's class: hookrunner makes one instance of it per run
+    assert project["entry-points"]["hookrunner"] == {"sentiment": "hookrunner_sentiment:SentimentPlugin"}
+    # hookrunner is not on an index: the dependency is one that this hookrunner, installed from a checkout, meets,
+    # and the README says how to install it rather than linking to a package page that does not exist
+    [dependency] = (Requirement(spec) for spec in project["dependencies"])
+    assert dependency.name == "hookrunner" and dependency.specifier.contains(hookrunner.__version__)
+    readme = (root / "README.md").read_text()
+    assert "pypi.org" not in readme and "pip wheel --no-deps -w dist ." in readme and "SentimentPlugin" in readme
     tests = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
         cwd=root,

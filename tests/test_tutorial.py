@@ -1,9 +1,10 @@
 """docs/writing-plugins.md, followed literally in a fresh virtualenv: every step of the tutorial works as written.
 
 The tutorial's ``sh`` blocks are run in order by one bash script, and each block preceded by
-``<!-- file: PATH -->`` is written to PATH at that point, as a reader would paste it. ``pip install hookrunner``
-finds this checkout's wheel through ``PIP_FIND_LINKS`` (hookrunner is not on the package index here); every other
-package comes from the index as it would for a reader.
+``<!-- file: PATH -->`` is written to PATH at that point, as a reader would paste it. hookrunner is not on a
+package index, and the tutorial says so: the reader sets ``HOOKRUNNER_SRC`` to a checkout or a wheel built from
+one (that block is not run), and this test sets it to a wheel of this checkout built with the command the tutorial
+gives; every other package comes from the index as it would for a reader.
 """
 
 from __future__ import annotations
@@ -59,9 +60,12 @@ def as_bash(steps: list[tuple[str, str]]) -> str:
 def test_the_tutorial_has_the_steps_the_acceptance_names() -> None:
     steps = tutorial_steps(TUTORIAL.read_text(encoding="utf-8"))
     commands = "\n".join(content for kind, content in steps if kind == "run")
-    for needed in ("python3 -m venv", "pip install hookrunner", "hookrunner new-plugin sentiment", "pip install -e",
-                   "pytest -q", "hookrunner plugins", "hookrunner simulate", "hookrunner run config.toml"):  # fmt: skip
+    for needed in ("python3 -m venv", 'pip install "$HOOKRUNNER_SRC"', "hookrunner new-plugin sentiment",
+                   "pip install -e", "pytest -q", "hookrunner plugins", "hookrunner simulate",
+                   "hookrunner run config.toml"):  # fmt: skip
         assert needed in commands, needed
+    # hookrunner is on no index: a bare `pip install hookrunner` would fail for every reader
+    assert not re.search(r"^pip install hookrunner\b", commands, re.M), commands
     files = [content.split("\n", 1)[0] for kind, content in steps if kind == "file"]
     assert files == ["hookrunner_sentiment/__init__.py", "tests/test_plugin.py", "config.toml"]
     assert "twine upload" not in commands  # shown, but not run: it needs an account
@@ -74,6 +78,7 @@ def test_following_the_tutorial_literally_in_a_fresh_venv_works(tmp_path: Path) 
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr
+    [wheel] = wheels.glob("hookrunner-*.whl")
     work = tmp_path / "reader"
     work.mkdir()
     script = work.parent / "tutorial.sh"
@@ -81,7 +86,7 @@ def test_following_the_tutorial_literally_in_a_fresh_venv_works(tmp_path: Path) 
     this_venv = str(Path(sys.executable).parent)
     env = {key: value for key, value in os.environ.items() if not key.startswith(("VIRTUAL_ENV", "PYTHON", "PIP_"))}
     env["PATH"] = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != this_venv)
-    env.update(PIP_FIND_LINKS=str(wheels), PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", NO_COLOR="1")
+    env.update(HOOKRUNNER_SRC=str(wheel), PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", NO_COLOR="1")
     done = subprocess.run(
         ["bash", str(script)], cwd=work, env=env, capture_output=True, text=True, timeout=300
     )

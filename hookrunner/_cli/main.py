@@ -2,7 +2,8 @@
 
 Exit codes: 0 when every call ended or completed (or a signal stopped the runner), 1 when a call was not found
 or given up on, 2 for a config, plugin-loading or API-key problem. ``plugins`` exits 1 when a plugin that ``run``
-would load is broken. A user's mistake is printed as one line per problem, never as a traceback.
+would load is broken; ``check --route`` 1 when no route would take the trigger (``check`` lives in ``check.py``).
+A user's mistake is printed as one line per problem, never as a traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -21,7 +21,7 @@ import trio
 
 from hookrunner._core.api import __version__
 from hookrunner._core.callids import call_id_problem
-from hookrunner._core.config import DEFAULT_API_KEY_ENV, Config, config_from_dict, default_config_table, load_config
+from hookrunner._core.config import DEFAULT_API_KEY_ENV, config_from_dict, default_config_table, load_config
 from hookrunner._core.errors import ConfigError, HookrunnerError, UsageError
 from hookrunner._state.journal import work_left
 from hookrunner._core.logs import LEVELS, command_line, setup_logging
@@ -29,11 +29,11 @@ from hookrunner._core.settings import url_problem
 from hookrunner._core.text import shown
 from hookrunner._run.plugin_setup import prepare_plugins
 from hookrunner._run.plugins import load_plugins
+from hookrunner._cli.check import cmd_check
 from hookrunner._cli.demo import EXAMPLE_CONFIG, cmd_demo
 from hookrunner._cli.schema import print_settings
 from hookrunner._run.runner import EXIT_USAGE
 from hookrunner._service.intakes import service_runner
-from hookrunner._service.server import routes
 
 
 
@@ -99,7 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     check = sub.add_parser("check", parents=[common], help="validate a config and its plugins, and show what would run")
-    check.add_argument("config", metavar="CONFIG")
+    check.add_argument("config", metavar="CONFIG", help="path to config.toml")
+    check.add_argument(
+        "--route",
+        metavar="TRIGGER.json",
+        help='show which routes and endpoints this trigger would reach, sending nothing: a JSON object of a '
+        'trigger\'s fields, like {"type": "keyword", "severity": "critical", "labels": {"team": "retention"}} '
+        "(type defaults to keyword, call_id to CALL-ROUTE-TEST); - reads it from stdin",
+    )
+    check.add_argument("--strict", action="store_true", help="refuse warnings too: each is an error line, exit 2")
 
     plugins = sub.add_parser(
         "plugins",
@@ -138,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--push-secret-env",
         metavar="VAR",
         help="sign webhooks with the secret in environment variable VAR (default: the script's push_secret)",
+    )
+    simulate.add_argument(
+        "--loop",
+        nargs="?",
+        type=float,
+        const=1.0,
+        metavar="SECONDS",
+        help="start each call again under a new id SECONDS after it ends (default 1), for ever",
     )
     simulate.add_argument(
         "--push-signature",
@@ -202,9 +218,15 @@ COMMAND_HELP = {
         "hookrunner run config.toml --call CALL-1767225600101-5d2e7a",
     ),
     "check": (
-        "Validate CONFIG and its plugins' settings as `run` would, without connecting, and show what would run.",
-        "0 the config is usable; 2 it is not (one error line per problem, with its key path)",
-        "hookrunner check config.toml",
+        "Validate CONFIG and its plugins' settings as `run` would, without connecting, and show what would run: the "
+        "calls, the service, and each plugin's rules, endpoints and routes. Whatever `run` would refuse to start "
+        "with is an error, a missing secret included (the API key, the server's, a plugin's secret_env); what `run` "
+        "would start with but is likely a mistake is a warning, an error too with --strict. With --route, only which "
+        "routes and endpoints the trigger would reach, one line each.",
+        "0 the config is usable (with --route: and some route or endpoint would take the trigger); 1 with --route: "
+        "none would; 2 the config, a plugin or the trigger file was refused, or with --strict a warning was found "
+        "(one error line per problem, with its key path)",
+        "hookrunner check config.toml --route trigger.json",
     ),
     "plugins": ("", "0, or 1 when a plugin that `run` would load is broken", "hookrunner plugins --settings webhook"),
     "init": (
@@ -215,9 +237,11 @@ COMMAND_HELP = {
     ),
     "simulate": (
         "Serve a local stand-in for the Atoms events API (the scripted calls, the listing, stored conversations and "
-        "signed webhooks) for trying plugins without an account.",
-        "0 stopped by Ctrl-C; 2 the script or an option was refused",
-        "hookrunner simulate --port 8765 --speed 2",
+        "signed webhooks) for trying plugins without an account. Each call is served once, as Atoms does; start "
+        "another while it runs with POST /simulator/calls (the line it prints at start shows the curl), or let "
+        "--loop start each call again after it ends.",
+        "0 stopped by Ctrl-C; 1 it cannot listen; 2 the script or an option was refused",
+        "hookrunner simulate --port 8765 --loop --push-url http://127.0.0.1:8787/atoms/webhook --push-secret-env S",
     ),
     "redeliver": (
         "Send again the messages of a dead-letter file through the endpoints of the config each letter records; what "
@@ -280,92 +304,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     api_key = config.api_key()
     runner = service_runner(config, loaded, api_key=api_key, calls=calls)
     return trio.run(runner.run)
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    loaded = prepare_plugins(config)
-    problems = config.secret_problems()  # what `run` would refuse at start, never quoting a secret
-    if problems:
-        raise ConfigError("\n".join(problems))
-    out = sys.stdout
-    print(f"{config.source}: OK", file=out)
-    print(f"  atoms: {config.atoms.base_url}", file=out)
-    if config.atoms.api_key_env:
-        state = "set" if os.environ.get(config.atoms.api_key_env) else "NOT SET: `run` will refuse to start"
-        print(f"  api key: from ${config.atoms.api_key_env} ({state})", file=out)
-    else:
-        print("  api key: in the config file (prefer atoms.api_key_env)", file=out)
-    if config.runner.calls:
-        calls = ", ".join(config.runner.calls)
-    elif config.service:
-        calls = "none listed: found by the runner (below)"
-    else:
-        calls = "none listed (pass --call ID to run, or enable discovery.poll or server)"
-    print(f"  calls: {calls} (at most {config.runner.max_calls} at once: runner.max_calls)", file=out)
-    if config.state.path is not None:
-        kept = f"delivered ones kept {config.state.keep:g} s for replay" if config.state.keep else "delivered ones not kept"
-        state = (
-            f"journal {config.state.path} (undelivered messages and undispatched events survive a kill; {kept}; "
-            f"commits every {config.state.commit_interval:g} s)"
-        )
-    else:
-        state = 'in memory only (state.path = ""): undelivered messages are lost if the process is killed'
-    print(f"  state: {state}", file=out)
-    if config.backfill.enabled:
-        backfill = (
-            f"on: an ended call's skipped events come from its stored conversation (asked for up to "
-            f"{config.backfill.window:g} s)"
-        )
-    else:
-        backfill = "off (backfill.enabled = false): events a stream skipped are not looked for"
-    print(f"  backfill: {backfill}; Atoms REST requests at most {config.atoms.max_requests_per_second:g}/s", file=out)
-    for line in service_summary(config):
-        print(line, file=out)
-    print(
-        f"  runner: hook_timeout {config.runner.hook_timeout:g} s, idle_timeout {config.runner.idle_timeout:g} s, "
-        f"shutdown_grace {config.runner.shutdown_grace:g} s, buffer {config.runner.buffer} events/call, reconnect "
-        f"{config.runner.reconnect.initial_delay:g}-{config.runner.reconnect.max_delay:g} s x {config.runner.reconnect.max_attempts or 'unlimited'}",
-        file=out,
-    )
-    for info in loaded.infos:
-        state = "active" if info.active else "disabled"
-        hooks = ", ".join(info.hooks) or "-"
-        print(f"  plugin {info.name} ({state}, {info.source}): {hooks}", file=out)
-    return 0
-
-
-def service_summary(config: Config) -> list[str]:
-    """``check``'s lines about finding calls and the server, with the warnings an operator should see first."""
-    lines = []
-    discovery, server = config.discovery, config.server
-    if discovery.poll:
-        filters = [f"agents {', '.join(discovery.agent_ids)}"] if discovery.agent_ids else []
-        filters += [f"campaigns {', '.join(discovery.campaign_ids)}"] if discovery.campaign_ids else []
-        lines.append(
-            f"  discovery: listing {', '.join(discovery.statuses)} calls every {discovery.interval:g} s "
-            f"({1 / discovery.interval:.2g} requests/s, one more per extra page of {discovery.page_size}; the free "
-            f"plan allows about 10/s in all){'; ' + ', '.join(filters) if filters else ''}"
-        )
-        if discovery.page_size < 100:
-            lines.append(
-                f"  warning: discovery.page_size: {discovery.page_size} calls a page: every listing of N calls makes "
-                f"N/{discovery.page_size} requests back to back (the free plan allows about 10/s); 500 is the most"
-            )
-    if server.enabled:
-        served = routes(webhooks=bool(discovery.webhook_secret_env), calls=bool(server.token_env))
-        lines.append(f"  server: http://{server.host}:{server.port} ({', '.join(served)})")
-        for key, env in (("discovery.webhook_secret_env", discovery.webhook_secret_env), ("server.token_env", server.token_env)):
-            if env and not os.environ.get(env):
-                lines.append(f"  warning: {key}: environment variable {env} is not set: `run` will refuse to start")
-        if not server.loopback and not server.behind_tls_proxy:
-            lines.append(
-                f"  warning: server.host: {server.host} is reachable from other machines over plain HTTP; put a "
-                "TLS-terminating proxy in front and set server.behind_tls_proxy = true (README: Run it as a service)"
-            )
-    elif discovery.webhook_secret_env:
-        lines.append("  warning: discovery.webhook_secret_env is set but server.enabled is false: nothing receives webhooks")
-    return lines
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -445,6 +383,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         push_url=args.push_url,
         push_secret_env=args.push_secret_env,
         push_signature=args.push_signature,
+        loop=args.loop,
     )
 
 

@@ -391,18 +391,46 @@ class Config:
         return value
 
     def secret_problems(self) -> list[str]:
-        """``check``'s view of the secrets `run` reads: a line for each variable that is set to a value `run`
-        would refuse (an unset one is only a warning of ``check``'s); the values are never quoted."""
-        named = [("atoms.api_key_env", self.atoms.api_key_env)]
-        if self.server.enabled:
-            named += [("discovery.webhook_secret_env", self.discovery.webhook_secret_env), ("server.token_env", self.server.token_env)]
+        """What ``run`` would refuse to start with about the secrets the core reads, one line each naming the file,
+        the key and the variable, never the value: the API key and, with ``server.enabled``, the Atoms webhook
+        secret and the POST /calls token. Found by the very calls ``run`` makes (``api_key``, ``secret``, as
+        ``service_runner`` reads them), so ``check`` and ``run`` cannot disagree."""
         lines = []
-        for key_path, env in named:
-            value = os.environ.get(env, "") if env else ""
-            problem = secret_problem(value) if value else None
-            if problem:
-                lines.append(f"{self.source}: {key_path}: the value of {env} {problem}")
+        try:
+            self.api_key()
+        except ConfigError as exc:
+            lines.append(str(exc))
+        for key_path, env in self._server_secrets():
+            try:
+                self.secret(key_path, env)
+            except ConfigError as exc:
+                lines.append(str(exc))
         return lines
+
+    def secret_warnings(self) -> list[str]:
+        """What ``run`` starts with but that is likely not what was meant, as ``key.path: ...`` lines (``check``
+        prints them; ``check --strict`` refuses them): an unset variable whose secret ``run`` then takes from the
+        file, and a secret named for a server that is off (``run`` reads neither)."""
+        lines = []
+        env = self.atoms.api_key_env
+        if env and not os.environ.get(env) and self.atoms.api_key_inline:
+            lines.append(f"atoms.api_key_env: environment variable {env} is not set: `run` uses atoms.api_key from the file")
+        if not self.server.enabled:
+            for (key_path, named), route in zip(self._server_secret_keys(), ("Atoms webhooks", "POST /calls")):
+                if named:
+                    lines.append(f"{key_path} is set but server.enabled is false: nothing receives {route}")
+        return lines
+
+    def _server_secret_keys(self) -> list[tuple[str, str | None]]:
+        """The server's secrets: key path and the variable it names (None: not named)."""
+        return [
+            ("discovery.webhook_secret_env", self.discovery.webhook_secret_env),
+            ("server.token_env", self.server.token_env),
+        ]
+
+    def _server_secrets(self) -> list[tuple[str, str | None]]:
+        """The variables ``service_runner`` reads when it starts the server (none when the server is off)."""
+        return self._server_secret_keys() if self.server.enabled else []
 
     def api_key(self) -> str:
         """The API key, from the environment variable or the file; a ConfigError names what is missing or wrong."""

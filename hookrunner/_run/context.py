@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,6 +13,7 @@ import msgspec
 
 from hookrunner._core.events import Event, TtsCompleted, UserTranscription
 from hookrunner._delivery.outbox import Outbox, RetryPolicy
+from hookrunner._run.asyncio_hooks import on_asyncio
 
 if TYPE_CHECKING:
     import httpx
@@ -85,6 +87,7 @@ class App:
         shutdown_time_left: Callable[[], float] | None = None,
         metrics: RunnerMetrics | None = None,
         outboxes: RunOutboxes | None = None,
+        on_asyncio: bool = False,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -100,13 +103,18 @@ class App:
         #: own ``prometheus_client`` metrics; ``metrics.track_outbox(outbox)`` shows an outbox's counts.
         self.metrics = metrics
         self._outboxes = outboxes
+        #: The plugin sets ``HOOKRUNNER_ASYNCIO = True``: its hooks and background coroutines run on asyncio.
+        self.on_asyncio = on_asyncio
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` in the background, inside the runner's nursery.
 
         An exception in it is logged with this plugin's name and does not stop the runner. Background tasks are
-        cancelled after ``on_shutdown`` returns: flush what must not be lost in ``on_shutdown``.
+        cancelled after ``on_shutdown`` returns: flush what must not be lost in ``on_shutdown``. For a plugin that
+        sets ``HOOKRUNNER_ASYNCIO = True``, an ``async def`` runs as an asyncio task of the run's loop.
         """
+        if self.on_asyncio and inspect.iscoroutinefunction(fn):
+            fn = on_asyncio(fn)
         self._start_soon(self.name, fn, args)
 
     def open_outbox(

@@ -3,7 +3,8 @@
 ``pm.hook.x(...)`` would stop at the first exception and cannot await; so the implementations are iterated
 here in the order pluggy would call them (last registered first, ``tryfirst``/``trylast`` respected), each
 called with the subset of arguments it asks for, and awaited when it returns an awaitable (datasette's
-``await_me_maybe`` pattern).
+``await_me_maybe`` pattern). The coroutines of a plugin that sets ``HOOKRUNNER_ASYNCIO = True`` are awaited on the
+run's asyncio loop (``asyncio_hooks.py``), behind the same timeout and boundary.
 
 Anything a plugin raises is that plugin's failure, ``BaseException`` included (``sys.exit()`` in a hook, a
 ``KeyboardInterrupt`` raised by hand): it is counted and logged, and the runner goes on. Only trio's own
@@ -15,7 +16,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from hookrunner._core.failures import is_cancellation
 from hookrunner._core.logs import log_fields
 from hookrunner._core.stats import Stats
 from hookrunner._core.text import one_line
+from hookrunner._run.asyncio_hooks import asyncio_hint, call_on_asyncio
 
 log = logging.getLogger("hookrunner.dispatch")
 
@@ -46,10 +48,15 @@ class HookFailure:
 class HookDispatcher:
     """Calls one hook on every plugin, isolated; counts and logs failures with plugin, call and event."""
 
-    def __init__(self, pm: pluggy.PluginManager, hook_timeout: float, stats: Stats) -> None:
+    def __init__(
+        self, pm: pluggy.PluginManager, hook_timeout: float, stats: Stats, asyncio_plugins: Collection[str] = ()
+    ) -> None:
         self._pm = pm
         self.hook_timeout = hook_timeout
         self._stats = stats
+        #: Plugins that set ``HOOKRUNNER_ASYNCIO = True``: their coroutines run on the run's asyncio loop, which
+        #: must be open (``asyncio_hooks.asyncio_loop``) while they are called.
+        self.asyncio_plugins = frozenset(asyncio_plugins)
         self._impls: dict[str, list[pluggy.HookImpl]] = {}
         #: ``observe(plugin, hook, seconds)`` for every implementation that returned (the metrics' histogram).
         self.observe: Callable[[str, str, float], None] | None = None
@@ -94,7 +101,11 @@ class HookDispatcher:
     ) -> None:
         started = time.monotonic()
         try:
-            result = impl.function(*[kwargs[name] for name in impl.argnames])
+            args = [kwargs[name] for name in impl.argnames]
+            if impl.plugin_name in self.asyncio_plugins:
+                result = call_on_asyncio(impl.function, args)
+            else:
+                result = impl.function(*args)
             if inspect.isawaitable(result):
                 # Only awaiting can be interrupted, so only it pays for a cancel scope (a few µs per hook).
                 with trio.move_on_after(limit) as scope:
@@ -117,7 +128,15 @@ class HookDispatcher:
             self._stats.hook_errors[impl.plugin_name] += 1
             where = _where(impl.plugin_name, hook_name, call_id, event_id)
             fields = log_fields(plugin=impl.plugin_name, hook=hook_name, call_id=call_id, event_id=event_id)
-            log.error("%s raised %s: %s%s", where, type(exc).__name__, one_line(str(exc), 500), _origin(exc), extra=fields)
+            log.error(
+                "%s raised %s: %s%s%s",
+                where,
+                type(exc).__name__,
+                one_line(str(exc), 500),
+                _origin(exc),
+                asyncio_hint(exc),
+                extra=fields,
+            )
             log.debug("%s: traceback", where, exc_info=True, extra=fields)
             if self.on_error is not None:
                 self.on_error(HookFailure(impl.plugin_name, hook_name, call_id, event_id, exc))

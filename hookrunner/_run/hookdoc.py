@@ -12,10 +12,12 @@ from hookrunner._run import hookspecs
 from hookrunner._core.api import HOOKRUNNER_API_VERSION
 
 #: Hooks called before the event loop runs: they must be plain functions and their return value is used.
-PLAIN_ONLY = {"settings_schema", "validate_settings", "outbox_deliverers"}
+PLAIN_ONLY = {"settings_schema", "validate_settings", "describe_settings", "routes_for_trigger", "outbox_deliverers"}
 RETURNS = {
     "settings_schema": "a dict of `hookrunner.Setting` by key",
     "validate_settings": "a list of problems (`key.path: ...` strings), or None",
+    "describe_settings": "a list of lines for `hookrunner check` to print under the plugin, or None",
+    "routes_for_trigger": "a list of the routes that would take the trigger (`[]`: none), or None",
     "outbox_deliverers": "a dict of deliverers by endpoint name",
 }
 

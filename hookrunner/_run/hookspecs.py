@@ -1,18 +1,37 @@
 """The plugin contract: every hook hookrunner calls, in the order a call's life calls them.
 
-A plugin is a module or object with functions named after these hooks and marked with ``@hookimpl``::
+A plugin is a class, object or module with functions named after these hooks and marked with ``@hookimpl``::
 
     from hookrunner import hookimpl
 
-    @hookimpl
-    async def on_user_transcription(event, call):
-        print(call.id, event.text)
+    class CancelWatch:
+        @hookimpl
+        def on_startup(self, app):
+            self.app = app  # this run's app: its settings, HTTP client, emit_trigger
+
+        @hookimpl
+        async def on_user_transcription(self, event, call):
+            print(call.id, event.text)
+
+An entry point (``[project.entry-points.hookrunner] NAME = "package.module:CancelWatch"``) that names a class
+gets a new instance, made with no arguments, each time hookrunner loads its plugins: once per run. What a plugin
+keeps on ``self`` is therefore its run's alone, while a module's globals are shared by every run in the process.
+A constructor that raises or needs arguments is a one-line load error naming the plugin. A module or an object
+is registered as it is.
+
+The examples below are methods of such a class where they use ``self.app`` (kept by ``on_startup``), plain
+functions where they need nothing but their arguments.
 
 Rules that hold for every hook:
 
 - An implementation may be a plain function or an ``async def``; the runner awaits whatever needs awaiting.
   Plain functions run on the event loop: keep them quick, and put slow or blocking work in an ``async def``
   (``trio.to_thread.run_sync`` for blocking libraries) or in a background task (``app.start_soon``).
+- Hooks run on trio (``trio.sleep``, ``trio.to_thread.run_sync``, ``app.http``), where asyncio-only libraries
+  (``asyncio.sleep``, aiohttp, an SDK's asyncio client) fail with ``RuntimeError: no running event loop``. A plugin
+  whose module (or class) sets ``HOOKRUNNER_ASYNCIO = True`` has its ``async def`` hooks and background tasks run
+  on an asyncio loop instead (trio-asyncio), behind the same timeouts and isolation; other plugins stay on trio
+  (docs/writing-plugins.md, "Using asyncio libraries").
 - An implementation may accept any subset of a hook's arguments, so new arguments can be added later without
   breaking plugins.
 - Each implementation runs isolated: an exception (any ``BaseException`` but trio's cancellation, ``sys.exit()``
@@ -101,6 +120,51 @@ def validate_settings(settings: dict[str, Any]) -> list[str] | None:
     """
 
 
+# --- hookrunner check: what the settings do ---------------------------------------------------------------
+
+
+@hookspec
+def describe_settings(settings: dict[str, Any]) -> list[str] | None:
+    """Say in a few lines what this plugin's settings make it do: ``hookrunner check`` prints them under the plugin.
+
+    Called by ``hookrunner check`` (never during a run), after ``validate_settings`` passed, with the plugin's
+    table, defaults filled in, as ``app.settings`` will have it. Return one line per thing a reader of the config
+    wants to see (a rule, an endpoint, a route: ``"endpoint crm: trigger.* -> https://crm.example.com/in"``),
+    or ``None`` for nothing. The lines are printed as they are: never put a secret in one (a token, a signing
+    secret, a URL's query or credentials, a Slack webhook's URL). Log the same lines in ``on_startup``, so that
+    ``run``'s start-up log and ``check`` say one thing in one wording. Must be a plain function.
+
+    Example::
+
+        @hookimpl
+        def describe_settings(settings):
+            words = ", ".join(settings["words"])
+            return [f"alerts after {settings['threshold']:g} negative words ({words})"]
+    """
+
+
+@hookspec
+def routes_for_trigger(trigger: Trigger, settings: dict[str, Any]) -> list[str] | None:
+    """Say where this plugin's ``on_trigger`` would send ``trigger``, without sending it.
+
+    Called by ``hookrunner check CONFIG --route TRIGGER.json`` (never during a run) with the trigger the file
+    describes and the plugin's settings, validated and with defaults filled in. Return one line per route,
+    endpoint or channel that would take it, named as ``describe_settings`` names it; ``[]`` when none would;
+    ``None`` when the plugin does not send triggers anywhere. Decide with the very predicates ``on_trigger``
+    uses, so that ``check`` and ``run`` cannot disagree, and post nothing, connect nowhere. ``check`` exits 0
+    when some plugin named a route, 1 when none did. No secret in a line, as for ``describe_settings``. Must be
+    a plain function.
+
+    Example::
+
+        @hookimpl
+        def routes_for_trigger(trigger, settings):
+            if trigger.severity in settings["page_on"]:
+                return [f"pager {settings['service']}: severity {trigger.severity}"]
+            return []
+    """
+
+
 # --- the runner's life ---------------------------------------------------------------------------------------
 
 
@@ -118,9 +182,8 @@ def on_startup(app: App) -> None:
     Example::
 
         @hookimpl
-        async def on_startup(app):
-            global APP
-            APP = app  # event hooks do not receive it
+        async def on_startup(self, app):
+            self.app = app  # event hooks do not receive it: keep it on the plugin's instance (one per run)
             app.start_soon(report_every_minute, app)
 
         async def report_every_minute(app):
@@ -226,9 +289,9 @@ def on_user_interim_transcription(event: UserInterimTranscription, call: CallCon
     Example::
 
         @hookimpl
-        def on_user_interim_transcription(event, call):
+        def on_user_interim_transcription(self, event, call):
             if "supervisor" in event.text.lower():  # act before the caller has finished the sentence
-                APP.emit_trigger(Trigger(type="escalation", call_id=call.id, rule="supervisor"))
+                self.app.emit_trigger(Trigger(type="escalation", call_id=call.id, rule="supervisor"))
     """
 
 
@@ -239,9 +302,9 @@ def on_user_transcription(event: UserTranscription, call: CallContext) -> None:
     Example::
 
         @hookimpl
-        async def on_user_transcription(event, call):
+        async def on_user_transcription(self, event, call):
             if "cancel" in event.text.lower():
-                await APP.http.post(APP.settings["crm_url"], json={"call": call.id, "said": event.text})
+                await self.app.http.post(self.app.settings["crm_url"], json={"call": call.id, "said": event.text})
     """
 
 
@@ -330,7 +393,10 @@ def on_platform_webhook(delivery: PlatformDelivery) -> None:
 
     ``delivery.kind`` is ``"pre-conversation"``, ``"post-conversation"``, ``"analytics-completed"`` ...;
     ``delivery.call_id`` and ``delivery.agent_id`` come from its metadata, and ``delivery.body`` is the whole JSON
-    envelope. A pre-conversation delivery has already made the runner follow the call. Deliveries are dispatched
+    envelope, in the shapes of the Atoms SDK's ``WebhookEventPreConversation`` / ``WebhookEventPostConversation``
+    (post-conversation ``metadata``: ``recordingUrl``, ``callData``, ``transcript`` as ``[{role, content,
+    timestamp}]``, ``variables``; the simulator sends the same). A pre-conversation delivery has already made the
+    runner follow the call. Deliveries are dispatched
     one at a time in arrival order, after Atoms got its answer (a slow plugin delays later deliveries, never the
     answer), and drained at a stop like triggers. A repeated delivery id is acknowledged and dropped, but the
     runner remembers ids only in memory: after a restart a replayed delivery arrives again, so act idempotently
@@ -339,9 +405,9 @@ def on_platform_webhook(delivery: PlatformDelivery) -> None:
     Example::
 
         @hookimpl
-        async def on_platform_webhook(delivery):
+        async def on_platform_webhook(self, delivery):
             if delivery.kind == "post-conversation":
-                await APP.http.post(APP.settings["crm_url"], json={"call": delivery.call_id, **delivery.body})
+                await self.app.http.post(self.app.settings["crm_url"], json={"call": delivery.call_id, **delivery.body})
     """
 
 
@@ -377,7 +443,7 @@ def on_trigger(trigger: Trigger) -> None:
     Example::
 
         @hookimpl
-        async def on_trigger(trigger):
+        async def on_trigger(self, trigger):
             if trigger.severity == "critical":
-                await APP.http.post(APP.settings["pager_url"], json={"call": trigger.call_id, "rule": trigger.rule})
+                await self.app.http.post(self.app.settings["pager_url"], json={"call": trigger.call_id, "rule": trigger.rule})
     """

@@ -15,15 +15,19 @@ from typing import Any
 import httpx
 
 from hookrunner._core.config import Config, load_config
+from hookrunner._core.errors import PluginLoadError
 from hookrunner._delivery.outbox import Deliverer
 from hookrunner._run.context import App
-from hookrunner._run.plugins import LoadedPlugins, PluginInfo, load_plugins, settings_with_defaults, validate_plugin_settings
+from hookrunner._run.plugins import (
+    LoadedPlugins, PluginInfo, asks_for_asyncio, load_plugins, plugin_object, settings_with_defaults,
+    validate_plugin_settings,
+)  # fmt: skip
 
 __all__ = ["prepare_plugins", "checked_settings", "plugin_apps", "registered", "deliverers_for"]
 
 
 def prepare_plugins(config: Config, extra: Sequence[tuple[str, Any]] = ()) -> LoadedPlugins:
-    """The config's plugins (and ``extra`` plugin objects by name, from ``hookrunner.testing``), loaded and
+    """The config's plugins (and ``extra`` plugin objects or classes by name, from ``hookrunner.testing``), loaded and
     registered, with every ``[plugins.NAME]`` table checked; raises ConfigError/PluginLoadError with every problem."""
     loaded = load_plugins(config)
     for name, plugin in extra:
@@ -52,6 +56,7 @@ def plugin_apps(
             http=http,
             config_dir=config.base_dir,
             config_path=config.path,
+            on_asyncio=name in loaded.asyncio_names,
             **runtime,
         )
         for name in names
@@ -59,9 +64,16 @@ def plugin_apps(
 
 
 def registered(loaded: LoadedPlugins, name: str, plugin: Any) -> None:
-    """Register a plugin object under ``name`` as if it had been found (a test's own plugin)."""
+    """Register a plugin object under ``name`` as if it had been found (a test's own plugin; a class is instantiated,
+    once per run, as an entry point's is); PluginLoadError for a class that cannot be, or a ``HOOKRUNNER_ASYNCIO``
+    that is not a bool, as the loader would say it."""
+    try:
+        plugin = plugin_object(plugin)
+        asyncio = asks_for_asyncio(plugin)
+    except PluginLoadError as exc:
+        raise PluginLoadError(f"plugin {name} (hookrunner.testing): {exc}") from None
     loaded.pm.register(plugin, name=name)
-    loaded.infos.append(PluginInfo(name, "hookrunner.testing", None, active=True))
+    loaded.infos.append(PluginInfo(name, "hookrunner.testing", None, active=True, asyncio=asyncio))
 
 
 def _unavailable(*_: Any) -> None:

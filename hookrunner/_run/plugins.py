@@ -3,6 +3,10 @@
 Entry points are iterated here rather than through ``pm.load_setuptools_entrypoints`` so that one broken plugin
 is reported by name, in one line, instead of an import traceback that hides which package it came from.
 
+An entry point may name a module, an object or a class. A class is instantiated, with no arguments, each time the
+plugins are loaded (once per run, per ``Runner``), so what a plugin keeps on ``self`` belongs to one run: two runs
+in one process (a test suite, a service and a ``replay``) never share it, as they share a module's globals.
+
 ``load_plugins(config)`` (``check``, ``run``) refuses to go on when any plugin it would activate is broken;
 ``load_plugins(config, strict=False)`` (``hookrunner plugins``) records each problem on the plugin's
 ``PluginInfo.error`` instead, and also loads disabled plugins, into a throwaway plugin manager, to show their hooks.
@@ -25,6 +29,7 @@ from typing import Any
 import pluggy
 
 from hookrunner._run import hookspecs
+from hookrunner._run.asyncio_hooks import FLAG as ASYNCIO_FLAG
 from hookrunner._core.api import HOOKRUNNER_API_VERSION
 from hookrunner._core.config import Config
 from hookrunner._core.errors import ConfigError, PluginLoadError
@@ -56,6 +61,8 @@ class PluginInfo:
     error: str | None = None
     #: The plugin asks for a newer plugin API than this hookrunner's: listed, never activated, not fatal.
     incompatible: bool = False
+    #: The plugin sets ``HOOKRUNNER_ASYNCIO = True``: its coroutine hooks run on the run's asyncio loop.
+    asyncio: bool = False
 
 
 @dataclass
@@ -66,6 +73,11 @@ class LoadedPlugins:
     @property
     def active_names(self) -> list[str]:
         return [info.name for info in self.infos if info.active]
+
+    @property
+    def asyncio_names(self) -> frozenset[str]:
+        """The active plugins that set ``HOOKRUNNER_ASYNCIO = True``: the run opens an asyncio loop for them."""
+        return frozenset(info.name for info in self.infos if info.active and info.asyncio)
 
 
 def new_plugin_manager() -> pluggy.PluginManager:
@@ -86,7 +98,8 @@ class _Loader:
         self.problems: list[str] = []
 
     def add(self, name: str, source: str, version: str | None, load: Any, where: str | None = None) -> None:
-        """Load (``load()`` returns the plugin, or raises ``PluginLoadError``), check and register one plugin.
+        """Load (``load()`` returns the plugin or its class, or raises ``PluginLoadError``), check and register one
+        plugin; a class is instantiated here, once per load (``plugin_object``).
 
         ``where`` starts each line reporting a problem (default: ``plugin NAME (SOURCE)``).
 
@@ -100,13 +113,13 @@ class _Loader:
         if disabled and self.strict:
             return
         try:
-            plugin = load()
+            found = load()
         except PluginLoadError as exc:
             self.fail(info, str(exc), disabled, where)
             return
         if info.version is None:
-            info.version = getattr(plugin, "__version__", None)
-        needed = getattr(plugin, "HOOKRUNNER_API_VERSION", None)
+            info.version = declared_by(found, "__version__")
+        needed = declared_by(found, "HOOKRUNNER_API_VERSION")
         if isinstance(needed, int) and needed > HOOKRUNNER_API_VERSION:
             # Not fatal: the other plugins run; this one is set aside with one line saying why.
             info.incompatible = True
@@ -116,6 +129,16 @@ class _Loader:
             )
             if not disabled:
                 log.error("%s: not activated: %s", where, info.error)
+            return
+        try:
+            plugin = plugin_object(found)  # after the version check: an incompatible class is never instantiated
+        except PluginLoadError as exc:
+            self.fail(info, str(exc), disabled, where)
+            return
+        try:
+            info.asyncio = asks_for_asyncio(plugin)
+        except PluginLoadError as exc:  # a HOOKRUNNER_ASYNCIO that is not a bool
+            self.fail(info, str(exc), disabled, where)
             return
         pm = new_plugin_manager() if disabled else self.pm
         wrappers = _hook_wrappers(pm, plugin)
@@ -219,6 +242,66 @@ def _load_entry_point(ep: importlib.metadata.EntryPoint) -> Any:
     except PLUGIN_FAILURES as exc:  # a plugin's own bug: name it, keep the details for --log-level debug
         log.debug("loading plugin %s failed", ep.name, exc_info=True)
         raise PluginLoadError(f"cannot be loaded: {type(exc).__name__}: {_one_line(str(exc))}") from None
+
+
+def plugin_object(found: Any) -> Any:
+    """What is registered for what an entry point (or a test) names: a class is instantiated with no arguments,
+    each time the plugins are loaded, so each run has its own instance; a module or any other object is
+    registered as it is. A class that needs arguments, or whose constructor raises, is a ``PluginLoadError``
+    (one line, without the plugin's name: the caller says which)."""
+    if not inspect.isclass(found):
+        return found
+    name = found.__qualname__
+    needed = _required_arguments(found)
+    if needed:
+        raise PluginLoadError(
+            f"cannot be loaded: {name}() needs {', '.join(needed)}: hookrunner instantiates a plugin class with no "
+            "arguments, once per run; give them defaults, or read them from app.settings in on_startup"
+        )
+    try:
+        return found()
+    except PLUGIN_FAILURES as exc:  # the plugin's own bug: name it, keep the details for --log-level debug
+        log.debug("instantiating plugin class %s failed", name, exc_info=True)
+        raise PluginLoadError(
+            f"cannot be loaded: {name}() raised {type(exc).__name__}: {_one_line(str(exc))}"
+        ) from None
+
+
+def _required_arguments(cls: type) -> list[str]:
+    """The constructor arguments of ``cls`` that have no default."""
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: calling it says what is wrong
+        return []
+    return [
+        parameter.name
+        for parameter in parameters
+        if parameter.default is inspect.Parameter.empty
+        and parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+
+
+def asks_for_asyncio(plugin: Any) -> bool:
+    """Whether ``plugin`` declares ``HOOKRUNNER_ASYNCIO = True`` (``declared_by``: on itself, or in the module of
+    its class). Anything but a bool is a ``PluginLoadError`` (one line, without the plugin's name: the caller says
+    which)."""
+    value = declared_by(plugin, ASYNCIO_FLAG)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise PluginLoadError(f"{ASYNCIO_FLAG} must be True or False, got {value!r}")
+    return value
+
+
+def declared_by(plugin: Any, attribute: str) -> Any:
+    """A declaration a plugin makes beside its hooks (``HOOKRUNNER_API_VERSION``, ``__version__``): the plugin's own
+    attribute or, for a class or an instance of one, the attribute of the module the class is defined in, where
+    the scaffold and the tutorial put them; None when neither has it."""
+    value = getattr(plugin, attribute, None)
+    if value is not None or isinstance(plugin, ModuleType):
+        return value
+    cls = plugin if inspect.isclass(plugin) else type(plugin)
+    return getattr(sys.modules.get(cls.__module__), attribute, None)
 
 
 def _add_local_plugins(loader: _Loader, config: Config) -> None:

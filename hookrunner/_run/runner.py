@@ -28,6 +28,7 @@ from hookrunner._core.platform_delivery import BadDelivery, PlatformDelivery, pa
 from hookrunner._core.stats import Stats
 from hookrunner._core.text import one_line, shown
 from hookrunner._core.triggers import Trigger
+from hookrunner._run.asyncio_hooks import asyncio_hint, asyncio_loop, refuse_asyncio_callers
 from hookrunner._run.call_pipeline import CallPipeline, call_failed
 from hookrunner._run.callbook import CallBook, Offer
 from hookrunner._run.context import App
@@ -81,7 +82,9 @@ class Runner:
         self.config = config
         self.plugins = plugins
         self.stats = Stats()
-        self.dispatcher = HookDispatcher(plugins.pm, config.runner.hook_timeout, self.stats)
+        self.dispatcher = HookDispatcher(
+            plugins.pm, config.runner.hook_timeout, self.stats, asyncio_plugins=plugins.asyncio_names
+        )
         self._api_key = api_key
         self._call_ids = list(dict.fromkeys(calls))
         self.calls = CallBook(config.runner.max_calls)
@@ -130,10 +133,12 @@ class Runner:
             self._triggers.keep_in_journal(self._journal.trigger_emitted, self._journal.trigger_dispatched)
             self._platform_webhooks.keep_in_journal(self._journal.platform_received, self._journal.platform_dispatched)
         try:
-            async with trio.open_nursery() as watcher:  # signals are watched from on_startup to on_shutdown
-                watcher.start_soon(watch_signals, self.stop, self._stop, self.reload)
-                await self._run_plugins_and_calls()
-                watcher.cancel_scope.cancel()
+            # (only when a plugin sets HOOKRUNNER_ASYNCIO: its hooks, from on_startup to on_shutdown, run on this loop)
+            async with asyncio_loop(bool(self.dispatcher.asyncio_plugins)):
+                async with trio.open_nursery() as watcher:  # signals are watched from on_startup to on_shutdown
+                    watcher.start_soon(watch_signals, self.stop, self._stop, self.reload)
+                    await self._run_plugins_and_calls()
+                    watcher.cancel_scope.cancel()
         finally:
             if self._journal is not None:
                 self._journal.close()  # what the last interval gathered (deliveries, dead letters at close)
@@ -153,9 +158,14 @@ class Runner:
         # Plugins' deliveries: keep as many connections alive as may be busy, so bursts do not reconnect each time.
         plugin_limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
         headers = {"User-Agent": f"hookrunner/{__version__}"}
+        # app.http is a trio client: with an asyncio loop open, a call from asyncio code is refused before it can
+        # break the pool every plugin shares
+        plugin_hooks = {"request": [refuse_asyncio_callers]} if self.dispatcher.asyncio_plugins else {}
         async with (
             httpx.AsyncClient(limits=limits, headers=headers, follow_redirects=False) as stream_client,
-            httpx.AsyncClient(limits=plugin_limits, headers=headers, timeout=httpx.Timeout(30.0)) as plugin_http,
+            httpx.AsyncClient(
+                limits=plugin_limits, headers=headers, timeout=httpx.Timeout(30.0), event_hooks=plugin_hooks
+            ) as plugin_http,
             trio.open_nursery() as background,
         ):
             self._background = background
@@ -454,11 +464,12 @@ class Runner:
                     raise
                 self.stats.hook_errors[plugin] += 1
                 log.error(
-                    "plugin %s: background task %s raised %s: %s",
+                    "plugin %s: background task %s raised %s: %s%s",
                     plugin,
                     getattr(fn, "__name__", fn),
                     type(exc).__name__,
                     one_line(str(exc), 500),
+                    asyncio_hint(exc),
                     exc_info=exc,
                 )
 

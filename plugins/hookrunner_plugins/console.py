@@ -112,6 +112,3 @@ class ConsolePlugin:
     def on_call_finished(self, call: CallContext, reason: str) -> None:
         turns = len(call.turns)
         self._line(f"[{self._label(call.id)}] -- call {reason} ({turns} turns, {call.events_dispatched} events)")
-
-
-plugin = ConsolePlugin()

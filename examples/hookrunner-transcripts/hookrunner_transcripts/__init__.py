@@ -19,19 +19,27 @@ SETTINGS = {
     "directory": Setting("str", "", doc="where transcripts go, relative to the config file; empty: do nothing"),
 }
 
-_directory: Path | None = None
 
+class TranscriptsPlugin:
+    """The entry point names this class: hookrunner makes one instance per run, so the directory it keeps is that
+    run's (two runs in one process, with two configs, write to their own directories)."""
 
-@hookimpl
-def settings_schema() -> dict[str, Setting]:
-    return SETTINGS
+    def __init__(self) -> None:
+        self.directory: Path | None = None
 
+    @hookimpl
+    def settings_schema(self) -> dict[str, Setting]:
+        return SETTINGS
 
-@hookimpl
-def on_startup(app: App) -> None:
-    global _directory
-    directory = app.settings.get("directory", "")
-    _directory = (app.config_dir / directory) if directory else None
+    @hookimpl
+    def on_startup(self, app: App) -> None:
+        directory = app.settings["directory"]
+        self.directory = (app.config_dir / directory) if directory else None
+
+    @hookimpl
+    async def on_call_finished(self, call: CallContext, reason: str) -> None:
+        if self.directory is not None:
+            await trio.to_thread.run_sync(_write, self.directory, call.id, reason, call.transcript, len(call.turns))
 
 
 def _write(directory: Path, call_id: str, reason: str, transcript: str, turns: int) -> None:
@@ -40,9 +48,3 @@ def _write(directory: Path, call_id: str, reason: str, transcript: str, turns: i
     (directory / f"{safe}.txt").write_text(transcript + "\n" if transcript else "", encoding="utf-8")
     with (directory / "calls.jsonl").open("a", encoding="utf-8") as handle:
         handle.write(json.dumps({"call_id": call_id, "reason": reason, "turns": turns}) + "\n")
-
-
-@hookimpl
-async def on_call_finished(call: CallContext, reason: str) -> None:
-    if _directory is not None:
-        await trio.to_thread.run_sync(_write, _directory, call.id, reason, call.transcript, len(call.turns))

@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-import hookrunner_transcripts
 from hookrunner.testing import run_plugins, sim_call
+from hookrunner_transcripts import TranscriptsPlugin
 
 
 async def test_each_finished_call_gets_its_transcript_file(tmp_path: Path) -> None:
@@ -13,7 +13,7 @@ async def test_each_finished_call_gets_its_transcript_file(tmp_path: Path) -> No
         sim_call("CALL-2", agent=["Hi!"], user=["Wrong number, sorry."]),
     ]
     result = await run_plugins(
-        [hookrunner_transcripts], calls, settings={"hookrunner_transcripts": {"directory": "out"}}, base_dir=tmp_path
+        {"transcripts": TranscriptsPlugin}, calls, settings={"transcripts": {"directory": "out"}}, base_dir=tmp_path
     )
     assert result.exit_code == 0 and result.hook_errors == {}
     assert (tmp_path / "out" / "CALL-1.txt").read_text() == "agent: Hello, how can I help?\nuser: My internet is down.\n"
@@ -26,5 +26,5 @@ async def test_each_finished_call_gets_its_transcript_file(tmp_path: Path) -> No
 
 async def test_without_a_directory_it_writes_nothing(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    result = await run_plugins([hookrunner_transcripts], [sim_call("CALL-3", user=["hi"])], base_dir=tmp_path)
+    result = await run_plugins({"transcripts": TranscriptsPlugin}, [sim_call("CALL-3", user=["hi"])], base_dir=tmp_path)
     assert result.exit_code == 0 and list(tmp_path.iterdir()) == []

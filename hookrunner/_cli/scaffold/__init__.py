@@ -11,7 +11,7 @@ import re
 import string
 from pathlib import Path
 
-from hookrunner._core.api import HOOKRUNNER_API_VERSION
+from hookrunner._core.api import HOOKRUNNER_API_VERSION, __version__
 from hookrunner._core.errors import ConfigError
 from hookrunner._run.plugins import ENTRY_POINT_GROUP
 
@@ -25,7 +25,7 @@ TEMPLATES = {
 
 def names(name: str) -> dict[str, str]:
     """``hookrunner-sentiment`` -> distribution ``hookrunner-sentiment``, module ``hookrunner_sentiment``,
-    plugin (entry point) ``sentiment``."""
+    plugin (entry point) ``sentiment``, class ``SentimentPlugin`` (the entry point names it: one instance per run)."""
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
         raise ConfigError(f"new-plugin: {name!r} is not a usable name (letters, digits, - and _, starting with a letter)")
     distribution = name.lower().replace("_", "-")
@@ -36,7 +36,9 @@ def names(name: str) -> dict[str, str]:
         "distribution": distribution,
         "module": distribution.replace("-", "_"),
         "plugin": plugin,
+        "class_name": "".join(part[:1].upper() + part[1:] for part in plugin.split("_")) + "Plugin",
         "api_version": str(HOOKRUNNER_API_VERSION),
+        "hookrunner_version": __version__,
     }
 
 

@@ -73,6 +73,13 @@ class KeywordsPlugin:
         return parse_rules(settings)[1]
 
     @hookimpl
+    def describe_settings(self, settings: dict[str, Any]) -> list[str]:
+        rules = parse_rules(settings, warn=False)[0]
+        if not rules:
+            return ["no rules ([[plugins.keywords.rules]]): nothing is matched"]
+        return [rule.description for rule in rules]
+
+    @hookimpl
     def on_startup(self, app: App) -> None:
         self._app = app
         self._calls = {}
@@ -250,6 +257,3 @@ class KeywordsPlugin:
             rule = self._by_name.get(name)  # a reload may have removed it
             if state is not None and rule is not None and name not in state.said and name not in state.fired:
                 self._fire_absent(call_id, state, rule, f"{rule.absent_within:g} s passed")
-
-
-plugin = KeywordsPlugin()

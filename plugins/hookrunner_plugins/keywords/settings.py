@@ -15,6 +15,8 @@ SPEAKERS = ("user", "agent", "any")
 #: Beyond this many phrases a fuzzy rule gets a warning: fuzzy phrases are scored one at a time.
 FUZZY_PHRASES_WARNING = 200
 MATCH_MODES = ("word", "fuzzy")
+#: The phrases and patterns ``check`` shows of one rule; the rest are counted.
+DESCRIBED_PHRASES = 5
 
 
 SETTINGS = {"rules": Setting("list[table]", [], doc="[[plugins.keywords.rules]]")}
@@ -56,6 +58,24 @@ class Rule:
 
     def hears(self, speaker: str) -> bool:
         return self.speaker == "any" or self.speaker == speaker
+
+    @property
+    def description(self) -> str:
+        """The rule in one line, for ``check``: what it listens for, from whom, and what it fires with."""
+        said = [f'"{phrase}"' for phrase in self.phrases] + [f"/{pattern.pattern}/" for pattern in self.patterns]
+        listened = ", ".join(said[:DESCRIBED_PHRASES])
+        if len(said) > DESCRIBED_PHRASES:
+            listened += f" and {len(said) - DESCRIBED_PHRASES} more"
+        how = [f"said by {'anyone' if self.speaker == 'any' else 'the ' + ('caller' if self.speaker == 'user' else 'agent')}"]
+        how.append(f"fuzzy at {self.threshold:g}" if self.fuzzy else "whole words")
+        how += ["numbers as digits or words"] if self.numbers else []
+        how += ["while the caller speaks"] if self.interim else []
+        how += [f"cooldown {self.cooldown:g} s"] if self.cooldown else []
+        how += [f"at most {self.max_per_call} a call"] if self.max_per_call else []
+        what = f"NOT said within {self.absent_within:g} s: " if self.absent_within is not None else ""
+        fired = f"severity {self.severity}"
+        fired += f", labels {', '.join(f'{k}={v}' for k, v in sorted(self.labels.items()))}" if self.labels else ""
+        return f"rule {self.name}: {what}{listened} ({'; '.join(how)}) -> trigger.keyword, {fired}"
 
 
 def parse_rules(settings: dict[str, Any], *, warn: bool = True) -> tuple[list[Rule], list[str]]:

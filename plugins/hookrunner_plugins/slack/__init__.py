@@ -152,8 +152,7 @@ class SlackPlugin:
                     policy=policy, max_in_flight=1, max_queue=settings.max_queue,
                 )  # fmt: skip
             self._routes.append(_Route(route, alerts, transcript, threads))
-            where = f"channel {route.channel}" if route.token else "an incoming webhook"
-            log.info("slack %s: posting %s to %s", route.name, ", ".join(route.events), where)
+            log.info("slack %s", route.description)
 
     # --- what goes where --------------------------------------------------------------------------------------
 
@@ -162,7 +161,7 @@ class SlackPlugin:
         fields = None
         for route in self._routes:
             settings = route.settings
-            if not settings.wants_type(trigger.full_type) or not settings.wants_trigger(trigger.severity, trigger.labels):
+            if not settings.takes(trigger):
                 continue
             fields = fields or trigger_fields(trigger)
             mention = settings.mention if trigger.severity in settings.mention_severities else ""
@@ -210,6 +209,20 @@ class SlackPlugin:
                 body = route.threads.reply(call.id, {"kind": "closing", "call_id": call.id, "text": text})
                 route.transcript.submit(OutboxMessage(id=f"slack_end_{call.id}", key=call.id, body=body))
 
+    # --- hookrunner check ------------------------------------------------------------------------------------
+
+    @hookimpl
+    def describe_settings(self, settings: dict[str, Any]) -> list[str]:
+        routes = parse_settings(settings)[0].routes
+        if not routes:
+            return ["no routes ([[plugins.slack.routes]]): nothing is posted"]
+        return [route.description for route in routes]
+
+    @hookimpl
+    def routes_for_trigger(self, trigger: Trigger, settings: dict[str, Any]) -> list[str]:
+        """The routes ``on_trigger`` would post ``trigger`` to (``RouteSettings.takes``, as it asks)."""
+        return [route.description for route in parse_settings(settings)[0].routes if route.takes(trigger)]
+
     # --- redeliver and replay --------------------------------------------------------------------------------
 
     @hookimpl
@@ -222,6 +235,3 @@ class SlackPlugin:
             if route.transcript:
                 deliverers[f"{route.name}/transcript"] = transcript_deliverer(posters[route.name], Threads())
         return deliverers
-
-
-plugin = SlackPlugin()

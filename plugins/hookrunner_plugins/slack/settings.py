@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from hookrunner import SEVERITIES, Setting, at_least, check_table, http_url, secret_problem, type_selected, url_problem
+from hookrunner import SEVERITIES, Setting, Trigger, at_least, check_table, http_url, secret_problem, type_selected, url_problem
 from hookrunner.delivery import retry_problems, retry_settings
 
 from .formatting import DEFAULT_TEMPLATE, template_problem
@@ -69,6 +69,25 @@ class RouteSettings:
         if self.severities and severity not in self.severities:
             return False
         return all(labels.get(key) == value for key, value in self.labels.items())
+
+    def takes(self, trigger: Trigger) -> bool:
+        """Whether this route posts ``trigger``: what ``on_trigger`` asks of every route, and ``check --route``."""
+        return self.wants_type(trigger.full_type) and self.wants_trigger(trigger.severity, trigger.labels)
+
+    @property
+    def description(self) -> str:
+        """The route in one line, never a secret (an incoming webhook's URL is one: it is not shown): ``run`` logs
+        it as it opens the route, ``check`` lists it, ``check --route`` names it when a trigger would reach it."""
+        filters = [f"severity {', '.join(s for s in SEVERITIES if s in self.severities)}"] if self.severities else []
+        filters += [f"labels {', '.join(f'{k}={v}' for k, v in sorted(self.labels.items()))}"] if self.labels else []
+        where = f"channel {self.channel}" if self.token else "an incoming webhook"
+        extras = [f"mentioning {self.mention} at {', '.join(s for s in SEVERITIES if s in self.mention_severities)}"]
+        extras = extras if self.mention and self.mention_severities else []
+        extras += ["each call's transcript in a thread"] if self.transcript else []
+        return (
+            f"route {self.name}: {', '.join(self.events)}{' (' + '; '.join(filters) + ')' if filters else ''} -> "
+            f"{where}{''.join(', ' + extra for extra in extras)}"
+        )
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,7 @@ class WebhookPlugin:
             batch_max_events=settings.batch_max_events,
             batch_max_wait=settings.batch_max_wait,
         )
-        log.info("webhook %s: delivering %s to %s", settings.name, ", ".join(settings.events), settings.safe_url)
+        log.info("webhook %s", settings.description)
         return _Endpoint(settings, outbox)
 
     def _submit(self, message_type: str, call_id: str, build: Any, id_parts: tuple[str | None, ...]) -> None:
@@ -192,10 +192,22 @@ class WebhookPlugin:
         parts = (trigger.call_id, trigger.full_type, trigger.source, trigger.rule, trigger.event_id or trigger.event_type)
         self._submit(trigger.full_type, trigger.call_id, lambda: trigger_body(trigger), parts)
 
+    # --- hookrunner check ------------------------------------------------------------------------------------
+
+    @hookimpl
+    def describe_settings(self, settings: dict[str, Any]) -> list[str]:
+        endpoints = parse_settings(settings, warn=False)[1]
+        if not endpoints:
+            return ["no endpoints ([[plugins.webhook.endpoints]]): nothing is delivered"]
+        return [endpoint.description for endpoint in endpoints]
+
+    @hookimpl
+    def routes_for_trigger(self, trigger: Trigger, settings: dict[str, Any]) -> list[str]:
+        """The endpoints ``on_trigger`` would submit ``trigger`` to, asked as it asks (type, then call)."""
+        endpoints = parse_settings(settings, warn=False)[1]
+        return [endpoint.description for endpoint in endpoints if endpoint.wants(trigger.full_type, trigger.call_id)]
+
     @hookimpl
     def outbox_deliverers(self, app: App) -> dict[str, Deliverer]:
         _, endpoints = self._parse(app)
         return {settings.name: make_deliverer(settings, app.http) for settings in endpoints}
-
-
-plugin = WebhookPlugin()

@@ -78,6 +78,11 @@ class EndpointSettings:
         """Whether messages of this type (an event type, or ``trigger.<type>``) go here."""
         return type_selected(message_type, self.events)
 
+    def wants(self, message_type: str, call_id: str) -> bool:
+        """Whether a message of this type about this call goes here (what ``check --route`` asks; a run asks
+        ``_Endpoint.wants``, the same two predicates with the type's answer cached)."""
+        return self.wants_call(call_id) and self.wants_type(message_type)
+
     @property
     def safe_url(self) -> str:
         """The URL without query string or credentials: what logs may show."""
@@ -85,6 +90,13 @@ class EndpointSettings:
         host = parts.hostname or ""
         port = f":{parts.port}" if parts.port else ""
         return f"{parts.scheme}://{host}{port}{parts.path}"
+
+    @property
+    def description(self) -> str:
+        """The endpoint in one line, never a secret (the URL as ``safe_url`` shows it): ``run`` logs it as it starts
+        the endpoint, ``check`` lists it, ``check --route`` names it when a trigger would reach it."""
+        calls = f" (calls {', '.join(sorted(self.calls))})" if self.calls else ""
+        return f"endpoint {self.name}: {', '.join(self.events)}{calls} -> {self.safe_url}"
 
 
 def _as_list(value: str | list[str] | None) -> list[str]:
