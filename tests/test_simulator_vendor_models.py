@@ -20,10 +20,7 @@ import httpx
 import pydantic
 import pytest
 import trio
-
-smallestai = pytest.importorskip("smallestai")  # a test dependency (pyproject's test extra); never skipped in CI
-
-from smallestai.atoms.calls.types import (  # noqa: E402
+from smallestai.atoms.calls.types import (
     GetCallsResponse,
     GetCallsResponseData,
     GetCallsResponseDataTranscriptItem,
@@ -32,8 +29,8 @@ from smallestai.atoms.calls.types import (  # noqa: E402
     ListCallsResponseDataLogsItem,
     ListCallsResponseDataPagination,
 )
-from smallestai.atoms.live_transcripts.types import SubscribeToLiveEventsLiveTranscriptsResponse  # noqa: E402
-from smallestai.atoms.types import (  # noqa: E402
+from smallestai.atoms.live_transcripts.types import SubscribeToLiveEventsLiveTranscriptsResponse
+from smallestai.atoms.types import (
     WebhookEventCallData,
     WebhookEventPostConversation,
     WebhookEventPostConversationMetadata,
@@ -42,8 +39,8 @@ from smallestai.atoms.types import (  # noqa: E402
     WebhookEventTranscriptTurn,
 )
 
-from hookrunner._simulator import Script, load_script, parse_script, running_simulator  # noqa: E402
-from hookrunner.testing.receiver import running_receiver  # noqa: E402
+from hookrunner._simulator import Script, load_script, parse_script, running_simulator
+from hookrunner.testing.receiver import running_receiver
 
 KEY = {"Authorization": "Bearer sim-key"}
 STREAMS = Path(__file__).parent / "streams"
