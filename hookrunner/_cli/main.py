@@ -34,6 +34,7 @@ from hookrunner._cli.demo import EXAMPLE_CONFIG, cmd_demo
 from hookrunner._cli.schema import print_settings
 from hookrunner._run.runner import EXIT_USAGE
 from hookrunner._service.intakes import service_runner
+from hookrunner._run.gc_tuning import tune_gc
 
 
 
@@ -303,6 +304,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     api_key = config.api_key()
     runner = service_runner(config, loaded, api_key=api_key, calls=calls)
+    tune_gc()  # this process is the run's: start-up's objects frozen, fewer young collections
     return trio.run(runner.run)
 
 

@@ -6,7 +6,10 @@ accepts every shape seen and never drops an event for carrying a field it does n
 object exactly as received, so a plugin can always reach what the typed attributes do not expose.
 
 Decoding is the hot path (one call per stream line): the JSON is parsed once by msgspec into a plain dict, and
-the typed object is a frozen ``msgspec.Struct`` filled from that dict, with no second pass over the bytes.
+the typed object is a frozen ``msgspec.Struct`` filled from that dict, with no second pass over the bytes. The
+structs are not tracked by the garbage collector (``gc=False``): an event holds JSON values and nothing that can
+point back at it, and thousands of live calls keep many events (in transcripts, outboxes) that collections would
+otherwise scan again and again.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class MalformedEvent(ValueError):
         self.line = line
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
+class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Fields every event has, whatever its type.
 
     ``timestamp`` is always a timezone-aware UTC datetime: taken from ``timestamp`` (ISO 8601 string or Unix epoch
@@ -263,19 +266,25 @@ def event_from_dict(
     timestamp = _as_datetime(raw.get("timestamp")) or _as_datetime(raw.get("event_time"))
     if timestamp is None:
         timestamp = received_at or datetime.now(timezone.utc)
+    event_id = _as_id(raw.get("event_id"))
+    event_call = _as_id(raw.get("call_id")) or call_id
+    if cls is UserTranscription or cls is UserInterimTranscription:
+        return cls(  # type: ignore[call-arg]
+            event_type=event_type, event_id=event_id, call_id=event_call, timestamp=timestamp, raw=raw,
+            text=_text(raw.get(TEXT_FIELDS[event_type])),
+        )  # fmt: skip
+    if cls is TtsCompleted:
+        return cls(
+            event_type=event_type, event_id=event_id, call_id=event_call, timestamp=timestamp, raw=raw,
+            text=_text(raw.get("tts_text")), latency_ms=_as_number(raw.get("tts_latency")),
+        )  # fmt: skip
     common: dict[str, Any] = {
         "event_type": event_type,
-        "event_id": _as_id(raw.get("event_id")),
-        "call_id": _as_id(raw.get("call_id")) or call_id,
+        "event_id": event_id,
+        "call_id": event_call,
         "timestamp": timestamp,
         "raw": raw,
     }
-    if cls is UserTranscription:
-        return cls(text=_text(raw.get(TEXT_FIELDS["user_transcription"])), **common)
-    if cls is UserInterimTranscription:
-        return cls(text=_text(raw.get(TEXT_FIELDS["user_interim_transcription"])), **common)
-    if cls is TtsCompleted:
-        return cls(text=_text(raw.get(TEXT_FIELDS["tts_completed"])), latency_ms=_as_number(raw.get("tts_latency")), **common)
     if cls is CallStart:
         telephony_id = raw.get("telephony_id")
         return cls(telephony_id=None if telephony_id is None else str(telephony_id), **common)

@@ -17,7 +17,7 @@ import asyncio
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -127,7 +127,7 @@ def on_asyncio(function: F) -> F:
     return run  # type: ignore[return-value]
 
 
-def call_on_asyncio(function: Callable[..., Any], args: list[Any]) -> Any:
+def call_on_asyncio(function: Callable[..., Any], args: Sequence[Any]) -> Any:
     """Call a hook implementation of an asyncio plugin; what it gives is awaited from trio as usual. An ``async def``
     becomes an asyncio task (so even the code before its first ``await`` runs where asyncio works); a plain function
     is called here, as for any plugin, and an awaitable it returns is awaited on the loop."""

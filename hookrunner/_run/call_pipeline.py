@@ -1,8 +1,10 @@
 """One call, from its stream to its plugins: the call's subscription, its bounded buffer and its dispatch task.
 
-Data flows one way: the ``Subscription`` decodes lines into events and sends them down a bounded channel (a full
-channel makes the socket wait); the dispatch task takes them one at a time and calls every plugin's hooks, so a
-plugin sees a call's events in order and never two at once, while calls run side by side. What a previous run
+Data flows one way: the ``Subscription`` decodes lines into events and sends them down a bounded channel, the
+events of one read as one batch (a full channel makes the socket wait); the dispatch task takes a batch and calls
+every plugin's hooks for each of its events in turn, so a plugin sees a call's events in order and never two at
+once, while calls run side by side. About ``runner.buffer`` events at most wait between the socket and the plugins (a
+batch in the channel, one being dispatched and one waiting to go in, each of at most a third of it). What a previous run
 received and did not dispatch (the journal) goes first; what the stream skipped and the stored conversation holds
 (``[backfill]``) goes last, before ``on_call_finished``. An event received is dispatched, or kept where it can be
 replayed from (the journal, or else the spool file) when the grace runs out.
@@ -15,7 +17,6 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-import httpx
 import msgspec
 import trio
 
@@ -33,8 +34,9 @@ from hookrunner._run.stopping import DRAIN, SUBSCRIPTION, Stopping
 from hookrunner._state.journal import CallJournal, Journal
 from hookrunner._state.spool import spool_events
 from hookrunner._stream.backfill import Backfiller
+from hookrunner._stream.event_stream import StreamOpener
 from hookrunner._stream.subscription import (
-    AUTH_FAILED, COMPLETED, ENDED, FAILED, SHUTDOWN, Subscribed, Subscription, event_key,
+    AUTH_FAILED, COMPLETED, ENDED, FAILED, SHUTDOWN, Channel, Subscribed, Subscription, event_key,
 )  # fmt: skip
 
 __all__ = ["CallPipeline", "call_failed", "PUSHED", "BACKFILLED_REASONS"]
@@ -46,8 +48,6 @@ PUSHED = frozenset({"push", "api"})
 #: Ends after which the call's stored conversation is compared with what was dispatched (``[backfill]``): the call
 #: is over (a stream that gave up or was not found may still be live, and comes back).
 BACKFILLED_REASONS = frozenset({ENDED, COMPLETED})
-
-Channel = trio.MemorySendChannel[Event | Subscribed]
 
 
 def call_failed(call_id: str, exc: BaseException) -> FinishReason:
@@ -65,7 +65,7 @@ class CallPipeline:
         self,
         config: Config,
         *,
-        client: httpx.AsyncClient,
+        streams: StreamOpener,
         api_key: str,
         stats: Stats,
         dispatcher: HookDispatcher,
@@ -77,7 +77,7 @@ class CallPipeline:
         backfiller: Backfiller | None = None,
     ) -> None:
         self._config = config
-        self._client = client
+        self._streams = streams
         self._api_key = api_key
         self._stats = stats
         self._dispatcher = dispatcher
@@ -95,8 +95,7 @@ class CallPipeline:
         dispatched_before = self._journal.dispatched_keys(call_id) if self._journal is not None else []
         subscription = Subscription(
             call_id,
-            client=self._client,
-            base_url=config.atoms.base_url,
+            streams=self._streams,
             api_key=self._api_key,
             connect_timeout=config.atoms.connect_timeout,
             idle_timeout=config.runner.idle_timeout,
@@ -106,8 +105,9 @@ class CallPipeline:
             max_event_size=config.runner.max_event_bytes,
             seen_before=dispatched_before,
             on_received=journal.received if journal is not None else None,
+            buffer=config.runner.buffer,
         )
-        send, receive = trio.open_memory_channel[Event | Subscribed](config.runner.buffer)
+        send, receive = trio.open_memory_channel[list[Event] | Subscribed](1)
         reason = SHUTDOWN
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._dispatch_call, call, receive, journal)
@@ -134,7 +134,7 @@ class CallPipeline:
         if journal is not None and journal.unfinished:  # a stop cut its backfill short: the next run finishes it
             reason = SHUTDOWN
         if subscription.pending is not None and journal is None:  # after the buffer the dispatch task spooled
-            self._stats.events_spooled += spool_events(config.runner.spool_file, call_id, [subscription.pending])
+            self._stats.events_spooled += spool_events(config.runner.spool_file, call_id, subscription.pending)
         if reason == SHUTDOWN and self._key_was_refused():
             reason = AUTH_FAILED
         elif reason == SHUTDOWN:
@@ -159,7 +159,7 @@ class CallPipeline:
             if backfilled:
                 event = msgspec.structs.replace(event, backfilled=True)
             journal.restored(seq, subscription.passed_on_before(event, data))
-            await send.send(event)
+            await send.send([event])
         if rows:
             log.info("%s: %d events a previous run received are dispatched first", journal.call_id, len(rows))
 
@@ -172,20 +172,23 @@ class CallPipeline:
             return
         if journal is not None:
             journal.unfinished = True
-        for event in await self._backfiller.missing(call_id, subscription.passed_on):
-            if journal is not None:
+        events = await self._backfiller.missing(call_id, subscription.passed_on)
+        if journal is not None:
+            for event in events:
                 journal.received(json_bytes(event.raw).decode(), time.time(), event_key(event), backfilled=True)
-            await send.send(event)
+        if events:
+            await send.send(events)
         if journal is not None:
             journal.unfinished = False
 
     async def _dispatch_call(
         self,
         call: CallContext,
-        receive: trio.MemoryReceiveChannel[Event | Subscribed],
+        receive: trio.MemoryReceiveChannel[list[Event] | Subscribed],
         journal: CallJournal | None = None,
     ) -> None:
-        current: Event | None = None
+        batch: list[Event] = []
+        done = 0  # of ``batch``, the events dispatched
         async with receive:
             try:
                 with self._stopping.stoppable(DRAIN):
@@ -193,17 +196,21 @@ class CallPipeline:
                         if isinstance(item, Subscribed):
                             await self._dispatcher.call("on_call_subscribed", {"call": call}, call_id=call.id)
                             continue
-                        current = item
-                        await self._dispatch_event(call, item)
-                        current = None
-                        if journal is not None:
-                            journal.dispatched()
+                        batch, done = item, 0
+                        for event in item:
+                            await self._dispatch_event(call, event)
+                            done += 1
+                            if journal is not None:
+                                journal.dispatched()
+                        batch = []
             finally:
                 # Items are left (or one half dispatched) only when the grace ran out, or a stop at once, or a
                 # bug cut this task: in every case they are kept where they can be replayed from (the journal,
                 # whose next run dispatches them, or else the spool file).
-                left = [current] if current is not None else []
-                left += [item for item in left_in(receive) if isinstance(item, Event)]
+                left = batch[done:]
+                for item in left_in(receive):
+                    if isinstance(item, list):
+                        left += item
                 if journal is not None:
                     if left:
                         log.warning("%s: %d events not dispatched stay in the journal for the next run", call.id, len(left))
@@ -213,8 +220,5 @@ class CallPipeline:
     async def _dispatch_event(self, call: CallContext, event: Event) -> None:
         self._stats.events_by_type[type_label(event.event_type)] += 1
         call.record_turn(event)
-        arguments = {"event": event, "call": call}
-        if event.HOOK is not None:
-            await self._dispatcher.call(event.HOOK, arguments, call_id=call.id, event_id=event.event_id)
-        await self._dispatcher.call("on_event", arguments, call_id=call.id, event_id=event.event_id)
+        await self._dispatcher.dispatch_event(event, call)
         call.events_dispatched += 1

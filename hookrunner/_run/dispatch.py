@@ -13,6 +13,7 @@ cancellation passes through, since it is how the runner stops and times out hook
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import time
@@ -23,6 +24,7 @@ from typing import Any
 import pluggy
 import trio
 
+from hookrunner._core.events import Event
 from hookrunner._core.failures import is_cancellation
 from hookrunner._core.logs import log_fields
 from hookrunner._core.stats import Stats
@@ -58,6 +60,7 @@ class HookDispatcher:
         #: must be open (``asyncio_hooks.asyncio_loop``) while they are called.
         self.asyncio_plugins = frozenset(asyncio_plugins)
         self._impls: dict[str, list[pluggy.HookImpl]] = {}
+        self._event_plans: dict[type[Event], tuple[_Planned, ...]] = {}
         #: ``observe(plugin, hook, seconds)`` for every implementation that returned (the metrics' histogram).
         self.observe: Callable[[str, str, float], None] | None = None
         #: ``on_error(failure)`` for every implementation that raised (``hookrunner.testing`` keeps them).
@@ -87,74 +90,146 @@ class HookDispatcher:
         """
         limit = self.hook_timeout if timeout is None else timeout
         for impl in self.implementations(hook_name):
-            args = kwargs(impl.plugin_name) if callable(kwargs) else kwargs
-            await self._call_one(hook_name, impl, args, limit, call_id, event_id)
+            given = kwargs(impl.plugin_name) if callable(kwargs) else kwargs
+            plugin = impl.plugin_name
+            started = time.monotonic()
+            try:
+                args = [given[name] for name in impl.argnames]
+                if plugin in self.asyncio_plugins:
+                    result = call_on_asyncio(impl.function, args)
+                else:
+                    result = impl.function(*args)
+            except BaseException as exc:
+                if is_cancellation(exc):
+                    raise
+                self._failed(plugin, hook_name, call_id, event_id, exc)
+                continue
+            if result is not None and inspect.isawaitable(result):
+                await self._await_result(result, started, plugin, hook_name, limit, call_id, event_id)
+            else:
+                self._returned(time.monotonic() - started, plugin, hook_name, limit, call_id, event_id)
 
-    async def _call_one(
+    async def dispatch_event(self, event: Event, call: Any) -> None:
+        """The event's own hook (``on_user_transcription``, ...) then ``on_event``, on every plugin that implements
+        them: the hot path, so the implementations, the arguments each takes and where its coroutines run are
+        worked out once per event class, and a plain function that returns costs no coroutine (and one clock
+        reading: where one implementation ends, the next starts)."""
+        plan = self._event_plans.get(type(event))
+        if plan is None:
+            plan = self._event_plans[type(event)] = self._plan_for(type(event))
+        limit = self.hook_timeout
+        started = time.monotonic()
+        for function, plugin, hook_name, takes in plan:
+            try:
+                if takes is _BOTH:
+                    result = function(event, call)
+                elif takes is _EVENT:
+                    result = function(event)
+                else:
+                    result = function(*[{"event": event, "call": call}[name] for name in takes])
+            except BaseException as exc:
+                if is_cancellation(exc):
+                    raise
+                self._failed(plugin, hook_name, call.id, event.event_id, exc)
+                started = time.monotonic()
+                continue
+            if result is not None and inspect.isawaitable(result):
+                await self._await_result(result, started, plugin, hook_name, limit, call.id, event.event_id)
+                started = time.monotonic()
+                continue
+            now = time.monotonic()
+            self._returned(now - started, plugin, hook_name, limit, call.id, event.event_id)
+            started = now
+
+    def _plan_for(self, cls: type[Event]) -> tuple[_Planned, ...]:
+        hooks = ([cls.HOOK] if cls.HOOK is not None else []) + ["on_event"]
+        plan = []
+        for hook_name in hooks:
+            for impl in self.implementations(hook_name):
+                function = impl.function
+                if impl.plugin_name in self.asyncio_plugins:
+                    function = functools.partial(_on_asyncio, impl.function)
+                takes = tuple(impl.argnames)
+                plan.append((function, impl.plugin_name, hook_name, _TAKES.get(takes, takes)))
+        return tuple(plan)
+
+    async def _await_result(
         self,
+        result: Any,
+        started: float,
+        plugin: str,
         hook_name: str,
-        impl: pluggy.HookImpl,
-        kwargs: Mapping[str, Any],
         limit: float,
         call_id: str | None,
         event_id: str | None,
     ) -> None:
-        started = time.monotonic()
+        """Await what an implementation returned, within ``limit``; only awaiting can be interrupted, so only it
+        pays for a cancel scope (a few µs per hook)."""
         try:
-            args = [kwargs[name] for name in impl.argnames]
-            if impl.plugin_name in self.asyncio_plugins:
-                result = call_on_asyncio(impl.function, args)
-            else:
-                result = impl.function(*args)
-            if inspect.isawaitable(result):
-                # Only awaiting can be interrupted, so only it pays for a cancel scope (a few µs per hook).
-                with trio.move_on_after(limit) as scope:
-                    await result
-                if scope.cancelled_caught:
-                    self._stats.hook_timeouts[impl.plugin_name] += 1
-                    log.error(
-                        "%s timed out after %.3g s (runner.hook_timeout); the runner moved on",
-                        _where(impl.plugin_name, hook_name, call_id, event_id),
-                        limit,
-                        extra=log_fields(plugin=impl.plugin_name, hook=hook_name, call_id=call_id, event_id=event_id),
-                    )
-                    return
-                if self.observe is not None:
-                    self.observe(impl.plugin_name, hook_name, time.monotonic() - started)
-                return
+            with trio.move_on_after(limit) as scope:
+                await result
         except BaseException as exc:
             if is_cancellation(exc):
                 raise
-            self._stats.hook_errors[impl.plugin_name] += 1
-            where = _where(impl.plugin_name, hook_name, call_id, event_id)
-            fields = log_fields(plugin=impl.plugin_name, hook=hook_name, call_id=call_id, event_id=event_id)
-            log.error(
-                "%s raised %s: %s%s%s",
-                where,
-                type(exc).__name__,
-                one_line(str(exc), 500),
-                _origin(exc),
-                asyncio_hint(exc),
-                extra=fields,
-            )
-            log.debug("%s: traceback", where, exc_info=True, extra=fields)
-            if self.on_error is not None:
-                self.on_error(HookFailure(impl.plugin_name, hook_name, call_id, event_id, exc))
+            self._failed(plugin, hook_name, call_id, event_id, exc)
             return
-        elapsed = time.monotonic() - started
+        if scope.cancelled_caught:
+            self._stats.hook_timeouts[plugin] += 1
+            log.error(
+                "%s timed out after %.3g s (runner.hook_timeout); the runner moved on",
+                _where(plugin, hook_name, call_id, event_id),
+                limit,
+                extra=log_fields(plugin=plugin, hook=hook_name, call_id=call_id, event_id=event_id),
+            )
+            return
         if self.observe is not None:
-            self.observe(impl.plugin_name, hook_name, elapsed)
+            self.observe(plugin, hook_name, time.monotonic() - started)
+
+    def _returned(
+        self, elapsed: float, plugin: str, hook_name: str, limit: float, call_id: str | None, event_id: str | None
+    ) -> None:
+        """A plain function returned after ``elapsed`` seconds: observed, and flagged when it held the loop."""
+        if self.observe is not None:
+            self.observe(plugin, hook_name, elapsed)
         if elapsed > limit:
             # A plain function cannot be interrupted: it held the event loop (every call) this long.
-            self._stats.hook_timeouts[impl.plugin_name] += 1
+            self._stats.hook_timeouts[plugin] += 1
             log.error(
                 "%s blocked the event loop for %.3g s (runner.hook_timeout is %.3g s); make it async "
                 "or move the blocking work to trio.to_thread.run_sync",
-                _where(impl.plugin_name, hook_name, call_id, event_id),
+                _where(plugin, hook_name, call_id, event_id),
                 elapsed,
                 limit,
-                extra=log_fields(plugin=impl.plugin_name, hook=hook_name, call_id=call_id, event_id=event_id),
+                extra=log_fields(plugin=plugin, hook=hook_name, call_id=call_id, event_id=event_id),
             )
+
+    def _failed(self, plugin: str, hook_name: str, call_id: str | None, event_id: str | None, exc: BaseException) -> None:
+        self._stats.hook_errors[plugin] += 1
+        where = _where(plugin, hook_name, call_id, event_id)
+        fields = log_fields(plugin=plugin, hook=hook_name, call_id=call_id, event_id=event_id)
+        log.error(
+            "%s raised %s: %s%s%s",
+            where,
+            type(exc).__name__,
+            one_line(str(exc), 500),
+            _origin(exc),
+            asyncio_hint(exc),
+            extra=fields,
+        )
+        log.debug("%s: traceback", where, exc_info=exc, extra=fields)
+        if self.on_error is not None:
+            self.on_error(HookFailure(plugin, hook_name, call_id, event_id, exc))
+
+
+#: The argument lists most event hooks take, as constants that ``dispatch_event`` tells apart by identity.
+_BOTH, _EVENT = ("event", "call"), ("event",)
+_TAKES = {_BOTH: _BOTH, _EVENT: _EVENT}
+#: One implementation of an event hook, ready to call: the function, its plugin, the hook, the arguments it takes.
+_Planned = tuple[Callable[..., Any], str, str, tuple[str, ...]]
+
+
+def _on_asyncio(function: Callable[..., Any], *args: Any) -> Any:
+    return call_on_asyncio(function, args)
 
 
 def _where(plugin: str, hook: str, call_id: str | None, event_id: str | None) -> str:

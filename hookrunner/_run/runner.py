@@ -43,6 +43,7 @@ from hookrunner._run.stopping import DRAIN, FINAL, SUBSCRIPTION, Stopping, watch
 from hookrunner._state.journal import Journal
 from hookrunner._state.spool import spool_platform_webhooks
 from hookrunner._stream.backfill import Backfiller
+from hookrunner._stream.event_stream import stream_opener
 from hookrunner._stream.ratelimit import RateLimiter
 from hookrunner._stream.subscription import AUTH_FAILED, COMPLETED, ENDED, FAILED, NOT_FOUND, SHUTDOWN
 
@@ -182,7 +183,7 @@ class Runner:
                 )
             self._pipeline = CallPipeline(
                 self.config,
-                client=stream_client,
+                streams=stream_opener(self.config.atoms.base_url, stream_client, headers["User-Agent"]),
                 api_key=self._api_key,
                 stats=self.stats,
                 dispatcher=self.dispatcher,

@@ -1,10 +1,10 @@
 """Reading an event stream's bytes into events' ``data``, per the WHATWG "Server-sent events" parsing rules, with a
 bound on every line and every event.
 
-httpx-sse (which opens the stream) buffers a line until its newline and an event until its blank line without
-limit (a stream line with no newline grew one process to 600 MB), decodes with the ``charset`` the server names
-(the standard says always UTF-8), and keeps a leading byte-order mark, losing the first event. Its line and field
-decoders are private, so the few lines of parsing live here, where the bounds can be kept:
+Stream readers such as httpx-sse buffer a line until its newline and an event until its blank line without
+limit (a stream line with no newline grew one process to 600 MB), decode with the ``charset`` the server names
+(the standard says always UTF-8), and keep a leading byte-order mark, losing the first event. So the few lines of
+parsing live here, fed the body's bytes a read at a time (``_stream/event_stream.py``), where the bounds can be kept:
 
 - bytes are decoded as UTF-8 (invalid bytes become U+FFFD), whatever ``Content-Type`` says; one leading BOM is
   dropped;
@@ -77,8 +77,24 @@ class SseReader:
         first = self._finish_pending(lines[0])
         if first is not None:
             self._line(first)
-        for index in range(1, len(lines) - 1):
-            self._line(lines[index])
+        index, end = 1, len(lines) - 1
+        longest = self.max_size - LINE_COST  # the longest value a one-line event may have
+        while index < end:
+            line = lines[index]
+            # The usual event, ``data: {...}`` and its blank line, in one step (what ``_line`` twice would do).
+            if (
+                index + 1 < end
+                and not lines[index + 1]
+                and line[:6] == "data: "
+                and not self._data
+                and not self._oversized
+                and len(line) - 6 <= longest
+            ):
+                self._out.append(line[6:])
+                index += 2
+                continue
+            self._line(line)
+            index += 1
         self._extend_pending(lines[-1])
         out, self._out = self._out, []
         return out

@@ -16,25 +16,24 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import httpx
-import httpx_sse
 import trio
 
 from hookrunner._core.backoff import backoff_delay, parse_retry_after
-from hookrunner._core.bounded_http import ERROR_BODY_LIMIT, read_response
+from hookrunner._core.bounded_http import ERROR_BODY_LIMIT
 from hookrunner._core.config import ReconnectConfig
 from hookrunner._core.errors import AuthError
 from hookrunner._core.finish import FinishReason
-from hookrunner._core.events import missing_text_field, MalformedEvent, SseInit, decode_event, Event
+from hookrunner._core.events import TEXT_FIELDS, missing_text_field, MalformedEvent, SseInit, decode_event, Event
 from hookrunner._core.logs import logged_at
 from hookrunner._stream.atoms_errors import RETRYABLE_STATUSES, error_body
+from hookrunner._stream.event_stream import StreamAnswer, StreamBroken, StreamOpener, read_body
 from hookrunner._stream.sse import SseReader, Oversized
 from hookrunner._core.stats import Stats
-from hookrunner._core.text import one_line, shown
+from hookrunner._core.text import shown
 
 log = logging.getLogger("hookrunner.subscription")
 
@@ -51,6 +50,9 @@ class Subscribed:
 
 
 SUBSCRIBED = Subscribed()
+
+#: The call's buffer: its stream's events go down it a read at a time (one hand-off for all a read brought).
+Channel = trio.MemorySendChannel["list[Event] | Subscribed"]
 
 
 @dataclass
@@ -89,8 +91,7 @@ class Subscription:
         self,
         call_id: str,
         *,
-        client: httpx.AsyncClient,
-        base_url: str,
+        streams: StreamOpener,
         api_key: str,
         connect_timeout: float,
         idle_timeout: float,
@@ -100,17 +101,14 @@ class Subscription:
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         seen_before: Iterable[str] = (),
         on_received: Callable[[str, float, str], None] | None = None,
+        buffer: int = 64,
     ) -> None:
         self.call_id = call_id
         #: Seconds from the first attempt during which a 404 is retried, not final: a pushed call id can arrive
         #: (pre-conversation webhook, POST /calls) before the call's stream exists.
         self._not_found_until = trio.current_time() + not_found_grace if not_found_grace else None
-        self._client = client
-        self._url = f"{base_url}/events"
+        self._streams = streams
         self._api_key = api_key
-        # The read timeout is the idle timeout: it runs only while waiting for bytes (keep-alive comments count),
-        # never while the stream waits for slow plugins, and httpx's 5 s default would cut calls where people think.
-        self._timeout = httpx.Timeout(connect=connect_timeout, read=idle_timeout, write=connect_timeout, pool=None)
         self._idle_timeout = idle_timeout
         self._connect_timeout = connect_timeout
         self._max_event_size = max_event_size
@@ -126,10 +124,14 @@ class Subscription:
         self.events_received = 0
         self._skipped = 0  # malformed or oversized events of this call (logged at logs.logged_at counts)
         self._without_text = 0  # of this call's events, those missing their text field (logged at logged_at counts)
-        #: An event received but not yet accepted by the call's buffer (set while ``run`` waits on a full buffer).
-        self.pending: Event | None = None
+        #: Events received but not yet accepted by the call's buffer (set while ``run`` waits on a full buffer).
+        self.pending: list[Event] | None = None
+        #: The most events handed over at once: a read's events go as one batch, or several. A batch waits in the
+        #: buffer, one is being dispatched and one waits to go in: a third each, so about ``buffer`` events at most
+        #: (``buffer`` + 2) are between the socket and the plugins.
+        self._batch_size = -(-buffer // 3)
 
-    async def run(self, send: trio.MemorySendChannel[Event | Subscribed]) -> FinishReason:
+    async def run(self, send: Channel) -> FinishReason:
         """Read the call's events into ``send`` until the call is over; return the reason.
 
         Raises ``AuthError`` on 401/403: the key is wrong for every call.
@@ -170,43 +172,64 @@ class Subscription:
                 )
                 await trio.sleep(delay)
 
-    async def _connect_once(self, send: trio.MemorySendChannel[Event | Subscribed]) -> FinishReason:
-        # fresh per request (aconnect_sse adds to it); identity: a compressed chunk could inflate past every bound
+    async def _connect_once(self, send: Channel) -> FinishReason:
+        # identity: a compressed chunk could inflate past every bound
         headers = {"Authorization": f"Bearer {self._api_key}", "Accept-Encoding": "identity"}
         # Until the answer's headers are in, the whole exchange has connect_timeout (a server trickling its
-        # headers cannot hold the call); from then on only the idle timeout applies, since calls are long.
-        with trio.CancelScope(deadline=trio.current_time() + self._connect_timeout) as opening:
-            try:
-                async with httpx_sse.aconnect_sse(
-                    self._client, "GET", self._url, params={"callId": self.call_id}, headers=headers, timeout=self._timeout
-                ) as source:
-                    response = source.response
-                    if response.status_code != 200:  # its body, too, within connect_timeout
-                        return self._finish_for_status(await read_response(response, ERROR_BODY_LIMIT))
-                    if not _is_event_stream(response):
-                        raise _Retry(f"not an event stream (Content-Type {shown(response.headers.get('content-type'))})")
-                    opening.deadline = math.inf
-                    if not self._subscribed:
-                        self._subscribed = True
-                        await send.send(SUBSCRIBED)
-                    reader = SseReader(self._max_event_size)
-                    async for chunk in response.aiter_bytes():
-                        for data in reader.feed(chunk):
-                            if isinstance(data, Oversized):
-                                self._skip_oversized()
-                            elif data and await self._pass_on(data, send):
-                                return ENDED
-            except httpx.ReadTimeout:
+        # headers cannot hold the call); from then on only the idle timeout applies, since calls are long. The idle
+        # deadline runs while waiting for bytes (keep-alive comments count), never while the stream waits for slow
+        # plugins: one scope, its deadline moved on each read (cheaper than a scope per read).
+        now = trio.current_time()
+        with trio.CancelScope(deadline=now + self._connect_timeout) as opening:
+            with trio.CancelScope(deadline=now + self._idle_timeout) as idle:
+                try:
+                    async with self._streams.open(self.call_id, headers) as answer:
+                        if answer.status != 200:  # its body, too, within connect_timeout
+                            return self._finish_for_status(await _error_response(answer))
+                        if not _is_event_stream(answer.headers):
+                            why = f"not an event stream (Content-Type {shown(answer.headers.get('content-type'))})"
+                            raise _Retry(why)
+                        opening.deadline = math.inf
+                        if not self._subscribed:
+                            self._subscribed = True
+                            await self._hand_over(SUBSCRIBED, send, idle)
+                        reader = SseReader(self._max_event_size)
+                        idle_timeout = self._idle_timeout
+                        while True:
+                            idle.deadline = trio.current_time() + idle_timeout
+                            chunk = await answer.receive()
+                            if not chunk:
+                                break
+                            lines = reader.feed(chunk)
+                            size = self._batch_size
+                            for start in range(0, len(lines), size):  # (decoded a batch at a time: the bound holds)
+                                batch, closed = self._accept(lines[start : start + size] if len(lines) > size else lines)
+                                if batch:
+                                    await self._hand_over(batch, send, idle)
+                                if closed:
+                                    return ENDED
+                except StreamBroken as exc:
+                    raise _Retry(f"connection failed ({exc})") from None
+            if idle.cancelled_caught:
                 if opening.deadline != math.inf:  # still waiting for the answer itself
-                    raise _Retry(f"no answer within {self._idle_timeout:g} s (runner.idle_timeout)") from None
-                raise _Retry(f"no byte for {self._idle_timeout:g} s (runner.idle_timeout)") from None
-            except (httpx.TransportError, httpx.StreamError) as exc:
-                raise _Retry(f"connection failed ({type(exc).__name__}: {one_line(str(exc) or 'no detail', 200)})") from None
+                    raise _Retry(f"no answer within {self._idle_timeout:g} s (runner.idle_timeout)")
+                raise _Retry(f"no byte for {self._idle_timeout:g} s (runner.idle_timeout)")
         if opening.cancelled_caught:
             raise _Retry(f"no answer within {self._connect_timeout:g} s (atoms.connect_timeout)")
         if self._saw_call_end:
             return ENDED  # official clients stop at call_end too: the call is over, there is nothing to resume
         raise _Retry("stream ended without sse_close")
+
+    async def _hand_over(self, item: list[Event] | Subscribed, send: Channel, idle: trio.CancelScope) -> None:
+        """Into the call's buffer; when it is full, wait (backpressure to the socket) without the idle deadline."""
+        if isinstance(item, list):
+            self.pending = item  # if a stop cancels the wait below, the runner still owns these events
+        try:
+            send.send_nowait(item)  # (the common case: no scheduler pass for the stream's task)
+        except trio.WouldBlock:
+            idle.deadline = math.inf
+            await send.send(item)
+        self.pending = None
 
     def _skip_oversized(self) -> None:
         self._stats.oversized_events += 1
@@ -230,30 +253,39 @@ class Subscription:
         if logged_at(self._skipped):
             log.warning("%s: skipped %s (%d skipped on this call)", self.call_id, what, self._skipped)
 
-    async def _pass_on(self, data: str, send: trio.MemorySendChannel[Event | Subscribed]) -> bool:
-        """Decode one event and send it on unless already seen; True when it is the call's ``sse_close``."""
-        try:
-            event = decode_event(data, self.call_id, datetime.now(timezone.utc))
-        except MalformedEvent as exc:
-            self._skip(f"a malformed line ({exc.reason}): {shown(exc.line)}")
-            return False
-        key = _seen_key(event, data)
-        if not self._seen.add(key):
-            if not isinstance(event, SseInit):  # plugins see one sse_init per call: the first one received
-                self._stats.duplicates_skipped += 1
-            return False
-        self.events_received += 1
-        self._stats.events_received += 1
-        if (field := missing_text_field(event)) is not None:
-            self._no_text(event.event_type, field)
-        if event.event_type == "call_end":
-            self._saw_call_end = True
-        if self._on_received is not None:
-            self._on_received(data, time.time(), key)
-        self.pending = event  # if a stop cancels the wait below, the runner still owns this event
-        await send.send(event)  # waits while the call's buffer is full: backpressure to the socket
-        self.pending = None
-        return event.event_type == "sse_close"
+    def _accept(self, lines: list[str | Oversized]) -> tuple[list[Event], bool]:
+        """Decode a read's events, leaving out those already seen; and whether the call's ``sse_close`` is among
+        them (what follows it is not read)."""
+        batch: list[Event] = []
+        for data in lines:
+            if isinstance(data, Oversized):
+                self._skip_oversized()
+                continue
+            if not data:
+                continue
+            try:
+                event = decode_event(data, self.call_id)
+            except MalformedEvent as exc:
+                self._skip(f"a malformed line ({exc.reason}): {shown(exc.line)}")
+                continue
+            key = _seen_key(event, data)
+            if not self._seen.add(key):
+                if not isinstance(event, SseInit):  # plugins see one sse_init per call: the first one received
+                    self._stats.duplicates_skipped += 1
+                continue
+            self.events_received += 1
+            self._stats.events_received += 1
+            event_type = event.event_type
+            if event_type in TEXT_FIELDS and (field := missing_text_field(event)) is not None:
+                self._no_text(event_type, field)
+            if self._on_received is not None:
+                self._on_received(data, time.time(), key)
+            batch.append(event)
+            if event_type == "call_end":
+                self._saw_call_end = True
+            elif event_type == "sse_close":
+                return batch, True
+        return batch, False
 
     @property
     def subscribed(self) -> bool:
@@ -310,10 +342,21 @@ class Subscription:
         return GAVE_UP
 
 
-def _is_event_stream(response: httpx.Response) -> bool:
+def _is_event_stream(headers: Mapping[str, str]) -> bool:
     """``Content-Type: text/event-stream`` (any parameters; a ``charset`` is ignored: streams are UTF-8)."""
-    content_type = response.headers.get("content-type", "")
+    content_type = headers.get("content-type", "")
     return content_type.partition(";")[0].strip().lower() == "text/event-stream"
+
+
+async def _error_response(answer: StreamAnswer) -> httpx.Response:
+    """An error answer as an ``httpx.Response`` (what ``error_body`` reads), its body cut at ``ERROR_BODY_LIMIT``."""
+    body, _ = await read_body(answer, ERROR_BODY_LIMIT)
+    return httpx.Response(
+        answer.status,
+        headers=answer.headers,
+        content=body,
+        extensions={"reason_phrase": answer.reason.encode("latin-1", "replace")},
+    )
 
 
 #: The key of a call's sse_init, whatever its text: plugins see one per call (a reconnect's is not passed on).
