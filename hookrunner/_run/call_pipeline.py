@@ -104,7 +104,7 @@ class CallPipeline:
             not_found_grace=config.discovery.not_found_grace if source in PUSHED else 0.0,
             max_event_size=config.runner.max_event_bytes,
             seen_before=dispatched_before,
-            on_received=journal.received if journal is not None else None,
+            on_received=journal.received_read if journal is not None else None,
             buffer=config.runner.buffer,
         )
         send, receive = trio.open_memory_channel[list[Event] | Subscribed](1)
@@ -200,9 +200,9 @@ class CallPipeline:
                         for event in item:
                             await self._dispatch_event(call, event)
                             done += 1
-                            if journal is not None:
+                            if journal is not None:  # (each one: a kill repeats only the event in its hooks)
                                 journal.dispatched()
-                        batch = []
+                        batch, done = [], 0
             finally:
                 # Items are left (or one half dispatched) only when the grace ran out, or a stop at once, or a
                 # bug cut this task: in every case they are kept where they can be replayed from (the journal,

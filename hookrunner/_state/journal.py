@@ -455,6 +455,17 @@ class Journal(JournalReader):
         self._wanted.set()
         return self._received_seq
 
+    def _events_received(self, call_id: str, lines: list[str], received_at: float) -> int:
+        """``_event_received`` for a read's lines; the first one's seq (the others follow it)."""
+        first = self._received_seq + 1
+        self._received_seq += len(lines)
+        events = self._events.get(call_id)
+        if events is None:
+            events = self._events[call_id] = []
+        events.extend([(seq, line, received_at, False) for seq, line in zip(range(first, first + len(lines)), lines)])
+        self._wanted.set()
+        return first
+
     def _event_dispatched(self, call_id: str, seq: int, key: str | None) -> None:
         self._through[call_id] = seq
         if key is not None:
@@ -767,6 +778,11 @@ class CallJournal:
     def received(self, data: str, received_at: float, key: str | None, backfilled: bool = False) -> None:
         """An event line passed on to the call's buffer (after dedupe); ``key`` is what dedupe knows it by."""
         self._in_buffer.append((self._journal._event_received(self.call_id, data, received_at, backfilled), key))
+
+    def received_read(self, lines: list[tuple[str, str]], received_at: float) -> None:
+        """The event lines of one read of the stream, passed on together: (line, dedupe key) each."""
+        first = self._journal._events_received(self.call_id, [line for line, _ in lines], received_at)
+        self._in_buffer.extend(zip(range(first, first + len(lines)), [key for _, key in lines]))
 
     def restored(self, seq: int, key: str | None) -> None:
         """An event a previous run left undispatched, put in the buffer again (its line is already written)."""

@@ -100,7 +100,7 @@ class Subscription:
         not_found_grace: float = 0.0,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         seen_before: Iterable[str] = (),
-        on_received: Callable[[str, float, str], None] | None = None,
+        on_received: Callable[[list[tuple[str, str]], float], None] | None = None,
         buffer: int = 64,
     ) -> None:
         self.call_id = call_id
@@ -117,7 +117,8 @@ class Subscription:
         self._seen = SeenEvents()
         for key in seen_before:  # dispatched by a run before this one (the journal): not passed on again
             self._seen.add(key)
-        #: Told each event line passed on (after dedupe), when it arrived (epoch seconds) and its dedupe key.
+        #: Told the event lines passed on (after dedupe), a batch at a time: (line, dedupe key) each, and when they
+        #: arrived (epoch seconds).
         self._on_received = on_received
         self._subscribed = False
         self._saw_call_end = False
@@ -257,6 +258,8 @@ class Subscription:
         """Decode a read's events, leaving out those already seen; and whether the call's ``sse_close`` is among
         them (what follows it is not read)."""
         batch: list[Event] = []
+        received: list[tuple[str, str]] = []
+        event_type = ""
         for data in lines:
             if isinstance(data, Oversized):
                 self._skip_oversized()
@@ -279,13 +282,15 @@ class Subscription:
             if event_type in TEXT_FIELDS and (field := missing_text_field(event)) is not None:
                 self._no_text(event_type, field)
             if self._on_received is not None:
-                self._on_received(data, time.time(), key)
+                received.append((data, key))
             batch.append(event)
             if event_type == "call_end":
                 self._saw_call_end = True
             elif event_type == "sse_close":
-                return batch, True
-        return batch, False
+                break
+        if received:
+            self._on_received(received, time.time())  # type: ignore[misc]
+        return batch, event_type == "sse_close" if batch else False
 
     @property
     def subscribed(self) -> bool:
