@@ -290,7 +290,7 @@ async def test_listing_faults_answer_errors_in_their_windows_divided_by_speed() 
             {"from": 5, "until": 6, "status": 502, "retry_after": 0.5},
         ],
     )
-    moments = (0.1, 0.5, 0.9, 1.1, 1.3)
+    moments = (0.2, 0.6, 0.9, 1.1, 1.4)  # the middle of each window: a slow first connect still lands in it
     async with running_simulator(script) as sim, httpx.AsyncClient() as client:
         answers = []
         for moment in moments:
@@ -307,7 +307,9 @@ async def test_listing_faults_answer_errors_in_their_windows_divided_by_speed() 
     assert (sim.listing_requests, sim.listing_errors) == (5, 3)
     log = sim.listing_log
     assert [request.status for request in log] == [503, 429, 200, 502, 200]
-    assert [request.at for request in log] == pytest.approx(moments, abs=0.05)
+    windows = ((0.0, 0.4), (0.4, 0.8), (0.8, 1.0), (1.0, 1.2), (1.2, 2.0))
+    for request, (start, end) in zip(log, windows, strict=True):
+        assert start <= request.at < end  # the simulator's own clock put it in the window its status belongs to
 
 
 async def test_a_stall_fault_holds_the_listing_until_its_window_ends() -> None:
