@@ -31,7 +31,6 @@ import json
 import math
 import os
 import random
-import statistics
 import subprocess
 import sys
 import time
@@ -39,32 +38,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import FIXTURES, bench_arguments, fixtures_argument, rss_mib, stream_lines
+from benchlib import FIXTURES, KEYWORD_RULES, bench_arguments, fixtures_argument, median_at, rss_mib, stream_lines
 
 # --- the rules -----------------------------------------------------------------------------------------------
 
-#: (a) Ten rules as an operations team would write them for these calls: word phrases, two fuzzy rules, a
-#: pattern, and an absence rule (checked on every agent turn, fired at the end of a call without it).
-REALISTIC_RULES: list[dict[str, Any]] = [
-    {"name": "cancel-intent", "phrases": ["cancel my subscription", "cancel my account", "close my account"],
-     "interim": True, "severity": "warning", "labels": {"team": "retention"}},
-    {"name": "escalation", "phrases": ["speak to a manager", "speak to a supervisor", "talk to a human"],
-     "interim": True, "severity": "critical", "labels": {"team": "escalations"}},
-    {"name": "fraud", "phrases": ["fraud", "someone used my card", "charge I didn't make", "stolen card"],
-     "interim": True, "severity": "critical", "labels": {"team": "fraud"}},
-    {"name": "refund", "phrases": ["refund", "money back", "charged twice"], "severity": "warning"},
-    {"name": "outage", "phrases": ["outage", "outages", "internet has been dropping", "no internet"],
-     "speaker": "any"},
-    {"name": "reschedule", "phrases": ["reschedule", "move my appointment", "cancel my appointment"],
-     "cooldown": 60},
-    {"name": "cancel-fuzzy", "phrases": ["cancel my subscriptions", "cancel the subscription"], "match": "fuzzy",
-     "threshold": 85, "interim": True, "max_per_call": 1},
-    {"name": "manager-fuzzy", "phrases": ["speak to the manager", "talk to your supervisor"], "match": "fuzzy",
-     "threshold": 80},
-    {"name": "phone-number", "patterns": [r"\b\d{3}[ .-]?\d{3}[ .-]?\d{4}\b"], "labels": {"pii": "phone"}},
-    {"name": "recording-disclosure", "phrases": ["this call may be recorded", "this call is recorded"],
-     "speaker": "agent", "absent_within": 30, "severity": "warning"},
-]  # fmt: skip
+#: (a) Ten rules as an operations team would write them for these calls (``benchlib.KEYWORD_RULES``, which
+#: ``compare.py``'s realistic stack runs too): word phrases, two fuzzy rules, a pattern, and an absence rule.
+REALISTIC_RULES: list[dict[str, Any]] = KEYWORD_RULES
 
 #: (b, c) Ten word rules of the shapes a large list is split into (speaker, interim), each with phrases that
 #: occur in the fixtures' transcripts (so triggers fire) ahead of its generated ones. "tuesday at three pm" and
@@ -452,17 +432,6 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def med(results: list[dict[str, Any]], *path: str) -> float:
-    values = []
-    for r in results:
-        value: Any = r
-        for key in path:
-            value = value.get(key) if isinstance(value, dict) else None
-        if isinstance(value, (int, float)):
-            values.append(value)
-    return statistics.median(values) if values else float("nan")
-
-
 def main() -> None:
     def options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--events", type=int, help="transcript events per scenario (default 20,000; quick 5,000)")
@@ -510,9 +479,9 @@ def main() -> None:
           f"{'startup ms':>10} {'traced MiB':>10} {'RSS +MiB':>8}")  # fmt: skip
     for name, results in runs.items():
         r = results[0]
-        print(f"  {name:<16} {r['rules']:>6} {r['phrases']:>7} {r['automaton_nodes']:>8} {med(results, 'parse_ms'):9.1f} "
-              f"{med(results, 'matcher_ms'):10.1f} {med(results, 'startup_ms'):10.1f} "
-              f"{med(results, 'traced_mib'):10.2f} {med(results, 'rss_delta_mib'):8.1f}")  # fmt: skip
+        print(f"  {name:<16} {r['rules']:>6} {r['phrases']:>7} {r['automaton_nodes']:>8} {median_at(results, 'parse_ms'):9.1f} "
+              f"{median_at(results, 'matcher_ms'):10.1f} {median_at(results, 'startup_ms'):10.1f} "
+              f"{median_at(results, 'traced_mib'):10.2f} {median_at(results, 'rss_delta_mib'):8.1f}")  # fmt: skip
 
     print("\nper event (us); hooks = the plugin's hook, entry to return; trigger = hook entry -> emit_trigger, "
           "first trigger of each event that fired;\n  GC: the longest collection during the hooks (GC stays on: a full "
@@ -522,11 +491,11 @@ def main() -> None:
           f"GC runs 0/1/2")  # fmt: skip
     for name, results in runs.items():
         r = results[0]
-        print(f"  {name:<16} {r['events']:>6} {med(results, 'events_per_s'):9.0f} {med(results, 'hook_us', 'p50'):8.1f} "
-              f"{med(results, 'hook_us', 'p99'):8.1f} {med(results, 'scan_us', 'p50'):8.1f} "
-              f"{med(results, 'scan_us', 'p99'):8.1f} {r['trigger_us']['n']:>6} "
-              f"{med(results, 'trigger_us', 'p50'):8.1f} {med(results, 'trigger_us', 'p99'):8.1f} "
-              f"{med(results, 'trigger_us', 'max'):8.1f}  {med(results, 'gc_max_ms'):9.1f} "
+        print(f"  {name:<16} {r['events']:>6} {median_at(results, 'events_per_s'):9.0f} {median_at(results, 'hook_us', 'p50'):8.1f} "
+              f"{median_at(results, 'hook_us', 'p99'):8.1f} {median_at(results, 'scan_us', 'p50'):8.1f} "
+              f"{median_at(results, 'scan_us', 'p99'):8.1f} {r['trigger_us']['n']:>6} "
+              f"{median_at(results, 'trigger_us', 'p50'):8.1f} {median_at(results, 'trigger_us', 'p99'):8.1f} "
+              f"{median_at(results, 'trigger_us', 'max'):8.1f}  {median_at(results, 'gc_max_ms'):9.1f} "
               f"{'/'.join(str(n) for n in r['gc_during_hooks'])}")  # fmt: skip
 
     parts = ["normalize", "normalize numbers", "automaton", "fuzzy", "regex"]
@@ -535,12 +504,12 @@ def main() -> None:
     print(f"  {'scenario':<16} {'normalize':>9} {'+numbers':>9} {'automaton':>9} {'fuzzy':>9} {'regex':>9} "
           f"{'sum':>7} {'find':>7} {'filter':>9} {'AC hits/ev':>10}")  # fmt: skip
     for name, results in runs.items():
-        values = [med(results, "split_us", part) for part in parts]
+        values = [median_at(results, "split_us", part) for part in parts]
         total = sum(v for v in values if not math.isnan(v))
         cells = " ".join(f"{v:9.1f}" if not math.isnan(v) else f"{'-':>9}" for v in values)
         r = results[0]
-        print(f"  {name:<16} {cells} {total:7.1f} {med(results, 'scan_us', 'mean'):7.1f} "
-              f"{med(results, 'split_us', 'rule filter'):9.1f} "
+        print(f"  {name:<16} {cells} {total:7.1f} {median_at(results, 'scan_us', 'mean'):7.1f} "
+              f"{median_at(results, 'split_us', 'rule filter'):9.1f} "
               f"{r['automaton_hits_per_event']:5.2f}/{r['word_hits_per_event']:.2f}")  # fmt: skip
 
     print("\ntriggers per pass of the example streams (first pass), by rule")
@@ -551,10 +520,10 @@ def main() -> None:
 
     base = "10 phrases"
     print(f"\nagainst '{base}' (hook mean us/event):")
-    base_us = med(runs[base], "hook_us", "mean")
+    base_us = median_at(runs[base], "hook_us", "mean")
     flags = []
     for name in names:
-        us = med(runs[name], "hook_us", "mean")
+        us = median_at(runs[name], "hook_us", "mean")
         print(f"  {name:<16} {us:8.1f} us  {us / base_us:6.2f}x")
         if name.startswith("10,000") and us > 2 * base_us:
             split = runs[name][0]["split_us"]

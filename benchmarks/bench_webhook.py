@@ -26,7 +26,8 @@ plugin disabled) gives the runner's own CPU, to subtract. Runs rotate order betw
   1. paced: 500 calls at R events/s each (default 5, calls out of step) for 20 s (quick: 8 s);
   2. flood: 100 calls x 500 events (quick: 200) at once: delivered messages per second;
   3. yardstick: a bare trio + httpx client POSTing a message-sized body to the same receiver, 1, 10 and 50
-     requests at a time: what httpx itself costs per request.
+     requests at a time: what httpx itself costs per request; and the same through ``hookrunner.delivery.request``
+     over a client set up as the runner's ``App.http`` (its socket pool): what the bundled notifiers' requests cost.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import base64
 import importlib.metadata
+import itertools
 import json
 import math
 import os
@@ -81,6 +83,9 @@ PACED_VARIANTS = ("runner only", "unbatched", "unbatched, no journal", "batched"
 FLOOD_VARIANTS = ("runner only", "unbatched", "unbatched, no journal", "batched")
 PHASES = 10  # paced calls out of step: ten groups, each shifted by a tenth of the interval
 YARDSTICK_CONCURRENCY = (1, 10, 50)
+#: httpx: a bare client.post (what httpx alone costs); sockets: request() over App.http's socket pool (what the
+#: bundled notifiers' requests cost without the outbox and the runner)
+YARDSTICK_CLIENTS = ("httpx", "sockets")
 
 
 class Plan(CallIds):
@@ -362,9 +367,14 @@ def run_once(spec: dict[str, Any], server: Server, workdir: Path) -> dict[str, A
 
 
 def bare_main(spec: dict[str, Any]) -> None:
-    """POST one message-sized body ``requests`` times, ``concurrency`` at a time, with trio + one httpx client."""
+    """POST one message-sized body ``requests`` times, ``concurrency`` at a time, with trio + one httpx client
+    (``client`` "httpx": ``client.post``) or with ``hookrunner.delivery.request`` over a client set up as the
+    runner's ``App.http``, socket pool included ("sockets": what the bundled notifiers send through)."""
     import httpx
     import trio
+
+    from hookrunner._core.bounded_http import request, use_socket_pool  # (imports are not part of the measurement)
+    from hookrunner._core.http1 import SocketPool
 
     body = spec["body"].encode()
     headers = {"content-type": "application/json", "user-agent": "bench", "webhook-id": "msg_" + "0" * 32,
@@ -373,13 +383,19 @@ def bare_main(spec: dict[str, Any]) -> None:
     statuses: list[int] = []
 
     async def main() -> None:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as client:  # the runner's plugin client
+        sockets = spec.get("client") == "sockets"
+        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as client, SocketPool() as pool:  # httpx's defaults
+            if sockets:  # as the runner sets App.http up (the pool's limits are the runner's)
+                use_socket_pool(client, pool)
 
             async def worker() -> None:
                 nonlocal left
                 while left > 0:
                     left -= 1
-                    response = await client.post(spec["url"], content=body, headers=headers)
+                    if sockets:
+                        response = await request(client, "POST", spec["url"], content=body, headers=headers, timeout=15.0)
+                    else:
+                        response = await client.post(spec["url"], content=body, headers=headers)
                     statuses.append(response.status_code)
 
             async with trio.open_nursery() as nursery:
@@ -399,9 +415,10 @@ def yardstick(plan: Plan, workdir: Path) -> list[dict[str, Any]]:
     body = json.dumps({"type": event["event_type"], "timestamp": event["timestamp"], "call_id": event["call_id"], "data": event},
                       separators=(",", ":"))  # fmt: skip
     results = []
-    for concurrency in YARDSTICK_CONCURRENCY:
+    for client, concurrency in itertools.product(YARDSTICK_CLIENTS, YARDSTICK_CONCURRENCY):
         receiver = ReceiverProcess(workdir)
-        spec = {"url": receiver.url, "body": body, "requests": plan.yardstick_requests, "concurrency": concurrency}
+        spec = {"url": receiver.url, "body": body, "requests": plan.yardstick_requests, "concurrency": concurrency,
+                "client": client}  # fmt: skip
         try:
             proc = subprocess.run([sys.executable, __file__, "--bare", json.dumps(spec)], capture_output=True, text=True,
                                   timeout=600, check=False)  # fmt: skip
@@ -410,9 +427,9 @@ def yardstick(plan: Plan, workdir: Path) -> list[dict[str, Any]]:
         if proc.returncode != 0:
             raise SystemExit(f"yardstick failed:\n{proc.stderr[-3000:]}")
         result = {**json.loads(proc.stdout.strip().splitlines()[-1]), "concurrency": concurrency, "receiver": received,
-                  "scenario": "yardstick", "variant": f"httpx x{concurrency}", "body_bytes": len(body)}  # fmt: skip
+                  "scenario": "yardstick", "variant": f"{client} x{concurrency}", "client": client, "body_bytes": len(body)}  # fmt: skip
         results.append(result)
-        print(f"  .. yardstick, {concurrency:>2} at a time: {result['cpu_s'] * 1e6 / result['requests']:6.1f} us/request",
+        print(f"  .. yardstick, {client}, {concurrency:>2} at a time: {result['cpu_s'] * 1e6 / result['requests']:6.1f} us/request",
               file=sys.stderr, flush=True)  # fmt: skip
     return results
 
@@ -565,12 +582,14 @@ def report(runs: list[dict[str, Any]], paced_label: str, flood_label: str, plan:
                       f"({JOURNAL_PAIR[0]}, target {JOURNAL_TARGET:.2f}x)")  # fmt: skip
     bare = [r for r in runs if r["scenario"] == "yardstick"]
     if bare:
-        print(f"\nyardstick: bare trio + httpx.AsyncClient POSTs of a {bare[0]['body_bytes']} B body to the same receiver, "
-              f"{bare[0]['requests']} requests")  # fmt: skip
+        print(f"\nyardstick: bare trio POSTs of a {bare[0]['body_bytes']} B body to the same receiver, "
+              f"{bare[0]['requests']} requests: httpx = httpx.AsyncClient.post; sockets = hookrunner.delivery.request "
+              "over a client set up as App.http (its socket pool)")  # fmt: skip
         for r in bare:
-            print(f"  {r['concurrency']:>2} at a time: {r['cpu_s'] * 1e6 / r['requests']:7.1f} us/request CPU, "
+            print(f"  {r.get('client', 'httpx'):<7} {r['concurrency']:>2} at a time: {r['cpu_s'] * 1e6 / r['requests']:7.1f} us/request CPU, "
                   f"{r['requests'] / r['wall_s']:6.0f} requests/s, receiver {r['receiver']['cpu_s'] * 1e6 / r['requests']:5.1f} "
                   f"us/request, {r['receiver']['opened']} connections, {r['ok']}/{r['requests']} answered 200")  # fmt: skip
+    delivery_cost(runs, (paced_label, flood_label))
     for r in runs:
         if r.get("log_problems"):
             print(f"  log of {r['scenario']} / {r['variant']}: {r['log_problems']} warning/error lines, e.g. {r['log_sample'][:1]}")
@@ -578,6 +597,35 @@ def report(runs: list[dict[str, Any]], paced_label: str, flood_label: str, plan:
         if r["scenario"] != "yardstick" and r["variant"] != "runner only" and not _checks(r).startswith("ok"):
             print(f"PROBLEM: {r['scenario']} / {r['variant']}: {_checks(r)} (outbox: {r.get('delivered')} delivered, "
                   f"{r.get('dead_lettered')} dead-lettered, of {r['messages']} submitted)")  # fmt: skip
+
+
+#: What issue 16 allows a delivered message to cost the runner (the +webhook column of unbatched), in us of CPU.
+DELIVERY_TARGET_US = 200.0
+
+
+def delivery_cost(runs: list[dict[str, Any]], labels: tuple[str, ...]) -> None:
+    """The closing lines on delivery's cost: unbatched's +webhook per message against the target, and as a ratio to
+    the yardsticks of this run (these machines drift by up to 40 %: a ratio holds, a figure may not)."""
+    bare = {r["variant"]: r["cpu_s"] * 1e6 / r["requests"] for r in runs if r["scenario"] == "yardstick"}
+    cells, flags = [], []
+    for label in labels:
+        group = [r for r in runs if r["scenario"] == label]
+        base = [r["cpu_s"] / r["events"] for r in group if r["variant"] == "runner only"]
+        if not base:
+            continue
+        for variant in JOURNAL_PAIR:
+            results = [r for r in group if r["variant"] == variant]
+            if not results:
+                continue
+            cost = statistics.median((r["cpu_s"] - statistics.median(base) * r["events"]) * 1e6 / max(r["delivered"], 1) for r in results)
+            ratios = ", ".join(f"{cost / bare[name]:.2f}x {name}" for name in ("httpx x10", "sockets x10") if name in bare)
+            cells.append(f"  {label.split()[0]} / {variant}: {cost:.1f} us/msg" + (f" = {ratios}" if ratios else ""))
+            if cost > DELIVERY_TARGET_US:
+                flags.append(f"FLAG: {label} / {variant}: delivery costs {cost:.1f} us of runner CPU per message (target {DELIVERY_TARGET_US:g})")
+    if cells:
+        print(f"\ndelivery per message (+webhook, one POST each), against the issue's target of {DELIVERY_TARGET_US:g} us "
+              "and this run's yardsticks at 10 at a time:")  # fmt: skip
+        print("\n".join(cells + flags))
 
 
 #: The variants that differ only by the journal: on, off.

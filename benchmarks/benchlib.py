@@ -1,5 +1,5 @@
-"""What more than one benchmark script uses, in one place: the simulator, fresh call ids, the event mix, child
-processes and their journals, the shared options, percentiles.
+"""What more than one benchmark script uses, in one place: the simulator (and how a server child stops), fresh call
+ids, the event mix, child processes and their journals, the shared options, percentiles and medians.
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from benchlib import KEY, Server, ...
@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "streams"  # the project's example streams; --fixtures DIR reads others
@@ -91,6 +91,31 @@ def event_mix(n: int, seed: int, at: Any = 0.0) -> list[dict[str, Any]]:
     return events
 
 
+#: Ten ``keywords`` rules as an operations team would write them for support calls: word phrases, two fuzzy rules,
+#: a pattern, and an absence rule (checked on every agent turn, fired at the end of a call without it).
+#: ``bench_keywords.py`` measures them in process, ``compare.py``'s realistic stack in the runner.
+KEYWORD_RULES: list[dict[str, Any]] = [
+    {"name": "cancel-intent", "phrases": ["cancel my subscription", "cancel my account", "close my account"],
+     "interim": True, "severity": "warning", "labels": {"team": "retention"}},
+    {"name": "escalation", "phrases": ["speak to a manager", "speak to a supervisor", "talk to a human"],
+     "interim": True, "severity": "critical", "labels": {"team": "escalations"}},
+    {"name": "fraud", "phrases": ["fraud", "someone used my card", "charge I didn't make", "stolen card"],
+     "interim": True, "severity": "critical", "labels": {"team": "fraud"}},
+    {"name": "refund", "phrases": ["refund", "money back", "charged twice"], "severity": "warning"},
+    {"name": "outage", "phrases": ["outage", "outages", "internet has been dropping", "no internet"],
+     "speaker": "any"},
+    {"name": "reschedule", "phrases": ["reschedule", "move my appointment", "cancel my appointment"],
+     "cooldown": 60},
+    {"name": "cancel-fuzzy", "phrases": ["cancel my subscriptions", "cancel the subscription"], "match": "fuzzy",
+     "threshold": 85, "interim": True, "max_per_call": 1},
+    {"name": "manager-fuzzy", "phrases": ["speak to the manager", "talk to your supervisor"], "match": "fuzzy",
+     "threshold": 80},
+    {"name": "phone-number", "patterns": [r"\b\d{3}[ .-]?\d{3}[ .-]?\d{4}\b"], "labels": {"pii": "phone"}},
+    {"name": "recording-disclosure", "phrases": ["this call may be recorded", "this call is recorded"],
+     "speaker": "agent", "absent_within": 30, "severity": "warning"},
+]  # fmt: skip
+
+
 class CallIds:
     """Groups of simulated calls (one ``[[calls]]`` with ``repeat`` each) and fresh ids out of them: a finished
     call answers 400, so every run subscribes to calls never used before."""
@@ -141,21 +166,34 @@ class Server:
             time.sleep(0.05)
 
     def cpu(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14 and 15 of stat(5))
+        return process_cpu_s(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._err.seek(0)
-        errors = self._err.read().strip()
-        if errors:
-            print(f"(simulator stderr: {errors[:500]})", file=sys.stderr)
+        stop_server(self.proc, self._err, signal.SIGINT, "simulator", slice(None, 500))
+
+
+def stop_server(proc: subprocess.Popen[str], err: IO[str], stop_signal: signal.Signals, name: str, shown: slice) -> None:
+    """Stop a server child with ``stop_signal`` (its clean shutdown), killed if still up 10 s later, then print
+    ``shown`` of what it wrote to ``err``: its warnings live in a file of the run's temporary folder and would be
+    lost with it. The simulator (``Server``) and ``sse_server.py``'s ``SseServer`` stop this way."""
+    if proc.poll() is None:
+        proc.send_signal(stop_signal)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    err.seek(0)
+    errors = err.read().strip()
+    if errors:
+        print(f"({name} stderr: {errors[shown]})", file=sys.stderr)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far, from ``/proc/PID/stat``: a server's CPU, read from
+    outside so that no consumer's figure includes it."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14 and 15 of stat(5))
 
 
 # --- child processes -------------------------------------------------------------------------------------------
@@ -366,6 +404,20 @@ def epoch(value: Any) -> float:
 def median(results: list[dict[str, Any]], key: str) -> float:
     """The median of ``key`` over the runs that have it (nan for none): a table's cell over rounds of runs."""
     values = [r[key] for r in results if key in r]
+    return statistics.median(values) if values else float("nan")
+
+
+def median_at(results: list[dict[str, Any]], *path: str) -> float:
+    """The median over the runs of the number at ``path``, keys into nested tables (``"receiver", "latency_ms",
+    "p99"``), nan where no run has one: unlike ``median``, a failed run that lacks the figure is passed over, so a
+    table still prints. ``compare.py``'s and ``bench_keywords.py``'s tables read their cells through it."""
+    values = []
+    for r in results:
+        value: Any = r
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)):
+            values.append(value)
     return statistics.median(values) if values else float("nan")
 
 

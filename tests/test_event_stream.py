@@ -21,7 +21,8 @@ import trio
 from helpers import API_KEY, Recorder, call_events, make_config, run_runner, script
 from hookrunner._core.stats import Stats
 from hookrunner._core.config import ReconnectConfig
-from hookrunner._stream.event_stream import HttpxStreams, SocketStreams, proxied, stream_opener
+from hookrunner._core.http1 import proxied
+from hookrunner._stream.event_stream import HttpxStreams, SocketStreams, stream_opener
 from hookrunner._simulator import running_simulator
 from hookrunner._stream.subscription import Subscription
 

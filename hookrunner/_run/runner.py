@@ -18,10 +18,12 @@ import msgspec
 import trio
 
 from hookrunner._core.api import __version__
+from hookrunner._core.bounded_http import use_socket_pool
 from hookrunner._core.callids import call_id_problem
 from hookrunner._core.config import Config, load_config
 from hookrunner._core.errors import AuthError, HookrunnerError
 from hookrunner._core.failures import is_cancellation
+from hookrunner._core.http1 import SocketPool
 from hookrunner._core.limits import raise_open_file_limit
 from hookrunner._core.logs import bind_log_fields, logged_at, redact_in_logs
 from hookrunner._core.platform_delivery import BadDelivery, PlatformDelivery, parse_delivery
@@ -167,8 +169,12 @@ class Runner:
             httpx.AsyncClient(
                 limits=plugin_limits, headers=headers, timeout=httpx.Timeout(30.0), event_hooks=plugin_hooks
             ) as plugin_http,
+            # hookrunner.delivery.request(app.http, ...), the bundled notifiers' one request per message, on kept-alive
+            # sockets at a sixth or less of httpx's CPU (_core/http1.py); the same limits
+            SocketPool(max_connections=200, max_idle=100) as plugin_sockets,
             trio.open_nursery() as background,
         ):
+            use_socket_pool(plugin_http, plugin_sockets)
             self._background = background
             self._rest_limiter = RateLimiter(self.config.atoms.max_requests_per_second)
             backfiller = None

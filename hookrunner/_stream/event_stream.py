@@ -16,7 +16,6 @@ read by ``runner.idle_timeout`` with cancel scopes, the same for both. Every fai
 from __future__ import annotations
 
 import ssl
-import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
@@ -25,14 +24,13 @@ import httptools
 import httpx
 import trio
 
-from hookrunner._core.text import one_line
+from hookrunner._core.bounded_http import gather_at_most
+from hookrunner._core.http1 import MAX_HEAD_BYTES, failure, proxied
 
-__all__ = ["StreamAnswer", "StreamBroken", "SocketStreams", "HttpxStreams", "stream_opener", "proxied"]
+__all__ = ["StreamAnswer", "StreamBroken", "SocketStreams", "HttpxStreams", "stream_opener", "read_body"]
 
 #: Bytes asked of the socket per read: a whole burst of a flood in one read, so one hand-off carries many events.
 RECEIVE_SIZE = 64 * 1024
-#: The status line and headers of an answer; a server sending more is not an Atoms server.
-MAX_HEAD_BYTES = 64 * 1024
 
 
 class StreamBroken(Exception):
@@ -56,14 +54,6 @@ class StreamOpener(Protocol):
     def open(self, call_id: str, headers: Mapping[str, str]) -> AbstractAsyncContextManager[StreamAnswer]: ...
 
 
-def proxied(url: httpx.URL) -> bool:
-    """Whether the environment sends requests for ``url`` through a proxy (the variables httpx honours too)."""
-    proxies = urllib.request.getproxies()
-    if not (proxies.get(url.scheme) or proxies.get("all")):
-        return False
-    return not urllib.request.proxy_bypass(url.host)
-
-
 def stream_opener(base_url: str, client: httpx.AsyncClient, user_agent: str) -> SocketStreams | HttpxStreams:
     """The socket reader, or httpx where a proxy stands between hookrunner and Atoms."""
     url = httpx.URL(f"{base_url}/events")
@@ -74,15 +64,12 @@ def stream_opener(base_url: str, client: httpx.AsyncClient, user_agent: str) -> 
 
 async def read_body(answer: StreamAnswer, limit: int) -> tuple[bytes, bool]:
     """The first ``limit`` bytes of the answer's body, and whether there was more (the rest is never read)."""
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await answer.receive():
-        if size + len(chunk) > limit:
-            chunks.append(chunk[: limit - size])
-            return b"".join(chunks), True
-        size += len(chunk)
-        chunks.append(chunk)
-    return b"".join(chunks), False
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while chunk := await answer.receive():
+            yield chunk
+
+    return await gather_at_most(chunks(), limit)
 
 
 class SocketStreams:
@@ -117,7 +104,7 @@ class SocketStreams:
         try:
             stream = await trio.open_tcp_stream(self._host, self._port)
         except OSError as exc:
-            raise StreamBroken(_failure(exc)) from None
+            raise StreamBroken(failure(exc)) from None
         try:
             if self._ssl is not None:
                 stream = trio.SSLStream(stream, self._ssl, server_hostname=self._host, https_compatible=True)
@@ -126,7 +113,7 @@ class SocketStreams:
                 await stream.send_all(request)
                 await answer.read_head()
             except (OSError, trio.BrokenResourceError, httptools.HttpParserError) as exc:
-                raise StreamBroken(_failure(exc)) from None
+                raise StreamBroken(failure(exc)) from None
             yield answer
         finally:
             await trio.aclose_forcefully(stream)
@@ -187,7 +174,7 @@ class _SocketAnswer:
             try:
                 data = await self._stream.receive_some(RECEIVE_SIZE)
             except (OSError, trio.BrokenResourceError) as exc:
-                raise StreamBroken(_failure(exc)) from None
+                raise StreamBroken(failure(exc)) from None
             if not data:
                 self._ended = True
                 framed = "content-length" in self.headers or "chunked" in self.headers.get("transfer-encoding", "")
@@ -197,7 +184,7 @@ class _SocketAnswer:
             try:
                 self._parser.feed_data(data)
             except httptools.HttpParserError as exc:
-                raise StreamBroken(_failure(exc)) from None
+                raise StreamBroken(failure(exc)) from None
         body = self._body
         self._body = []
         return body[0] if len(body) == 1 else b"".join(body)
@@ -223,7 +210,7 @@ class HttpxStreams:
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise StreamBroken(_failure(exc)) from None
+            raise StreamBroken(failure(exc)) from None
         try:
             yield _HttpxAnswer(response)
         finally:
@@ -243,8 +230,4 @@ class _HttpxAnswer:
         except StopAsyncIteration:
             return b""
         except (httpx.TransportError, httpx.StreamError) as exc:
-            raise StreamBroken(_failure(exc)) from None
-
-
-def _failure(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {one_line(str(exc) or 'no detail', 200)}"
+            raise StreamBroken(failure(exc)) from None
