@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from hookrunner import Trigger
+from hookrunner.delivery import Pacing
 from hookrunner._simulator import running_simulator
 
 from helpers import INSTALLED_PLUGINS, afinish, call_events, finish, hookrunner_process, make_config, script, write_config
@@ -273,7 +274,9 @@ def test_route_asks_the_very_predicates_on_trigger_uses(monkeypatch: pytest.Monk
     ]
     for plugin, settings in ((WebhookPlugin(), {"endpoints": ENDPOINTS}), (SlackPlugin(), {"routes": ROUTES})):
         submitted: list[str] = []
-        app = SimpleNamespace(settings=settings, http=None, open_outbox=lambda name, *_, **__: Recording(name, submitted))
+        app = SimpleNamespace(
+            settings=settings, http=None, pacing=Pacing(), open_outbox=lambda name, *_, **__: Recording(name, submitted)
+        )
         plugin.on_startup(app)
         reached = set()
         for trigger in triggers:

@@ -157,3 +157,25 @@ def test_atoms_may_be_left_out_and_the_key_then_comes_from_atoms_api_key() -> No
     inline = config_from_dict({"atoms": {"api_key": "sk-inline-key"}}, source="c.toml")
     assert inline.atoms.api_key_env is None and inline.api_key() == "sk-inline-key"
 
+
+
+@pytest.mark.parametrize("value", [0, 65, "many", True, 2.5])
+def test_runner_workers_takes_auto_or_a_number_of_processes_and_names_the_key_otherwise(value: Any) -> None:
+    with pytest.raises(ConfigError) as raised:
+        config_from_dict({**MINIMAL, "runner": {"workers": value}}, source="c.toml")
+    [line] = str(raised.value).splitlines()
+    assert line.startswith("c.toml: runner.workers: expected") and "auto" in line, line
+
+
+def test_workers_run_only_in_service_mode_with_a_config_file(tmp_path: Path) -> None:
+    import os
+
+    table = {**MINIMAL, "runner": {"workers": 3}}
+    assert config_from_dict(table, source="c.toml").worker_count() == 1  # listed calls: one process
+    served = {**table, "server": {"enabled": True}}
+    assert config_from_dict(served, source="c.toml").worker_count() == 1  # no file for the workers to read
+    path = tmp_path / "c.toml"
+    path.write_text("")
+    assert config_from_dict(served, source="c.toml", path=path).worker_count() == 3
+    auto = config_from_dict({**served, "runner": {"workers": "auto"}}, source="c.toml", path=path)
+    assert auto.worker_count() == len(os.sched_getaffinity(0))

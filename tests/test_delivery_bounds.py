@@ -35,6 +35,7 @@ from hookrunner.testing.receiver import LoopbackServer, running_receiver, servin
 from hookrunner_plugins import webhook as webhook_plugin
 from hookrunner_plugins.slack import delivery as slack_delivery
 from hookrunner_plugins.slack.delivery import Pacer, Poster
+from hookrunner.delivery import Pacing
 from hookrunner_plugins.slack.formatting import DEFAULT_TEMPLATE, message_payload
 from hookrunner_plugins.slack.settings import RouteSettings
 from hookrunner_plugins.webhook import WebhookVerificationError, verify
@@ -529,7 +530,7 @@ async def test_slack_429_retry_after_100000_holds_the_channel_only_the_posters_m
     settings, problems = parse_settings({"max_retry_after": 0.3, "routes": routes})
     assert problems == []
     async with httpx.AsyncClient() as http:
-        assert SlackPlugin()._posters(settings, http)["ops"]._max_retry_after == 0.3  # the setting is wired
+        assert SlackPlugin()._posters(settings, http, Pacing())["ops"]._max_retry_after == 0.3  # the setting is wired
     assert parse_settings({"routes": routes})[0].max_retry_after == 300.0
     route = RouteSettings(
         name="ops", webhook_url=None, token=TOKEN, channel=OPS, events=("trigger.*",), severities=frozenset(),

@@ -27,7 +27,7 @@ PUBLIC = {
         "key_text", "HookrunnerError", "ConfigError", "PluginLoadError",
     },
     "hookrunner.delivery": {
-        "Outbox", "OutboxMessage", "Outcome", "Deliverer", "RetryPolicy", "retry_settings", "retry_problems",
+        "Outbox", "OutboxMessage", "Outcome", "Deliverer", "RetryPolicy", "Pacing", "retry_settings", "retry_problems",
         "parse_retry_after", "DEFAULT_MAX_RETRY_AFTER", "request", "truncated", "json_bytes", "one_line",
     },
     "hookrunner.testing": {

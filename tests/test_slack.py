@@ -759,3 +759,36 @@ def test_a_reply_queued_before_its_opening_was_posted_learns_the_thread_when_it_
     assert threads.reply("CALL-1", {"kind": "reply"})["thread_ts"] == "1700000000.000100"
     threads.closed("CALL-1")
     assert "thread_ts" not in threads.reply("CALL-1", {"kind": "reply"})
+
+
+async def test_two_workers_posting_to_one_channel_keep_its_pace_between_them(
+    cli, tmp_path: Path, secrets: Callable[[FakeSlack], None]
+) -> None:
+    from hookrunner._service.supervisor import worker_for
+
+    # two calls for each of two workers, every one saying the phrase at the same moments: without turns shared
+    # between the processes, both would post to the channel at once and the fake would refuse one (429)
+    ids = [f"CALL-SLACK-W{n}" for n in range(40)]
+    chosen = [i for i in ids if worker_for(i, 2) == 0][:2] + [i for i in ids if worker_for(i, 2) == 1][:2]
+    said = [user(0.3 + 0.3 * turn, f"please cancel my subscription, turn {turn}") for turn in range(3)]
+    calls = [call(call_id, said, end=1.4) for call_id in chosen]
+    async with fake() as slack, simulator(calls) as sim:
+        secrets(slack)
+        table = slack_table(slack, [api_route()], tmp_path / "dead.jsonl", group_wait=0.05)
+        config = slack_config(sim.base_url, table, [CANCEL], workers=2, shutdown_grace=10.0)
+        config["server"] = {"enabled": True, "port": 0}
+        process = cli("run", str(write_config(tmp_path, config)), *(arg for i in chosen for arg in ("--call", i)))
+        with trio.fail_after(20):
+            while sum(post.everything.count("turn ") for post in slack.posts(OPS)) < 12:
+                await trio.sleep(0.05)
+        process.send_signal(2)  # SIGINT, as a Ctrl-C
+        code, out, err = await afinish(process)
+    assert code == 0, err
+    assert "2 workers ready" in err
+    requests = slack.to(OPS)
+    assert slack.rate_limited == 0, [round(request.at, 3) for request in requests]
+    assert all(request.ok for request in requests)
+    texts = "\n".join(post.everything for post in slack.posts(OPS))
+    for call_id in chosen:  # each call's three alerts, from both workers
+        assert texts.count(call_id) >= 3, call_id
+    assert read_letters(tmp_path / "dead.jsonl") == []

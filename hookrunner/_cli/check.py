@@ -116,6 +116,13 @@ def summary(config: Config, loaded: LoadedPlugins, described: list[Answer], warn
     else:
         calls = "none listed (pass --call ID to run, or enable discovery.poll or server)"
     lines.append(f"  calls: {calls} (at most {config.runner.max_calls} at once: runner.max_calls)")
+    workers = config.worker_count()
+    if workers > 1:
+        lines.append(f"  workers: {workers} processes (runner.workers = {config.runner.workers!r}), supervised by the one started")
+    elif config.runner.workers not in (1, "auto"):
+        lines.append(f"  workers: 1 process (runner.workers = {config.runner.workers!r} applies in service mode only)")
+    else:
+        lines.append("  workers: 1 process")
     if config.state.path is not None:
         kept = f"delivered ones kept {config.state.keep:g} s for replay" if config.state.keep else "delivered ones not kept"
         state = (

@@ -33,7 +33,7 @@ from hookrunner._cli.check import cmd_check
 from hookrunner._cli.demo import EXAMPLE_CONFIG, cmd_demo
 from hookrunner._cli.schema import print_settings
 from hookrunner._run.runner import EXIT_USAGE
-from hookrunner._service.intakes import service_runner
+from hookrunner._service.intakes import service_runner, service_supervisor
 from hookrunner._run.gc_tuning import tune_gc
 
 
@@ -303,6 +303,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             "runner find calls: discovery.poll or server.enabled)"
         )
     api_key = config.api_key()
+    workers = config.worker_count()
+    if workers > 1:  # a service on every core: this process supervises, each worker is a full runner
+        supervisor = service_supervisor(
+            config, api_key=api_key, calls=calls, workers=workers, log_level=args.log_level, log_format=args.log_format
+        )
+        return trio.run(supervisor.run)
     runner = service_runner(config, loaded, api_key=api_key, calls=calls)
     tune_gc()  # this process is the run's: start-up's objects frozen, fewer young collections
     return trio.run(runner.run)

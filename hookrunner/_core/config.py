@@ -70,6 +70,16 @@ def _at_least_one(value: int) -> str | None:
     return None if value >= 1 else f"expected an integer of 1 or more, got {describe(value)}"
 
 
+#: The most worker processes ``runner.workers`` may ask for: past a few per core they only add memory.
+MAX_WORKERS = 64
+
+
+def _workers(value: int | str) -> str | None:
+    if value == "auto" or (isinstance(value, int) and 1 <= value <= MAX_WORKERS):
+        return None
+    return f'expected "auto" (the CPUs this process may use) or a number of processes from 1 to {MAX_WORKERS}, got {describe(value)}'
+
+
 def _max_attempts(value: int) -> str | None:
     return None if value >= 0 else f"expected 0 (never give up) or more, got {describe(value)}"
 
@@ -104,6 +114,16 @@ RUNNER_SCHEMA = {
     "spool_file": Setting("str", "hookrunner-undispatched.jsonl", check=_file_path, expected="a file path"),
     "reconnect": Setting("table", {}),
     "max_calls": Setting("int", 500, check=_at_least_one, expected="a number of concurrent calls"),
+    "workers": Setting(
+        "int|str",
+        "auto",
+        check=_workers,
+        expected=f'"auto" or a number of processes from 1 to {MAX_WORKERS}',
+        doc='processes following calls in service mode ("auto": one per CPU this process may use; 1: one process)',
+    ),
+    "worker_restart_delay": Setting(
+        "number", 1.0, check=POSITIVE, doc="seconds before a worker that died is started again (doubling while it keeps dying, up to 30 s)"
+    ),
     "max_event_bytes": Setting(
         "int",
         4 * 1024 * 1024,
@@ -330,6 +350,9 @@ class RunnerConfig:
     #: Received events not dispatched before shutdown_grace ran out are appended here (relative to base_dir).
     spool_file: Path
     max_calls: int
+    #: ``runner.workers`` as written: "auto" or a number of processes (``Config.worker_count`` says how many run).
+    workers: int | str
+    worker_restart_delay: float
     #: The longest stream line or event accepted (``runner.max_event_bytes``); a longer one is skipped.
     max_event_bytes: int
     reconnect: ReconnectConfig
@@ -376,6 +399,16 @@ class Config:
     def service(self) -> bool:
         """Finding calls by itself (listing or pushes): the run lasts until a signal, not until the calls end."""
         return self.discovery.poll or self.server.enabled
+
+    def worker_count(self) -> int:
+        """How many worker processes ``run`` starts: ``runner.workers``, "auto" being the CPUs this process may use;
+        always 1 outside service mode (a run of listed calls is one process) and without a config file (the
+        workers read it)."""
+        if not self.service or self.path is None:
+            return 1
+        if self.runner.workers == "auto":
+            return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+        return int(self.runner.workers)
 
     def secret(self, key_path: str, env: str | None) -> str | None:
         """A secret from the environment variable a config key names; a ConfigError when the variable is unset or
@@ -569,6 +602,8 @@ def config_from_dict(
             buffer=runner["buffer"],
             spool_file=base_dir / runner["spool_file"],
             max_calls=runner["max_calls"],
+            workers=runner["workers"],
+            worker_restart_delay=float(runner["worker_restart_delay"]),
             max_event_bytes=runner["max_event_bytes"],
             reconnect=ReconnectConfig(
                 initial_delay=float(reconnect["initial_delay"]),

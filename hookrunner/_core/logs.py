@@ -28,7 +28,9 @@ _secrets: set[str] = set()
 #: What a record may be about, as fields a log pipeline filters on: JSON keys, and ``key=value`` in text where the
 #: message does not already say the value. Set per record (``extra=log_fields(...)``) or for a whole task
 #: (``bind_log_fields``: a call's task binds its ``call_id`` once, and every line of its stream and dispatch has it).
-LOG_FIELDS = ("call_id", "event_id", "plugin", "hook", "endpoint", "message_id", "attempt", "status")
+LOG_FIELDS = ("call_id", "event_id", "plugin", "hook", "endpoint", "message_id", "attempt", "status", "worker")
+#: Fields shown in text even when the message holds their value ("worker=0" in a line about CALL-0).
+ALWAYS_SHOWN = frozenset({"worker"})
 _bound: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("hookrunner_log_fields", default={})
 
 
@@ -101,7 +103,11 @@ class TextFormatter(_Redacting):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         message = record.getMessage()
-        extra = [f"{key}={value}" for key, value in _record_fields(record).items() if str(value) not in message]
+        extra = [
+            f"{key}={value}"
+            for key, value in _record_fields(record).items()
+            if key in ALWAYS_SHOWN or str(value) not in message
+        ]
         if not extra:
             return line
         head, newline, rest = line.partition("\n")  # (after the message, before a traceback)

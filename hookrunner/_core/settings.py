@@ -90,7 +90,7 @@ def _finite_number(value: Any) -> bool:
 class Setting:
     """One key of a table: what it accepts, whether it must be given, and its default.
 
-    ``kind`` is one of ``str``, ``bool``, ``int``, ``number`` (int or float), ``list[str]``, ``str|list[str]``,
+    ``kind`` is one of ``str``, ``bool``, ``int``, ``number`` (int or float), ``int|str``, ``list[str]``, ``str|list[str]``,
     ``table``, ``table[str]`` (a table of string values) and ``list[table]`` (an array of tables);
     ``check`` may add a constraint: it returns an error text ("expected ...") or None.
     """
@@ -113,6 +113,7 @@ class Setting:
             "int": isinstance(value, int) and not isinstance(value, bool),
             "number": _finite_number(value),
             "list[str]": isinstance(value, list) and all(isinstance(item, str) for item in value),
+            "int|str": (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str),
             "str|list[str]": isinstance(value, str)
             or (isinstance(value, list) and all(isinstance(item, str) for item in value)),
             "table": isinstance(value, dict),
@@ -130,6 +131,7 @@ _KIND_WORDS = {
     "int": "an integer",
     "number": "a number",
     "list[str]": "a list of strings",
+    "int|str": "an integer or a string",
     "str|list[str]": "a string or a list of strings",
     "table": "a table",
     "table[str]": "a table of strings",

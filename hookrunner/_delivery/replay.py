@@ -22,7 +22,7 @@ from hookrunner._core.logs import command_line
 from hookrunner._core.api import __version__
 from hookrunner._core.config import load_config
 from hookrunner._core.errors import ConfigError, UsageError
-from hookrunner._state.journal import JournalReader, KeptMessage
+from hookrunner._state.journal import JournalReader, KeptMessage, journal_files
 from hookrunner._delivery.outbox import Deliverer, Outcome, OutboxMessage
 from hookrunner._delivery.redeliver import DeliverersFor
 from hookrunner._core.text import shown
@@ -63,18 +63,26 @@ def _utc(epoch: float) -> str:
 def _kept(
     path: Path, since: float, endpoint: str | None, call_id: str | None, source: str
 ) -> list[KeptMessage]:
-    """The kept messages replay selects; an unknown ``endpoint`` is an error naming the kept ones."""
-    if not path.is_file():
+    """The kept messages replay selects, from the journal of every worker that ran (``journal_files``), in the
+    order they were submitted; an unknown ``endpoint`` is an error naming the kept ones."""
+    files = journal_files(path)
+    if not files:
         raise ConfigError(f"{source}: {path}: no such journal (no run of this config wrote one; is state.path right?)")
-    try:
-        with JournalReader.open_read_only(path) as journal:  # a running `hookrunner run` may be writing it
-            names = journal.kept_endpoints()
-            if endpoint is not None and names and endpoint not in names:
-                kept = ", ".join(names)
-                raise UsageError(f"--endpoint: no messages kept for {shown(endpoint)} in {path} (kept: {kept})")
-            return journal.kept_messages(since, endpoint=endpoint, call_id=call_id)
-    except sqlite3.Error as exc:
-        raise ConfigError(f"{source}: cannot read the journal {path} ({exc})") from None
+    names: set[str] = set()
+    messages: list[KeptMessage] = []
+    for file in files:
+        try:
+            with JournalReader.open_read_only(file) as journal:  # a running `hookrunner run` may be writing it
+                names.update(journal.kept_endpoints())
+                messages += journal.kept_messages(since, endpoint=endpoint, call_id=call_id)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"{source}: cannot read the journal {file} ({exc})") from None
+    if endpoint is not None and names and endpoint not in names:
+        kept = ", ".join(sorted(names))
+        raise UsageError(f"--endpoint: no messages kept for {shown(endpoint)} in {path} (kept: {kept})")
+    if len(files) > 1:  # one call's messages are in one journal, in order: a stable sort keeps that order
+        messages.sort(key=lambda message: message.submitted or message.delivered)
+    return messages
 
 
 async def replay(

@@ -73,6 +73,10 @@ class CallBook:
             return next_id
         return None
 
+    def followed(self) -> list[str]:
+        """Every call followed now or waiting for a slot (active first)."""
+        return [*self.active, *self._waiting]
+
     def drop_waiting(self) -> list[str]:
         """Every call still waiting (the runner is stopping): they will never be followed."""
         left = list(self._waiting)

@@ -13,6 +13,7 @@ import msgspec
 
 from hookrunner._core.events import Event, TtsCompleted, UserTranscription
 from hookrunner._delivery.outbox import Outbox, RetryPolicy
+from hookrunner._delivery.pacing import Pacing
 from hookrunner._run.asyncio_hooks import on_asyncio
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class App:
         metrics: RunnerMetrics | None = None,
         outboxes: RunOutboxes | None = None,
         on_asyncio: bool = False,
+        pacing: Pacing | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -105,6 +107,9 @@ class App:
         self._outboxes = outboxes
         #: The plugin sets ``HOOKRUNNER_ASYNCIO = True``: its hooks and background coroutines run on asyncio.
         self.on_asyncio = on_asyncio
+        #: Turns at outside services' rate limits, shared by every worker process of the run (``runner.workers``):
+        #: ``await app.pacing.take_turn("slack:#alerts", 1.0)`` keeps one post a second to that channel in all.
+        self.pacing = pacing if pacing is not None else Pacing()
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` in the background, inside the runner's nursery.

@@ -6,7 +6,7 @@ only through ``RunnerView``, the narrow surface below.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import httpx
@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from hookrunner._core.stats import Stats
     from hookrunner._run.callbook import CallBook, Offer
     from hookrunner._run.metrics import RunnerMetrics
-    from hookrunner._state.journal import Journal
     from hookrunner._stream.ratelimit import RateLimiter
 
 __all__ = ["Intake", "RunnerView"]
@@ -37,8 +36,6 @@ class RunnerView(Protocol):
     server_url: str | None
 
     @property
-    def journal(self) -> Journal | None: ...
-    @property
     def api_key(self) -> str: ...
     @property
     def atoms_client(self) -> httpx.AsyncClient: ...
@@ -47,12 +44,25 @@ class RunnerView(Protocol):
 
     def follow(self, call_id: str, source: str) -> Offer | None: ...
     def refuse_call_id(self, source: str, problem: str) -> None: ...
-    def dispatch_platform_webhook(self, delivery: PlatformDelivery) -> bool: ...
+    async def take_platform_webhook(self, delivery: PlatformDelivery) -> bool:
+        """Queue a verified Atoms webhook for plugins; True once it is kept (written to the journal, with one),
+        False when the runner no longer takes them (stopping)."""
+        ...
+    def accepted_deliveries(self, limit: int) -> list[str]:
+        """The ids of webhook deliveries previous runs accepted (the journal's window), newest last."""
+        ...
+    def stop(self) -> None: ...
+    def health(self) -> dict[str, Any]:
+        """What /healthz shows beyond the state and the call book (a supervisor: its workers)."""
+        ...
     def until_stop(self) -> AbstractContextManager[trio.CancelScope]:
         """A scope a stop cancels: what only finds calls runs inside it."""
         ...
     def key_refused(self, exc: AuthError) -> None:
         """Atoms refused the API key: the runner stops and exits with the error."""
+        ...
+    async def metrics_page(self) -> bytes:
+        """What ``GET /metrics`` answers (a supervisor's sums its workers')."""
         ...
     def cannot_go_on(self, exc: HookrunnerError) -> None:
         """The intake cannot work (the server cannot listen): the runner stops and exits with the error."""

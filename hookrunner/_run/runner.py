@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,6 +31,7 @@ from hookrunner._core.platform_delivery import BadDelivery, PlatformDelivery, pa
 from hookrunner._core.stats import Stats
 from hookrunner._core.text import one_line, shown
 from hookrunner._core.triggers import Trigger
+from hookrunner._delivery.pacing import Pacing
 from hookrunner._run.asyncio_hooks import asyncio_hint, asyncio_loop, refuse_asyncio_callers
 from hookrunner._run.call_pipeline import CallPipeline, call_failed
 from hookrunner._run.callbook import CallBook, Offer
@@ -81,8 +83,20 @@ class Runner:
         api_key: str,
         calls: Sequence[str] = (),
         intakes: Sequence[Intake] = (),
+        service: bool | None = None,
+        call_over: Callable[[str, bool], None] | None = None,
+        pacing_dir: Path | None = None,
+        reread: Callable[[Path], Config] = load_config,
     ) -> None:
         self.config = config
+        #: Runs until stopped (config.service, or a worker of a supervisor: its calls come over its link).
+        self.service = config.service if service is None else service
+        #: Told of every call this runner is done with, and whether for good (a worker tells its supervisor).
+        self._call_over = call_over
+        #: Plugins' turns at outside rate limits (``app.pacing``): in ``pacing_dir`` when workers share them.
+        self.pacing = Pacing(pacing_dir)
+        #: How SIGHUP re-reads the file (a worker: as its supervisor's config becomes its own).
+        self._reread = reread
         self.plugins = plugins
         self.stats = Stats()
         self.dispatcher = HookDispatcher(
@@ -143,6 +157,7 @@ class Runner:
                     await self._run_plugins_and_calls()
                     watcher.cancel_scope.cancel()
         finally:
+            self.pacing.close()
             if self._journal is not None:
                 self._journal.close()  # what the last interval gathered (deliveries, dead letters at close)
         self.state = "stopped"
@@ -150,7 +165,7 @@ class Runner:
         if self._auth_error is not None or self._fatal_error is not None:
             log.error("%s", self._auth_error or self._fatal_error)
             return EXIT_USAGE
-        if self.config.service:
+        if self.service:
             return EXIT_OK  # a service ends by a signal; calls that failed are in the log and the metrics
         if any(reason not in OK_REASONS for reason in self.stats.calls_finished.elements()):
             return EXIT_SOME_CALLS_FAILED
@@ -215,6 +230,7 @@ class Runner:
                 shutdown_time_left=self.shutdown_time_left,
                 metrics=self.metrics,
                 outboxes=outboxes,
+                pacing=self.pacing,
             )
             await self.dispatcher.call("on_startup", lambda name: {"app": self._apps[name]})
             self._restore_platform_webhooks()
@@ -232,7 +248,7 @@ class Runner:
                         await intake.start(self, background)
                     if not self._stop.begun:  # every intake is up (the server listens): ready for what they bring
                         self.state = "serving"
-                    if self.config.service:
+                    if self.service:
                         calls.start_soon(self._until_stopped)  # a service takes calls until it is stopped
                 self._calls_nursery = None
                 for call_id in self.calls.drop_waiting():
@@ -270,7 +286,7 @@ class Runner:
             log.warning("reload: this run has no config file to re-read")
             return False
         try:
-            config = load_config(path)
+            config = self._reread(path)
             settings = checked_settings(config, self.plugins)
         except HookrunnerError as exc:
             # each problem names the file already ("PATH: key: ..."): said once, in front
@@ -313,23 +329,11 @@ class Runner:
                 log.info("%s: following (found by %s)", call_id, source)
             self._calls_nursery.start_soon(self._follow_call, call_id, source)
         elif offer is Offer.QUEUED:
-            self.stats.calls_over_capacity += 1  # QUEUED comes once per id: later offers are WAITING
-            log.warning(
-                "%s: waiting: runner.max_calls (%d) calls are followed already; it is followed when one ends "
-                "(%d waiting)",
-                call_id,
-                self.config.runner.max_calls,
-                self.calls.waiting,
-            )
+            waiting_for_a_slot(call_id, self.calls, self.stats)
         return offer
 
     def refuse_call_id(self, source: str, problem: str) -> None:
-        """Count a call id refused at an intake (``source``) in ``hookrunner_call_ids_refused``; log it at
-        ``logged_at`` counts only, so a sender repeating a bad id cannot grow the log."""
-        self.stats.call_ids_refused[source] += 1
-        count = self.stats.call_ids_refused[source]
-        if logged_at(count):
-            log.warning("%s: refused a call id (%s); %d refused from %s so far", source, problem, count, source)
+        call_id_refused(source, problem, self.stats)
 
     async def _until_stopped(self) -> None:
         with self._stop.stoppable(SUBSCRIPTION):
@@ -356,6 +360,13 @@ class Runner:
     def until_stop(self) -> AbstractContextManager[trio.CancelScope]:
         return self._stop.stoppable(SUBSCRIPTION)
 
+    def health(self) -> dict[str, Any]:
+        return {}
+
+    async def metrics_page(self) -> bytes:
+        """``GET /metrics``: this runner's registry, in Prometheus' text format."""
+        return self.metrics.render()
+
     def cannot_go_on(self, exc: HookrunnerError) -> None:
         if self._fatal_error is None:
             self._fatal_error = exc
@@ -372,6 +383,18 @@ class Runner:
             "atoms webhook: delivery %s (%s) refused (503): the runner is stopping", shown(delivery.id), shown(delivery.event)
         )
         return False
+
+    async def take_platform_webhook(self, delivery: PlatformDelivery) -> bool:
+        """``dispatch_platform_webhook``, and with the journal its id kept and both written before answering."""
+        if not self.dispatch_platform_webhook(delivery):
+            return False
+        if self._journal is not None:
+            self._journal.delivery_accepted(delivery.id)
+            await self._journal.written()
+        return True
+
+    def accepted_deliveries(self, limit: int) -> list[str]:
+        return self._journal.accepted_deliveries(limit) if self._journal is not None else []
 
     def _restore_platform_webhooks(self) -> None:
         """Queue first the platform webhooks a previous run accepted and did not hand to plugins."""
@@ -414,9 +437,10 @@ class Runner:
             if journal is not None and reason in FORGOTTEN_REASONS and not owed:
                 journal.over()
             taking_calls = self._calls_nursery is not None and not self._stop.begun
-            next_id = self.calls.finish(
-                call_id, final=reason in FINAL_REASONS, now=trio.current_time(), promote=taking_calls
-            )
+            final = reason in FINAL_REASONS
+            next_id = self.calls.finish(call_id, final=final, now=trio.current_time(), promote=taking_calls)
+            if self._call_over is not None:
+                self._call_over(call_id, final)
             if next_id is not None:
                 log.info("%s: a slot is free: following it", next_id, extra={"call_id": next_id})
                 self._calls_nursery.start_soon(self._follow_call, next_id, "waiting")  # type: ignore[union-attr]
@@ -481,6 +505,26 @@ class Runner:
                 )
 
         self._background.start_soon(guarded, name=f"{plugin}:{getattr(fn, '__name__', 'task')}")
+
+
+def waiting_for_a_slot(call_id: str, calls: CallBook, stats: Stats) -> None:
+    """A call over ``runner.max_calls`` waits: counted once per id (later offers are WAITING), said once."""
+    stats.calls_over_capacity += 1
+    log.warning(
+        "%s: waiting: runner.max_calls (%d) calls are followed already; it is followed when one ends (%d waiting)",
+        call_id,
+        calls.max_calls,
+        calls.waiting,
+    )
+
+
+def call_id_refused(source: str, problem: str, stats: Stats) -> None:
+    """Count a call id refused at an intake (``source``) in ``hookrunner_call_ids_refused``; log it at
+    ``logged_at`` counts only, so a sender repeating a bad id cannot grow the log."""
+    stats.call_ids_refused[source] += 1
+    count = stats.call_ids_refused[source]
+    if logged_at(count):
+        log.warning("%s: refused a call id (%s); %d refused from %s so far", source, problem, count, source)
 
 
 def _parsed_delivery(body: bytes) -> PlatformDelivery | None:

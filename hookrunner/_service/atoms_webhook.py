@@ -14,12 +14,12 @@ import binascii
 import hashlib
 import hmac
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
 
-if TYPE_CHECKING:
-    from hookrunner._state.journal import Journal
+__all__ = ["signature_valid", "SeenDeliveries", "SEEN_LIMIT"]
 
-__all__ = ["signature_valid", "SeenDeliveries"]
+#: Delivery ids remembered (a day of a busy account's pushes is far fewer).
+SEEN_LIMIT = 100_000
 
 _DIGEST_SIZE = hashlib.sha256().digest_size
 
@@ -58,24 +58,23 @@ def signature_valid(body: bytes, header: str | None, secret: str) -> bool:
 
 
 class SeenDeliveries:
-    """Delivery ids already acted on, the most recent ``limit`` of them."""
+    """Delivery ids already acted on, the most recent ``limit`` of them; ``known`` are those a previous run
+    accepted (the journal's), so a push replayed after a restart is still recognised."""
 
-    def __init__(self, limit: int = 100_000, *, journal: Journal | None = None) -> None:
+    def __init__(self, limit: int = SEEN_LIMIT, *, known: Iterable[str] = ()) -> None:
         self._ids: OrderedDict[str, None] = OrderedDict()
         self._limit = limit
-        self._journal = journal  # with one, the window survives a restart
-        if journal is not None:
-            self._ids.update((delivery_id, None) for delivery_id in journal.accepted_deliveries(limit))
+        self._ids.update((delivery_id, None) for delivery_id in known)
+        while len(self._ids) > limit:
+            self._ids.popitem(last=False)
 
     def __contains__(self, delivery_id: str) -> bool:
         """Whether the id was acted on already (a repeat, acknowledged and ignored)."""
         return delivery_id in self._ids
 
     def remember(self, delivery_id: str) -> None:
-        """The delivery was accepted: a repeat of it is ignored from now on (for the journal's window, with one)."""
+        """The delivery was accepted: a repeat of it is ignored from now on."""
         self._ids[delivery_id] = None
-        if self._journal is not None:
-            self._journal.delivery_accepted(delivery_id)
         if len(self._ids) > self._limit:
             self._ids.popitem(last=False)
 

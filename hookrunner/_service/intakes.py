@@ -1,5 +1,6 @@
 """The service's intakes: the listing poller (``[discovery] poll``) and the server (``[server]``), started by the
-runner through ``hookrunner._run.intake``, and ``service_runner``, the one place a runner is built with them."""
+runner (or the supervisor of its workers) through ``hookrunner._run.intake``; ``service_runner`` and
+``service_supervisor`` are the one place each is built with them."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from hookrunner._run.intake import Intake, RunnerView
 from hookrunner._run.plugins import LoadedPlugins
 from hookrunner._run.runner import Runner
 from hookrunner._service.server import start_server
+from hookrunner._service.supervisor import Supervisor
 from hookrunner._stream.listing import ListingPoller
 
-__all__ = ["service_runner", "ListingIntake", "ServerIntake"]
+__all__ = ["service_runner", "service_supervisor", "service_intakes", "ListingIntake", "ServerIntake"]
 
 
 class ListingIntake:
@@ -64,9 +66,9 @@ class ServerIntake:
             )
 
 
-def service_runner(config: Config, plugins: LoadedPlugins, *, api_key: str, calls: Sequence[str] = ()) -> Runner:
-    """A runner for ``config`` with the intakes it asks for. Secrets are read here, before anything starts: a
-    missing variable is a config error, not a failure at run time."""
+def service_intakes(config: Config) -> list[Intake]:
+    """The intakes ``config`` asks for. Secrets are read here, before anything starts: a missing variable is a
+    config error, not a failure at run time."""
     intakes: list[Intake] = []
     if config.server.enabled:
         webhook_secret = config.secret("discovery.webhook_secret_env", config.discovery.webhook_secret_env)
@@ -76,4 +78,24 @@ def service_runner(config: Config, plugins: LoadedPlugins, *, api_key: str, call
         intakes.append(ServerIntake(webhook_secret=webhook_secret, token=token))
     if config.service and config.discovery.poll:
         intakes.append(ListingIntake())
-    return Runner(config, plugins, api_key=api_key, calls=calls, intakes=intakes)
+    return intakes
+
+
+def service_runner(config: Config, plugins: LoadedPlugins, *, api_key: str, calls: Sequence[str] = ()) -> Runner:
+    """A runner for ``config`` with the intakes it asks for (one process)."""
+    return Runner(config, plugins, api_key=api_key, calls=calls, intakes=service_intakes(config))
+
+
+def service_supervisor(
+    config: Config, *, api_key: str, calls: Sequence[str] = (), workers: int, log_level: str, log_format: str
+) -> Supervisor:
+    """A supervisor of ``workers`` worker processes for ``config``, with the intakes it asks for in front."""
+    return Supervisor(
+        config,
+        api_key=api_key,
+        count=workers,
+        calls=calls,
+        intakes=service_intakes(config),
+        log_level=log_level,
+        log_format=log_format,
+    )

@@ -30,7 +30,7 @@ from hookrunner._core.callids import call_id_problem
 from hookrunner._run.metrics import CONTENT_TYPE
 from hookrunner._core.logs import logged_at
 from hookrunner._core.platform_delivery import BadDelivery, parse_delivery
-from hookrunner._service.atoms_webhook import SeenDeliveries, signature_valid
+from hookrunner._service.atoms_webhook import SEEN_LIMIT, SeenDeliveries, signature_valid
 from hookrunner._state.spool import spool_platform_webhooks
 from hookrunner._core.text import one_line, shown
 
@@ -53,7 +53,7 @@ class ServiceApp:
         self.runner = runner
         self._secret = webhook_secret
         self._token = token
-        self._seen = SeenDeliveries(journal=runner.journal)  # a replay after a restart is still one
+        self._seen = SeenDeliveries(known=runner.accepted_deliveries(SEEN_LIMIT))  # a replay after a restart is still one
         self._routes = {
             ("POST", "/atoms/webhook"): self._atoms_webhook,
             ("POST", "/calls"): self._post_call,
@@ -81,11 +81,16 @@ class ServiceApp:
 
     async def _healthz(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         state = self.runner.state
-        body = {"status": state, "calls_active": len(self.runner.calls.active), "calls_waiting": self.runner.calls.waiting}
+        body = {
+            "status": state,
+            "calls_active": len(self.runner.calls.active),
+            "calls_waiting": self.runner.calls.waiting,
+            **self.runner.health(),
+        }
         await send_json(send, 200 if state == "serving" else 503, body)
 
     async def _metrics(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await send_body(send, 200, self.runner.metrics.render(), CONTENT_TYPE)
+        await send_body(send, 200, await self.runner.metrics_page(), CONTENT_TYPE)
 
     async def _atoms_webhook(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         outcomes = self.runner.stats.platform_webhooks
@@ -138,13 +143,12 @@ class ServiceApp:
                     await send_json(send, 503, errors("the runner is stopping"))
                     return
                 answer.update(call_id=delivery.call_id, result=offer.value)
-        if not self.runner.dispatch_platform_webhook(delivery):
+        # Atoms never sends it again after a 200: with the journal on, it is written down first
+        if not await self.runner.take_platform_webhook(delivery):
             await send_json(send, 503, errors("the runner is stopping"))  # (not remembered: a retry is welcome)
             return
         self._seen.remember(delivery.id)
         outcomes[delivery.kind if delivery.kind in PLATFORM_KINDS else "other"] += 1  # labels stay bounded
-        if self.runner.journal is not None:  # Atoms never sends it again after a 200: written down first
-            await self.runner.journal.written()
         await send_json(send, 200, answer)
 
     async def _post_call(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

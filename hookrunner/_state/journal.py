@@ -26,6 +26,7 @@ instruction (a power cut may lose the last commits).
 
 from __future__ import annotations
 
+import glob
 import importlib
 import logging
 import sqlite3
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from hookrunner._core.platform_delivery import PlatformDelivery
 
 __all__ = [
-    "Journal", "JournalReader", "work_left", "OutboxJournal", "CallJournal", "JournaledMessage", "KeptMessage",
+    "Journal", "JournalReader", "work_left", "worker_journal", "journal_files", "OutboxJournal", "CallJournal", "JournaledMessage", "KeptMessage",
     "ReceivedEvent",
 ]  # fmt: skip
 
@@ -173,6 +174,24 @@ def _read_trigger(path: str, body: bytes) -> Trigger | None:
         except (msgspec.ValidationError, msgspec.DecodeError):
             continue
     return None
+
+
+def worker_journal(path: Path, index: int) -> Path:
+    """The journal of worker ``index`` of a run with ``runner.workers``: the first keeps ``state.path``, so one
+    process and one worker share a file; the others write ``NAME.worker-K.SUFFIX`` beside it."""
+    return path if index == 0 else path.with_name(f"{path.stem}.worker-{index}{path.suffix}")
+
+
+def journal_files(path: Path) -> list[Path]:
+    """Every journal a run of ``state.path`` left, one per worker that ever ran, that exists (``replay`` reads all)."""
+    found = [path] if path.exists() else []
+    others = path.parent.glob(f"{glob.escape(path.stem)}.worker-*{glob.escape(path.suffix)}")
+    indexed = []
+    for other in others:
+        index = other.name[len(path.stem) + len(".worker-") : len(other.name) - len(path.suffix)]
+        if index.isdigit() and worker_journal(path, int(index)) == other:
+            indexed.append((int(index), other))
+    return found + [other for _, other in sorted(indexed)]
 
 
 def work_left(path: Path) -> int:

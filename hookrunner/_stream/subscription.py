@@ -259,7 +259,8 @@ class Subscription:
         them (what follows it is not read)."""
         batch: list[Event] = []
         received: list[tuple[str, str]] = []
-        event_type = ""
+        on_received = self._on_received
+        closed = False
         for data in lines:
             if isinstance(data, Oversized):
                 self._skip_oversized()
@@ -281,16 +282,17 @@ class Subscription:
             event_type = event.event_type
             if event_type in TEXT_FIELDS and (field := missing_text_field(event)) is not None:
                 self._no_text(event_type, field)
-            if self._on_received is not None:
+            if on_received is not None:
                 received.append((data, key))
             batch.append(event)
             if event_type == "call_end":
                 self._saw_call_end = True
             elif event_type == "sse_close":
+                closed = True
                 break
-        if received:
-            self._on_received(received, time.time())  # type: ignore[misc]
-        return batch, event_type == "sse_close" if batch else False
+        if on_received is not None and received:
+            on_received(received, time.time())
+        return batch, closed
 
     @property
     def subscribed(self) -> bool:

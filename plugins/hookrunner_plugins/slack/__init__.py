@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from hookrunner import App, CallContext, Event, Trigger, TtsCompleted, UserTranscription, hookimpl, redact_in_logs
-from hookrunner.delivery import Deliverer, Outbox, OutboxMessage, Outcome, RetryPolicy
+from hookrunner.delivery import Deliverer, Outbox, OutboxMessage, Outcome, Pacing, RetryPolicy
 
 from .delivery import Pacer, Poster
 from .formatting import escape, event_fields, message_payload, render, trigger_fields
@@ -119,14 +119,14 @@ class SlackPlugin:
             raise ValueError("; ".join(problems))
         return settings
 
-    def _posters(self, settings: SlackSettings, http: httpx.AsyncClient) -> dict[str, Poster]:
+    def _posters(self, settings: SlackSettings, http: httpx.AsyncClient, pacing: Pacing) -> dict[str, Poster]:
         pacers: dict[str, Pacer] = {}
         posters = {}
         for route in settings.routes:
             redact_in_logs(route.webhook_url)  # a library's exception text must not show them either
             redact_in_logs(route.token)
             channel_key = f"channel:{route.channel}" if route.token else f"webhook:{route.name}"
-            pacer = pacers.setdefault(channel_key, Pacer(settings.pace))
+            pacer = pacers.setdefault(channel_key, Pacer(settings.pace, pacing, channel_key))
             posters[route.name] = Poster(
                 route, http, settings.api_base_url, settings.timeout, pacer, max_retry_after=settings.max_retry_after
             )
@@ -136,7 +136,7 @@ class SlackPlugin:
     def on_startup(self, app: App) -> None:
         settings = self._parse(app)
         policy = RetryPolicy.from_settings(settings)
-        posters = self._posters(settings, app.http)
+        posters = self._posters(settings, app.http, app.pacing)
         self._routes = []
         for route in settings.routes:
             poster = posters[route.name]
@@ -228,7 +228,7 @@ class SlackPlugin:
     @hookimpl
     def outbox_deliverers(self, app: App) -> dict[str, Deliverer]:
         settings = self._parse(app)
-        posters = self._posters(settings, app.http)
+        posters = self._posters(settings, app.http, app.pacing)
         deliverers: dict[str, Deliverer] = {}
         for route in settings.routes:
             deliverers[route.name] = alert_deliverer(posters[route.name])

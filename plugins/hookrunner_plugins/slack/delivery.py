@@ -15,7 +15,9 @@ from typing import Any
 import httpx
 import trio
 
-from hookrunner.delivery import DEFAULT_MAX_RETRY_AFTER, Outcome, json_bytes, one_line, parse_retry_after, request, truncated
+from hookrunner.delivery import (
+    DEFAULT_MAX_RETRY_AFTER, Outcome, Pacing, json_bytes, one_line, parse_retry_after, request, truncated,
+)  # fmt: skip
 
 from .settings import RouteSettings
 
@@ -37,15 +39,18 @@ RETRYABLE_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error", "s
 class Pacer:
     """Spaces the posts to one channel ``interval`` seconds apart; a 429 holds the channel for its Retry-After.
 
-    Alerts go first: a post that is not ``urgent`` (a transcript line) waits while an alert waits, so a channel
-    that also carries live transcripts never makes an alert queue behind them. Among equals, first come first.
+    The turns are the run's (``app.pacing``): with ``runner.workers`` every worker posts to the same channel, and
+    the interval holds across all of them. Alerts go first: a post that is not ``urgent`` (a transcript line)
+    waits while an alert of this process waits, so a channel that also carries live transcripts never makes an
+    alert queue behind them. Among equals, first come first.
     """
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, pacing: Pacing | None = None, key: str = "channel") -> None:
         self._interval = interval
-        self._next = 0.0
+        self._pacing = pacing or Pacing()
+        self._key = f"slack:{key}"
         self._turns = trio.Condition()
-        self._busy = False  # one post is taking its turn (waiting out the interval)
+        self._busy = False  # one post of this process is taking its turn (waiting out the interval)
         self._urgent_waiting = 0
 
     async def wait_turn(self, urgent: bool = True) -> None:
@@ -58,9 +63,7 @@ class Pacer:
             finally:
                 self._urgent_waiting -= urgent
         try:
-            while trio.current_time() < self._next:  # a 429 may push the turn further while this one waits
-                await trio.sleep_until(self._next)
-            self._next = trio.current_time() + self._interval
+            await self._pacing.take_turn(self._key, self._interval)  # a 429 may push the turn further meanwhile
         finally:
             with trio.CancelScope(shield=True):  # a cancelled turn must still hand the channel on
                 async with self._turns:
@@ -68,7 +71,7 @@ class Pacer:
                     self._turns.notify_all()
 
     def hold(self, seconds: float) -> None:
-        self._next = max(self._next, trio.current_time() + seconds)
+        self._pacing.hold(self._key, seconds)
 
 
 class Poster:

@@ -1,0 +1,63 @@
+"""One /metrics page for a service of several processes: the sum of their pages.
+
+Each worker has its own registry (its counters, its hook histograms, its plugins' metrics), rendered in its own
+process. prometheus_client's multiprocess mode would need every metric, plugins' included, to be made for it (and
+a directory of memory-mapped files); summing the rendered pages needs nothing of the plugins: the same family,
+sample name and labels from every process add up (counters, gauges, histogram buckets, sums and counts),
+``_created`` keeps the earliest, and ``process_*`` families (each process's CPU, memory, descriptors) are not
+summed but labelled with their ``worker``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+__all__ = ["summed_page"]
+
+#: Families about one process, shown per process: summing them would describe no process at all.
+PER_PROCESS_PREFIXES = ("process_", "python_")
+
+
+def summed_page(pages: Sequence[tuple[str, bytes]], *, owned_by_first: Collection[str] = ()) -> bytes:
+    """The pages (``(process label, exposition text)``) summed into one. The families named in
+    ``owned_by_first`` come from the first page only (the supervisor's call book, which already counts every
+    worker's calls)."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for position, (label, text) in enumerate(pages):
+        for family in text_string_to_metric_families(text.decode("utf-8")):
+            if position > 0 and family.name in owned_by_first:
+                continue
+            per_process = family.name.startswith(PER_PROCESS_PREFIXES)
+            if family.name not in families:
+                families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+                values[family.name] = {}
+            samples = values[family.name]
+            for sample in family.samples:
+                labels = {**sample.labels, "worker": label} if per_process else sample.labels
+                key = (sample.name, tuple(sorted(labels.items())))
+                if key not in samples:
+                    samples[key] = sample.value
+                elif sample.name.endswith("_created"):
+                    samples[key] = min(samples[key], sample.value)
+                else:
+                    samples[key] += sample.value
+    for name, family in families.items():
+        for (sample_name, label_pairs), value in values[name].items():
+            family.add_sample(sample_name, dict(label_pairs), value)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families.values())))
+    return generate_latest(registry)
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
