@@ -15,7 +15,9 @@ plugin, journal and backfill off), ``hookrunner+journal`` (the same with the jou
 ``bare`` (trio + one httpx.AsyncClient with a keep-alive pool of 20 and no cap + httpx-sse + json.loads),
 ``raw`` (trio sockets, hand-written HTTP/1.1 and chunked decoding, msgspec: the floor), and for the realistic
 stack ``hookrunner+stack`` (the bundled ``keywords`` plugin with 10 rules and ``webhook`` posting its default
-selection to a loopback receiver, journal on).
+selection to a loopback receiver, journal on) and ``hookrunner+stack+workers`` (the same stack as the real
+``hookrunner run CONFIG`` with ``runner.workers = 2``: a supervisor and two worker processes, counted by
+``worker_probe.py`` in each worker).
 
 Scenarios (``--only`` takes these names, or flood, paced, quiet, stack for a group): flood100, flood500,
 flood2000 (every event at once); paced500, paced1000, paced2000 (5 events/s per call, calls out of step);
@@ -31,6 +33,7 @@ import importlib.metadata
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -52,6 +55,7 @@ from benchlib import (
     median_at,
     peak_rss_mib,
     percentiles,
+    process_cpu_s,
     rss_mib,
 )
 from sse_server import SseServer
@@ -67,7 +71,10 @@ STEADY_SKIP_S, STEADY_TAIL_S = 2.0, 1.0  # the steady part: from 2 s after the s
 
 STREAMING = ("hookrunner", "hookrunner+journal", "bare", "raw")
 QUIET = ("hookrunner", "bare", "raw")
-STACK = ("hookrunner+stack",)
+WORKERS = "hookrunner+stack+workers"  # the realistic stack as `hookrunner run` with runner.workers = WORKER_COUNT
+WORKER_COUNT = 2
+STACK = ("hookrunner+stack", WORKERS)
+PROBE_PLUGIN = Path(__file__).with_name("worker_probe.py")  # the workers' counting plugin ([plugins] load)
 
 
 @dataclass(frozen=True)
@@ -209,24 +216,32 @@ class GcWatch:
         self.counts[info["generation"]] += 1
 
 
+def stack_plugins(spec: dict[str, Any]) -> dict[str, Any]:
+    """The realistic stack's ``[plugins]`` table: only ``keywords`` (the 10 rules) and ``webhook`` (one endpoint,
+    its default selection, posting to the run's receiver) of the installed plugins."""
+    from hookrunner._run.plugins import ENTRY_POINT_GROUP
+
+    installed = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return {
+        "disable": sorted(installed - {"keywords", "webhook"}),
+        "keywords": {"rules": KEYWORD_RULES},
+        "webhook": {"dead_letter": spec["dead_letter"],
+                    "endpoints": [{"name": "bench", "url": spec["url"], "secret_env": WEBHOOK_SECRET_ENV}]},
+    }  # fmt: skip
+
+
 def hookrunner_setup(spec: dict[str, Any], probe: Probe) -> Any:
     """The runner for ``spec``, built before the clock starts, with the benchmark's counting plugin."""
     from hookrunner import hookimpl
     from hookrunner._core.config import config_from_dict
-    from hookrunner._run.plugins import ENTRY_POINT_GROUP, PluginInfo, load_plugins, validate_plugin_settings
+    from hookrunner._run.plugins import PluginInfo, load_plugins, validate_plugin_settings
     from hookrunner._service.intakes import service_runner
 
     overlay: dict[str, Any] = {"runner": {"max_calls": max(500, spec["calls"])}}  # (default 500: more would wait)
     if spec.get("journal"):
         overlay["state"] = {"path": spec["journal"]}
     if spec["consumer"] == "hookrunner+stack":
-        installed = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-        overlay["plugins"] = {
-            "disable": sorted(installed - {"keywords", "webhook"}),
-            "keywords": {"rules": KEYWORD_RULES},
-            "webhook": {"dead_letter": spec["dead_letter"],
-                        "endpoints": [{"name": "bench", "url": spec["url"], "secret_env": WEBHOOK_SECRET_ENV}]},
-        }  # fmt: skip
+        overlay["plugins"] = stack_plugins(spec)
     time_ns = time.time_ns
     latency, arrival = probe.latency.append, probe.arrival.append
     last: dict[str, int] = {}
@@ -479,6 +494,255 @@ def child_main(spec: dict[str, Any]) -> None:
     print(json.dumps(result), flush=True)
 
 
+# --- the realistic stack on worker processes (the real CLI, watched from this process) ---------------------------
+
+#: How often /healthz is asked whether every call is over, and /metrics then whether the outbox has drained.
+WORKERS_POLL_S = 0.1
+#: How long the outbox may take to drain once every call is over, and the service to exit after SIGTERM.
+WORKERS_DRAIN_S, WORKERS_EXIT_S = 60.0, 120.0
+
+
+def workers_config(spec: dict[str, Any]) -> Path:
+    """``hookrunner run``'s config file for a workers run: the realistic stack plus ``worker_probe.py``
+    (``[plugins] load``), the journal in the run's new file, ``runner.workers``, the scenario's calls in
+    ``runner.calls`` and ``max_calls`` raised to them, service mode with the server on port 0."""
+    import tomli_w
+
+    plugins = {**stack_plugins(spec), "load": [str(PROBE_PLUGIN)]}
+    overlay = {
+        "runner": {"workers": WORKER_COUNT, "calls": [f"{spec['prefix']}{n}" for n in range(spec["calls"])],
+                   "max_calls": max(500, spec["calls"])},
+        "server": {"enabled": True, "port": 0},
+        "state": {"path": spec["journal"]},
+        "plugins": plugins,
+    }  # fmt: skip
+    path = Path(spec["workdir"]) / f"workers-{spec['run']}.toml"
+    path.write_bytes(tomli_w.dumps(bench_config(spec["base"], overlay)).encode())
+    return path
+
+
+def listening_port(pid: int) -> int | None:
+    """The TCP port process ``pid`` listens on, from ``/proc`` (its sockets' inodes in the kernel's table), or None
+    yet: the server is on port 0, and at ``--log-level warning`` (as the in-process consumers log) the
+    ``server: listening on`` line is not written."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # st 0A: LISTEN
+                return int(fields[1].rsplit(":", 1)[1], 16)
+    return None
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    """Status and body of a GET (an error status is an answer too: /healthz says 503 while not serving)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def peak_rss_of(pid: int) -> float:
+    """Peak resident memory of process ``pid``, MiB (``VmHWM`` in ``/proc/PID/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return NAN
+
+
+def outbox_figures(page: bytes) -> dict[str, float]:
+    """From a summed /metrics page: calls finished, triggers, and the webhook endpoint's messages handed to it
+    (events of its default selection, triggers: as ``stack_outcome`` counts them), delivered, retried, dead-lettered."""
+    from hookrunner._core.triggers import type_selected
+    from hookrunner_plugins.webhook.settings import DEFAULT_EVENTS  # the endpoint sets no `events`
+    from prometheus_client.parser import text_string_to_metric_families
+
+    figures = dict.fromkeys(("calls_finished", "triggers", "submitted", "delivered", "retried", "dead_lettered"), 0.0)
+    for family in text_string_to_metric_families(page.decode("utf-8")):
+        for sample in family.samples:
+            name, labels, value = sample.name, sample.labels, sample.value
+            if name == "hookrunner_calls_finished_total":
+                figures["calls_finished"] += value
+            elif name == "hookrunner_events_total" and type_selected(labels.get("type", ""), DEFAULT_EVENTS):
+                figures["submitted"] += value
+            elif name == "hookrunner_triggers_total":
+                figures["triggers"] += value
+            elif name.startswith("hookrunner_outbox_") and labels.get("plugin") == "webhook":
+                field = name.removeprefix("hookrunner_outbox_").removesuffix("_total")
+                if field in figures:
+                    figures[field] += value
+    if type_selected("trigger.keyword", DEFAULT_EVENTS):
+        figures["submitted"] += figures["triggers"]
+    return figures
+
+
+def watch_workers(proc: subprocess.Popen[bytes], spec: dict[str, Any], errors: list[str]) -> dict[str, Any]:
+    """While the service runs: its port; /healthz every WORKERS_POLL_S until every call is over (the supervisor's
+    call book and every worker's routed calls empty); then /metrics until the webhook outbox has delivered or
+    dead-lettered every message, each scrape after a reading of every process's CPU and peak RSS from ``/proc``
+    (the last reading before the scrape that found the outbox drained is the run's end: no scrape is in it)."""
+    watched: dict[str, Any] = {}
+    deadline = time.monotonic() + spec["duration"] + 300
+    port = None
+    while port is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            errors.append(f"the service exited ({proc.returncode}) or hung before its server listened")
+            return watched
+        port = listening_port(proc.pid)
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+    health: dict[str, Any] = {}
+    while True:
+        status, body = http_get(f"{base}/healthz")
+        health = json.loads(body)
+        workers = health.get("workers", [])
+        if (status == 200 and workers and all(w["up"] for w in workers) and not health["calls_active"]
+                and not health["calls_waiting"] and not sum(w["calls"] for w in workers)):  # fmt: skip
+            break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            errors.append(f"calls not all over: the service exited ({proc.returncode}) or took too long: {health}")
+            watched["health"] = health
+            return watched
+        time.sleep(WORKERS_POLL_S)
+    watched["calls_over_ns"] = time.time_ns()
+    pids = {"supervisor": proc.pid, **{str(w["index"]): w["pid"] for w in workers}}
+    drain_deadline = time.monotonic() + WORKERS_DRAIN_S
+    while True:
+        end_ns = time.time_ns()
+        cpu = {name: process_cpu_s(pid) for name, pid in pids.items()}
+        peak = {name: peak_rss_of(pid) for name, pid in pids.items()}
+        status, page = http_get(f"{base}/metrics")
+        figures = outbox_figures(page)
+        if figures["delivered"] + figures["dead_lettered"] >= figures["submitted"]:
+            break
+        if time.monotonic() > drain_deadline:
+            errors.append(f"the outbox did not drain within {WORKERS_DRAIN_S:g} s of the calls' end: {figures}")
+            break
+        time.sleep(WORKERS_POLL_S)
+    _, body = http_get(f"{base}/healthz")
+    watched.update(health=json.loads(body), pids=pids, end_ns=end_ns, cpu_end=cpu, peak_rss=peak, metrics=figures)
+    return watched
+
+
+def stop_workers(proc: subprocess.Popen[bytes], errors: list[str]) -> tuple[int, float]:
+    """SIGTERM to the supervisor (it stops and drains every worker); its exit code and the CPU of the whole
+    service from ``wait4`` (the supervisor and the workers it reaped, setup and stop included)."""
+    if proc.poll() is not None:  # it ended by itself: no rusage to read any more
+        errors.append(f"the service exited by itself ({proc.returncode})")
+        return proc.returncode, NAN
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + WORKERS_EXIT_S
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_utime + usage.ru_stime
+        if time.monotonic() > deadline:
+            errors.append(f"the service did not exit within {WORKERS_EXIT_S:g} s of SIGTERM: killed")
+            proc.kill()  # its workers die with it (PR_SET_PDEATHSIG)
+            proc.wait()
+            return proc.returncode, NAN
+        time.sleep(0.05)
+
+
+def workers_run(spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """One WORKERS run: ``hookrunner --log-level warning run CONFIG`` as a user starts it, watched until every
+    call is over and the outbox drained, then SIGTERM; the figures ``child_main`` prints for the in-process
+    consumers, merged from the workers' ``worker_probe.py`` files, and the service's stderr (every process's).
+
+    CPU = each process's CPU at the end (``/proc/PID/stat`` of the supervisor and of each pid /healthz gives, just
+    before the stop) minus its CPU at the first worker's ``on_startup`` (the supervisor's, the later of the two
+    workers' readings: it idles while they start) or at its own (a worker's): imports, config and plugin
+    loading, the processes' start and the stop are outside, the plugins' ``on_startup`` and the journals' opening in."""
+    from worker_probe import OUT_ENV
+
+    workdir = Path(spec["workdir"])
+    probe_dir = workdir / f"probe-{spec['run']}"
+    probe_dir.mkdir()
+    hookrunner = str(Path(sys.executable).with_name("hookrunner"))
+    command = [hookrunner, "--log-level", "warning", "run", str(workers_config(spec))]
+    errors: list[str] = []
+    with open(workdir / f"workers-{spec['run']}.err", "w+b") as err:
+        proc = subprocess.Popen(command, stdout=err, stderr=err, env={**os.environ, OUT_ENV: str(probe_dir)})
+        try:
+            watched = watch_workers(proc, spec, errors)
+        except OSError as exc:  # its server stopped answering (the service died?)
+            errors.append(f"lost the service's server: {type(exc).__name__}: {exc}")
+            watched = {}
+        finally:
+            code, cpu_all = stop_workers(proc, errors)
+        err.seek(0)
+        stderr = err.read().decode("utf-8", "replace")
+    if code != 0:
+        errors.append(f"exit code {code}")
+    probes = [json.loads(path.read_text()) for path in sorted(probe_dir.glob("probe-*.json"))]
+    pids = watched.get("pids", {})
+    by_pid = {pid: name for name, pid in pids.items()}
+    if sorted(p["pid"] for p in probes) != sorted(pid for name, pid in pids.items() if name != "supervisor"):
+        errors.append(f"probe files of pids {[p['pid'] for p in probes]}, workers at the end {pids}")
+    restarts = [w.get("restarts") for w in watched.get("health", {}).get("workers", [])]
+    if any(restarts):
+        errors.append(f"worker restarts {restarts}")
+    finished = watched.get("metrics", {}).get("calls_finished")
+    if finished is not None and finished != spec["calls"]:
+        errors.append(f"{finished:.0f} of {spec['calls']} calls finished (hookrunner_calls_finished_total)")
+    tail = stderr.strip().splitlines()[-20:] if errors else []  # what the service said, for the --json file
+    if not probes or "end_ns" not in watched:
+        return {"consumer": WORKERS, "failed": "; ".join(errors) or "no figures", "events": 0, "stderr_tail": tail,
+                "expected": spec["calls"] * spec["events"], "errors": [], "error_count": 0}, stderr  # fmt: skip
+    latency, arrival = array("q"), array("q")
+    for p in probes:
+        latency.frombytes(base64.b64decode(p["latency_ns"]))
+        arrival.frombytes(base64.b64decode(p["arrival_ns"]))
+    start_ns, end_ns = max(p["started"]["time_ns"] for p in probes), watched["end_ns"]
+    cpu_end = watched["cpu_end"]
+    named = {p["pid"]: by_pid.get(p["pid"], f"pid {p['pid']}") for p in probes}  # "0", "1": a worker's index
+    cpu_by = {"supervisor": cpu_end["supervisor"] - max(p["started"]["supervisor_cpu_s"] for p in probes)}
+    for p in probes:
+        name = named[p["pid"]]
+        cpu_by[name] = cpu_end[name] - p["started"]["cpu_s"] if name in cpu_end else NAN
+    cpu, wall, events = sum(cpu_by.values()), (end_ns - start_ns) / 1e9, len(latency)
+    steady_from, steady_to = start_ns + int(STEADY_SKIP_S * 1e9), end_ns - int(STEADY_TAIL_S * 1e9)
+    figures = watched["metrics"]
+    dead_letter = workdir / spec["dead_letter"]
+    result = {
+        "consumer": WORKERS, "events": events, "expected": spec["calls"] * spec["events"],
+        **{key: sum(p[key] for p in probes) for key in ("inits", "closes", "order_errors")},
+        "errors": errors[:5], "error_count": len(errors),
+        "wall_s": wall, "cpu_s": cpu, "cpu_us_per_event": cpu * 1e6 / max(events, 1), "events_per_s": events / wall,
+        "peak_rss_mib": watched["peak_rss"]["supervisor"] + sum(p["peak_rss_mib"] for p in probes),
+        "gc_max_ms": max(p["gc_max_ms"] for p in probes), "gc_total_ms": sum(p["gc_total_ms"] for p in probes),
+        "gc_collections": [sum(p["gc_collections"][g] for p in probes) for g in range(3)], "gc_tuned": True,
+        "latency_ms": percentiles([ns / 1e9 for ns in latency]),
+        "steady_latency_ms": percentiles(
+            [ns / 1e9 for ns, at in zip(latency, arrival) if steady_from <= at <= steady_to]
+        ),
+        "exit_code": code, "stderr_tail": tail, "triggers": int(figures["triggers"]),
+        **{key: int(figures[key]) for key in ("submitted", "delivered", "dead_lettered", "retried")},
+        "dead_letter_lines": sum(1 for _ in dead_letter.open()) if dead_letter.exists() else 0,
+        "workers": {
+            "cpu_s": cpu_by, "cpu_all_s": cpu_all, "restarts": restarts,
+            "calls": {named[p["pid"]]: p["calls"] for p in probes},
+            "events": {named[p["pid"]]: p["events"] for p in probes},
+            "calls_over_s": (watched["calls_over_ns"] - start_ns) / 1e9,
+            "peak_rss_mib": {"supervisor": watched["peak_rss"]["supervisor"],
+                             **{named[p["pid"]]: p["peak_rss_mib"] for p in probes}},
+        },
+    }  # fmt: skip
+    return result, stderr
+
+
 # --- running the scenarios ------------------------------------------------------------------------------------
 
 
@@ -495,31 +759,24 @@ class Bench:
         spec: dict[str, Any] = {
             "consumer": consumer, "kind": scenario.kind, "base": self.server.base_url,
             "prefix": f"CALL-{scenario.key}-{number}-", "calls": scenario.calls, "events": scenario.events,
-            "workdir": str(self.workdir),
+            "duration": scenario.duration, "workdir": str(self.workdir), "run": number,
         }  # fmt: skip
         journal = None
-        if consumer in ("hookrunner+journal", "hookrunner+stack"):  # a new journal file per run
+        if consumer in ("hookrunner+journal", *STACK):  # a new journal file per run
             journal = self.workdir / f"journal-{number}.db"
             spec["journal"] = str(journal)
         receiver = None
-        if consumer == "hookrunner+stack":
+        if consumer in STACK:
             receiver = ReceiverProcess(self.workdir)
             spec.update(url=receiver.url, dead_letter=f"dead-letters-{number}.jsonl")
         self.server.stats(reset=True)
         written0, cpu0 = self.server.stats()["events_written"], self.server.cpu()
-        command = [sys.executable, __file__, "--child", json.dumps(spec)]
         try:
-            proc = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+            result, stderr = workers_run(spec) if consumer == WORKERS else self.child(spec)
         finally:
             server_cpu = self.server.cpu() - cpu0
             server_stats = self.server.stats(reset=True)
             received = receiver.finish() if receiver is not None else None
-        result: dict[str, Any]
-        if proc.returncode != 0 or not proc.stdout.strip():
-            result = {"consumer": consumer, "failed": f"exit {proc.returncode}: {proc.stderr.strip()[-1500:]}",
-                      "events": 0, "expected": scenario.offered, "errors": [], "error_count": 0}  # fmt: skip
-        else:
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
         result.update(
             scenario=scenario.key, label=scenario.label, round=rnd + 1, run=number, calls=scenario.calls,
             server_cpu_s=server_cpu, server_cpu_us_per_event=server_cpu * 1e6 / max(result["events"], 1),
@@ -527,15 +784,26 @@ class Bench:
         )  # fmt: skip
         if received is not None:
             result["receiver"] = {k: v for k, v in received.items() if k != "arrivals_by_call"}
-        problems = [line for line in proc.stderr.splitlines() if " WARNING " in line or " ERROR " in line]
+        problems = [line for line in stderr.splitlines() if (" WARNING " in line or " ERROR " in line)
+                    and "SIGTERM: stopping" not in line]  # (how the workers consumer is stopped)  # fmt: skip
         if problems:
             result["log_problems"] = len(problems)
             result["log_sample"] = problems[:3]
-        for path in (journal, *(Path(f"{journal}{suffix}") for suffix in ("-wal", "-shm"))) if journal else ():
+        for path in journal_parts(journal) if journal else ():
             path.unlink(missing_ok=True)
         self.runs.append(result)
         _progress(scenario, result)
         return result
+
+    def child(self, spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """One in-process consumer run: ``compare.py --child SPEC``; its JSON line and its stderr."""
+        command = [sys.executable, __file__, "--child", json.dumps(spec)]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+        if proc.returncode != 0 or not proc.stdout.strip():
+            failed = {"consumer": spec["consumer"], "failed": f"exit {proc.returncode}: {proc.stderr.strip()[-1500:]}",
+                      "events": 0, "expected": spec["calls"] * spec["events"], "errors": [], "error_count": 0}  # fmt: skip
+            return failed, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
     def scenario(self, scenario: Scenario, rounds: int) -> dict[str, list[dict[str, Any]]]:
         consumers = scenario.consumers
@@ -547,10 +815,17 @@ class Bench:
         return results
 
 
+def journal_parts(path: Path) -> list[Path]:
+    """A run's journal files: the database at ``path`` and its workers' (``NAME.worker-K.SUFFIX``), each with its
+    -wal and -shm."""
+    databases = [path, *path.parent.glob(f"{path.stem}.worker-*{path.suffix}")]
+    return [Path(f"{database}{suffix}") for database in databases for suffix in ("", "-wal", "-shm")]
+
+
 def _progress(scenario: Scenario, r: dict[str, Any]) -> None:
     tail = r["failed"].splitlines()[-1] if r.get("failed") else ""
     late = r.get("server_late_ms", {})
-    print(f"  .. {scenario.key:<10} #{r['round']} {r['consumer']:<18} {r['events']:>8}/{r['expected']:<8} events "
+    print(f"  .. {scenario.key:<10} #{r['round']} {r['consumer']:<24} {r['events']:>8}/{r['expected']:<8} events "
           f"{r.get('wall_s', 0):6.2f} s {r.get('cpu_us_per_event', 0):7.1f} us/ev  p99 "
           f"{r.get('latency_ms', {}).get('p99', float('nan')):8.1f} ms  server late p99 {late.get('p99', '-')} ms "
           f"{tail}", file=sys.stderr, flush=True)  # fmt: skip
@@ -632,28 +907,48 @@ def quiet_table(scenario: Scenario, runs: dict[str, list[dict[str, Any]]]) -> li
 
 def stack_table(scenario: Scenario, runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     lines = [
-        f"  {'run':<8} {'CPU':>7} {'delivered/offered':>19}  {'socket->hook ms:':>16} {'':>7} {'':>7} "
+        f"  {'consumer':<24} {'run':<6} {'CPU':>7} {'delivered/offered':>19}  {'socket->hook ms:':>16} {'':>7} {'':>7} "
         f"{'steady':>7}  {'webhook':>15} {'dead':>4}  {'words->receiver ms:':>19} {'':>7} {'':>7} {'steady':>7} "
         f"{'triggers':>8} {'recv':>6} {'peak':>7} {'GC':>6}",
-        f"  {'':<8} {'us/ev':>7} {'':>19}  {'p50':>8} {'p99':>7} {'max':>7} {'p99':>7}  {'recv/submitted':>15} "
+        f"  {'':<24} {'':<6} {'us/ev':>7} {'':>19}  {'p50':>8} {'p99':>7} {'max':>7} {'p99':>7}  {'recv/submitted':>15} "
         f"{'':>4}  {'p50':>7} {'p99':>7} {'max':>7} {'p99':>7} {'':>8} {'us/msg':>6} {'RSS Mi':>7} {'max ms':>6}",
     ]  # fmt: skip
-    results = runs["hookrunner+stack"]
-    rows = [(f"#{r['round']}", [r]) for r in results] + ([("median", results)] if len(results) > 1 else [])
-    for name, group in rows:
-        lines.append(
-            f"  {name:<8} {median_at(group, 'cpu_us_per_event'):7.2f} {median_at(group, 'events'):>9,.0f}/{group[0]['expected']:<9,}  "
-            f"{median_at(group, 'latency_ms', 'p50'):8.1f} {median_at(group, 'latency_ms', 'p99'):7.1f} "
-            f"{median_at(group, 'latency_ms', 'max'):7.1f} {median_at(group, 'steady_latency_ms', 'p99'):7.1f}  "
-            f"{median_at(group, 'receiver', 'messages'):>7,.0f}/{median_at(group, 'submitted'):<7,.0f} "
-            f"{median_at(group, 'dead_letter_lines'):4.0f}  {median_at(group, 'receiver', 'latency_ms', 'p50'):7.1f} "
-            f"{median_at(group, 'receiver', 'latency_ms', 'p99'):7.1f} {median_at(group, 'receiver', 'latency_ms', 'max'):7.1f} "
-            f"{median_at(group, 'receiver', 'steady_latency_ms', 'p99'):7.1f} {median_at(group, 'triggers'):8,.0f} "
-            f"{receiver_us(group):6.1f} {median_at(group, 'peak_rss_mib'):7.1f} {median_at(group, 'gc_max_ms'):6.1f}"
-        )
-    lines.append(f"  server CPU {median_at(results, 'server_cpu_us_per_event'):.2f} us/ev; outbox submit -> 2xx p99 "
-                 f"{median_at(results, 'outbox_latency_ms', 'p99'):.1f} ms")  # fmt: skip
+    for consumer, results in runs.items():
+        rows = [(f"#{r['round']}", [r]) for r in results] + ([("median", results)] if len(results) > 1 else [])
+        for name, group in rows:
+            lines.append(
+                f"  {consumer:<24} {name:<6} {median_at(group, 'cpu_us_per_event'):7.2f} "
+                f"{median_at(group, 'events'):>9,.0f}/{group[0]['expected']:<9,}  "
+                f"{median_at(group, 'latency_ms', 'p50'):8.1f} {median_at(group, 'latency_ms', 'p99'):7.1f} "
+                f"{median_at(group, 'latency_ms', 'max'):7.1f} {median_at(group, 'steady_latency_ms', 'p99'):7.1f}  "
+                f"{median_at(group, 'receiver', 'messages'):>7,.0f}/{median_at(group, 'submitted'):<7,.0f} "
+                f"{median_at(group, 'dead_letter_lines'):4.0f}  {median_at(group, 'receiver', 'latency_ms', 'p50'):7.1f} "
+                f"{median_at(group, 'receiver', 'latency_ms', 'p99'):7.1f} {median_at(group, 'receiver', 'latency_ms', 'max'):7.1f} "
+                f"{median_at(group, 'receiver', 'steady_latency_ms', 'p99'):7.1f} {median_at(group, 'triggers'):8,.0f} "
+                f"{receiver_us(group):6.1f} {median_at(group, 'peak_rss_mib'):7.1f} {median_at(group, 'gc_max_ms'):6.1f}"
+            )
+    every = [r for results in runs.values() for r in results]
+    lines.append(f"  server CPU {median_at(every, 'server_cpu_us_per_event'):.2f} us/ev; hookrunner+stack: outbox submit -> "
+                 f"2xx p99 {median_at(runs['hookrunner+stack'], 'outbox_latency_ms', 'p99'):.1f} ms")  # fmt: skip
+    for r in runs.get(WORKERS, []):
+        w = r.get("workers")
+        if not w:
+            continue
+        cpu = ", ".join(f"{process_name(name)} {s:.2f}" for name, s in sorted(w["cpu_s"].items()))
+        rss = ", ".join(f"{process_name(name)} {mib:.0f}" for name, mib in sorted(w["peak_rss_mib"].items()))
+        calls = ", ".join(f"{process_name(name)} {n:,}" for name, n in sorted(w["calls"].items()))
+        lines.append(f"  {WORKERS} #{r['round']}: CPU s {cpu} (with setup and stop, wait4: {w['cpu_all_s']:.2f}); "
+                     f"calls {calls}; every call over {w['calls_over_s']:.1f} "
+                     f"s after the start; restarts {sum(w['restarts'])}; peak RSS MiB {rss}")  # fmt: skip
+    if runs.get(WORKERS) and runs.get("hookrunner+stack"):
+        lines.append(f"  CPU per event, {WORKERS} / hookrunner+stack, by round: "
+                     + " ".join(f"{x:.2f}" for x in paired(runs[WORKERS], runs["hookrunner+stack"])))  # fmt: skip
     return lines
+
+
+def process_name(name: str) -> str:
+    """``supervisor``, or ``worker K`` for a worker's index."""
+    return name if not name.isdigit() else f"worker {name}"
 
 
 def receiver_us(group: list[dict[str, Any]]) -> float:
@@ -709,16 +1004,19 @@ def goals(done: dict[str, tuple[Scenario, dict[str, list[dict[str, Any]]]]], qui
     stack_key = "stack2000" if "stack2000" in done else "stack500" if "stack500" in done else None
     if stack_key:
         scenario, runs = done[stack_key]
-        results = runs["hookrunner+stack"]
         note = "" if stack_key == "stack2000" else "  (the goal is for paced 2,000, run in full mode: this is 500)"
-        lines.append(f"  {scenario.label}:{note}")
-        lost = [f"#{r['round']}: " + ", ".join(stack_lost(r)) for r in results if stack_lost(r)]
-        lines.append(f"    nothing lost: {'; '.join(lost) or 'every event and webhook message'}  {verdict(not lost)}")
-        p99 = median_at(results, "latency_ms", "p99")
-        lines.append(f"    p99 socket -> hook {p99:.1f} ms <= {GOAL_STACK_P99_MS:g}  {verdict(p99 <= GOAL_STACK_P99_MS)}")
-        p99 = median_at(results, "receiver", "latency_ms", "p99")
-        lines.append(f"    webhook p99 words -> receiver {p99:.1f} ms <= {GOAL_WEBHOOK_P99_MS:g}  "
-                     f"{verdict(p99 <= GOAL_WEBHOOK_P99_MS)}")  # fmt: skip
+        lines.append(f"  {scenario.label}, on {os.cpu_count()} CPUs:{note}")
+        for consumer, judged in ((WORKERS, True), ("hookrunner+stack", False)):
+            results = runs[consumer]
+            lines.append(f"   {consumer}" + ("" if judged else " (one process, for comparison: not judged)") + ":")
+            shown = verdict if judged else (lambda ok: f"({verdict(ok)})")
+            lost = [f"#{r['round']}: " + ", ".join(stack_lost(r)) for r in results if stack_lost(r)]
+            lines.append(f"    nothing lost: {'; '.join(lost) or 'every event and webhook message'}  {shown(not lost)}")
+            p99 = median_at(results, "latency_ms", "p99")
+            lines.append(f"    p99 socket -> hook {p99:.1f} ms <= {GOAL_STACK_P99_MS:g}  {shown(p99 <= GOAL_STACK_P99_MS)}")
+            p99 = median_at(results, "receiver", "latency_ms", "p99")
+            lines.append(f"    webhook p99 words -> receiver {p99:.1f} ms <= {GOAL_WEBHOOK_P99_MS:g}  "
+                         f"{shown(p99 <= GOAL_WEBHOOK_P99_MS)}")  # fmt: skip
     if "paced500" in done:
         scenario, runs = done["paced500"]
         for consumer in ("hookrunner", "hookrunner+journal"):
@@ -783,10 +1081,10 @@ def main() -> None:
         if r.get("failed"):
             print(f"PROBLEM: {r['scenario']} #{r['round']} {r['consumer']}: the child failed: "
                   f"{r['failed'].splitlines()[-1] if r['failed'] else ''}")  # fmt: skip
-        elif not complete(r) or (r["consumer"] == "hookrunner+stack" and stack_lost(r)):
+        elif not complete(r) or (r["consumer"] in STACK and stack_lost(r)):
             print(f"PROBLEM: {r['scenario']} #{r['round']} {r['consumer']}: {r['events']}/{r['expected']} events, "
                   f"{r.get('order_errors', 0)} out of order, {r['error_count']} errors {r['errors'][:2]} "
-                  f"{', '.join(stack_lost(r)) if r['consumer'] == 'hookrunner+stack' else ''}")  # fmt: skip
+                  f"{', '.join(stack_lost(r)) if r['consumer'] in STACK else ''}")  # fmt: skip
         if r.get("log_problems"):
             print(f"  log of {r['scenario']} #{r['round']} {r['consumer']}: {r['log_problems']} warning/error lines, "
                   f"e.g. {r['log_sample'][:1]}")  # fmt: skip
@@ -804,7 +1102,11 @@ consumer started to 1 s before it ended; KiB/cl = (RSS once every call's sse_ini
 / calls; GC max ms = the longest collection (gc.callbacks); server us/ev = the server's CPU during the run / events.
 Realistic stack: webhook recv/submitted = messages at the receiver / messages the webhook plugin was handed (its
 default selection: user_transcription, tts_completed, triggers); words->receiver = the receiver's arrival time
-minus the event's timestamp (the server's scheduled send time, ms); recv us/msg = the receiver's CPU per message."""
+minus the event's timestamp (the server's scheduled send time, ms); recv us/msg = the receiver's CPU per message.
+hookrunner+stack+workers = `hookrunner run CONFIG` with runner.workers = 2 (a supervisor, two worker processes):
+CPU = the three processes' CPU (/proc/PID/stat) from the workers' on_startup to every call over and the outbox
+drained, before SIGTERM; latency as above, noted by worker_probe.py in each worker; peak RSS = the three peaks'
+sum; GC max ms = the longer of the workers'."""
 
 
 if __name__ == "__main__":
