@@ -23,7 +23,7 @@ import trio
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hookrunner._service.metrics_sum import summed_page
+from hookrunner._service.metrics_sum import CounterFloors, summed_page
 from hookrunner._service.supervisor import worker_for
 from hookrunner._simulator import Simulator, running_simulator
 from hookrunner._state.journal import JournalReader, journal_files, worker_journal
@@ -506,3 +506,18 @@ def test_summed_pages_add_counters_and_histograms_label_process_families_and_kee
     fds = {dict(labels)["worker"]: value for (name, labels), value in samples.items() if name == "process_open_fds"}
     assert fds == {"supervisor": 5, "0": 7, "1": 9}
     assert samples[("hookrunner_calls_active", ())] == 3
+
+
+def test_summed_counters_never_go_down_when_a_worker_starts_again_from_zero() -> None:
+    floors = CounterFloors()
+
+    def scrape(worker_1_jobs: float, worker_1_fds: float) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        pages = [("0", page(5, {}, [], fds=7, active=0)), ("1", page(worker_1_jobs, {}, [], fds=worker_1_fds, active=0))]
+        return samples_of(summed_page(pages, floors=floors).decode())
+
+    assert scrape(3, 9)[("jobs_total", ())] == 8
+    restarted = scrape(1, 4)  # worker 1 died and counts from zero again: its 3 jobs are carried on
+    assert restarted[("jobs_total", ())] == 8
+    assert scrape(2, 4)[("jobs_total", ())] == 9  # and what it counts from now on adds to them
+    fds = {dict(labels)["worker"]: value for (name, labels), value in restarted.items() if name == "process_open_fds"}
+    assert fds == {"0": 7, "1": 4}  # a gauge of one process is that process's, floors or not

@@ -52,7 +52,7 @@ from hookrunner._run.callbook import CallBook, Offer
 from hookrunner._run.intake import Intake
 from hookrunner._run.metrics import RunnerMetrics
 from hookrunner._run.runner import EXIT_OK, EXIT_USAGE, call_id_refused, waiting_for_a_slot
-from hookrunner._service.metrics_sum import summed_page
+from hookrunner._service.metrics_sum import CounterFloors, summed_page
 from hookrunner._service.worker_link import Link, LinkClosed
 from hookrunner._state.journal import JournalReader, journal_files, worker_journal
 from hookrunner._stream.ratelimit import RateLimiter
@@ -145,6 +145,7 @@ class Supervisor:
         self._client: httpx.AsyncClient | None = None
         self._rest_limiter = RateLimiter(config.atoms.max_requests_per_second / (count + 1))
         self._requests = 0
+        self._floors = CounterFloors()  # /metrics counters carry on past a worker's restart
         self._pacing_dir: Path | None = None  # made by run()
 
     # --- the whole run ----------------------------------------------------------------------------------------
@@ -458,7 +459,7 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             for worker in self._workers:
                 nursery.start_soon(fetch, worker)
-        return summed_page(pages, owned_by_first=SUPERVISOR_FAMILIES)
+        return summed_page(pages, owned_by_first=SUPERVISOR_FAMILIES, floors=self._floors)
 
     def health(self) -> dict[str, Any]:
         """What /healthz adds for a supervised service: each worker's pid, whether it is up, its restarts."""
