@@ -189,9 +189,28 @@ def stop_server(proc: subprocess.Popen[str], err: IO[str], stop_signal: signal.S
         print(f"({name} stderr: {errors[shown]})", file=sys.stderr)
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far, from ``/proc/PID/stat``: a server's CPU, read from
-    outside so that no consumer's figure includes it."""
+class GcWatch:
+    """``gc.callbacks``: each collection's pause, and collections per generation."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.max_s = 0.0
+        self.total_s = 0.0
+        self.counts = [0, 0, 0]
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self.started
+        self.total_s += pause
+        self.max_s = max(self.max_s, pause)
+        self.counts[info["generation"]] += 1
+
+
+def process_cpu_s(pid: int | str) -> float:
+    """User + system CPU seconds of process ``pid`` (or "self") so far, from ``/proc/PID/stat``: a server's CPU,
+    read from outside so that no consumer's figure includes it; a worker's, read by compare.py's probe."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14 and 15 of stat(5))
 

@@ -50,6 +50,7 @@ from benchlib import (
     KEY,
     KEYWORD_RULES,
     WEBHOOK_SECRET_ENV,
+    GcWatch,
     ReceiverProcess,
     bench_config,
     median_at,
@@ -195,25 +196,6 @@ class Probe:
             self.closes += 1
         else:
             self.errors.append(f"{call_id}: ended after {last}")
-
-
-class GcWatch:
-    """``gc.callbacks``: each collection's pause, and collections per generation."""
-
-    def __init__(self) -> None:
-        self.started = 0.0
-        self.max_s = 0.0
-        self.total_s = 0.0
-        self.counts = [0, 0, 0]
-
-    def __call__(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self.started = time.perf_counter()
-            return
-        pause = time.perf_counter() - self.started
-        self.total_s += pause
-        self.max_s = max(self.max_s, pause)
-        self.counts[info["generation"]] += 1
 
 
 def stack_plugins(spec: dict[str, Any]) -> dict[str, Any]:

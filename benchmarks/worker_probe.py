@@ -26,8 +26,10 @@ from typing import Any
 
 from hookrunner import hookimpl
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # loaded by file path in a worker: benchlib is beside it
+from benchlib import GcWatch, process_cpu_s  # noqa: E402
+
 OUT_ENV = "BENCH_PROBE_DIR"
-TICK = os.sysconf("SC_CLK_TCK")
 
 latency = array("q")
 arrival = array("q")
@@ -36,35 +38,10 @@ counts = {"inits": 0, "closes": 0, "order_errors": 0}
 started: dict[str, Any] = {}
 
 
-def cpu_s(pid: int | str) -> float:
-    """User + system CPU seconds of ``pid`` (or "self"), from ``/proc/PID/stat``: as compare.py reads it at the end."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 def worker_index() -> int | None:
     """This worker's index, from its command line (``python -m hookrunner._service.worker CONFIG --index K``)."""
     argv = sys.argv
     return int(argv[argv.index("--index") + 1]) if "--index" in argv[:-1] else None
-
-
-class GcWatch:
-    """``gc.callbacks``: the longest collection, the total, collections per generation (as compare.py's)."""
-
-    def __init__(self) -> None:
-        self.started = 0.0
-        self.max_s = 0.0
-        self.total_s = 0.0
-        self.counts = [0, 0, 0]
-
-    def __call__(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self.started = time.perf_counter()
-            return
-        pause = time.perf_counter() - self.started
-        self.total_s += pause
-        self.max_s = max(self.max_s, pause)
-        self.counts[info["generation"]] += 1
 
 
 gc_watch = GcWatch()
@@ -72,7 +49,7 @@ gc_watch = GcWatch()
 
 @hookimpl
 def on_startup() -> None:
-    started.update(cpu_s=cpu_s("self"), supervisor_cpu_s=cpu_s(os.getppid()), time_ns=time.time_ns())
+    started.update(cpu_s=process_cpu_s("self"), supervisor_cpu_s=process_cpu_s(os.getppid()), time_ns=time.time_ns())
     gc.callbacks.append(gc_watch)
 
 

@@ -278,6 +278,16 @@ async def test_a_fresh_connection_closed_without_an_answer_is_not_sent_again() -
     assert len(got.seen) == 1
 
 
+async def cut_at_deadline(serve: Handler, *, timeout: float, within: float) -> Receiver:
+    """Post to a receiver answering with ``serve``: the post fails with DeadlineExceeded, ``within`` s at most."""
+    async with receiver(serve) as got, plugin_client() as client:
+        started = trio.current_time()
+        with pytest.raises(DeadlineExceeded):
+            await post(client, got.url, timeout=timeout)
+        assert trio.current_time() - started < within
+    return got
+
+
 async def test_a_trickled_answer_is_cut_at_the_deadline() -> None:
     async def trickle(connection: Connection) -> None:
         await connection.next_request()
@@ -286,11 +296,7 @@ async def test_a_trickled_answer_is_cut_at_the_deadline() -> None:
             await connection.send_raw(b"x")
             await trio.sleep(0.1)
 
-    async with receiver(trickle) as got, plugin_client() as client:
-        started = trio.current_time()
-        with pytest.raises(DeadlineExceeded):
-            await post(client, got.url, timeout=0.5)
-        assert trio.current_time() - started < 0.8
+    got = await cut_at_deadline(trickle, timeout=0.5, within=0.8)
     assert len(got.seen) == 1
 
 
@@ -301,11 +307,7 @@ async def test_headers_sent_one_byte_at_a_time_are_cut_at_the_deadline_too() -> 
             await connection.send_raw(bytes([byte]))
             await trio.sleep(0.05)
 
-    async with receiver(slow_head) as got, plugin_client() as client:
-        started = trio.current_time()
-        with pytest.raises(DeadlineExceeded):
-            await post(client, got.url, timeout=0.4)
-        assert trio.current_time() - started < 0.7
+    await cut_at_deadline(slow_head, timeout=0.4, within=0.7)
 
 
 async def test_an_oversized_answer_is_cut_at_max_body_and_its_connection_not_reused() -> None:

@@ -38,11 +38,6 @@ class Pacing:
         self._memory: dict[str, _Record] = {}
         self._files: dict[str, int] = {}
 
-    @property
-    def shared(self) -> bool:
-        """Whether other processes take turns from the same book (a run with workers)."""
-        return self._directory is not None
-
     async def take_turn(self, key: str, interval: float) -> None:
         while True:
             slot = self._reserve(key, interval)

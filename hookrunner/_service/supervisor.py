@@ -53,6 +53,7 @@ from hookrunner._run.intake import Intake
 from hookrunner._run.metrics import RunnerMetrics
 from hookrunner._run.runner import EXIT_OK, EXIT_USAGE, call_id_refused, waiting_for_a_slot
 from hookrunner._service.metrics_sum import CounterFloors, summed_page
+from hookrunner._service.worker import rest_rate_share
 from hookrunner._service.worker_link import Link, LinkClosed
 from hookrunner._state.journal import JournalReader, journal_files, worker_journal
 from hookrunner._stream.ratelimit import RateLimiter
@@ -81,13 +82,16 @@ class _Worker:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.pid: int | None = None
         self.process: trio.Process | None = None
         self.link: Link | None = None
         self.ready = trio.Event()
         self.calls: dict[str, str] = {}  # call id -> where it was found, while the worker has it
         self.restarts = 0
         self.waiting_answers: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
 
     def post(self, message: dict[str, Any]) -> bool:
         if self.link is None or not self.ready.is_set():
@@ -98,7 +102,7 @@ class _Worker:
     def gone(self) -> None:
         """The process exited: what waited on an answer gets none, a new start gets a new link."""
         self.ready = trio.Event()
-        self.pid = self.process = None
+        self.process = None
         if self.link is not None:
             self.link.close()
         self.link = None
@@ -143,7 +147,7 @@ class Supervisor:
         self._stop_scopes: set[trio.CancelScope] = set()
         self._fatal_error: HookrunnerError | None = None
         self._client: httpx.AsyncClient | None = None
-        self._rest_limiter = RateLimiter(config.atoms.max_requests_per_second / (count + 1))
+        self._rest_limiter = RateLimiter(rest_rate_share(config, count))
         self._requests = 0
         self._floors = CounterFloors()  # /metrics counters carry on past a worker's restart
         self._pacing_dir: Path | None = None  # made by run()
@@ -241,7 +245,7 @@ class Supervisor:
             process = await trio.lowlevel.open_process(command, pass_fds=(theirs.fileno(),), start_new_session=True)
         finally:
             theirs.close()
-        worker.process, worker.pid, worker.link = process, process.pid, Link(mine)
+        worker.process, worker.link = process, Link(mine)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(worker.link.run)
@@ -398,7 +402,8 @@ class Supervisor:
         return True
 
     def accepted_deliveries(self, limit: int) -> list[str]:
-        """The ids every worker's journal accepted (read before the workers start writing)."""
+        """The ids every worker's journal accepted, read once as the server starts (a worker may be writing its
+        journal meanwhile: SQLite's WAL lets a reader see its last commit)."""
         path = self.config.state.path
         if path is None:
             return []
@@ -419,10 +424,9 @@ class Supervisor:
             number = self._requests
             send, receive = trio.open_memory_channel[dict[str, Any]](1)
             worker.waiting_answers[number] = send
-            if not worker.post({**message, "n": number}):
-                worker.waiting_answers.pop(number, None)
-                return None
             try:
+                if not worker.post({**message, "n": number}):
+                    return None
                 return await receive.receive()
             except trio.EndOfChannel:  # the worker died before answering
                 return None

@@ -35,7 +35,7 @@ from hookrunner._run.runner import Runner
 from hookrunner._service.worker_link import Link, LinkClosed
 from hookrunner._state.journal import worker_journal
 
-__all__ = ["worker_config", "SupervisorLink", "main"]
+__all__ = ["worker_config", "rest_rate_share", "SupervisorLink", "main"]
 
 
 def worker_config(config: Config, index: int, count: int) -> Config:
@@ -49,10 +49,14 @@ def worker_config(config: Config, index: int, count: int) -> Config:
         discovery=dataclasses.replace(config.discovery, poll=False),
         runner=dataclasses.replace(config.runner, calls=(), workers=1),
         state=state if state.path is None else dataclasses.replace(state, path=worker_journal(state.path, index)),
-        atoms=dataclasses.replace(
-            config.atoms, max_requests_per_second=config.atoms.max_requests_per_second / (count + 1)
-        ),
+        atoms=dataclasses.replace(config.atoms, max_requests_per_second=rest_rate_share(config, count)),
     )
+
+
+def rest_rate_share(config: Config, count: int) -> float:
+    """Each process's share of ``atoms.max_requests_per_second`` in a run of ``count`` workers: the supervisor's
+    listing and every worker's backfill draw on the one limit Atoms sets for the key."""
+    return config.atoms.max_requests_per_second / (count + 1)
 
 
 #: A worker's exit status when its supervisor vanished.
