@@ -275,7 +275,8 @@ def test_route_asks_the_very_predicates_on_trigger_uses(monkeypatch: pytest.Monk
     for plugin, settings in ((WebhookPlugin(), {"endpoints": ENDPOINTS}), (SlackPlugin(), {"routes": ROUTES})):
         submitted: list[str] = []
         app = SimpleNamespace(
-            settings=settings, http=None, pacing=Pacing(), open_outbox=lambda name, *_, **__: Recording(name, submitted)
+            settings=settings, http=None, pacing=Pacing(), open_outbox=lambda name, *_, **__: Recording(name, submitted),
+            select_events=lambda *_: None,
         )
         plugin.on_startup(app)
         reached = set()

@@ -129,7 +129,7 @@ def test_config_classes_repeat_no_default_of_the_schemas(cls: type) -> None:
 def test_a_minimal_config_takes_every_value_from_the_schema_defaults() -> None:
     config = config_from_dict(MINIMAL, source="c.toml")
     defaults = default_config_table()
-    assert config.runner.buffer == defaults["runner"]["buffer"] == 64
+    assert config.runner.buffer == defaults["runner"]["buffer"] == 256
     assert config.runner.hook_timeout == defaults["runner"]["hook_timeout"]
     assert dataclasses.asdict(config.runner.reconnect) == defaults["runner"]["reconnect"]
     assert config.atoms.base_url == defaults["atoms"]["base_url"]

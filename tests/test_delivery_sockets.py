@@ -15,7 +15,7 @@ import os
 import resource
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,7 +33,7 @@ from standardwebhooks.webhooks import Webhook
 from hookrunner import __version__, hookimpl
 from hookrunner._core import bounded_http
 from hookrunner._core.bounded_http import DeadlineExceeded, request, truncated, use_socket_pool
-from hookrunner._core.http1 import SocketPool
+from hookrunner._core.http1 import SocketPool, trusted_tls
 from hookrunner.testing import run_plugins
 
 SECRET_ENV = "HR_TEST_WH_SOCKETS"
@@ -384,14 +384,17 @@ async def test_requests_go_through_the_socket_pool_not_httpxs_transport() -> Non
 
 
 @pytest.fixture
-def tls_receiver_context(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
-    """A server context with a certificate for 127.0.0.1 from a test CA, and that CA's PEM file."""
+def tls_receiver_context(tmp_path: Path) -> Iterator[tuple[ssl.SSLContext, Path]]:
+    """A server context with a certificate for 127.0.0.1 from a test CA, and that CA's PEM file. The trust settings
+    are read once per process (``trusted_tls``): forgotten around the test, which sets its own."""
     ca = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(context)
     pem = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(pem))
-    return context, pem
+    trusted_tls.cache_clear()
+    yield context, pem
+    trusted_tls.cache_clear()
 
 
 async def test_https_is_verified_with_httpxs_trust_settings_ssl_cert_file_included(

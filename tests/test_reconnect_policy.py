@@ -33,9 +33,13 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
     assert parse_retry_after(format_datetime(past, usegmt=True)) == 0.0
 
 
-def test_seen_events_forget_the_oldest_beyond_their_bound() -> None:
+def test_seen_events_remember_at_least_the_last_limit_keys_and_at_most_twice_that() -> None:
     seen = SeenEvents(limit=3)
     assert [seen.add(k) for k in "abc"] == [True, True, True]
     assert seen.add("a") is False
-    seen.add("d")  # pushes out "a"
-    assert seen.add("a") is True and seen.add("d") is False
+    for count, key in enumerate("defghijklm", start=4):
+        assert seen.add(key) is True
+        added = "abcdefghijklm"[:count]
+        assert all(k in seen for k in added[-3:]), f"one of the last 3 forgotten after {added}"
+        assert sum(k in seen for k in added) <= 6
+    assert seen.add("a") is True, "the oldest are forgotten"

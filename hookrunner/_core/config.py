@@ -110,7 +110,7 @@ RUNNER_SCHEMA = {
     "hook_timeout": Setting("number", 10.0, check=POSITIVE, expected="a number of seconds"),
     "idle_timeout": Setting("number", 120.0, check=POSITIVE, expected="a number of seconds"),
     "shutdown_grace": Setting("number", 10.0, check=NON_NEGATIVE, expected="a number of seconds"),
-    "buffer": Setting("int", 64, check=between(1, 100_000), expected="a number of events"),
+    "buffer": Setting("int", 256, check=between(1, 100_000), expected="a number of events"),
     "spool_file": Setting("str", "hookrunner-undispatched.jsonl", check=_file_path, expected="a file path"),
     "reconnect": Setting("table", {}),
     "max_calls": Setting("int", 500, check=_at_least_one, expected="a number of concurrent calls"),

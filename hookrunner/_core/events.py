@@ -200,7 +200,10 @@ def _as_datetime(value: Any) -> datetime | None:
                 return datetime.fromtimestamp(float(value), timezone.utc)
             except (ValueError, OverflowError):
                 return None
-        return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+        zone = parsed.tzinfo
+        if zone is timezone.utc:  # (what a "Z" or "+00:00" gives: the usual case, already as wanted)
+            return parsed
+        return parsed.replace(tzinfo=timezone.utc) if zone is None else parsed.astimezone(timezone.utc)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value > 1e11:  # milliseconds rather than seconds
             value = value / 1000
@@ -246,12 +249,6 @@ TEXT_FIELDS = {
 }
 
 
-def missing_text_field(event: Event) -> str | None:
-    """The text field ``event`` should have and lacks (a renamed field in a new API version, a broken sender)."""
-    field = TEXT_FIELDS.get(event.event_type)
-    return field if field is not None and field not in event.raw else None
-
-
 def event_from_dict(
     raw: dict[str, Any], call_id: str, received_at: datetime | None = None, *, line: str | bytes | None = None
 ) -> Event:
@@ -266,8 +263,12 @@ def event_from_dict(
     timestamp = _as_datetime(raw.get("timestamp")) or _as_datetime(raw.get("event_time"))
     if timestamp is None:
         timestamp = received_at or datetime.now(timezone.utc)
-    event_id = _as_id(raw.get("event_id"))
-    event_call = _as_id(raw.get("call_id")) or call_id
+    event_id = raw.get("event_id")
+    if type(event_id) is not str or not event_id:  # (a non-empty string, the usual id, as it is: _as_id inline)
+        event_id = _as_id(event_id)
+    event_call = raw.get("call_id")
+    if type(event_call) is not str or not event_call:
+        event_call = _as_id(event_call) or call_id
     if cls is UserTranscription or cls is UserInterimTranscription:
         return cls(  # type: ignore[call-arg]
             event_type=event_type, event_id=event_id, call_id=event_call, timestamp=timestamp, raw=raw,

@@ -19,6 +19,7 @@ lets a receiver drop a copy it did take in, as it does for every retry.
 
 from __future__ import annotations
 
+import functools
 import select
 import socket
 import ssl
@@ -137,6 +138,15 @@ class Origin:
     idle: deque[_Connection] = field(default_factory=deque)
 
 
+
+@functools.cache
+def trusted_tls() -> ssl.SSLContext:
+    """httpx's own TLS context (its trust store, ``SSL_CERT_FILE``...), made once per process and shared by every
+    client of it: loading the CA bundle costs about 25 ms, and a run has several clients. All speak HTTP/1.1."""
+    context = httpx.create_ssl_context()
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
 class SocketPool:
     """Kept-alive HTTP/1.1 connections per origin (scheme, host, port), for ``bounded_http.request``.
 
@@ -149,7 +159,6 @@ class SocketPool:
         self._keepalive_expiry = keepalive_expiry
         self._origins: dict[tuple[str, str, int], Origin | None] = {}  # None: a proxy applies, httpx's
         self._routes: dict[str, tuple[Origin, httpx.URL] | None] = {}
-        self._ssl: ssl.SSLContext | None = None
         self._next_sweep = 0.0
         self._closed = False
 
@@ -239,10 +248,7 @@ class SocketPool:
             raise httpx.ConnectError(failure(exc)) from None
         if origin.scheme != "https":
             return _Connection(tcp, tcp.socket)
-        if self._ssl is None:  # loading the CA bundle costs tens of ms: once, when the first https origin is used
-            self._ssl = httpx.create_ssl_context()  # httpx's own: the same trust as App.http
-            self._ssl.set_alpn_protocols(["http/1.1"])
-        stream = trio.SSLStream(tcp, self._ssl, server_hostname=origin.host, https_compatible=True)
+        stream = trio.SSLStream(tcp, trusted_tls(), server_hostname=origin.host, https_compatible=True)
         try:
             await stream.do_handshake()
         except (trio.BrokenResourceError, OSError) as exc:

@@ -189,6 +189,7 @@ class CallPipeline:
     ) -> None:
         batch: list[Event] = []
         done = 0  # of ``batch``, the events dispatched
+        dispatch, by_type = self._dispatcher.dispatch_event, self._stats.events_by_type
         async with receive:
             try:
                 with self._stopping.stoppable(DRAIN):
@@ -198,7 +199,12 @@ class CallPipeline:
                             continue
                         batch, done = item, 0
                         for event in item:
-                            await self._dispatch_event(call, event)
+                            by_type[type_label(event.event_type)] += 1
+                            call.record_turn(event)
+                            pending = dispatch(event, call)  # (None: every hook was a plain function, done)
+                            if pending is not None:
+                                await pending
+                            call.events_dispatched += 1
                             done += 1
                             if journal is not None:  # (each one: a kill repeats only the event in its hooks)
                                 journal.dispatched()
@@ -217,8 +223,3 @@ class CallPipeline:
                 else:
                     self._stats.events_spooled += spool_events(self._config.runner.spool_file, call.id, left)
 
-    async def _dispatch_event(self, call: CallContext, event: Event) -> None:
-        self._stats.events_by_type[type_label(event.event_type)] += 1
-        call.record_turn(event)
-        await self._dispatcher.dispatch_event(event, call)
-        call.events_dispatched += 1

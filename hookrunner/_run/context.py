@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -90,6 +90,7 @@ class App:
         outboxes: RunOutboxes | None = None,
         on_asyncio: bool = False,
         pacing: Pacing | None = None,
+        select_events: Callable[[str, str, Iterable[str] | None], None] | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -110,6 +111,20 @@ class App:
         #: Turns at outside services' rate limits, shared by every worker process of the run (``runner.workers``):
         #: ``await app.pacing.take_turn("slack:#alerts", 1.0)`` keeps one post a second to that channel in all.
         self.pacing = pacing if pacing is not None else Pacing()
+        self._select_events = select_events
+
+    def select_events(self, hook_name: str, event_types: Iterable[str] | None) -> None:
+        """Call this plugin's ``hook_name`` (``on_event`` or an event type's own hook) only for events whose
+        ``event_type`` one of ``event_types`` picks (names or globs: ``"user_*"``); ``()`` for none; ``None`` for
+        every event again (the default).
+
+        Every implementation costs each event a call, and with thousands of live calls that is the runner's
+        budget: a plugin whose settings leave it nothing to do for most events (no endpoint, no rule reading
+        interim text) says so here, in ``on_startup`` or ``on_reload``, and is not called for them.
+        """
+        if self._select_events is None:
+            raise RuntimeError("select_events is available in on_startup and on_reload of a run")
+        self._select_events(self.name, hook_name, event_types)
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` in the background, inside the runner's nursery.

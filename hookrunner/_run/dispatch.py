@@ -17,23 +17,29 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pluggy
 import trio
 
-from hookrunner._core.events import Event
+from hookrunner._core.events import EVENT_CLASSES, Event
 from hookrunner._core.failures import is_cancellation
 from hookrunner._core.logs import log_fields
 from hookrunner._core.stats import Stats
 from hookrunner._core.text import one_line
+from hookrunner._core.triggers import type_selected
 from hookrunner._run.asyncio_hooks import asyncio_hint, call_on_asyncio
 
 log = logging.getLogger("hookrunner.dispatch")
 
 KwargsFor = Mapping[str, Any] | Callable[[str], Mapping[str, Any]]
+
+#: The hooks an event reaches: its own type's, and ``on_event``.
+EVENT_HOOKS = frozenset({cls.HOOK for cls in EVENT_CLASSES.values() if cls.HOOK is not None} | {"on_event"})
+#: How many event types keep a worked-out dispatch plan.
+MAX_PLANS = 256
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,10 @@ class HookDispatcher:
         #: must be open (``asyncio_hooks.asyncio_loop``) while they are called.
         self.asyncio_plugins = frozenset(asyncio_plugins)
         self._impls: dict[str, list[pluggy.HookImpl]] = {}
-        self._event_plans: dict[type[Event], tuple[_Planned, ...]] = {}
+        #: Per event type (bounded: a stream of made-up types plans each event anew past the bound).
+        self._event_plans: dict[str, tuple[_Planned, ...]] = {}
+        #: (plugin, event hook) -> the event types it asked for (``App.select_events``); absent: every one.
+        self._selections: dict[tuple[str, str], tuple[str, ...]] = {}
         #: ``observe(plugin, hook, seconds)`` for every implementation that returned (the metrics' histogram).
         self.observe: Callable[[str, str, float], None] | None = None
         #: ``on_error(failure)`` for every implementation that raised (``hookrunner.testing`` keeps them).
@@ -109,17 +118,28 @@ class HookDispatcher:
             else:
                 self._returned(time.monotonic() - started, plugin, hook_name, limit, call_id, event_id)
 
-    async def dispatch_event(self, event: Event, call: Any) -> None:
-        """The event's own hook (``on_user_transcription``, ...) then ``on_event``, on every plugin that implements
-        them: the hot path, so the implementations, the arguments each takes and where its coroutines run are
-        worked out once per event class, and a plain function that returns costs no coroutine (and one clock
-        reading: where one implementation ends, the next starts)."""
-        plan = self._event_plans.get(type(event))
+    def dispatch_event(self, event: Event, call: Any) -> Awaitable[None] | None:
+        """Start the event's own hook (``on_user_transcription``, ...) then ``on_event``, on every plugin that
+        implements them (and selected the event's type): None when each was a plain function that returned, else an
+        awaitable that finishes the event from the first implementation that returned one, to be awaited before
+        the call's next event.
+
+        This is the hot path, so the implementations, the arguments each takes and where its coroutines run are
+        worked out once per event type, and plain functions cost no coroutine (one for each event would be a
+        third of dispatch) and one clock reading each: where one implementation ends, the next starts.
+        """
+        plan = self._event_plans.get(event.event_type)
         if plan is None:
-            plan = self._event_plans[type(event)] = self._plan_for(type(event))
-        limit = self.hook_timeout
+            plan = self._plan_for(type(event), event.event_type)
+            if len(self._event_plans) < MAX_PLANS:
+                self._event_plans[event.event_type] = plan
+        return self._run_plan(plan, 0, event, call) if plan else None
+
+    def _run_plan(self, plan: tuple[_Planned, ...], start: int, event: Event, call: Any) -> Awaitable[None] | None:
+        observe, limit = self.observe, self.hook_timeout
         started = time.monotonic()
-        for function, plugin, hook_name, takes in plan:
+        for position in range(start, len(plan)):
+            function, plugin, hook_name, takes = plan[position]
             try:
                 if takes is _BOTH:
                     result = function(event, call)
@@ -134,18 +154,46 @@ class HookDispatcher:
                 started = time.monotonic()
                 continue
             if result is not None and inspect.isawaitable(result):
-                await self._await_result(result, started, plugin, hook_name, limit, call.id, event.event_id)
-                started = time.monotonic()
-                continue
+                return self._finish_plan(result, started, plan, position, event, call)
             now = time.monotonic()
-            self._returned(now - started, plugin, hook_name, limit, call.id, event.event_id)
+            if observe is not None:
+                observe(plugin, hook_name, now - started)
+            if now - started > limit:
+                self._blocked(now - started, limit, plugin, hook_name, call.id, event.event_id)
             started = now
+        return None
 
-    def _plan_for(self, cls: type[Event]) -> tuple[_Planned, ...]:
+    async def _finish_plan(
+        self, result: Awaitable[Any], started: float, plan: tuple[_Planned, ...], position: int, event: Event, call: Any
+    ) -> None:
+        """Await what the implementation at ``position`` returned, then run the rest of the plan."""
+        _, plugin, hook_name, _ = plan[position]
+        await self._await_result(result, started, plugin, hook_name, self.hook_timeout, call.id, event.event_id)
+        rest = self._run_plan(plan, position + 1, event, call)
+        if rest is not None:
+            await rest
+
+    def select_events(self, plugin: str, hook_name: str, patterns: Iterable[str] | None) -> None:
+        """From now on, call ``plugin``'s ``hook_name`` (an event hook) only for events whose type one of
+        ``patterns`` picks (globs, as a notifier's ``events``); ``None``: for every event again."""
+        if hook_name not in EVENT_HOOKS:
+            raise ValueError(f"{hook_name!r} is not an event hook (one of: {', '.join(sorted(EVENT_HOOKS))})")
+        if patterns is None:
+            self._selections.pop((plugin, hook_name), None)
+        else:
+            if isinstance(patterns, str):
+                raise TypeError("event_types: a list of event types or globs, not one string")
+            self._selections[(plugin, hook_name)] = tuple(patterns)
+        self._event_plans.clear()
+
+    def _plan_for(self, cls: type[Event], event_type: str) -> tuple[_Planned, ...]:
         hooks = ([cls.HOOK] if cls.HOOK is not None else []) + ["on_event"]
         plan = []
         for hook_name in hooks:
             for impl in self.implementations(hook_name):
+                selection = self._selections.get((impl.plugin_name, hook_name))
+                if selection is not None and not type_selected(event_type, selection):
+                    continue
                 function = impl.function
                 if impl.plugin_name in self.asyncio_plugins:
                     function = functools.partial(_on_asyncio, impl.function)
@@ -192,16 +240,21 @@ class HookDispatcher:
         if self.observe is not None:
             self.observe(plugin, hook_name, elapsed)
         if elapsed > limit:
-            # A plain function cannot be interrupted: it held the event loop (every call) this long.
-            self._stats.hook_timeouts[plugin] += 1
-            log.error(
-                "%s blocked the event loop for %.3g s (runner.hook_timeout is %.3g s); make it async "
-                "or move the blocking work to trio.to_thread.run_sync",
-                _where(plugin, hook_name, call_id, event_id),
-                elapsed,
-                limit,
-                extra=log_fields(plugin=plugin, hook=hook_name, call_id=call_id, event_id=event_id),
-            )
+            self._blocked(elapsed, limit, plugin, hook_name, call_id, event_id)
+
+    def _blocked(
+        self, elapsed: float, limit: float, plugin: str, hook_name: str, call_id: str | None, event_id: str | None
+    ) -> None:
+        """A plain function cannot be interrupted: it held the event loop (every call) for ``elapsed`` seconds."""
+        self._stats.hook_timeouts[plugin] += 1
+        log.error(
+            "%s blocked the event loop for %.3g s (runner.hook_timeout is %.3g s); make it async "
+            "or move the blocking work to trio.to_thread.run_sync",
+            _where(plugin, hook_name, call_id, event_id),
+            elapsed,
+            limit,
+            extra=log_fields(plugin=plugin, hook=hook_name, call_id=call_id, event_id=event_id),
+        )
 
     def _failed(self, plugin: str, hook_name: str, call_id: str | None, event_id: str | None, exc: BaseException) -> None:
         self._stats.hook_errors[plugin] += 1

@@ -24,7 +24,7 @@ from hookrunner._core.callids import call_id_problem
 from hookrunner._core.config import Config, load_config
 from hookrunner._core.errors import AuthError, HookrunnerError
 from hookrunner._core.failures import is_cancellation
-from hookrunner._core.http1 import SocketPool
+from hookrunner._core.http1 import SocketPool, trusted_tls
 from hookrunner._core.limits import raise_open_file_limit
 from hookrunner._core.logs import bind_log_fields, logged_at, redact_in_logs
 from hookrunner._core.platform_delivery import BadDelivery, PlatformDelivery, parse_delivery
@@ -179,10 +179,11 @@ class Runner:
         # app.http is a trio client: with an asyncio loop open, a call from asyncio code is refused before it can
         # break the pool every plugin shares
         plugin_hooks = {"request": [refuse_asyncio_callers]} if self.dispatcher.asyncio_plugins else {}
+        tls = trusted_tls()  # (one CA bundle loaded for every client of the run)
         async with (
-            httpx.AsyncClient(limits=limits, headers=headers, follow_redirects=False) as stream_client,
+            httpx.AsyncClient(limits=limits, headers=headers, follow_redirects=False, verify=tls) as stream_client,
             httpx.AsyncClient(
-                limits=plugin_limits, headers=headers, timeout=httpx.Timeout(30.0), event_hooks=plugin_hooks
+                limits=plugin_limits, headers=headers, timeout=httpx.Timeout(30.0), event_hooks=plugin_hooks, verify=tls
             ) as plugin_http,
             # hookrunner.delivery.request(app.http, ...), the bundled notifiers' one request per message, on kept-alive
             # sockets at a sixth or less of httpx's CPU (_core/http1.py); the same limits
@@ -231,6 +232,7 @@ class Runner:
                 metrics=self.metrics,
                 outboxes=outboxes,
                 pacing=self.pacing,
+                select_events=self.dispatcher.select_events,
             )
             await self.dispatcher.call("on_startup", lambda name: {"app": self._apps[name]})
             self._restore_platform_webhooks()

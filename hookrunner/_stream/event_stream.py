@@ -26,7 +26,7 @@ import httpx
 import trio
 
 from hookrunner._core.bounded_http import gather_at_most
-from hookrunner._core.http1 import MAX_HEAD_BYTES, connect, failure, proxied
+from hookrunner._core.http1 import MAX_HEAD_BYTES, connect, failure, proxied, trusted_tls
 
 __all__ = ["StreamAnswer", "StreamBroken", "SocketStreams", "HttpxStreams", "stream_opener", "read_body"]
 
@@ -89,8 +89,7 @@ class SocketStreams:
             self._authority = f"[{self._host}]" if default_port else f"[{self._host}]:{self._port}"
         self._user_agent = user_agent
         self._target = events_url.raw_path + (b"&" if events_url.query else b"?") + b"callId="
-        # Loading the CA bundle costs tens of ms: once per run. httpx's own context: the same trust as httpx.
-        self._ssl: ssl.SSLContext | None = httpx.create_ssl_context() if events_url.scheme == "https" else None
+        self._ssl: ssl.SSLContext | None = trusted_tls() if events_url.scheme == "https" else None
 
     @asynccontextmanager
     async def open(self, call_id: str, headers: Mapping[str, str]) -> AsyncIterator[StreamAnswer]:

@@ -15,7 +15,6 @@ import hashlib
 import logging
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ from hookrunner._core.bounded_http import ERROR_BODY_LIMIT
 from hookrunner._core.config import ReconnectConfig
 from hookrunner._core.errors import AuthError
 from hookrunner._core.finish import FinishReason
-from hookrunner._core.events import TEXT_FIELDS, missing_text_field, MalformedEvent, SseInit, decode_event, Event
+from hookrunner._core.events import TEXT_FIELDS, MalformedEvent, SseInit, decode_event, Event
 from hookrunner._core.logs import logged_at
 from hookrunner._stream.atoms_errors import RETRYABLE_STATUSES, error_body
 from hookrunner._stream.event_stream import StreamAnswer, StreamBroken, StreamOpener, read_body
@@ -40,6 +39,8 @@ log = logging.getLogger("hookrunner.subscription")
 ENDED, COMPLETED, NOT_FOUND, GAVE_UP = FinishReason.ENDED, FinishReason.COMPLETED, FinishReason.NOT_FOUND, FinishReason.GAVE_UP
 SHUTDOWN, AUTH_FAILED, FAILED = FinishReason.SHUTDOWN, FinishReason.AUTH_FAILED, FinishReason.FAILED
 
+#: The events a call remembers having passed on (at least this many of the latest, at most twice): a reconnect
+#: or a restart replays fewer, so none is passed on twice.
 SEEN_IDS_KEPT = 50_000
 #: The longest stream line or event accepted unless ``runner.max_event_bytes`` says otherwise.
 DEFAULT_MAX_EVENT_SIZE = 4 * 1024 * 1024
@@ -65,22 +66,26 @@ class _Retry(Exception):
 
 
 class SeenEvents:
-    """The keys of events already passed on, bounded so a long call cannot grow it without limit."""
+    """The keys of events already passed on, bounded so a long call cannot grow it without limit: at least the
+    last ``limit`` are remembered, at most twice that. Two generations of sets, the older dropped whole when the
+    newer fills: no per-key bookkeeping of order, which is a third of an ordered dict's cost per event."""
 
     def __init__(self, limit: int = SEEN_IDS_KEPT) -> None:
-        self._keys: OrderedDict[str, None] = OrderedDict()
+        self._keys: set[str] = set()
+        self._older: set[str] = set()
         self._limit = limit
 
     def __contains__(self, key: str) -> bool:
-        return key in self._keys
+        return key in self._keys or key in self._older
 
     def add(self, key: str) -> bool:
         """Remember ``key``; False if it was already there."""
-        if key in self._keys:
+        keys = self._keys
+        if key in keys or key in self._older:
             return False
-        self._keys[key] = None
-        if len(self._keys) > self._limit:
-            self._keys.popitem(last=False)
+        keys.add(key)
+        if len(keys) >= self._limit:
+            self._older, self._keys = keys, set()
         return True
 
 
@@ -261,6 +266,7 @@ class Subscription:
         received: list[tuple[str, str]] = []
         on_received = self._on_received
         closed = False
+        seen_add, call_id = self._seen.add, self.call_id
         for data in lines:
             if isinstance(data, Oversized):
                 self._skip_oversized()
@@ -268,19 +274,20 @@ class Subscription:
             if not data:
                 continue
             try:
-                event = decode_event(data, self.call_id)
+                event = decode_event(data, call_id)
             except MalformedEvent as exc:
                 self._skip(f"a malformed line ({exc.reason}): {shown(exc.line)}")
                 continue
-            key = _seen_key(event, data)
-            if not self._seen.add(key):
+            key = event.event_id  # (the common key, inline: _seen_key's rules for the rest)
+            if key is None or len(key) > _KEY_TEXT_LIMIT or type(event) is SseInit:
+                key = _seen_key(event, data)
+            if not seen_add(key):
                 if not isinstance(event, SseInit):  # plugins see one sse_init per call: the first one received
                     self._stats.duplicates_skipped += 1
                 continue
-            self.events_received += 1
-            self._stats.events_received += 1
             event_type = event.event_type
-            if event_type in TEXT_FIELDS and (field := missing_text_field(event)) is not None:
+            field = TEXT_FIELDS.get(event_type)  # the words a turn's event should carry
+            if field is not None and field not in event.raw:
                 self._no_text(event_type, field)
             if on_received is not None:
                 received.append((data, key))
@@ -290,6 +297,8 @@ class Subscription:
             elif event_type == "sse_close":
                 closed = True
                 break
+        self.events_received += len(batch)
+        self._stats.events_received += len(batch)
         if on_received is not None and received:
             on_received(received, time.time())
         return batch, closed

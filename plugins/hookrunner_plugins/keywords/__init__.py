@@ -117,6 +117,12 @@ class KeywordsPlugin:
             for interim in (False, True)
         }
         self._rules, self._by_name, self._matcher = rules, {rule.name: rule for rule in rules}, matcher
+        # Hooks no rule needs are not called (no rules: none is): a final user turn also ends the interim turn.
+        listens = self._listening
+        hears_user = bool(listens[("user", False)] or listens[("user", True)])
+        app.select_events("on_user_interim_transcription", None if listens[("user", True)] else ())
+        app.select_events("on_user_transcription", None if hears_user else ())
+        app.select_events("on_tts_completed", None if listens[("agent", False)] else ())
         if not self._watching and any(rule.absent_within is not None for rule in rules):
             self._watching = True
             app.start_soon(self._watch_deadlines)

@@ -153,6 +153,11 @@ class SlackPlugin:
                 )  # fmt: skip
             self._routes.append(_Route(route, alerts, transcript, threads))
             log.info("slack %s", route.description)
+        # Only the events a route posts reach on_event, and turns only when a route keeps a transcript thread.
+        app.select_events("on_event", [pattern for route in self._routes for pattern in route.settings.events])
+        turns: tuple[str, ...] | None = None if any(route.transcript is not None for route in self._routes) else ()
+        app.select_events("on_user_transcription", turns)
+        app.select_events("on_tts_completed", turns)
 
     # --- what goes where --------------------------------------------------------------------------------------
 

@@ -155,6 +155,8 @@ class WebhookPlugin:
                     type(exc).__name__,
                     exc,
                 )
+        # Events no endpoint selects never reach on_event (none at all when no endpoint is configured).
+        app.select_events("on_event", [pattern for endpoint in self._endpoints for pattern in endpoint.settings.events])
 
     @staticmethod
     def _start_endpoint(app: App, settings: EndpointSettings, dead_letter: Path) -> _Endpoint:
