@@ -138,7 +138,6 @@ class Origin:
     idle: deque[_Connection] = field(default_factory=deque)
 
 
-
 @functools.cache
 def trusted_tls() -> ssl.SSLContext:
     """httpx's own TLS context (its trust store, ``SSL_CERT_FILE``...), made once per process and shared by every
@@ -146,6 +145,7 @@ def trusted_tls() -> ssl.SSLContext:
     context = httpx.create_ssl_context()
     context.set_alpn_protocols(["http/1.1"])
     return context
+
 
 class SocketPool:
     """Kept-alive HTTP/1.1 connections per origin (scheme, host, port), for ``bounded_http.request``.

@@ -136,7 +136,7 @@ class HookDispatcher:
         return self._run_plan(plan, 0, event, call) if plan else None
 
     def _run_plan(self, plan: tuple[_Planned, ...], start: int, event: Event, call: Any) -> Awaitable[None] | None:
-        observe, limit = self.observe, self.hook_timeout
+        limit = self.hook_timeout
         started = time.monotonic()
         for position in range(start, len(plan)):
             function, plugin, hook_name, takes = plan[position]
@@ -156,10 +156,7 @@ class HookDispatcher:
             if result is not None and inspect.isawaitable(result):
                 return self._finish_plan(result, started, plan, position, event, call)
             now = time.monotonic()
-            if observe is not None:
-                observe(plugin, hook_name, now - started)
-            if now - started > limit:
-                self._blocked(now - started, limit, plugin, hook_name, call.id, event.event_id)
+            self._returned(now - started, plugin, hook_name, limit, call.id, event.event_id)
             started = now
         return None
 
@@ -240,21 +237,16 @@ class HookDispatcher:
         if self.observe is not None:
             self.observe(plugin, hook_name, elapsed)
         if elapsed > limit:
-            self._blocked(elapsed, limit, plugin, hook_name, call_id, event_id)
-
-    def _blocked(
-        self, elapsed: float, limit: float, plugin: str, hook_name: str, call_id: str | None, event_id: str | None
-    ) -> None:
-        """A plain function cannot be interrupted: it held the event loop (every call) for ``elapsed`` seconds."""
-        self._stats.hook_timeouts[plugin] += 1
-        log.error(
-            "%s blocked the event loop for %.3g s (runner.hook_timeout is %.3g s); make it async "
-            "or move the blocking work to trio.to_thread.run_sync",
-            _where(plugin, hook_name, call_id, event_id),
-            elapsed,
-            limit,
-            extra=log_fields(plugin=plugin, hook=hook_name, call_id=call_id, event_id=event_id),
-        )
+            # A plain function cannot be interrupted: it held the event loop (every call) this long.
+            self._stats.hook_timeouts[plugin] += 1
+            log.error(
+                "%s blocked the event loop for %.3g s (runner.hook_timeout is %.3g s); make it async "
+                "or move the blocking work to trio.to_thread.run_sync",
+                _where(plugin, hook_name, call_id, event_id),
+                elapsed,
+                limit,
+                extra=log_fields(plugin=plugin, hook=hook_name, call_id=call_id, event_id=event_id),
+            )
 
     def _failed(self, plugin: str, hook_name: str, call_id: str | None, event_id: str | None, exc: BaseException) -> None:
         self._stats.hook_errors[plugin] += 1

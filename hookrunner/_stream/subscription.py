@@ -278,9 +278,7 @@ class Subscription:
             except MalformedEvent as exc:
                 self._skip(f"a malformed line ({exc.reason}): {shown(exc.line)}")
                 continue
-            key = event.event_id  # (the common key, inline: _seen_key's rules for the rest)
-            if key is None or len(key) > _KEY_TEXT_LIMIT or type(event) is SseInit:
-                key = _seen_key(event, data)
+            key = _seen_key(event, data)
             if not seen_add(key):
                 if not isinstance(event, SseInit):  # plugins see one sse_init per call: the first one received
                     self._stats.duplicates_skipped += 1
@@ -389,7 +387,11 @@ def event_key(event: Event) -> str | None:
 
 
 def _seen_key(event: Event, data: str) -> str:
-    """What dedupe knows an event by: one key for every sse_init of the call, else ``_dedupe_key``."""
+    """What dedupe knows an event by: one key for every sse_init of the call, else ``_dedupe_key`` (whose usual
+    answer, a short id, is taken here first: this runs once per event)."""
+    key = event.event_id
+    if key is not None and len(key) <= _KEY_TEXT_LIMIT and type(event) is not SseInit:
+        return key
     return _SSE_INIT_KEY if isinstance(event, SseInit) else _dedupe_key(event, data)
 
 
