@@ -98,6 +98,33 @@ def test_what_is_delivered_within_one_commit_interval_never_reaches_the_file_and
     assert json.loads(json.dumps(left.body)) == left.body
 
 
+def test_events_told_dispatched_by_the_batch_leave_exactly_the_rest_for_the_next_run(tmp_path: Path) -> None:
+    """A call's lines are kept a read at a time and told dispatched a count at a time, across reads: what the
+    next run gets back is every line after the last one dispatched, and the keys of those dispatched."""
+    journal = Journal(tmp_path / "j.db", 0.05)
+    call = journal.for_call("CALL-B")
+    journal.call_followed("CALL-B", "list")
+    call.received_read(["l1", "l2", "l3"], ["k1", "k2", "k3"], 100.0)
+    call.received("l4", 101.0, None)  # (an event without an id: no key)
+    call.received_read(["l5", "l6"], ["k5", "k6"], 102.0)
+    call.dispatched(2)
+    call.dispatched(2)  # the last of the first read and the keyless one
+    assert call.undispatched == 2
+    journal.close()
+    reopened = Journal(tmp_path / "j.db", 0.05)
+    left = reopened.undispatched_events("CALL-B")
+    assert [(row.data, row.received) for row in left] == [("l5", 102.0), ("l6", 102.0)]
+    assert reopened.dispatched_keys("CALL-B") == ["k1", "k2", "k3"]
+    again = reopened.for_call("CALL-B")
+    for row in left:
+        again.restored(row.seq, None)
+    again.dispatched(1)
+    reopened.close()
+    final = Journal(tmp_path / "j.db", 0.05)
+    assert [row.data for row in final.undispatched_events("CALL-B")] == ["l6"]
+    final.close()
+
+
 async def test_a_signed_push_replayed_after_a_restart_is_acknowledged_and_ignored(tmp_path: Path, monkeypatch) -> None:
     import hashlib
     import hmac

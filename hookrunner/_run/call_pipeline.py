@@ -22,13 +22,14 @@ import trio
 
 from hookrunner._core.config import Config
 from hookrunner._core.errors import AuthError
-from hookrunner._core.events import Event, MalformedEvent, decode_event, type_label
+from hookrunner._core.events import Event, MalformedEvent, decode_event
 from hookrunner._core.failures import first_leaf, is_cancellation
 from hookrunner._core.finish import FinishReason
 from hookrunner._core.stats import Stats
 from hookrunner._core.text import json_bytes, one_line
+from hookrunner._run.call_buffer import BatchDispatcher, CallBuffer, Item, Resume
 from hookrunner._run.context import CallContext
-from hookrunner._run.dispatch import HookDispatcher
+from hookrunner._run.dispatch import HookDispatcher, PendingHooks
 from hookrunner._run.hook_queue import left_in
 from hookrunner._run.stopping import DRAIN, SUBSCRIPTION, Stopping
 from hookrunner._state.journal import CallJournal, Journal
@@ -107,11 +108,13 @@ class CallPipeline:
             on_received=journal.received_read if journal is not None else None,
             buffer=config.runner.buffer,
         )
-        send, receive = trio.open_memory_channel[list[Event] | Subscribed](1)
+        channel, receive = trio.open_memory_channel[Item](1)
+        dispatcher = BatchDispatcher(call, self._dispatcher.dispatch_event, self._stats, journal)
+        send = CallBuffer(channel, dispatcher)
         reason = SHUTDOWN
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._dispatch_call, call, receive, journal)
-            async with send:
+            nursery.start_soon(self._dispatch_call, call, receive, send, dispatcher)
+            async with channel:
                 with self._stopping.stoppable(SUBSCRIPTION):
                     try:
                         if journal is not None:
@@ -184,42 +187,49 @@ class CallPipeline:
     async def _dispatch_call(
         self,
         call: CallContext,
-        receive: trio.MemoryReceiveChannel[list[Event] | Subscribed],
-        journal: CallJournal | None = None,
+        receive: trio.MemoryReceiveChannel[Item],
+        buffer: CallBuffer,
+        dispatcher: BatchDispatcher,
     ) -> None:
         batch: list[Event] = []
         done = 0  # of ``batch``, the events dispatched
-        dispatch, by_type = self._dispatcher.dispatch_event, self._stats.events_by_type
+        pending: PendingHooks | None = None  # the hooks of ``batch[done]`` still to be awaited
         async with receive:
             try:
                 with self._stopping.stoppable(DRAIN):
                     async for item in receive:
                         if isinstance(item, Subscribed):
                             await self._dispatcher.call("on_call_subscribed", {"call": call}, call_id=call.id)
+                            buffer.finished()
                             continue
-                        batch, done = item, 0
-                        for event in item:
-                            by_type[type_label(event.event_type)] += 1
-                            call.record_turn(event)
-                            pending = dispatch(event, call)  # (None: every hook was a plain function, done)
-                            if pending is not None:
-                                await pending
-                            call.events_dispatched += 1
-                            done += 1
-                            if journal is not None:  # (each one: a kill repeats only the event in its hooks)
-                                journal.dispatched()
+                        if isinstance(item, Resume):
+                            batch, done, pending = item.events, 0, item.pending
+                        else:
+                            batch, done = item, 0
+                            done, pending = dispatcher.run_from(batch, 0)
+                        while pending is not None:
+                            await pending
+                            pending = None
+                            dispatcher.finished_one()
+                            done, pending = dispatcher.run_from(batch, done + 1)
                         batch, done = [], 0
+                        buffer.finished()
             finally:
                 # Items are left (or one half dispatched) only when the grace ran out, or a stop at once, or a
                 # bug cut this task: in every case they are kept where they can be replayed from (the journal,
                 # whose next run dispatches them, or else the spool file).
                 left = batch[done:]
+                unawaited = [pending] if pending is not None else []
                 for item in left_in(receive):
-                    if isinstance(item, list):
+                    if isinstance(item, Resume):
+                        left += item.events
+                        unawaited.append(item.pending)
+                    elif isinstance(item, list):
                         left += item
-                if journal is not None:
+                for hooks in unawaited:  # (their events are kept: their hooks run again, whole, later)
+                    hooks.close()
+                if dispatcher.journal is not None:
                     if left:
                         log.warning("%s: %d events not dispatched stay in the journal for the next run", call.id, len(left))
                 else:
                     self._stats.events_spooled += spool_events(self._config.runner.spool_file, call.id, left)
-

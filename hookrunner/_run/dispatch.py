@@ -17,7 +17,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,24 @@ KwargsFor = Mapping[str, Any] | Callable[[str], Mapping[str, Any]]
 EVENT_HOOKS = frozenset({cls.HOOK for cls in EVENT_CLASSES.values() if cls.HOOK is not None} | {"on_event"})
 #: How many event types keep a worked-out dispatch plan.
 MAX_PLANS = 256
+
+
+class PendingHooks:
+    """The rest of one event's dispatch plan, from the implementation that returned an awaitable: await it to
+    finish the event; ``close`` it to drop it unawaited (the event is kept to be dispatched again, whole) without
+    the plugin's coroutine, which never ran, warning that it was never awaited."""
+
+    __slots__ = ("_finish", "_result", "_args")
+
+    def __init__(self, finish: Callable[..., Awaitable[None]], result: Awaitable[Any], args: tuple[Any, ...]) -> None:
+        self._finish, self._result, self._args = finish, result, args
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._finish(*self._args).__await__()
+
+    def close(self) -> None:
+        if inspect.iscoroutine(self._result):
+            self._result.close()
 
 
 @dataclass(frozen=True)
@@ -118,7 +136,7 @@ class HookDispatcher:
             else:
                 self._returned(time.monotonic() - started, plugin, hook_name, limit, call_id, event_id)
 
-    def dispatch_event(self, event: Event, call: Any) -> Awaitable[None] | None:
+    def dispatch_event(self, event: Event, call: Any) -> PendingHooks | None:
         """Start the event's own hook (``on_user_transcription``, ...) then ``on_event``, on every plugin that
         implements them (and selected the event's type): None when each was a plain function that returned, else an
         awaitable that finishes the event from the first implementation that returned one, to be awaited before
@@ -135,7 +153,7 @@ class HookDispatcher:
                 self._event_plans[event.event_type] = plan
         return self._run_plan(plan, 0, event, call) if plan else None
 
-    def _run_plan(self, plan: tuple[_Planned, ...], start: int, event: Event, call: Any) -> Awaitable[None] | None:
+    def _run_plan(self, plan: tuple[_Planned, ...], start: int, event: Event, call: Any) -> PendingHooks | None:
         limit = self.hook_timeout
         started = time.monotonic()
         for position in range(start, len(plan)):
@@ -154,7 +172,7 @@ class HookDispatcher:
                 started = time.monotonic()
                 continue
             if result is not None and inspect.isawaitable(result):
-                return self._finish_plan(result, started, plan, position, event, call)
+                return PendingHooks(self._finish_plan, result, (result, started, plan, position, event, call))
             now = time.monotonic()
             self._returned(now - started, plugin, hook_name, limit, call.id, event.event_id)
             started = now

@@ -389,7 +389,8 @@ class Journal(JournalReader):
         self._deliveries: list[tuple[str, float]] = []
         self._calls: list[tuple[str, str, float]] = []
         self._calls_over: list[str] = []
-        self._events: dict[str, list[tuple[int, str, float, bool]]] = {}  # call -> lines received, in order
+        #: call -> the lines received, in order, a read at a time: (seq of the first, the lines, when, backfilled)
+        self._events: dict[str, list[tuple[int, list[str], float, bool]]] = {}
         self._through: dict[str, int] = {}  # call -> seq of its latest dispatched event
         self._keys: dict[str, list[str]] = {}  # call -> dedupe keys of the events dispatched
         self._platform = _Handoffs("platform", ("body",))
@@ -465,33 +466,27 @@ class Journal(JournalReader):
     def for_call(self, call_id: str) -> CallJournal:
         return CallJournal(self, call_id)
 
-    def _event_received(self, call_id: str, data: str, received_at: float, backfilled: bool) -> int:
-        self._received_seq += 1
-        events = self._events.get(call_id)
-        if events is None:
-            events = self._events[call_id] = []
-        events.append((self._received_seq, data, received_at, backfilled))
-        self._wanted.set()
-        return self._received_seq
-
-    def _events_received(self, call_id: str, lines: list[str], received_at: float) -> int:
-        """``_event_received`` for a read's lines; the first one's seq (the others follow it)."""
+    def _events_received(self, call_id: str, lines: list[str], received_at: float, backfilled: bool = False) -> int:
+        """Lines of one call passed on together (one read of its stream); the first one's seq (the others follow
+        it). Kept as the read's list: no work per line until a commit finds some still undispatched."""
         first = self._received_seq + 1
         self._received_seq += len(lines)
         events = self._events.get(call_id)
         if events is None:
             events = self._events[call_id] = []
-        events.extend([(seq, line, received_at, False) for seq, line in zip(range(first, first + len(lines)), lines)])
+        events.append((first, lines, received_at, backfilled))
         self._wanted.set()
         return first
 
-    def _event_dispatched(self, call_id: str, seq: int, key: str | None) -> None:
+    def _events_dispatched(self, call_id: str, seq: int, keys: list[str]) -> None:
+        """The call's events through ``seq`` are dispatched; ``keys``: the dedupe keys of those just done."""
         self._through[call_id] = seq
-        if key is not None:
-            keys = self._keys.get(call_id)
-            if keys is None:
-                keys = self._keys[call_id] = []
-            keys.append(key)
+        if keys:
+            known = self._keys.get(call_id)
+            if known is None:
+                self._keys[call_id] = keys
+            else:
+                known += keys
         self._wanted.set()
 
     def platform_received(self, delivery: PlatformDelivery) -> int:
@@ -560,12 +555,18 @@ class Journal(JournalReader):
     def _take(self, purge: bool) -> _Batch:
         through = self._through
         events = []
-        for call_id, rows in self._events.items():
+        for call_id, reads in self._events.items():
             done = through.get(call_id, 0)
-            left = [row for row in rows if row[0] > done]  # (dispatched within the interval: never written)
-            if left:
-                meta = _encode([(seq, received, backfilled) for seq, _, received, backfilled in left])
-                events.append((call_id, left[0][0], left[-1][0], meta, _LINE_SEPARATOR.join([row[1] for row in left])))
+            meta: list[tuple[int, float, bool]] = []
+            lines: list[str] = []
+            for first, read, received, backfilled in reads:
+                skip = done - first + 1  # (lines dispatched within the interval are never written)
+                if skip < len(read):
+                    start = max(skip, 0)
+                    meta += [(seq, received, backfilled) for seq in range(first + start, first + len(read))]
+                    lines += read[start:] if start else read
+            if lines:
+                events.append((call_id, meta[0][0], meta[-1][0], _encode(meta), _LINE_SEPARATOR.join(lines)))
         batch = _Batch(
             adds=list(self._adds.values()),
             done=self._done,
@@ -789,34 +790,59 @@ class CallJournal:
     def __init__(self, journal: Journal, call_id: str) -> None:
         self._journal = journal
         self.call_id = call_id
-        self._in_buffer: deque[tuple[int, str | None]] = deque()  # (seq, dedupe key)
+        #: What is in the call's buffer, a read at a time: (seq of its first event, their dedupe keys); of the
+        #: first read, ``_head_done`` events are dispatched already.
+        self._in_buffer: deque[tuple[int, Sequence[str | None]]] = deque()
+        self._head_done = 0
+        self._undispatched = 0
         #: Set when something this run owed the call was cut short (a stop during its backfill): the call stays
         #: in the journal, and the next run finishes it.
         self.unfinished = False
 
     def received(self, data: str, received_at: float, key: str | None, backfilled: bool = False) -> None:
         """An event line passed on to the call's buffer (after dedupe); ``key`` is what dedupe knows it by."""
-        self._in_buffer.append((self._journal._event_received(self.call_id, data, received_at, backfilled), key))
+        self._queued(self._journal._events_received(self.call_id, [data], received_at, backfilled), [key])
 
-    def received_read(self, lines: list[tuple[str, str]], received_at: float) -> None:
-        """The event lines of one read of the stream, passed on together: (line, dedupe key) each."""
-        first = self._journal._events_received(self.call_id, [line for line, _ in lines], received_at)
-        self._in_buffer.extend(zip(range(first, first + len(lines)), [key for _, key in lines]))
+    def received_read(self, lines: list[str], keys: list[str], received_at: float) -> None:
+        """The event lines of one read of the stream, passed on together, and their dedupe keys."""
+        self._queued(self._journal._events_received(self.call_id, lines, received_at), keys)
 
     def restored(self, seq: int, key: str | None) -> None:
         """An event a previous run left undispatched, put in the buffer again (its line is already written)."""
-        self._in_buffer.append((seq, key))
+        self._queued(seq, [key])
 
-    def dispatched(self) -> None:
-        """The oldest event in the buffer reached every plugin: a restart neither dispatches it again nor lets
-        a stream that sends it again through."""
-        seq, key = self._in_buffer.popleft()
-        self._journal._event_dispatched(self.call_id, seq, key)
+    def _queued(self, first: int, keys: Sequence[str | None]) -> None:
+        self._in_buffer.append((first, keys))
+        self._undispatched += len(keys)
+
+    def dispatched(self, count: int = 1) -> None:
+        """The oldest ``count`` events in the buffer reached every plugin: a restart neither dispatches them again
+        nor lets a stream that sends them again through. (Told per batch, and before every wait inside one: a
+        commit runs only while the dispatch task waits, so it sees the same as if told per event.)"""
+        if count <= 0:
+            return
+        self._undispatched -= count
+        done: list[str] = []
+        buffer, head = self._in_buffer, self._head_done
+        while True:
+            first, keys = buffer[0]
+            end = min(len(keys), head + count)
+            done += [key for key in keys[head:end] if key is not None]
+            count -= end - head
+            if end == len(keys):
+                buffer.popleft()
+                head = 0
+            else:
+                head = end
+            if not count:
+                break
+        self._head_done = head
+        self._journal._events_dispatched(self.call_id, first + end - 1, done)
 
     @property
     def undispatched(self) -> int:
         """Events received and not dispatched (they stay in the journal for the next run)."""
-        return len(self._in_buffer)
+        return self._undispatched
 
     def over(self) -> None:
         """The call ended for good: the journal forgets it."""

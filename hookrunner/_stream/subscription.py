@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import httpx
 import trio
@@ -52,8 +53,15 @@ class Subscribed:
 
 SUBSCRIBED = Subscribed()
 
-#: The call's buffer: its stream's events go down it a read at a time (one hand-off for all a read brought).
-Channel = trio.MemorySendChannel["list[Event] | Subscribed"]
+class Channel(Protocol):
+    """The call's buffer: its stream's events go down it a read at a time (one hand-off for all a read brought).
+    A ``trio.MemorySendChannel``, or what stands in front of one (``CallBuffer``)."""
+
+    def send_nowait(self, item: list[Event] | Subscribed) -> None:
+        """Hand ``item`` over, or raise ``trio.WouldBlock`` when the buffer is full."""
+
+    async def send(self, item: list[Event] | Subscribed) -> None:
+        """Hand ``item`` over, waiting while the buffer is full."""
 
 
 @dataclass
@@ -105,7 +113,7 @@ class Subscription:
         not_found_grace: float = 0.0,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         seen_before: Iterable[str] = (),
-        on_received: Callable[[list[tuple[str, str]], float], None] | None = None,
+        on_received: Callable[[list[str], list[str], float], None] | None = None,
         buffer: int = 64,
     ) -> None:
         self.call_id = call_id
@@ -122,8 +130,8 @@ class Subscription:
         self._seen = SeenEvents()
         for key in seen_before:  # dispatched by a run before this one (the journal): not passed on again
             self._seen.add(key)
-        #: Told the event lines passed on (after dedupe), a batch at a time: (line, dedupe key) each, and when they
-        #: arrived (epoch seconds).
+        #: Told the event lines passed on (after dedupe), a batch at a time: the lines, their dedupe keys, and when
+        #: they arrived (epoch seconds).
         self._on_received = on_received
         self._subscribed = False
         self._saw_call_end = False
@@ -263,7 +271,8 @@ class Subscription:
         """Decode a read's events, leaving out those already seen; and whether the call's ``sse_close`` is among
         them (what follows it is not read)."""
         batch: list[Event] = []
-        received: list[tuple[str, str]] = []
+        received: list[str] = []
+        keys: list[str] = []
         on_received = self._on_received
         closed = False
         seen_add, call_id = self._seen.add, self.call_id
@@ -288,7 +297,8 @@ class Subscription:
             if field is not None and field not in event.raw:
                 self._no_text(event_type, field)
             if on_received is not None:
-                received.append((data, key))
+                received.append(data)
+                keys.append(key)
             batch.append(event)
             if event_type == "call_end":
                 self._saw_call_end = True
@@ -298,7 +308,7 @@ class Subscription:
         self.events_received += len(batch)
         self._stats.events_received += len(batch)
         if on_received is not None and received:
-            on_received(received, time.time())
+            on_received(received, keys, time.time())
         return batch, closed
 
     @property
