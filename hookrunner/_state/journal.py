@@ -106,7 +106,7 @@ _decode_meta = msgspec.json.Decoder(list[tuple[int, float, bool]]).decode
 #: Between two lines of a batch: a character no JSON text can hold raw (control characters inside strings are
 #: escaped, and outside them only spaces, tabs and line breaks are allowed), so joining is cheap and unambiguous.
 _LINE_SEPARATOR = "\x1e"
-_decode_keys = msgspec.json.Decoder(list[str]).decode
+_decode_keys = msgspec.json.Decoder(list[str | None]).decode
 
 
 class _Message(Protocol):
@@ -255,7 +255,7 @@ class JournalReader:
     def dispatched_keys(self, call_id: str) -> list[str]:
         """The dedupe keys of the events of ``call_id`` already dispatched (by a previous run too)."""
         rows = self._db.execute("SELECT keys FROM call_keys WHERE call_id = ?", (call_id,)).fetchall()
-        return [key for (keys,) in rows for key in _decode_keys(keys)]
+        return [key for (keys,) in rows for key in _decode_keys(keys) if key is not None]
 
     def undispatched_events(self, call_id: str) -> list[ReceivedEvent]:
         """Events of ``call_id`` a previous run received and did not dispatch, in stream order."""
@@ -392,7 +392,7 @@ class Journal(JournalReader):
         #: call -> the lines received, in order, a read at a time: (seq of the first, the lines, when, backfilled)
         self._events: dict[str, list[tuple[int, list[str], float, bool]]] = {}
         self._through: dict[str, int] = {}  # call -> seq of its latest dispatched event
-        self._keys: dict[str, list[str]] = {}  # call -> dedupe keys of the events dispatched
+        self._keys: dict[str, list[str | None]] = {}  # call -> dedupe keys of the events dispatched
         self._platform = _Handoffs("platform", ("body",))
         self._triggers = _Handoffs("triggers", ("class", "body"))
         self._wanted = trio.Event()
@@ -478,13 +478,14 @@ class Journal(JournalReader):
         self._wanted.set()
         return first
 
-    def _events_dispatched(self, call_id: str, seq: int, keys: list[str]) -> None:
-        """The call's events through ``seq`` are dispatched; ``keys``: the dedupe keys of those just done."""
+    def _events_dispatched(self, call_id: str, seq: int, keys: Sequence[str | None]) -> None:
+        """The call's events through ``seq`` are dispatched; ``keys``: the dedupe keys of those just done (None for
+        an event without one: written as it is, left out when read)."""
         self._through[call_id] = seq
         if keys:
             known = self._keys.get(call_id)
             if known is None:
-                self._keys[call_id] = keys
+                self._keys[call_id] = list(keys)
             else:
                 known += keys
         self._wanted.set()
@@ -822,12 +823,17 @@ class CallJournal:
         if count <= 0:
             return
         self._undispatched -= count
-        done: list[str] = []
         buffer, head = self._in_buffer, self._head_done
+        first, keys = buffer[0]
+        if not head and len(keys) == count:  # (the usual case: a whole read, dispatched at once)
+            buffer.popleft()
+            self._journal._events_dispatched(self.call_id, first + count - 1, keys)
+            return
+        done: list[str | None] = []
         while True:
             first, keys = buffer[0]
             end = min(len(keys), head + count)
-            done += [key for key in keys[head:end] if key is not None]
+            done += keys[head:end]
             count -= end - head
             if end == len(keys):
                 buffer.popleft()

@@ -43,6 +43,11 @@ SHUTDOWN, AUTH_FAILED, FAILED = FinishReason.SHUTDOWN, FinishReason.AUTH_FAILED,
 #: The events a call remembers having passed on (at least this many of the latest, at most twice): a reconnect
 #: or a restart replays fewer, so none is passed on twice.
 SEEN_IDS_KEPT = 50_000
+#: The idle deadline is moved on a read only when the last move is older than this share of ``idle_timeout``, and
+#: then to that much past it: a stream is given up after ``idle_timeout`` to 1.1 times it without a byte. Moving a
+#: cancel scope's deadline costs trio a deadline-heap update, which on every read of a paced call was a few
+#: percent of the runner's CPU per event.
+IDLE_SLACK = 0.1
 #: The longest stream line or event accepted unless ``runner.max_event_bytes`` says otherwise.
 DEFAULT_MAX_EVENT_SIZE = 4 * 1024 * 1024
 
@@ -135,6 +140,7 @@ class Subscription:
         self._on_received = on_received
         self._subscribed = False
         self._saw_call_end = False
+        self._idle_moved_at = -math.inf  # (trio time the idle deadline was last moved; see IDLE_SLACK)
         self.events_received = 0
         self._skipped = 0  # malformed or oversized events of this call (logged at logs.logged_at counts)
         self._without_text = 0  # of this call's events, those missing their text field (logged at logged_at counts)
@@ -192,7 +198,7 @@ class Subscription:
         # Until the answer's headers are in, the whole exchange has connect_timeout (a server trickling its
         # headers cannot hold the call); from then on only the idle timeout applies, since calls are long. The idle
         # deadline runs while waiting for bytes (keep-alive comments count), never while the stream waits for slow
-        # plugins: one scope, its deadline moved on each read (cheaper than a scope per read).
+        # plugins: one scope, its deadline moved on reads (cheaper than a scope per read; IDLE_SLACK).
         now = trio.current_time()
         with trio.CancelScope(deadline=now + self._connect_timeout) as opening:
             with trio.CancelScope(deadline=now + self._idle_timeout) as idle:
@@ -208,9 +214,13 @@ class Subscription:
                             self._subscribed = True
                             await self._hand_over(SUBSCRIBED, send, idle)
                         reader = SseReader(self._max_event_size)
-                        idle_timeout = self._idle_timeout
+                        idle_timeout, slack = self._idle_timeout, self._idle_timeout * IDLE_SLACK
+                        self._idle_moved_at = -math.inf
                         while True:
-                            idle.deadline = trio.current_time() + idle_timeout
+                            now = trio.current_time()
+                            if now - self._idle_moved_at > slack:  # (see IDLE_SLACK)
+                                idle.deadline = now + idle_timeout + slack
+                                self._idle_moved_at = now
                             chunk = await answer.receive()
                             if not chunk:
                                 break
@@ -242,6 +252,7 @@ class Subscription:
             send.send_nowait(item)  # (the common case: no scheduler pass for the stream's task)
         except trio.WouldBlock:
             idle.deadline = math.inf
+            self._idle_moved_at = -math.inf  # (set again at the next read)
             await send.send(item)
         self.pending = None
 
