@@ -1,9 +1,9 @@
 """One call, from its stream to its plugins: the call's subscription, its bounded buffer and its dispatch task.
 
-Data flows one way: the ``Subscription`` decodes lines into events and sends them down a bounded channel, the
-events of one read as one batch (a full channel makes the socket wait); the dispatch task takes a batch and calls
-every plugin's hooks for each of its events in turn, so a plugin sees a call's events in order and never two at
-once, while calls run side by side. About ``runner.buffer`` events at most wait between the socket and the plugins (a
+Data flows one way: the ``Subscription`` decodes lines into events and hands them to the call's buffer, the
+events of one read as one batch (a full buffer makes the socket wait); they are dispatched by the stream task itself
+while nothing is ahead of them, else by the dispatch task (``call_buffer``), which calls every plugin's hooks for
+each event in turn, so a plugin sees a call's events in order and never two at once, while calls run side by side. About ``runner.buffer`` events at most wait between the socket and the plugins (a
 batch in the channel, one being dispatched and one waiting to go in, each of at most a third of it). What a previous run
 received and did not dispatch (the journal) goes first; what the stream skipped and the stored conversation holds
 (``[backfill]``) goes last, before ``on_call_finished``. An event received is dispatched, or kept where it can be
