@@ -125,6 +125,102 @@ def test_events_told_dispatched_by_the_batch_leave_exactly_the_rest_for_the_next
     final.close()
 
 
+def _rows_in(path: Path, table: str) -> int:
+    with JournalReader.open_read_only(path) as reader:
+        return reader._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+def test_dispatch_logged_between_folds_is_read_back_after_a_kill(tmp_path: Path) -> None:
+    """Commits between two folds log what was dispatched as one row each; a run killed before the next fold
+    leaves them, and the next run folds them: every key back, none of a call that ended, and of a call that
+    ended and was followed again only what came after."""
+    path = tmp_path / "j.db"
+    killed = Journal(path, 0.05)
+    a, b, c = (killed.for_call(call_id) for call_id in ("CALL-A", "CALL-B", "CALL-C"))
+    for call_id in ("CALL-A", "CALL-B", "CALL-C"):
+        killed.call_followed(call_id, "list")
+    a.received_read(["a1", "a2"], ["ka1", "ka2"], 100.0)
+    b.received_read(["b1"], ["kb1"], 100.0)
+    c.received_read(["c1"], ["kc1"], 100.0)
+    a.dispatched(2)
+    b.dispatched(1)
+    c.dispatched(1)
+    killed._commit_now(purge=False)
+    assert (_rows_in(path, "call_progress"), _rows_in(path, "call_keys")) == (1, 0)  # one row, not one per call
+    b.over()
+    c.over()
+    killed._commit_now(purge=False)
+    killed.call_followed("CALL-C", "list")  # (found again: a new follow of it)
+    c = killed.for_call("CALL-C")
+    c.received_read(["c2"], ["kc2"], 101.0)
+    c.dispatched(1)
+    a.received_read(["a3"], ["ka3"], 102.0)  # received, never dispatched
+    killed._commit_now(purge=False)
+    assert _rows_in(path, "call_progress") == 3
+    # (no close: what a kill -9 leaves)
+
+    after = Journal(path, 0.05)
+    assert (_rows_in(path, "call_progress"), _rows_in(path, "call_keys")) == (0, 2)  # folded on opening
+    assert after.followed_calls() == ["CALL-A", "CALL-C"]
+    assert after.dispatched_keys("CALL-A") == ["ka1", "ka2"]
+    assert [row.data for row in after.undispatched_events("CALL-A")] == ["a3"]
+    assert after.dispatched_keys("CALL-B") == []
+    assert after.dispatched_keys("CALL-C") == ["kc2"]
+    assert after.undispatched_events("CALL-C") == []
+    after.close()
+
+
+def test_a_call_followed_again_within_the_run_gets_its_keys_from_the_log_and_the_folds(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Keys dispatched are read back whether they are folded, logged, or not committed yet, each once; the log is
+    folded when it holds ``FOLD_KEYS`` keys, without waiting for the purge."""
+    import hookrunner._state.call_progress as call_progress
+
+    monkeypatch.setattr(call_progress, "FOLD_KEYS", 4)
+    path = tmp_path / "j.db"
+    journal = Journal(path, 0.05)
+    journal.call_followed("CALL-A", "list")
+    call = journal.for_call("CALL-A")
+    call.received_read(["a1", "a2", "a3"], ["k1", "k2", None], 100.0)
+    call.dispatched(3)
+    journal._commit_now(purge=False)
+    call.received_read(["a4", "a5"], ["k4", "k5"], 101.0)
+    call.dispatched(1)
+    assert journal.dispatched_keys("CALL-A") == ["k1", "k2", "k4"]  # logged, and gathered for the next commit
+    assert [row.data for row in journal.undispatched_events("CALL-A")] == []  # (a5: in memory, not written yet)
+    journal._commit_now(purge=False)  # the log holds 4 keys: this commit folds it
+    assert (_rows_in(path, "call_progress"), _rows_in(path, "call_keys")) == (0, 1)
+    assert [row.data for row in journal.undispatched_events("CALL-A")] == ["a5"]
+    call.dispatched(1)
+    assert journal.dispatched_keys("CALL-A") == ["k1", "k2", "k4", "k5"]
+    journal.close()
+    again = Journal(path, 0.05)
+    assert again.dispatched_keys("CALL-A") == ["k1", "k2", "k4", "k5"]
+    assert again.undispatched_events("CALL-A") == []
+    again.close()
+
+
+def test_a_fold_whose_commit_failed_is_folded_again_by_the_next() -> None:
+    from hookrunner._state.call_progress import Progress, ProgressLog, merge
+
+    log = ProgressLog()
+    first = Progress({"A": 2}, {"A": ["k1", "k2"]}, [])
+    second = Progress({"A": 3, "B": 4}, {"A": ["k3"], "B": ["k4"]}, ["B"])
+    assert log.take(first, fold=False) is None
+    assert log.take(second, fold=True) == [first, second]
+    assert log.take(Progress({}, {}, ["A"]), fold=True) is None  # one fold at a time: logged
+    log.folded(committed=False)
+    third = Progress({"A": 9}, {"A": ["k9"]}, [])
+    folding = log.take(third, fold=True)
+    assert folding is not None and len(folding) == 4
+    assert log.of_call("A", Progress({}, {}, [])) == (True, 9, ["k9"])
+    log.folded(committed=True)
+    assert log.of_call("A", Progress({}, {}, [])) == (False, None, [])
+    merged = merge(folding)
+    assert (merged.through, merged.keys, merged.over) == ({"B": 4, "A": 9}, {"B": ["k4"], "A": ["k9"]}, ["B", "A"])
+
+
 async def test_a_signed_push_replayed_after_a_restart_is_acknowledged_and_ignored(tmp_path: Path, monkeypatch) -> None:
     import hashlib
     import hmac

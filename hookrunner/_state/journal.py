@@ -8,7 +8,8 @@ It holds:
   schedule; delivered ones stay for ``[state] keep`` (at most ``[state] max_kept``) so ``hookrunner replay`` can
   send them again;
 - the calls being followed, the ids of their events already dispatched (a restart follows them again without
-  dispatching those twice), and their events received but not yet dispatched (a restart dispatches them first);
+  dispatching those twice: logged a commit at a time and folded now and then, ``call_progress.py``), and their
+  events received but not yet dispatched (a restart dispatches them first);
 - triggers emitted and not yet dispatched to ``on_trigger`` (the event that caused one is dispatched already);
 - accepted Atoms webhooks not yet handed to plugins, and the delivery ids of accepted ones for a day, so a signed
   push replayed after a restart is still recognised.
@@ -46,6 +47,8 @@ import trio
 from hookrunner._core.errors import ConfigError
 from hookrunner._core.text import json_bytes
 from hookrunner._core.triggers import Trigger
+from hookrunner._state.call_progress import Progress, ProgressLog, decode_progress, encode_progress, merge
+from hookrunner._state.sql_rows import write_rows
 
 if TYPE_CHECKING:
     from hookrunner._core.platform_delivery import PlatformDelivery
@@ -83,6 +86,7 @@ CREATE TABLE IF NOT EXISTS call_lines (
 CREATE INDEX IF NOT EXISTS call_lines_by_call ON call_lines (call_id, first_seq);
 CREATE TABLE IF NOT EXISTS call_keys (call_id TEXT NOT NULL, keys BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS call_keys_by_call ON call_keys (call_id);
+CREATE TABLE IF NOT EXISTS call_progress (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS platform (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS triggers (seq INTEGER PRIMARY KEY, class TEXT NOT NULL, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS deliveries (id TEXT PRIMARY KEY, seen REAL NOT NULL);
@@ -257,10 +261,14 @@ class JournalReader:
         rows = self._db.execute("SELECT keys FROM call_keys WHERE call_id = ?", (call_id,)).fetchall()
         return [key for (keys,) in rows for key in _decode_keys(keys) if key is not None]
 
+    def _dispatched_through(self, call_id: str) -> int:
+        """The seq of the latest dispatched event of ``call_id`` (0: none)."""
+        row = self._db.execute("SELECT dispatched_through FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+        return row[0] if row is not None else 0
+
     def undispatched_events(self, call_id: str) -> list[ReceivedEvent]:
         """Events of ``call_id`` a previous run received and did not dispatch, in stream order."""
-        row = self._db.execute("SELECT dispatched_through FROM calls WHERE call_id = ?", (call_id,)).fetchone()
-        through = row[0] if row is not None else 0
+        through = self._dispatched_through(call_id)
         batches = self._db.execute(
             "SELECT meta, lines FROM call_lines WHERE call_id = ? AND last_seq > ? ORDER BY first_seq", (call_id, through)
         ).fetchall()
@@ -342,8 +350,11 @@ class Journal(JournalReader):
 
     A call's events are written in batches, one row per call per commit (the lines received in that interval and
     still undispatched when it ends), and what was dispatched as one number per call, the sequence number of its
-    latest dispatched event: a call's buffer is first in, first out, so that number says which lines are done.
-    A flood thus costs a few rows per commit, not two per event."""
+    latest dispatched event (a call's buffer is first in, first out, so that number says which lines are done),
+    with the dedupe keys of those events. What was dispatched is logged as one row per commit for every call
+    (``call_progress``, see ``call_progress.py``) and folded into per-call rows every ``PURGE_INTERVAL``, when
+    ``FOLD_KEYS`` keys are logged, at close and at the next open. A flood thus costs a few rows per commit, and a
+    paced run of many calls one, not rows per call."""
 
     def __init__(
         self,
@@ -368,6 +379,7 @@ class Journal(JournalReader):
             self._writer.execute("PRAGMA synchronous=NORMAL")
             self._add_missing_columns()
             self._writer.executescript(_SCHEMA)
+            _fold_logged_progress(self._writer)
             super().__init__(sqlite3.connect(path, check_same_thread=False))
             self._seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
             self._received_seq = max(
@@ -378,6 +390,11 @@ class Journal(JournalReader):
                     "SELECT MAX(seq) FROM platform",
                     "SELECT MAX(seq) FROM triggers",
                 )
+            )
+            #: call -> seq of the last line written to ``call_lines`` and not known dispatched: whose written lines
+            #: a commit deletes (the rest have none, and deleting nothing still costs an index lookup each)
+            self._lines_written: dict[str, int] = dict(
+                self._db.execute("SELECT call_id, MAX(last_seq) FROM call_lines GROUP BY call_id").fetchall()
             )
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"{source}: cannot open the journal {path} ({exc})") from None
@@ -393,12 +410,24 @@ class Journal(JournalReader):
         self._events: dict[str, list[tuple[int, list[str], float, bool]]] = {}
         self._through: dict[str, int] = {}  # call -> seq of its latest dispatched event
         self._keys: dict[str, list[str | None]] = {}  # call -> dedupe keys of the events dispatched
+        self._progress = ProgressLog()  # the deltas of dispatch committed (or being committed) since the last fold
         self._platform = _Handoffs("platform", ("body",))
         self._triggers = _Handoffs("triggers", ("class", "body"))
         self._wanted = trio.Event()
         self._commits_started = self._commits_done = 0
         self._committed = trio.Event()
         self.closed = False
+
+    def dispatched_keys(self, call_id: str) -> list[str]:
+        ended, _, logged = self._progress.of_call(call_id, self._pending())
+        keys = [] if ended else super().dispatched_keys(call_id)
+        keys += [key for key in logged if key is not None]
+        return keys
+
+    def _dispatched_through(self, call_id: str) -> int:
+        ended, logged, _ = self._progress.of_call(call_id, self._pending())
+        folded = 0 if ended else super()._dispatched_through(call_id)
+        return max(folded, logged or 0)
 
     def _add_missing_columns(self) -> None:
         for table, columns in _ADDED_COLUMNS.items():
@@ -517,7 +546,7 @@ class Journal(JournalReader):
     def call_over(self, call_id: str) -> None:
         """The call ended for good: forget it and its events (also what was gathered for it and not written)."""
         self._calls = [row for row in self._calls if row[0] != call_id]
-        for gathered in (self._events, self._through, self._keys):
+        for gathered in (self._events, self._through, self._keys, self._lines_written):
             gathered.pop(call_id, None)
         self._calls_over.append(call_id)
         self._wake()
@@ -546,9 +575,12 @@ class Journal(JournalReader):
                 next_purge = trio.current_time() + PURGE_INTERVAL
             batch = self._take(purge)
             self._commits_started += 1
+            committed = False
             try:
-                await trio.to_thread.run_sync(self._commit, batch)  # not abandoned on cancel: it finishes
+                committed = await trio.to_thread.run_sync(self._commit, batch)  # not abandoned on cancel: it finishes
             finally:
+                if batch.fold is not None:
+                    self._progress.folded(committed)
                 self._commits_done += 1
                 self._committed.set()
                 self._committed = trio.Event()
@@ -568,6 +600,18 @@ class Journal(JournalReader):
                     lines += read[start:] if start else read
             if lines:
                 events.append((call_id, meta[0][0], meta[-1][0], _encode(meta), _LINE_SEPARATOR.join(lines)))
+        lines_written = self._lines_written
+        for call_id, _, last, _, _ in events:
+            lines_written[call_id] = last
+        lines_done = []
+        for call_id, seq in through.items():
+            written = lines_written.get(call_id)
+            if written is not None:
+                lines_done.append((call_id, seq))
+                if seq >= written:
+                    del lines_written[call_id]
+        delta = self._pending()
+        fold = self._progress.take(delta, fold=purge)
         batch = _Batch(
             adds=list(self._adds.values()),
             done=self._done,
@@ -577,8 +621,9 @@ class Journal(JournalReader):
             calls=self._calls,
             calls_over=self._calls_over,
             events=events,
-            through=list(through.items()),
-            keys=[(call_id, _encode(keys)) for call_id, keys in self._keys.items()],
+            progress=delta if fold is None and delta else None,
+            fold=fold,
+            lines_done=lines_done,
             handoffs=[self._platform.take(), self._triggers.take()],
             purge=purge,
         )
@@ -586,16 +631,22 @@ class Journal(JournalReader):
         self._calls, self._calls_over, self._events, self._through, self._keys = [], [], {}, {}, {}
         return batch
 
-    def _commit(self, batch: _Batch) -> None:
+    def _pending(self) -> Progress:
+        """What was dispatched since the last commit took it, as the delta the next one logs."""
+        return Progress(self._through, self._keys, self._calls_over)
+
+    def _commit(self, batch: _Batch) -> bool:
+        """Whether ``batch`` is written (or had nothing to write)."""
         if batch.writes_nothing:
-            return
+            return True
         with self._lock:
             if self.closed:
-                return
+                return False
             try:
                 self._writer.execute("BEGIN")
                 self._write(batch)
                 self._writer.execute("COMMIT")
+                return True
             except sqlite3.Error as exc:  # the disk is full, the file went away: the run goes on, in memory
                 log.error(
                     "journal %s: a commit failed (%s); %d messages and the events of %d calls are only in memory",
@@ -608,42 +659,41 @@ class Journal(JournalReader):
                     self._writer.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
+                return False
 
     def _write(self, batch: _Batch) -> None:
         db = self._writer
         _forget_calls(db, [(call_id,) for call_id in batch.calls_over])  # first: a call followed again is new
-        _rows(
+        write_rows(
             db,
             "INSERT OR REPLACE INTO outbox (handle, plugin, endpoint, seq, id, key, body, submitted, delivered, "
             "attempts, first_attempt, next_attempt) VALUES {values}",
             batch.adds,
         )
-        _rows(
+        write_rows(
             db,
             "UPDATE outbox SET attempts = v.column2, first_attempt = v.column3, next_attempt = v.column4 "
             "FROM (VALUES {values}) AS v WHERE outbox.handle = v.column1",
             [(handle, *attempt) for handle, attempt in batch.attempts.items()],
         )
-        _rows(
+        write_rows(
             db,
             "UPDATE outbox SET delivered = v.column2 FROM (VALUES {values}) AS v WHERE outbox.handle = v.column1",
             [(handle, delivered) for delivered, handle in batch.kept],
         )
-        _rows(db, "DELETE FROM outbox WHERE handle IN (VALUES {values})", [(handle,) for handle in batch.done])
-        _rows(db, "INSERT OR REPLACE INTO deliveries (id, seen) VALUES {values}", batch.deliveries)
-        _rows(db, "INSERT OR IGNORE INTO calls (call_id, source, since) VALUES {values}", batch.calls)
-        _rows(db, "INSERT INTO call_lines (call_id, first_seq, last_seq, meta, lines) VALUES {values}", batch.events)
-        _rows(db, "INSERT INTO call_keys (call_id, keys) VALUES {values}", batch.keys)
-        _rows(
-            db,
-            "UPDATE calls SET dispatched_through = v.column2 FROM (VALUES {values}) AS v WHERE calls.call_id = v.column1",
-            batch.through,
-        )
-        _rows(
+        write_rows(db, "DELETE FROM outbox WHERE handle IN (VALUES {values})", [(handle,) for handle in batch.done])
+        write_rows(db, "INSERT OR REPLACE INTO deliveries (id, seen) VALUES {values}", batch.deliveries)
+        write_rows(db, "INSERT OR IGNORE INTO calls (call_id, source, since) VALUES {values}", batch.calls)
+        write_rows(db, "INSERT INTO call_lines (call_id, first_seq, last_seq, meta, lines) VALUES {values}", batch.events)
+        if batch.progress is not None:
+            db.execute("INSERT INTO call_progress (body) VALUES (?)", (encode_progress(batch.progress),))
+        if batch.fold is not None:
+            _fold(db, merge(batch.fold))
+        write_rows(
             db,
             "DELETE FROM call_lines WHERE rowid IN (SELECT e.rowid FROM call_lines AS e JOIN (VALUES {values}) AS v "
             "ON e.call_id = v.column1 AND e.last_seq <= v.column2)",
-            batch.through,
+            batch.lines_done,
         )
         for handoffs in batch.handoffs:
             handoffs.write(db)
@@ -664,9 +714,16 @@ class Journal(JournalReader):
         db.execute("DELETE FROM deliveries WHERE seen < ?", (now - DELIVERY_WINDOW,))
         _forget_calls(db, db.execute("SELECT call_id FROM calls WHERE since < ?", (now - CALL_WINDOW,)).fetchall())
 
+    def _commit_now(self, purge: bool) -> None:
+        """Take and commit what is gathered, on this thread (``run`` commits from a worker thread instead)."""
+        batch = self._take(purge)
+        committed = self._commit(batch)
+        if batch.fold is not None:
+            self._progress.folded(committed)
+
     def close(self) -> None:
         """Write what is still gathered and close the file (at the end of the run)."""
-        self._commit(self._take(purge=True))
+        self._commit_now(purge=True)
         with self._lock:
             self.closed = True
             self._committed.set()
@@ -686,8 +743,8 @@ class _Handoffs:
 
         def write(self, db: sqlite3.Connection) -> None:
             names = ", ".join(("seq", *self.columns))
-            _rows(db, f"INSERT OR REPLACE INTO {self.table} ({names}) VALUES {{values}}", self.added)
-            _rows(db, f"DELETE FROM {self.table} WHERE seq IN (VALUES {{values}})", self.removed)
+            write_rows(db, f"INSERT OR REPLACE INTO {self.table} ({names}) VALUES {{values}}", self.added)
+            write_rows(db, f"DELETE FROM {self.table} WHERE seq IN (VALUES {{values}})", self.removed)
 
         def __bool__(self) -> bool:
             return bool(self.added or self.removed)
@@ -710,30 +767,37 @@ class _Handoffs:
         return taken
 
 
+def _fold(db: sqlite3.Connection, progress: Progress) -> None:
+    """Write the merged deltas of the progress log as per-call rows, and empty the log (a call that ended since,
+    or was forgotten, gets no rows: its delta is dropped, or its ``calls`` row is gone)."""
+    write_rows(
+        db,
+        "INSERT INTO call_keys (call_id, keys) SELECT v.column1, v.column2 FROM (VALUES {values}) AS v "
+        "WHERE v.column1 IN (SELECT call_id FROM calls)",
+        [(call_id, _encode(keys)) for call_id, keys in progress.keys.items() if keys],
+    )
+    write_rows(
+        db,
+        "UPDATE calls SET dispatched_through = v.column2 FROM (VALUES {values}) AS v WHERE calls.call_id = v.column1",
+        list(progress.through.items()),
+    )
+    db.execute("DELETE FROM call_progress")
+
+
+def _fold_logged_progress(db: sqlite3.Connection) -> None:
+    """Fold what a run killed between two folds left in the progress log (its ended calls' rows are gone already:
+    each was forgotten by the commit that logged its end)."""
+    rows = db.execute("SELECT body FROM call_progress ORDER BY seq").fetchall()
+    if rows:
+        db.execute("BEGIN")
+        _fold(db, merge(decode_progress(body) for (body,) in rows))
+        db.execute("COMMIT")
+
+
 def _forget_calls(db: sqlite3.Connection, calls: Sequence[tuple[str]]) -> None:
     """Every row of these calls: the call, its lines, its dispatched keys."""
     for table in ("calls", "call_lines", "call_keys"):
-        _rows(db, f"DELETE FROM {table} WHERE call_id IN (VALUES {{values}})", calls)
-
-
-#: The most parameters one statement binds (SQLite's limit is 32,766).
-_MAX_VARIABLES = 30_000
-
-
-def _rows(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-    """Run ``sql`` with ``rows`` as its ``{values}`` list, in as few statements as the parameter limit allows.
-
-    Not ``executemany``: sqlite3 lets go of the GIL around every statement it steps, and a worker thread that does
-    so once per row, thousands of times a commit, keeps taking the GIL back from the trio thread (each handoff a
-    wait of its own there). One statement per thousands of rows hands it over a few times a commit."""
-    if not rows:
-        return
-    width = len(rows[0])
-    one = "(" + ",".join("?" * width) + ")"
-    per = max(1, _MAX_VARIABLES // width)
-    for start in range(0, len(rows), per):
-        chunk = rows[start : start + per]
-        db.execute(sql.format(values=",".join([one] * len(chunk))), [value for row in chunk for value in row])
+        write_rows(db, f"DELETE FROM {table} WHERE call_id IN (VALUES {{values}})", calls)
 
 
 class _Batch(NamedTuple):
@@ -747,15 +811,17 @@ class _Batch(NamedTuple):
     calls: list[tuple[str, str, float]]
     calls_over: list[str]
     events: list[tuple[str, int, int, bytes, str]]  # (call, first seq, last seq, seqs and times, the lines)
-    through: list[tuple[str, int]]
-    keys: list[tuple[str, bytes]]
+    progress: Progress | None  # what was dispatched since the last commit, logged as one row
+    fold: list[Progress] | None  # or the log's deltas since the last fold, this one's last, folded
+    lines_done: list[tuple[str, int]]  # (call, seq) of calls whose lines written through seq are dispatched
     handoffs: list[_Handoffs.Taken]  # platform webhooks, triggers
     purge: bool
 
     @property
     def writes_nothing(self) -> bool:
         rows = (self.adds, self.done, self.kept, self.attempts, self.deliveries, self.calls, self.calls_over)
-        return not (self.purge or any(rows) or self.events or self.through or self.keys or any(self.handoffs))
+        progress = self.progress is not None or self.fold is not None or self.lines_done
+        return not (self.purge or any(rows) or self.events or progress or any(self.handoffs))
 
 
 class OutboxJournal:
