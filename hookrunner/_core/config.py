@@ -114,6 +114,9 @@ RUNNER_SCHEMA = {
     "spool_file": Setting("str", "hookrunner-undispatched.jsonl", check=_file_path, expected="a file path"),
     "reconnect": Setting("table", {}),
     "max_calls": Setting("int", 500, check=_at_least_one, expected="a number of concurrent calls"),
+    "max_connecting": Setting(
+        "int", 32, check=_at_least_one, expected="a number of calls", doc="calls whose stream is being opened at once"
+    ),
     "workers": Setting(
         "int|str",
         "auto",
@@ -350,6 +353,8 @@ class RunnerConfig:
     #: Received events not dispatched before shutdown_grace ran out are appended here (relative to base_dir).
     spool_file: Path
     max_calls: int
+    #: Calls whose stream is being opened at once (``runner.max_connecting``); the others wait their turn.
+    max_connecting: int
     #: ``runner.workers`` as written: "auto" or a number of processes (``Config.worker_count`` says how many run).
     workers: int | str
     worker_restart_delay: float
@@ -602,6 +607,7 @@ def config_from_dict(
             buffer=runner["buffer"],
             spool_file=base_dir / runner["spool_file"],
             max_calls=runner["max_calls"],
+            max_connecting=runner["max_connecting"],
             workers=runner["workers"],
             worker_restart_delay=float(runner["worker_restart_delay"]),
             max_event_bytes=runner["max_event_bytes"],

@@ -88,6 +88,7 @@ class CallPipeline:
         self._journal = journal
         self._resumed_calls = resumed_calls if resumed_calls is not None else {}
         self._backfiller = backfiller
+        self._openings = trio.Semaphore(config.runner.max_connecting)
 
     async def follow(self, call_id: str, source: str, journal: CallJournal | None) -> FinishReason:
         """Follow one call to its end (``source``: who found it); the reason it ended, given to ``on_call_finished``."""
@@ -107,6 +108,7 @@ class CallPipeline:
             seen_before=dispatched_before,
             on_received=journal.received_read if journal is not None else None,
             buffer=config.runner.buffer,
+            openings=self._openings,
         )
         channel, receive = trio.open_memory_channel[Item](1)
         dispatcher = BatchDispatcher(call, self._dispatcher.dispatch_event, self._stats, journal)

@@ -120,6 +120,7 @@ class Subscription:
         seen_before: Iterable[str] = (),
         on_received: Callable[[list[str], list[str], float], None] | None = None,
         buffer: int = 64,
+        openings: trio.Semaphore | None = None,
     ) -> None:
         self.call_id = call_id
         #: Seconds from the first attempt during which a 404 is retried, not final: a pushed call id can arrive
@@ -150,12 +151,32 @@ class Subscription:
         #: buffer, one is being dispatched and one waits to go in: a third each, so about ``buffer`` events at most
         #: (``buffer`` + 2) are between the socket and the plugins.
         self._batch_size = -(-buffer // 3)
+        #: Shared by the runner's calls (``runner.max_connecting``): a slot is held from the first attempt until the
+        #: call is subscribed or that attempt is over, so a burst of new calls is set up a few at a time, between
+        #: the reads of the calls already followed, instead of all in one pass of the scheduler ahead of them.
+        self._openings = openings
+        self._opening: trio.Semaphore | None = None
 
     async def run(self, send: Channel) -> FinishReason:
         """Read the call's events into ``send`` until the call is over; return the reason.
 
         Raises ``AuthError`` on 401/403: the key is wrong for every call.
         """
+        if self._openings is not None:
+            await self._openings.acquire()
+            self._opening = self._openings
+        try:
+            return await self._follow(send)
+        finally:
+            self._opened()
+
+    def _opened(self) -> None:
+        """The first attempt subscribed, or is over: the opening slot goes to the next call."""
+        if self._opening is not None:
+            self._opening.release()
+            self._opening = None
+
+    async def _follow(self, send: Channel) -> FinishReason:
         failures = 0  # failed connections in a row; one that delivered new events starts the count over
         waits = 0  # 404s of a pushed call that has not started yet (within not_found_grace)
         while True:
@@ -163,6 +184,7 @@ class Subscription:
             try:
                 return await self._connect_once(send)
             except _Retry as retry:
+                self._opened()
                 if not retry.counts:
                     waits += 1
                     delay = backoff_delay(waits, self._reconnect, retry.retry_after)
@@ -213,6 +235,7 @@ class Subscription:
                         if not self._subscribed:
                             self._subscribed = True
                             await self._hand_over(SUBSCRIBED, send, idle)
+                            self._opened()
                         reader = SseReader(self._max_event_size)
                         idle_timeout, slack = self._idle_timeout, self._idle_timeout * IDLE_SLACK
                         self._idle_moved_at = -math.inf
