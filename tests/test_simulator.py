@@ -123,9 +123,11 @@ async def test_events_arrive_on_the_call_clock_divided_by_speed() -> None:
     for moment, chunk in chunks:
         for event in events(chunk):
             arrivals.setdefault(event.get("n", event["event_type"]), moment)
-    assert arrivals[0] < 0.15
-    assert 0.17 <= arrivals[1] < 0.35
-    assert 0.37 <= arrivals[2] < 0.55
+    # Never early; late by up to 0.4 s on a loaded machine (a full suite on 2 cores has made it 0.3 s), and still
+    # well before 0.8 s and 1.6 s, where speed 1 would send them.
+    assert arrivals[0] < 0.4
+    assert 0.17 <= arrivals[1] < 0.6
+    assert 0.37 <= arrivals[2] < 0.8
     assert arrivals["sse_close"] >= arrivals[2]
 
 
