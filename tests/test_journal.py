@@ -201,6 +201,30 @@ def test_a_call_followed_again_within_the_run_gets_its_keys_from_the_log_and_the
     again.close()
 
 
+def test_an_unreadable_progress_row_is_skipped_with_a_warning_and_the_rest_folded(tmp_path: Path, caplog) -> None:
+    """A damaged row costs its events a second dispatch, never the run: the journal opens, says so in one line,
+    and folds the rows it can read."""
+    import sqlite3
+
+    path = tmp_path / "j.db"
+    killed = Journal(path, 0.05)
+    killed.call_followed("CALL-A", "list")
+    call = killed.for_call("CALL-A")
+    call.received_read(["a1"], ["k1"], 100.0)
+    call.dispatched(1)
+    killed._commit_now(purge=False)
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO call_progress (body) VALUES (?)", (b"\xc1 not msgpack",))
+    with caplog.at_level("WARNING", logger="hookrunner.journal"):
+        after = Journal(path, 0.05)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"journal {path}: 1 rows of dispatch progress cannot be read; their events may be dispatched again"
+    ]
+    assert after.dispatched_keys("CALL-A") == ["k1"]
+    assert _rows_in(path, "call_progress") == 0
+    after.close()
+
+
 def test_a_fold_whose_commit_failed_is_folded_again_by_the_next() -> None:
     from hookrunner._state.call_progress import Progress, ProgressLog, merge
 

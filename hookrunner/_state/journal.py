@@ -379,7 +379,7 @@ class Journal(JournalReader):
             self._writer.execute("PRAGMA synchronous=NORMAL")
             self._add_missing_columns()
             self._writer.executescript(_SCHEMA)
-            _fold_logged_progress(self._writer)
+            _fold_logged_progress(self._writer, path)
             super().__init__(sqlite3.connect(path, check_same_thread=False))
             self._seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
             self._received_seq = max(
@@ -784,14 +784,25 @@ def _fold(db: sqlite3.Connection, progress: Progress) -> None:
     db.execute("DELETE FROM call_progress")
 
 
-def _fold_logged_progress(db: sqlite3.Connection) -> None:
+def _fold_logged_progress(db: sqlite3.Connection, path: Path) -> None:
     """Fold what a run killed between two folds left in the progress log (its ended calls' rows are gone already:
-    each was forgotten by the commit that logged its end)."""
+    each was forgotten by the commit that logged its end). A row that cannot be read (a damaged file) is skipped:
+    the events it told dispatched are dispatched again, which receivers deduplicate; refusing to start would
+    follow no call at all."""
     rows = db.execute("SELECT body FROM call_progress ORDER BY seq").fetchall()
-    if rows:
-        db.execute("BEGIN")
-        _fold(db, merge(decode_progress(body) for (body,) in rows))
-        db.execute("COMMIT")
+    if not rows:
+        return
+    deltas, skipped = [], 0
+    for (body,) in rows:
+        try:
+            deltas.append(decode_progress(body))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            skipped += 1
+    if skipped:
+        log.warning("journal %s: %d rows of dispatch progress cannot be read; their events may be dispatched again", path, skipped)
+    db.execute("BEGIN")
+    _fold(db, merge(deltas))
+    db.execute("COMMIT")
 
 
 def _forget_calls(db: sqlite3.Connection, calls: Sequence[tuple[str]]) -> None:
