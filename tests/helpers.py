@@ -8,12 +8,14 @@ Everything talks over real loopback sockets: the simulator is hypercorn on 127.0
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import signal
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +212,20 @@ async def server_url_of(runner: Runner, timeout: float = 5.0) -> str:
         while runner.server_url is None:
             await trio.sleep(0.01)
     return runner.server_url
+
+
+async def serve_loopback(nursery: trio.Nursery, handler: Callable[[trio.SocketStream], Awaitable[None]]) -> int:
+    """Serve TCP connections on 127.0.0.1 with ``handler`` (in ``nursery``); the port it listens on."""
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    return listeners[0].socket.getsockname()[1]
+
+
+async def read_request_head(stream: trio.SocketStream) -> bytes | None:
+    """What a client sent up to the end of its request's head (and whatever came with it); None if it hung up."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        data = await stream.receive_some(65536)
+        if not data:
+            return None
+        request += data
+    return request

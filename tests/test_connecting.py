@@ -7,13 +7,12 @@ that the call is over (400), and counts how many it holds at once.
 
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
 import trio
 
-from helpers import make_config, run_runner
+from helpers import make_config, read_request_head, run_runner, serve_loopback
 
 HOLD_S = 0.15
 CALLS = [f"CALL-1758124225863-{index:06x}" for index in range(6)]
@@ -28,12 +27,9 @@ class SlowAtoms:
         self.answered: list[str] = []
 
     async def handle(self, stream: trio.SocketStream) -> None:
-        request = b""
-        while b"\r\n\r\n" not in request:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                return
-            request += chunk
+        request = await read_request_head(stream)
+        if request is None:
+            return
         self.held += 1
         self.most_held = max(self.most_held, self.held)
         await trio.sleep(HOLD_S)
@@ -49,8 +45,7 @@ class SlowAtoms:
 async def test_no_more_calls_are_opened_at_once_than_max_connecting(max_connecting: int, most_held: int) -> None:
     atoms = SlowAtoms()
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, atoms.handle, 0, host="127.0.0.1"))
-        port = listeners[0].socket.getsockname()[1]
+        port = await serve_loopback(nursery, atoms.handle)
         config = make_config(f"http://127.0.0.1:{port}", max_connecting=max_connecting)
         code, runner = await run_runner(config, CALLS)
         nursery.cancel_scope.cancel()

@@ -8,7 +8,6 @@ end, bytes that are not HTTP, and a proxy that the runner must go through.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Callable
@@ -18,7 +17,7 @@ import httpx
 import pytest
 import trio
 
-from helpers import API_KEY, Recorder, call_events, make_config, run_runner, script
+from helpers import API_KEY, Recorder, call_events, make_config, read_request_head, run_runner, script, serve_loopback
 from hookrunner._core.stats import Stats
 from hookrunner._core.config import ReconnectConfig
 from hookrunner._core.http1 import proxied
@@ -57,12 +56,9 @@ class RawServer:
         self.port = 0
 
     async def _serve(self, stream: trio.SocketStream) -> None:
-        request = b""
-        while b"\r\n\r\n" not in request:
-            data = await stream.receive_some(65536)
-            if not data:
-                return
-            request += data
+        request = await read_request_head(stream)
+        if request is None:
+            return
         self.requests.append(request)
         try:
             await stream.send_all(self.answer(len(self.requests), request))
@@ -71,8 +67,7 @@ class RawServer:
         await stream.aclose()
 
     async def start(self, nursery: trio.Nursery) -> None:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, self._serve, 0, host="127.0.0.1"))
-        self.port = listeners[0].socket.getsockname()[1]
+        self.port = await serve_loopback(nursery, self._serve)
 
     @property
     def base_url(self) -> str:
